@@ -1,0 +1,48 @@
+// subq public API: the token-mixer contract every family implements.
+//
+//   auto state = mixer.new_state(batch);
+//   mixer.forward(x, *state, y);   // x, y: f32 [B, T, D], T >= 1
+//
+// forward consumes T tokens continuing from `state` and advances it. Prefill is one
+// forward with large T, decode is forward with T = 1, and any split of a sequence into
+// consecutive forwards gives the same outputs as one forward over the whole sequence
+// (split invariance). That invariant is what makes chunked prefill, streaming decode and
+// state save/load correct, and every mixer is tested for it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "subq/tensor.h"
+
+namespace subq {
+
+// Per-sequence recurrent state (conv window + SSM state, matrix state, KV cache, ...).
+class MixerState {
+ public:
+  virtual ~MixerState() = default;
+  virtual int64_t batch() const = 0;
+  // Bytes the state holds now. O(1) in tokens seen for recurrent mixers, O(T) for a
+  // full KV cache, bounded for window/sink attention.
+  virtual size_t state_bytes() const = 0;
+};
+
+class Mixer {
+ public:
+  virtual ~Mixer() = default;
+  // Short name of the mixer kind, e.g. "mamba", "mamba2", "attention".
+  virtual std::string kind() const = 0;
+  // Model width D: x and y are [B, T, D].
+  virtual int64_t d_model() const = 0;
+  virtual std::unique_ptr<MixerState> new_state(int64_t batch) const = 0;
+  // y = mixer(x) continuing from state; advances state by T tokens. x and y must not
+  // alias. Throws Error if shapes, dtypes or the state's batch do not match.
+  virtual void forward(const Tensor& x, MixerState& state, const Tensor& y) const = 0;
+};
+
+// Checks x/y against a mixer's width and the state's batch; shared by every mixer.
+void check_mixer_io(const Mixer& m, const Tensor& x, const MixerState& state, const Tensor& y);
+
+}  // namespace subq

@@ -1,0 +1,66 @@
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "subq/tensor.h"
+
+namespace subq {
+namespace {
+
+constexpr size_t kAlignment = 64;
+
+class HeapStorage final : public Storage {
+ public:
+  explicit HeapStorage(size_t bytes) {
+    // Round up so aligned_alloc's size rule holds; never ask for 0 bytes.
+    const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    data_ = static_cast<std::byte*>(std::aligned_alloc(kAlignment, rounded ? rounded : kAlignment));
+    if (!data_) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
+    bytes_ = bytes;
+    writable_ = true;
+  }
+  ~HeapStorage() override { std::free(data_); }
+};
+
+class MappedStorage final : public Storage {
+ public:
+  explicit MappedStorage(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw Error("cannot map " + path + ": not a regular file");
+    }
+    bytes_ = static_cast<size_t>(st.st_size);
+    if (bytes_ > 0) {
+      void* p = ::mmap(nullptr, bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        const int err = errno;
+        ::close(fd);
+        throw Error("cannot map " + path + ": " + std::strerror(err));
+      }
+      data_ = static_cast<std::byte*>(p);
+    }
+    ::close(fd);
+    writable_ = false;
+  }
+  ~MappedStorage() override {
+    if (data_) ::munmap(data_, bytes_);
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<Storage> Storage::allocate(size_t bytes) { return std::make_shared<HeapStorage>(bytes); }
+
+std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
+  return std::make_shared<MappedStorage>(path);
+}
+
+}  // namespace subq

@@ -1,0 +1,2 @@
+#include <cstdio>
+int main() { std::puts("subq"); return 0; }
