@@ -57,6 +57,18 @@ TEST(Config, ErrorsNameFileAndField) {
                {"field 'rope_scaling.low.x' must be an integer, found string"});
 }
 
+TEST(Config, ReadsHubStyleConfigs) {
+  const Config mamba = Config::load(std::string(SUBQ_TEST_DATA) + "/io/config_mamba.json");
+  EXPECT_EQ(mamba.get<std::vector<std::string>>("architectures")[0], "MambaForCausalLM");
+  EXPECT_EQ(mamba.get<int64_t>("state_size"), 16);
+  EXPECT_EQ(mamba.get<std::string>("time_step_rank"), "auto");
+  expect_error([&] { mamba.get<int64_t>("time_step_rank"); }, {"config_mamba.json: field 'time_step_rank' must be an integer, found string"});
+  const Config llama = Config::load(std::string(SUBQ_TEST_DATA) + "/io/config_llama.json");
+  EXPECT_EQ(llama.get<std::vector<int64_t>>("eos_token_id"), (std::vector<int64_t>{1, 4}));
+  EXPECT_EQ(llama.object("rope_scaling").get<std::string>("rope_type"), "llama3");
+  EXPECT_FALSE(llama.has("sliding_window"));
+}
+
 TEST(Config, RejectsMalformedFiles) {
   expect_error([] { Config::parse("{\"a\": 1,", "c.json"); }, {"c.json: invalid JSON"});
   expect_error([] { Config::parse("[1, 2]", "c.json"); }, {"c.json: must be a JSON object, found array"});

@@ -56,6 +56,21 @@ TEST(Safetensors, ReadsValuesOfEveryDtypeWithoutCopying) {
   EXPECT_EQ(f.get("empty").numel(), 0);
 }
 
+// tests/data/io/tiny.safetensors (also the fuzz seed) holds known values of each dtype.
+TEST(Safetensors, ReadsCommittedFixture) {
+  const SafetensorsFile f = SafetensorsFile::open(std::string(SUBQ_TEST_DATA) + "/io/tiny.safetensors");
+  EXPECT_EQ(f.names().size(), 5u);
+  const Tensor e = f.get("embed.weight");
+  ASSERT_EQ(e.shape(), (Shape{2, 3}));
+  EXPECT_EQ(e.data<float>()[1], -1.25f);
+  EXPECT_EQ(e.data<float>()[5], 8.0f);
+  EXPECT_EQ(f.get("norm.weight").data<bf16>()[1].bits, 0xbf80);  // -1.0
+  EXPECT_EQ(f.get("conv.bias").data<f16>()[1].bits, 0xc000);     // -2.0
+  EXPECT_EQ(f.get("q.weight").data<int8_t>()[0], -128);
+  EXPECT_EQ(f.get("ids").data<int32_t>()[1], 123456);
+  EXPECT_EQ(f.metadata().at("format"), "pt");
+}
+
 TEST(Safetensors, CopiesMisalignedTensorsSoTypedAccessIsValid) {
   auto rng = rng_for_test();
   const std::vector<float> w = uniform(rng, 5);
