@@ -21,6 +21,7 @@ Training is deterministic, so rerunning reproduces the files.
 """
 import json
 import os
+import random
 import sys
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
@@ -107,7 +108,40 @@ TEXTS = [
     "        eight spaces then text",
     "a\u180eb",
     "\U0001F9D1\u200D\U0001F4BB coding",
+    "<|endoftext|><|endoftext|>",
+    "  <|endoftext|>  x",
+    "<|padding|> <|eot_id|>\n",
+    "\n\n\n",
+    " \n ",
+    "a  \n  b",
+    "x\n\n  y\r\n\tz",
+    "1 2 3 44 555 6666",
+    "１２３ full width",
+    "٣٤٥ and ४५",
+    "A\u030a vs \u212b vs \u00c5",
+    "\u0000\u0001\u007f control",
+    "I'M HERE, YOU'RE NOT",
+    "'s's's",
+    "don''t",
+    "ok!!!\n\n",
+    "\u3000\u3000東京",
+    "ǅemal ǈ ǋ",
+    "end with emoji 😀",
+    "😀",
 ]
+
+# More strings, drawn reproducibly from fragments that stress the split regexes.
+FRAGMENTS = [" ", "  ", "\n", "\r\n", "\t", "the", "The", "THE", "'s", "'LL", "don't", "123", "4567", "3.14",
+             "é", "e\u0301", "東京", "😀", "👍🏽", "!?", "...", "<|endoftext|>", "<|eot_id|>", "<|begin_of_text|>",
+             "naïve", "ß", "Ω", "x", "\u00a0", "-", "__init__", "(x)", "\"q\"", "١٢", "한"]
+
+
+def generated_texts(n, seed=1234):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 8))) for _ in range(n)]
+
+
+TEXTS += generated_texts(80)
 
 
 def bytelevel_alphabet():
@@ -169,7 +203,7 @@ def goldens(path):
         ids_special = tok.encode(text, add_special_tokens=True).ids
         encodings.append({"text": text, "ids": ids, "ids_with_special": ids_special})
     decodings = []
-    for text in TEXTS:
+    for text in TEXTS[:40]:
         ids = tok.encode(text, add_special_tokens=True).ids
         for skip in (False, True):
             decodings.append({"ids": ids, "skip_special": skip, "text": tok.decode(ids, skip_special_tokens=skip)})

@@ -144,17 +144,17 @@ class Tokenizer {
 
 // Turns a stream of token ids into UTF-8 text as they arrive: bytes of a character that a
 // later token completes are held back, so the concatenation of push() results and
-// finish() equals Tokenizer::decode of all ids.
+// finish() equals Tokenizer::decode of all ids. It shares the tokenizer's tables.
 class TokenDecoder {
  public:
-  explicit TokenDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = false);
+  explicit TokenDecoder(Tokenizer tokenizer, bool skip_special_tokens = false);
   // The text that this token completes (possibly empty).
   std::string push(int32_t id);
   // Flushes held bytes of an unfinished character (as U+FFFD) and resets.
   std::string finish();
 
  private:
-  const Tokenizer* tokenizer_;
+  Tokenizer tokenizer_;
   bool skip_special_;
   std::string pending_;
 };

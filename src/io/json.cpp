@@ -1,5 +1,8 @@
 #include "src/io/json.h"
 
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -42,11 +45,13 @@ Json parse_json(std::string_view text, const std::string& label) {
 }
 
 std::string read_text_file(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw Error(path + ": cannot read: not an existing regular file");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open " + path);
+  if (!in) throw Error(path + ": cannot open: " + std::strerror(errno));
   std::ostringstream s;
   s << in.rdbuf();
-  if (in.bad()) throw Error("cannot read " + path);
+  if (in.bad()) throw Error(path + ": read error");
   return s.str();
 }
 

@@ -85,7 +85,15 @@ Entry parse_entry(const std::string& name, const Json& j, uint64_t data_bytes, c
 
 }  // namespace
 
-SafetensorsFile SafetensorsFile::open(const std::string& path) { return parse(Storage::map_file(path), path); }
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  std::shared_ptr<Storage> bytes;
+  try {
+    bytes = Storage::map_file(path);
+  } catch (const Error& e) {
+    throw Error(path + ": cannot read the file (" + e.what() + ")");
+  }
+  return parse(std::move(bytes), path);
+}
 
 SafetensorsFile SafetensorsFile::parse(std::shared_ptr<Storage> bytes, const std::string& label) {
   if (!bytes) throw Error(label + ": no data");

@@ -432,12 +432,12 @@ const std::string& Tokenizer::token_bytes(int32_t id) const {
   return known(id) ? impl_->id_bytes[static_cast<size_t>(id)] : none;
 }
 
-TokenDecoder::TokenDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
-    : tokenizer_(&tokenizer), skip_special_(skip_special_tokens) {}
+TokenDecoder::TokenDecoder(Tokenizer tokenizer, bool skip_special_tokens)
+    : tokenizer_(std::move(tokenizer)), skip_special_(skip_special_tokens) {}
 
 std::string TokenDecoder::push(int32_t id) {
-  if (!tokenizer_->known(id) || (skip_special_ && tokenizer_->is_special(id))) return {};
-  pending_ += tokenizer_->token_bytes(id);
+  if (!tokenizer_.known(id) || (skip_special_ && tokenizer_.is_special(id))) return {};
+  pending_ += tokenizer_.token_bytes(id);
   std::string out;
   pending_.erase(0, io::append_utf8_lossy(pending_, false, out));
   return out;
