@@ -48,7 +48,7 @@ template <> struct Read<int64_t> {
     if (j.is_number_unsigned()) {
       const uint64_t v = j.get<uint64_t>();
       if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-        throw Error(where + " is too large: " + j.dump());
+        throw Error(where + " is too large: " + io::json_brief(j));
       return static_cast<int64_t>(v);
     }
     wrong_type(where, "an integer", j);

@@ -69,4 +69,11 @@ const char* json_type_name(const Json& j) {
   }
 }
 
+std::string json_brief(const Json& j) {
+  if (j.is_array() || j.is_object()) return std::string("an ") + json_type_name(j);
+  if (j.is_string() && j.get_ref<const std::string&>().size() > 64)
+    return Json(j.get_ref<const std::string&>().substr(0, 64)).dump(-1, ' ', false, Json::error_handler_t::replace) + "...";
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
 }  // namespace subq::io

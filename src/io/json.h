@@ -21,4 +21,11 @@ std::string read_text_file(const std::string& path);
 // "string", "integer", "number", "boolean", "array", "object", "null".
 const char* json_type_name(const Json& j);
 
+// A value for an error message: scalars as JSON (long strings cut), containers by type
+// name only — dumping a hostile, deeply nested value would recurse without bound.
+std::string json_brief(const Json& j);
+
+// How deep Sequence-style components (normalizers, pre-tokenizers, processors) may nest.
+inline constexpr int kMaxComponentDepth = 8;
+
 }  // namespace subq::io

@@ -57,10 +57,10 @@ Entry parse_entry(const std::string& name, const Json& j, uint64_t data_bytes, c
   uint64_t numel = 1;
   for (const Json& d : shape) {
     if (!d.is_number_unsigned())
-      throw Error(where + ": shape entries must be non-negative integers, found " + d.dump());
+      throw Error(where + ": shape entries must be non-negative integers, found " + io::json_brief(d));
     const uint64_t n = d.get<uint64_t>();
     if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      throw Error(where + ": shape entry " + d.dump() + " is too large");
+      throw Error(where + ": shape entry " + io::json_brief(d) + " is too large");
     dims.push_back(static_cast<int64_t>(n));
     if (n != 0 && numel > std::numeric_limits<uint64_t>::max() / n) numel = std::numeric_limits<uint64_t>::max();
     else numel *= n;
@@ -68,7 +68,7 @@ Entry parse_entry(const std::string& name, const Json& j, uint64_t data_bytes, c
   e.shape = Shape(std::span<const int64_t>(dims));
   for (const Json& o : offsets)
     if (!o.is_number_unsigned())
-      throw Error(where + ": data_offsets must be non-negative integers, found " + o.dump());
+      throw Error(where + ": data_offsets must be non-negative integers, found " + io::json_brief(o));
   e.begin = offsets[0].get<uint64_t>();
   e.end = offsets[1].get<uint64_t>();
   if (e.begin > e.end || e.end > data_bytes)

@@ -99,7 +99,7 @@ bool bool_field(const Json& j, const char* name, bool fallback, const std::strin
 
 int32_t id_value(const Json& v, const std::string& where) {
   if (!v.is_number_unsigned() || v.get<uint64_t>() > static_cast<uint64_t>(INT32_MAX))
-    throw Error(where + " must be a token id (an integer in [0, 2^31)), found " + v.dump());
+    throw Error(where + " must be a token id (an integer in [0, 2^31)), found " + io::json_brief(v));
   return static_cast<int32_t>(v.get<uint64_t>());
 }
 
@@ -117,13 +117,14 @@ struct Tokenizer::Impl {
   std::vector<uint8_t> id_known, id_special;
   std::unordered_map<std::string, int32_t> added_ids;
 
-  void load_normalizer(const Json& j, const std::string& where);
-  void load_pre_tokenizer(const Json& j, const std::string& where);
-  void load_post_processor(const Json& j, const std::string& where);
+  void load_normalizer(const Json& j, const std::string& where, int depth);
+  void load_pre_tokenizer(const Json& j, const std::string& where, int depth);
+  void load_post_processor(const Json& j, const std::string& where, int depth);
   void encode_text(std::string_view text, std::vector<int32_t>& ids) const;
 };
 
-void Tokenizer::Impl::load_normalizer(const Json& j, const std::string& where) {
+void Tokenizer::Impl::load_normalizer(const Json& j, const std::string& where, int depth) {
+  if (depth > io::kMaxComponentDepth) throw Error(where + ": Sequences nested too deeply");
   if (j.is_null()) return;
   const std::string type = string_field(j, "type", where);
   if (type == "NFC") {
@@ -131,19 +132,20 @@ void Tokenizer::Impl::load_normalizer(const Json& j, const std::string& where) {
   } else if (type == "Sequence") {
     const Json& list = field(j, "normalizers", where);
     if (!list.is_array()) throw Error(where + ": field 'normalizers' must be an array");
-    for (const Json& n : list) load_normalizer(n, where);
+    for (const Json& n : list) load_normalizer(n, where, depth + 1);
   } else {
     throw Error(where + ": normalizer '" + type + "' is not supported (only NFC)");
   }
 }
 
-void Tokenizer::Impl::load_pre_tokenizer(const Json& j, const std::string& where) {
+void Tokenizer::Impl::load_pre_tokenizer(const Json& j, const std::string& where, int depth) {
+  if (depth > io::kMaxComponentDepth) throw Error(where + ": Sequences nested too deeply");
   if (j.is_null()) throw Error(where + " is null; byte-level BPE needs a ByteLevel pre-tokenizer");
   const std::string type = string_field(j, "type", where);
   if (type == "Sequence") {
     const Json& list = field(j, "pretokenizers", where);
     if (!list.is_array()) throw Error(where + ": field 'pretokenizers' must be an array");
-    for (const Json& p : list) load_pre_tokenizer(p, where);
+    for (const Json& p : list) load_pre_tokenizer(p, where, depth + 1);
     return;
   }
   if (!steps.empty() && steps.back().byte_level)
@@ -170,14 +172,15 @@ void Tokenizer::Impl::load_pre_tokenizer(const Json& j, const std::string& where
   steps.push_back(std::move(step));
 }
 
-void Tokenizer::Impl::load_post_processor(const Json& j, const std::string& where) {
+void Tokenizer::Impl::load_post_processor(const Json& j, const std::string& where, int depth) {
+  if (depth > io::kMaxComponentDepth) throw Error(where + ": Sequences nested too deeply");
   if (j.is_null()) return;
   const std::string type = string_field(j, "type", where);
   if (type == "ByteLevel") return;  // it only adjusts offsets
   if (type == "Sequence") {
     const Json& list = field(j, "processors", where);
     if (!list.is_array()) throw Error(where + ": field 'processors' must be an array");
-    for (const Json& p : list) load_post_processor(p, where);
+    for (const Json& p : list) load_post_processor(p, where, depth + 1);
     return;
   }
   if (type != "TemplateProcessing")
@@ -194,7 +197,7 @@ void Tokenizer::Impl::load_post_processor(const Json& j, const std::string& wher
       continue;
     }
     if (!item.contains("SpecialToken"))
-      throw Error(where + ": template items must be SpecialToken or Sequence, found " + item.dump());
+      throw Error(where + ": template items must be SpecialToken or Sequence, found " + io::json_brief(item));
     const std::string name = string_field(item["SpecialToken"], "id", where + ".single");
     if (!specials.is_object() || !specials.contains(name))
       throw Error(where + ": template token '" + name + "' is not in special_tokens");
@@ -250,7 +253,7 @@ Tokenizer Tokenizer::parse(std::string_view json_text, const std::string& label)
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
     } else {
-      throw Error(where + " must be \"left right\" or [\"left\", \"right\"], found " + m.dump());
+      throw Error(where + " must be \"left right\" or [\"left\", \"right\"], found " + io::json_brief(m));
     }
   }
   std::optional<std::string> unk;
@@ -293,14 +296,18 @@ Tokenizer Tokenizer::parse(std::string_view json_text, const std::string& label)
                 " tokens the file defines");
 
   // ---- pipeline ----
-  if (doc.contains("normalizer")) impl->load_normalizer(doc["normalizer"], label + ": normalizer");
-  impl->load_pre_tokenizer(doc.contains("pre_tokenizer") ? doc["pre_tokenizer"] : Json(), label + ": pre_tokenizer");
+  static const Json null_json;
+  const auto member = [&](const char* name) -> const Json& { return doc.contains(name) ? doc[name] : null_json; };
+  impl->load_normalizer(member("normalizer"), label + ": normalizer", 0);
+  impl->load_pre_tokenizer(member("pre_tokenizer"), label + ": pre_tokenizer", 0);
+  if (impl->steps.empty()) throw Error(label + ": pre_tokenizer has no steps; byte-level BPE needs ByteLevel");
   if (!impl->steps.back().byte_level)
     throw Error(label + ": pre_tokenizer must end with ByteLevel (only byte-level BPE is supported)");
-  if (doc.contains("post_processor")) impl->load_post_processor(doc["post_processor"], label + ": post_processor");
-  const Json decoder = doc.contains("decoder") ? doc["decoder"] : Json();
-  if (decoder.is_null() || !decoder.is_object() || !decoder.contains("type") || decoder["type"] != "ByteLevel")
-    throw Error(label + ": decoder must be ByteLevel, found " + decoder.dump());
+  impl->load_post_processor(member("post_processor"), label + ": post_processor", 0);
+  const Json& decoder = member("decoder");
+  const bool typed = decoder.is_object() && decoder.contains("type") && decoder["type"].is_string();
+  const std::string decoder_type = typed ? decoder["type"].get<std::string>() : io::json_brief(decoder);
+  if (decoder_type != "ByteLevel") throw Error(label + ": decoder must be ByteLevel, found " + decoder_type);
 
   // ---- id tables ----
   const size_t n = static_cast<size_t>(max_id + 1);

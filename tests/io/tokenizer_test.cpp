@@ -154,7 +154,18 @@ TEST(Tokenizer, RejectsMalformedFiles) {
   expect_load_error([](J& d) { d["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "MergedWithNext"; },
                     {"'MergedWithNext' is not supported"});
   expect_load_error([](J& d) { d["pre_tokenizer"]["pretokenizers"].erase(1); }, {"must end with ByteLevel"});
-  expect_load_error([](J& d) { d["decoder"] = {{"type", "WordPiece"}}; }, {"decoder must be ByteLevel"});
+  expect_load_error([](J& d) { d["decoder"] = {{"type", "WordPiece"}}; }, {"decoder must be ByteLevel, found WordPiece"});
+  expect_load_error([](J& d) { d.erase("decoder"); }, {"decoder must be ByteLevel, found null"});
+  expect_load_error([](J& d) { d["pre_tokenizer"]["pretokenizers"] = J::array(); }, {"pre_tokenizer has no steps"});
+  expect_load_error(
+      [](J& d) {
+        J nested = d["pre_tokenizer"];
+        for (int i = 0; i < 50; ++i) nested = {{"type", "Sequence"}, {"pretokenizers", {nested}}};
+        d["pre_tokenizer"] = nested;
+      },
+      {"nested too deeply"});
+  expect_load_error([](J& d) { d["post_processor"]["processors"][1]["single"][0] = std::string(1000, '['); },
+                    {"template items must be", "\"[[[["});
   expect_load_error([](J& d) { d["post_processor"] = {{"type", "BertProcessing"}}; }, {"'BertProcessing' is not supported"});
   expect_load_error([](J& d) { d["post_processor"]["processors"][1]["special_tokens"] = J::object(); },
                     {"'<|begin_of_text|>' is not in special_tokens"});
@@ -173,6 +184,26 @@ TEST(Tokenizer, HostileRegexFailsCleanly) {
   // Empty matches split the text between characters instead of looping.
   doc["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "x*";
   EXPECT_FALSE(Tokenizer::parse(doc.dump(), "t.json").encode("abxxc", false).empty());
+}
+
+// Long inputs: runs of one character class (the worst case for the split regexes'
+// backtracking and for one long BPE word) and long mixed text must encode without
+// hitting regex limits and decode back to the input (these fixtures cover all 256 bytes).
+TEST(Tokenizer, LongInputsRoundTrip) {
+  auto rng = rng_for_test();
+  const std::vector<std::string> fragments = {" ", "\n", "\t", "word", "Über", "東京", "😀", "123", "'s", "!!", "\r\n"};
+  std::string mixed;
+  while (mixed.size() < 200000) mixed += fragments[rng() % fragments.size()];
+  const size_t n = 300000;
+  const std::vector<std::string> texts = {std::string(n, ' '), std::string(n, ' ') + "x", std::string(n, 'a'),
+                                          std::string(n, '7'), std::string(n, '\n'), std::string(n, '.'), mixed};
+  for (const char* file : {"tokenizer_neox.json", "tokenizer_llama3.json"}) {
+    const Tokenizer tok = Tokenizer::load(kData + file);
+    for (const std::string& text : texts) {
+      const std::vector<int32_t> ids = tok.encode(text, false);
+      EXPECT_EQ(tok.decode(ids), text) << file << " length " << text.size();
+    }
+  }
 }
 
 }  // namespace
