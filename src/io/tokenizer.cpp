@@ -29,44 +29,75 @@ constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}
 // count is rejected so that it cannot make us allocate an id table of gigabytes.
 constexpr int64_t kMaxIdSlack = 1 << 20;
 
-// Leftmost-longest matching of added tokens, bucketed by first byte.
+// Leftmost-longest matching of added tokens (what `tokenizers` does with Aho-Corasick):
+// a byte trie, walked from each position of the text for the longest token there.
 class AddedMatcher {
  public:
+  AddedMatcher() : nodes_(1) {}
+
   void add(const std::string& content, int32_t id) {
-    auto& bucket = buckets_[static_cast<unsigned char>(content[0])];
-    bucket.emplace_back(content, id);
-    std::stable_sort(bucket.begin(), bucket.end(),
-                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-    empty_ = false;
+    size_t node = 0;
+    for (const char c : content) {
+      const auto byte = static_cast<unsigned char>(c);
+      const size_t k = child_index(node, byte);
+      if (k < nodes_[node].next.size() && nodes_[node].next[k].first == byte) {
+        node = nodes_[node].next[k].second;
+        continue;
+      }
+      const size_t child = nodes_.size();
+      nodes_[node].next.insert(nodes_[node].next.begin() + static_cast<std::ptrdiff_t>(k), {byte, child});
+      nodes_.emplace_back();
+      node = child;
+    }
+    nodes_[node].id = id;
   }
-  bool empty() const { return empty_; }
 
   // Calls text(piece) for the text between matches and token(id) for each match.
   template <class OnText, class OnToken>
   void split(std::string_view s, OnText&& text, OnToken&& token) const {
     size_t start = 0;
     for (size_t i = 0; i < s.size();) {
-      const auto* hit = match_at(s, i);
-      if (!hit) {
+      const auto [len, id] = longest_at(s, i);
+      if (len == 0) {
         ++i;
         continue;
       }
       if (i > start) text(s.substr(start, i - start));
-      token(hit->second);
-      i += hit->first.size();
+      token(id);
+      i += len;
       start = i;
     }
     if (start < s.size()) text(s.substr(start));
   }
 
  private:
-  const std::pair<std::string, int32_t>* match_at(std::string_view s, size_t i) const {
-    for (const auto& entry : buckets_[static_cast<unsigned char>(s[i])])
-      if (s.compare(i, entry.first.size(), entry.first) == 0) return &entry;
-    return nullptr;
+  struct Node {
+    std::vector<std::pair<unsigned char, size_t>> next;  // sorted by byte
+    int32_t id = -1;                                      // a token ends here
+  };
+
+  // Position in nodes_[node].next where `byte` is or would be inserted.
+  size_t child_index(size_t node, unsigned char byte) const {
+    const auto& next = nodes_[node].next;
+    return static_cast<size_t>(
+        std::lower_bound(next.begin(), next.end(), byte, [](const auto& e, unsigned char b) { return e.first < b; }) -
+        next.begin());
   }
-  std::array<std::vector<std::pair<std::string, int32_t>>, 256> buckets_;
-  bool empty_ = true;
+
+  std::pair<size_t, int32_t> longest_at(std::string_view s, size_t i) const {
+    std::pair<size_t, int32_t> best{0, -1};
+    size_t node = 0;
+    for (size_t j = i; j < s.size(); ++j) {
+      const auto byte = static_cast<unsigned char>(s[j]);
+      const size_t k = child_index(node, byte);
+      if (k == nodes_[node].next.size() || nodes_[node].next[k].first != byte) break;
+      node = nodes_[node].next[k].second;
+      if (nodes_[node].id >= 0) best = {j - i + 1, nodes_[node].id};
+    }
+    return best;
+  }
+
+  std::vector<Node> nodes_;
 };
 
 struct PreStep {

@@ -175,6 +175,23 @@ TEST(Tokenizer, RejectsMalformedFiles) {
   expect_load_error([](J& d) { d["added_tokens"].push_back(d["added_tokens"][0]); }, {"listed twice"});
 }
 
+// Overlapping added tokens: the leftmost match wins, and among those the longest.
+TEST(Tokenizer, AddedTokensMatchLeftmostLongest) {
+  nlohmann::json doc = read_json(kData + "tokenizer_llama3.json");
+  const int32_t base = Tokenizer::parse(doc.dump(), "t.json").vocab_size();
+  const std::vector<std::string> added = {"QZ", "QZJJ", "ZJJK", "JJ"};
+  for (size_t i = 0; i < added.size(); ++i)
+    doc["added_tokens"].push_back({{"id", base + static_cast<int32_t>(i)}, {"content", added[i]}, {"special", false},
+                                   {"normalized", false}, {"lstrip", false}, {"rstrip", false}, {"single_word", false}});
+  const Tokenizer tok = Tokenizer::parse(doc.dump(), "t.json");
+  const std::vector<int32_t> d = Tokenizer::parse(read_json(kData + "tokenizer_llama3.json").dump(), "t.json").encode("K", false);
+  std::vector<int32_t> want = {base + 1};  // "QZJJ", not "QZ" + "JJ" nor "Q" + "ZJJK"
+  want.insert(want.end(), d.begin(), d.end());
+  EXPECT_EQ(tok.encode("QZJJK", false), want);
+  EXPECT_EQ(tok.encode("JJQZ", false), (std::vector<int32_t>{base + 3, base}));
+  EXPECT_EQ(tok.decode(tok.encode("xQZJJKQZJJQZ", false)), "xQZJJKQZJJQZ");
+}
+
 TEST(Tokenizer, HostileRegexFailsCleanly) {
   nlohmann::json doc = read_json(kData + "tokenizer_llama3.json");
   // Catastrophic backtracking must hit PCRE2's limits and become an Error.
