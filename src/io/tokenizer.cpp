@@ -184,7 +184,11 @@ void Tokenizer::Impl::load_pre_tokenizer(const Json& j, const std::string& where
   PreStep step;
   if (type == "ByteLevel") {
     step.byte_level = true;
-    step.add_prefix_space = bool_field(j, "add_prefix_space", true, where);
+    // `tokenizers` requires add_prefix_space and defaults use_regex to true (the
+    // published GPT-NeoX file omits it).
+    if (!field(j, "add_prefix_space", where).is_boolean())
+      throw Error(where + ": field 'add_prefix_space' must be a boolean");
+    step.add_prefix_space = j["add_prefix_space"].get<bool>();
     if (bool_field(j, "use_regex", true, where)) step.regex.emplace(kGpt2Pattern, false, where);
   } else if (type == "Split") {
     const Json& pattern = field(j, "pattern", where);

@@ -50,6 +50,17 @@ TEST(Tokenizer, GptNeoxPrefixSpaceMatchesHuggingFace) {
 }
 TEST(Tokenizer, Llama3MatchesHuggingFace) { expect_matches_golden("tokenizer_llama3.json", "llama3"); }
 
+// The published GPT-NeoX tokenizer.json has no "use_regex"; `tokenizers` defaults it to true.
+TEST(Tokenizer, ByteLevelUseRegexDefaultsToTrue) {
+  nlohmann::json doc = read_json(kData + "tokenizer_neox.json");
+  doc["pre_tokenizer"].erase("use_regex");
+  const Tokenizer tok = Tokenizer::parse(doc.dump(), "t.json");
+  for (const auto& e : golden().at("neox").at("encodings"))
+    EXPECT_EQ(tok.encode(e.at("text").get<std::string>(), false), e.at("ids").get<std::vector<int32_t>>());
+  doc["pre_tokenizer"].erase("add_prefix_space");
+  expect_error([&] { Tokenizer::parse(doc.dump(), "t.json"); }, {"t.json: pre_tokenizer: field 'add_prefix_space' missing"});
+}
+
 TEST(Tokenizer, VocabularyAccessors) {
   const Tokenizer tok = Tokenizer::load(kData + "tokenizer_llama3.json");
   const auto bos = tok.token_to_id("<|begin_of_text|>");
