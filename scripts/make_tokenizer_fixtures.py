@@ -16,7 +16,8 @@ Writes into tests/data/io/:
                          adds <|begin_of_text|>.
   tokenizer_golden.json  for each tokenizer file: encodings of tricky strings (with and
                          without special tokens) and decodings of id sequences, including
-                         ones that cut multi-byte characters.
+                         ones that cut multi-byte characters; and encodings by variants
+                         of the files with one component replaced (VARIANTS).
 Training is deterministic, so rerunning reproduces the files.
 """
 import json
@@ -89,6 +90,7 @@ TEXTS = [
     "line one\r\nline two\r\n\r\nline four",
     "word\u00a0nbsp\u2003emspace\u3000ideographic",
     "next\u0085line and\u2028ls",
+    "a\u200bb\u2029c\ufeffd\u1680e\u000bf\u000cg\u001ch\u00a0i\u2007j\u202fk\u205fl\u180em \u180e n",
     "<|endoftext|>",
     "before<|endoftext|>after",
     "a <|endoftext|> b<|padding|>c",
@@ -226,6 +228,68 @@ def _byte_char(b):
     return chr(256 + sorted(set(range(256)) - set(printable)).index(b))
 
 
+# Variants of the fixtures with one top-level component replaced, to cover pipeline
+# options the two tokenizers do not use: (base file, {component: replacement}).
+VARIANTS = {
+    "split_removed": ("tokenizer_llama3.json", {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "Removed", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}}),
+    "split_string": ("tokenizer_llama3.json", {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": "o"}, "behavior": "Isolated", "invert": False},
+        {"type": "Split", "pattern": {"String": "."}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False}]}}),
+    "bytelevel_no_regex": ("tokenizer_neox.json", {"pre_tokenizer": {
+        "type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}}),
+    "nfc_sequence": ("tokenizer_llama3.json", {"normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "NFC"}, {"type": "Sequence", "normalizers": []}]}}),
+    "no_post_processor": ("tokenizer_llama3.json", {"post_processor": None}),
+}
+
+
+def variant_goldens():
+    out = {}
+    for name, (base, replace) in VARIANTS.items():
+        with open(os.path.join(OUT, base), encoding="utf-8") as f:
+            doc = json.load(f)
+        doc.update(replace)
+        tok = Tokenizer.from_str(json.dumps(doc))
+        texts = TEXTS[:60]
+        out[name] = {"base": base, "replace": replace,
+                     "encodings": [{"text": t, "ids": tok.encode(t, add_special_tokens=True).ids} for t in texts]}
+    return out
+
+
+# Variants of the fixtures with one top-level component replaced, to cover pipeline
+# options the two tokenizers do not use: (base file, {component: replacement}).
+VARIANTS = {
+    "split_removed": ("tokenizer_llama3.json", {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "Removed", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}}),
+    "split_string": ("tokenizer_llama3.json", {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": "o"}, "behavior": "Isolated", "invert": False},
+        {"type": "Split", "pattern": {"String": "."}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False}]}}),
+    "bytelevel_no_regex": ("tokenizer_neox.json", {"pre_tokenizer": {
+        "type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}}),
+    "nfc_sequence": ("tokenizer_llama3.json", {"normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "NFC"}, {"type": "Sequence", "normalizers": []}]}}),
+    "no_post_processor": ("tokenizer_llama3.json", {"post_processor": None}),
+}
+
+
+def variant_goldens():
+    out = {}
+    for name, (base, replace) in VARIANTS.items():
+        with open(os.path.join(OUT, base), encoding="utf-8") as f:
+            doc = json.load(f)
+        doc.update(replace)
+        tok = Tokenizer.from_str(json.dumps(doc))
+        texts = TEXTS[:60]
+        out[name] = {"base": base, "replace": replace,
+                     "encodings": [{"text": t, "ids": tok.encode(t, add_special_tokens=True).ids} for t in texts]}
+    return out
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     neox = json.loads(train_neox().to_str())
@@ -240,6 +304,7 @@ def main():
     golden = {"tokenizers_version": __import__("tokenizers").__version__}
     for name, path in (("neox", neox_path), ("neox_prefix", neox_prefix_path), ("llama3", llama_path)):
         golden[name] = goldens(path)
+    golden["variants"] = variant_goldens()
     with open(os.path.join(OUT, "tokenizer_golden.json"), "w", encoding="utf-8") as f:
         json.dump(golden, f, ensure_ascii=False, indent=None, separators=(",", ":"))
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT) if n.startswith("tokenizer_"))

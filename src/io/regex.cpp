@@ -20,6 +20,49 @@ std::string pcre2_message(int code) {
   return reinterpret_cast<const char*>(buf);
 }
 
+// Oniguruma's Unicode \s (what `tokenizers` runs) is U+0009..U+000D, U+0085 and the Z
+// categories; PCRE2's also takes U+180E. Spelling \s and \S out keeps the two equal.
+constexpr const char* kSpace = "\\x09-\\x0d\\x{85}\\p{Z}";
+
+std::string onig_compatible(const std::string& pattern) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    const char next = i + 1 < pattern.size() ? pattern[i + 1] : '\0';
+    if (c == '\\' && next == 'Q') {  // \Q...\E quotes literally
+      const size_t end = pattern.find("\\E", i + 2);
+      const size_t stop = end == std::string::npos ? pattern.size() : end + 2;
+      out.append(pattern, i, stop - i);
+      i = stop - 1;
+    } else if (c == '\\' && next == 's') {
+      out += in_class ? std::string(kSpace) : "[" + std::string(kSpace) + "]";
+      ++i;
+    } else if (c == '\\' && next == 'S' && !in_class) {
+      out += "[^" + std::string(kSpace) + "]";
+      ++i;
+    } else if (c == '\\' && next != '\0') {
+      out += c;
+      out += next;
+      ++i;
+    } else if (c == '[' && in_class && next == ':') {  // [:alpha:] inside a class
+      const size_t end = pattern.find(":]", i + 2);
+      const size_t stop = end == std::string::npos ? i + 1 : end + 2;
+      out.append(pattern, i, stop - i);
+      i = stop - 1;
+    } else if (c == '[' && !in_class) {
+      in_class = true;
+      out += c;
+      if (next == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];  // a leading ] is literal
+    } else {
+      if (c == ']') in_class = false;
+      out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 struct Regex::Impl {
@@ -37,8 +80,10 @@ Regex::Regex(const std::string& pattern, bool literal, const std::string& label)
   impl->label = label;
   int error = 0;
   PCRE2_SIZE error_offset = 0;
-  const uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
-  impl->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error,
+  // PCRE2_LITERAL admits no UCP (a literal needs no character properties).
+  const uint32_t options = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP;
+  const std::string source = literal ? pattern : onig_compatible(pattern);
+  impl->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), options, &error,
                              &error_offset, nullptr);
   if (!impl->code)
     throw Error(label + ": invalid regex at offset " + std::to_string(error_offset) + ": " + pcre2_message(error));

@@ -50,6 +50,23 @@ TEST(Tokenizer, GptNeoxPrefixSpaceMatchesHuggingFace) {
 }
 TEST(Tokenizer, Llama3MatchesHuggingFace) { expect_matches_golden("tokenizer_llama3.json", "llama3"); }
 
+// Pipeline options the two fixtures do not use (Split "Removed", String patterns, ByteLevel
+// without its regex, nested normalizer Sequences, no post-processor), each checked on a
+// copy of a fixture with one component replaced, as recorded by the fixture script.
+TEST(Tokenizer, VariantsMatchHuggingFace) {
+  const auto& variants = golden().at("variants");
+  ASSERT_GE(variants.size(), 5u);
+  for (const auto& [name, v] : variants.items()) {
+    nlohmann::json doc = read_json(kData + v.at("base").get<std::string>());
+    for (const auto& [component, value] : v.at("replace").items()) doc[component] = value;
+    const Tokenizer tok = Tokenizer::parse(doc.dump(), name);
+    for (const auto& e : v.at("encodings")) {
+      const std::string text = e.at("text");
+      EXPECT_EQ(tok.encode(text, true), e.at("ids").get<std::vector<int32_t>>()) << name << " text " << escaped(text);
+    }
+  }
+}
+
 // The published GPT-NeoX tokenizer.json has no "use_regex"; `tokenizers` defaults it to true.
 TEST(Tokenizer, ByteLevelUseRegexDefaultsToTrue) {
   nlohmann::json doc = read_json(kData + "tokenizer_neox.json");
