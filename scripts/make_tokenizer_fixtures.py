@@ -73,6 +73,7 @@ TEXTS = [
     "It's I'm you'll we've they'd she's",
     "IT'S I'M YOU'LL WE'VE THEY'D 'S 'T",
     "don't won't can't ain't",
+    "it\u2019s it'\u017f IT'\u017f 'LL 'Ll 'lL",
     "Café naïve façade",
     "Cafe\u0301 nai\u0308ve",
     "\u1100\u1161\u11a8 (decomposed Hangul)",
