@@ -41,8 +41,8 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// The weights of a checkpoint: a model directory (model.safetensors.index.json with its
-// shards, or model.safetensors), a .safetensors file, or an index .json file.
+// The weights of a checkpoint: a model directory (model.safetensors, or else
+// model.safetensors.index.json with its shards), a .safetensors file, or an index file.
 class Checkpoint {
  public:
   static Checkpoint open(const std::string& path);

@@ -32,8 +32,9 @@ Checkpoint Checkpoint::open(const std::string& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
     const fs::path dir(path);
-    if (fs::exists(dir / "model.safetensors.index.json", ec)) file = (dir / "model.safetensors.index.json").string();
-    else if (fs::exists(dir / "model.safetensors", ec)) file = (dir / "model.safetensors").string();
+    // transformers looks for the single file first, then the index.
+    if (fs::exists(dir / "model.safetensors", ec)) file = (dir / "model.safetensors").string();
+    else if (fs::exists(dir / "model.safetensors.index.json", ec)) file = (dir / "model.safetensors.index.json").string();
     else throw Error(path + ": no model.safetensors or model.safetensors.index.json in this directory");
   }
 
