@@ -1,0 +1,274 @@
+// Selective scan kernels (see selective_scan.h). The cost is one exp per (token, channel,
+// state element); everything else is a few FMAs, so the kernels keep the state of a channel
+// block in L1 (transposed so that a vector load gets the lanes it needs) and spend their
+// time in Highway's vector exp. Two lane mappings exist so that both can be measured:
+//   channels: lane = channel, loop over n inside; no horizontal sums, B[n]/C[n] broadcast.
+//   state:    lane = state element, loop over channels; one horizontal sum per (t, d).
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/ops/ssm/selective_scan.cpp"
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "hwy/aligned_allocator.h"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "src/core/parallel.h"
+#include "src/ops/ssm/selective_scan.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace subq::ops::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// softplus(v) = max(v, 0) + log1p(exp(-|v|)): exact form, no overflow.
+template <class DF, class V>
+HWY_INLINE V Softplus(DF d, V v) {
+  return hn::Add(hn::Max(v, hn::Zero(d)), hn::Log1p(d, hn::Exp(d, hn::Neg(hn::Abs(v)))));
+}
+
+template <class DF, class V>
+HWY_INLINE V Silu(DF d, V v) {
+  return hn::Div(v, hn::Add(hn::Set(d, 1.f), hn::Exp(d, hn::Neg(v))));
+}
+
+template <class DF>
+HWY_INLINE hn::Vec<DF> Delta(DF d, const SelectiveScanArgs& a, const float* dt, hn::Vec<DF> bias) {
+  const auto v = hn::Add(hn::LoadU(d, dt), bias);
+  return a.dt_softplus ? Softplus(d, v) : v;
+}
+
+// Lane = channel. Scans channels [c0, c0 + Lanes(d)) of batch b, all in group g.
+// hl and at are aligned scratch of N * Lanes(d) floats: the block's state and A as [N][lane].
+template <class DF>
+HWY_INLINE void ScanChannelBlock(DF d, const SelectiveScanArgs& a, int64_t b, int64_t c0, int64_t g, float* hl,
+                                 float* at) {
+  using V = hn::Vec<DF>;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t N = a.state_dim, Dn = a.channels;
+  float* h = a.h + (b * Dn + c0) * N;
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t n = 0; n < N; ++n) {
+      hl[n * L + l] = h[l * N + n];
+      at[n * L + l] = a.A[(c0 + l) * N + n];
+    }
+  const V bias = a.dt_bias ? hn::LoadU(d, a.dt_bias + c0) : hn::Zero(d);
+  const V dskip = a.D ? hn::LoadU(d, a.D + c0) : hn::Zero(d);
+  const float* x = a.x.data + b * a.x.batch_stride + c0;
+  const float* dt = a.dt.data + b * a.dt.batch_stride + c0;
+  const float* z = a.z.data ? a.z.data + b * a.z.batch_stride + c0 : nullptr;
+  const float* Bm = a.B.data + b * a.B.batch_stride + g * N;
+  const float* Cm = a.C.data + b * a.C.batch_stride + g * N;
+  float* y = a.y.data + b * a.y.batch_stride + c0;
+  for (int64_t t = 0; t < a.seqlen; ++t) {
+    const V delta = Delta(d, a, dt + t * a.dt.token_stride, bias);
+    const V xv = hn::LoadU(d, x + t * a.x.token_stride);
+    const V dx = hn::Mul(delta, xv);
+    const float* Bt = Bm + t * a.B.token_stride;
+    const float* Ct = Cm + t * a.C.token_stride;
+    V acc = hn::Mul(dskip, xv);
+    for (int64_t n = 0; n < N; ++n) {
+      const V decay = hn::Exp(d, hn::Mul(delta, hn::Load(d, at + n * L)));
+      const V hv = hn::MulAdd(decay, hn::Load(d, hl + n * L), hn::Mul(dx, hn::Set(d, Bt[n])));
+      hn::Store(hv, d, hl + n * L);
+      acc = hn::MulAdd(hv, hn::Set(d, Ct[n]), acc);
+    }
+    if (z) acc = hn::Mul(acc, Silu(d, hn::LoadU(d, z + t * a.z.token_stride)));
+    hn::StoreU(acc, d, y + t * a.y.token_stride);
+  }
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t n = 0; n < N; ++n) h[l * N + n] = hl[n * L + l];
+}
+
+void ScanChannels(const SelectiveScanArgs& a) {
+  const hn::ScalableTag<float> d;
+  const hn::CappedTag<float, 1> d1;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t per_group = a.channels / a.groups;
+  const int64_t blocks = (per_group + L - 1) / L;
+  parallel_for(a.batch * a.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    auto scratch = hwy::AllocateAligned<float>(static_cast<size_t>(2 * a.state_dim * L));
+    float* hl = scratch.get();
+    float* at = hl + a.state_dim * L;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (a.groups * blocks), g = task / blocks % a.groups, j = task % blocks;
+      const int64_t c0 = g * per_group + j * L;
+      if (j * L + L <= per_group) {
+        ScanChannelBlock(d, a, b, c0, g, hl, at);
+      } else {
+        for (int64_t c = c0; c < (g + 1) * per_group; ++c) ScanChannelBlock(d1, a, b, c, g, hl, at);
+      }
+    }
+  });
+}
+
+// Lane = state element. Scans up to kBlock channels [c0, c1) of batch b in group g; N is
+// padded with zeros to Np (a multiple of the lanes), which leaves padded state at zero.
+constexpr int64_t kStateBlock = 16;
+
+void ScanStateBlock(const SelectiveScanArgs& a, int64_t b, int64_t c0, int64_t c1, int64_t g, int64_t Np, float* hs,
+                    float* as, float* bp, float* cp) {
+  const hn::ScalableTag<float> d;
+  const hn::CappedTag<float, 1> d1;
+  using V = hn::Vec<decltype(d)>;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t N = a.state_dim, Dn = a.channels, width = c1 - c0;
+  std::fill_n(hs, width * Np, 0.f);
+  std::fill_n(as, width * Np, 0.f);
+  std::fill_n(bp, Np, 0.f);
+  std::fill_n(cp, Np, 0.f);
+  for (int64_t i = 0; i < width; ++i) {
+    std::memcpy(hs + i * Np, a.h + (b * Dn + c0 + i) * N, static_cast<size_t>(N) * sizeof(float));
+    std::memcpy(as + i * Np, a.A + (c0 + i) * N, static_cast<size_t>(N) * sizeof(float));
+  }
+  for (int64_t t = 0; t < a.seqlen; ++t) {
+    std::memcpy(bp, a.B.data + b * a.B.batch_stride + t * a.B.token_stride + g * N, static_cast<size_t>(N) * sizeof(float));
+    std::memcpy(cp, a.C.data + b * a.C.batch_stride + t * a.C.token_stride + g * N, static_cast<size_t>(N) * sizeof(float));
+    const float* x = a.x.data + b * a.x.batch_stride + t * a.x.token_stride;
+    const float* dt = a.dt.data + b * a.dt.batch_stride + t * a.dt.token_stride;
+    float* y = a.y.data + b * a.y.batch_stride + t * a.y.token_stride;
+    for (int64_t c = c0; c < c1; ++c) {
+      const auto bias = a.dt_bias ? hn::LoadU(d1, a.dt_bias + c) : hn::Zero(d1);
+      const float delta = hn::GetLane(Delta(d1, a, dt + c, bias));
+      const V dv = hn::Set(d, delta), dx = hn::Set(d, delta * x[c]);
+      float* h = hs + (c - c0) * Np;
+      const float* A = as + (c - c0) * Np;
+      V acc = hn::Zero(d);
+      for (int64_t n = 0; n < Np; n += L) {
+        const V decay = hn::Exp(d, hn::Mul(dv, hn::Load(d, A + n)));
+        const V hv = hn::MulAdd(decay, hn::Load(d, h + n), hn::Mul(dx, hn::Load(d, bp + n)));
+        hn::Store(hv, d, h + n);
+        acc = hn::MulAdd(hv, hn::Load(d, cp + n), acc);
+      }
+      float out = hn::GetLane(hn::SumOfLanes(d, acc)) + (a.D ? a.D[c] * x[c] : 0.f);
+      if (a.z.data) {
+        const float* z = a.z.data + b * a.z.batch_stride + t * a.z.token_stride + c;
+        out *= hn::GetLane(Silu(d1, hn::LoadU(d1, z)));
+      }
+      y[c] = out;
+    }
+  }
+  for (int64_t i = 0; i < width; ++i)
+    std::memcpy(a.h + (b * Dn + c0 + i) * N, hs + i * Np, static_cast<size_t>(N) * sizeof(float));
+}
+
+void ScanState(const SelectiveScanArgs& a) {
+  const hn::ScalableTag<float> d;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t Np = (a.state_dim + L - 1) / L * L;
+  const int64_t per_group = a.channels / a.groups;
+  const int64_t blocks = (per_group + kStateBlock - 1) / kStateBlock;
+  parallel_for(a.batch * a.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    auto scratch = hwy::AllocateAligned<float>(static_cast<size_t>(2 * kStateBlock * Np + 2 * Np));
+    float* hs = scratch.get();
+    float* as = hs + kStateBlock * Np;
+    float* bp = as + kStateBlock * Np;
+    float* cp = bp + Np;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (a.groups * blocks), g = task / blocks % a.groups, j = task % blocks;
+      const int64_t c0 = g * per_group + j * kStateBlock;
+      const int64_t c1 = std::min(c0 + kStateBlock, (g + 1) * per_group);
+      ScanStateBlock(a, b, c0, c1, g, Np, hs, as, bp, cp);
+    }
+  });
+}
+
+}  // namespace subq::ops::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include <string>
+
+namespace subq::ops {
+
+HWY_EXPORT(ScanChannels);
+HWY_EXPORT(ScanState);
+
+void selective_scan(const SelectiveScanArgs& a) {
+  if (a.state_dim < 1 || a.state_dim > kScanMaxState)
+    throw Error("selective_scan: state size N must be in [1, 256], found " + std::to_string(a.state_dim));
+  if (a.groups < 1 || a.channels % a.groups != 0)
+    throw Error("selective_scan: groups " + std::to_string(a.groups) + " must divide channels " +
+                std::to_string(a.channels));
+  if (a.batch <= 0 || a.seqlen <= 0 || a.channels <= 0) return;
+  if (a.lanes == ScanLanes::state) HWY_DYNAMIC_DISPATCH(ScanState)(a);
+  else HWY_DYNAMIC_DISPATCH(ScanChannels)(a);
+}
+
+namespace {
+
+void check_seq(const Tensor& t, int64_t B, int64_t T, int64_t D, const char* what) {
+  check_dtype(t, DType::f32, what);
+  check_contiguous(t, what);
+  check_shape(t, Shape{B, T, D}, what);
+}
+
+void check_vec(const Tensor& t, int64_t n, const char* what) {
+  check_dtype(t, DType::f32, what);
+  check_contiguous(t, what);
+  check_shape(t, Shape{n}, what);
+}
+
+// B or C: [B, T, N] (one group) or [B, T, G, N]; returns G.
+int64_t check_bc(const Tensor& t, int64_t B, int64_t T, int64_t N, const char* what) {
+  check_dtype(t, DType::f32, what);
+  check_contiguous(t, what);
+  if (t.ndim() == 3) {
+    check_shape(t, Shape{B, T, N}, what);
+    return 1;
+  }
+  if (t.ndim() != 4 || t.dim(0) != B || t.dim(1) != T || t.dim(3) != N || t.dim(2) < 1)
+    throw Error(std::string(what) + " must be [" + std::to_string(B) + ", " + std::to_string(T) + ", " +
+                std::to_string(N) + "] or [" + std::to_string(B) + ", " + std::to_string(T) + ", G, " +
+                std::to_string(N) + "], found " + t.str());
+  return t.dim(2);
+}
+
+}  // namespace
+
+void selective_scan(const Tensor& x, const Tensor& dt, const Tensor& dt_bias, bool dt_softplus, const Tensor& A,
+                    const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z, const Tensor& h,
+                    const Tensor& y, ScanLanes lanes) {
+  check_dtype(x, DType::f32, "selective_scan: x");
+  if (x.ndim() != 3) throw Error("selective_scan: x must be [B, T, D], found " + x.str());
+  const int64_t Bn = x.dim(0), T = x.dim(1), Dn = x.dim(2);
+  check_seq(x, Bn, T, Dn, "selective_scan: x");
+  check_seq(dt, Bn, T, Dn, "selective_scan: dt");
+  check_seq(y, Bn, T, Dn, "selective_scan: y");
+  if (z.defined()) check_seq(z, Bn, T, Dn, "selective_scan: z");
+  if (dt_bias.defined()) check_vec(dt_bias, Dn, "selective_scan: dt_bias");
+  if (D.defined()) check_vec(D, Dn, "selective_scan: D");
+  check_dtype(A, DType::f32, "selective_scan: A");
+  check_contiguous(A, "selective_scan: A");
+  if (A.ndim() != 2 || A.dim(0) != Dn)
+    throw Error("selective_scan: A must be [" + std::to_string(Dn) + ", N], found " + A.str());
+  const int64_t N = A.dim(1);
+  const int64_t G = check_bc(B, Bn, T, N, "selective_scan: B");
+  if (check_bc(C, Bn, T, N, "selective_scan: C") != G || B.ndim() != C.ndim())
+    throw Error("selective_scan: C " + C.str() + " must have the shape of B " + B.str());
+  check_dtype(h, DType::f32, "selective_scan: h");
+  check_contiguous(h, "selective_scan: h");
+  check_shape(h, Shape{Bn, Dn, N}, "selective_scan: h");
+  SelectiveScanArgs a;
+  a.batch = Bn;
+  a.seqlen = T;
+  a.channels = Dn;
+  a.state_dim = N;
+  a.groups = G;
+  a.x = {x.data<float>(), T * Dn, Dn};
+  a.dt = {dt.data<float>(), T * Dn, Dn};
+  a.dt_bias = dt_bias.defined() ? dt_bias.data<float>() : nullptr;
+  a.dt_softplus = dt_softplus;
+  a.A = A.data<float>();
+  a.B = {B.data<float>(), T * G * N, G * N};
+  a.C = {C.data<float>(), T * G * N, G * N};
+  a.D = D.defined() ? D.data<float>() : nullptr;
+  a.z = z.defined() ? SeqView{z.data<float>(), T * Dn, Dn} : SeqView{};
+  a.h = h.mutable_data<float>();
+  a.y = {y.mutable_data<float>(), T * Dn, Dn};
+  a.lanes = lanes;
+  selective_scan(a);
+}
+
+}  // namespace subq::ops
+#endif  // HWY_ONCE
