@@ -43,3 +43,52 @@ inline Vec selective_scan(const Vec& x, const Vec& dt, const Vec& dt_bias, bool 
 }
 
 }  // namespace subq::ref
+
+namespace subq::ref {
+
+// y[M, N] = x[M, K] W[N, K]^T + bias[N] (bias may be empty).
+inline Vec linear(const Vec& x, int64_t M, int64_t K, const Vec& W, int64_t N, const Vec& bias) {
+  Vec y(static_cast<size_t>(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = bias.empty() ? 0.0 : bias[n];
+      for (int64_t k = 0; k < K; ++k) acc += x[m * K + k] * W[n * K + k];
+      y[m * N + n] = acc;
+    }
+  return y;
+}
+
+struct MambaRef {
+  int64_t d_model, d_inner, d_state, d_conv, dt_rank;
+  Vec in_proj, in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_proj_bias, A_log, D, out_proj, out_proj_bias;
+};
+
+// Hugging Face MambaMixer.slow_forward over u[B, T, d_model] from a zero state.
+inline Vec mamba_mixer(const MambaRef& m, const Vec& u, int64_t B, int64_t T) {
+  const int64_t I = m.d_inner, N = m.d_state, R = m.dt_rank, M = B * T;
+  const Vec proj = linear(u, M, m.d_model, m.in_proj, 2 * I, m.in_proj_bias);
+  Vec x(static_cast<size_t>(M * I)), z(static_cast<size_t>(M * I));
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t i = 0; i < I; ++i) {
+      x[r * I + i] = proj[r * 2 * I + i];
+      z[r * I + i] = proj[r * 2 * I + I + i];
+    }
+  const Vec xc = causal_conv1d(x, B, T, I, m.conv_weight, m.d_conv, m.conv_bias, {}, true);
+  const Vec dbl = linear(xc, M, I, m.x_proj, R + 2 * N, {});
+  Vec dt_in(static_cast<size_t>(M * R)), Bm(static_cast<size_t>(M * N)), Cm(static_cast<size_t>(M * N));
+  for (int64_t r = 0; r < M; ++r) {
+    for (int64_t k = 0; k < R; ++k) dt_in[r * R + k] = dbl[r * (R + 2 * N) + k];
+    for (int64_t n = 0; n < N; ++n) {
+      Bm[r * N + n] = dbl[r * (R + 2 * N) + R + n];
+      Cm[r * N + n] = dbl[r * (R + 2 * N) + R + N + n];
+    }
+  }
+  const Vec dt = linear(dt_in, M, R, m.dt_proj, I, m.dt_proj_bias);
+  Vec A(m.A_log.size());
+  for (size_t i = 0; i < A.size(); ++i) A[i] = -std::exp(m.A_log[i]);
+  Vec h(static_cast<size_t>(B * I * N), 0.0);
+  const Vec y = selective_scan(xc, dt, {}, true, A, Bm, Cm, m.D, z, h, B, T, I, N, 1);
+  return linear(y, M, I, m.out_proj, m.d_model, m.out_proj_bias);
+}
+
+}  // namespace subq::ref
