@@ -90,7 +90,9 @@ void causal_conv1d(int64_t batch, int64_t seqlen, int64_t channels, int width, S
   const std::vector<float> zeros(static_cast<size_t>(channels), 0.f);
 
   const int64_t tiles = (seqlen + kTokenTile - 1) / kTokenTile;
-  parallel_for(batch * tiles, 1, [&](int64_t begin, int64_t end) {
+  // Enough outputs per thread that a decode step does not pay for waking the pool.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / (std::min(seqlen, kTokenTile) * channels));
+  parallel_for(batch * tiles, grain, [&](int64_t begin, int64_t end) {
     const float* rows[kTokenTile + kConvMaxWidth];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, t0 = (task % tiles) * kTokenTile;

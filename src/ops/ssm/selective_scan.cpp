@@ -112,7 +112,10 @@ void ScanChannels(const SelectiveScanArgs& a) {
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
   const int64_t per_group = a.channels / a.groups;
   const int64_t blocks = (per_group + L - 1) / L;
-  parallel_for(a.batch * a.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+  // Enough (token, channel, state) updates per thread that a decode step does not pay
+  // for waking the pool.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / (a.seqlen * L * a.state_dim));
+  parallel_for(a.batch * a.groups * blocks, grain, [&](int64_t begin, int64_t end) {
     auto scratch = hwy::AllocateAligned<float>(static_cast<size_t>(2 * a.state_dim * L));
     float* hl = scratch.get();
     float* at = hl + a.state_dim * L;
