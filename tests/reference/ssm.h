@@ -92,3 +92,49 @@ inline Vec mamba_mixer(const MambaRef& m, const Vec& u, int64_t B, int64_t T) {
 }
 
 }  // namespace subq::ref
+
+#include <complex>
+
+namespace subq::ref {
+
+using Cplx = std::complex<double>;
+
+// S4D with ZOH from continuous A, B, C [H, M] and dt [H]: the recurrence over u [B, T, H]
+// from a zero state, y = 2 Re(C s) + D u (D may be empty).
+inline Vec s4d(const std::vector<Cplx>& A, const std::vector<Cplx>& Bc, const std::vector<Cplx>& C, const Vec& dt,
+               const Vec& D, const Vec& u, int64_t B, int64_t T, int64_t H, int64_t M) {
+  Vec y(static_cast<size_t>(B * T * H));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      std::vector<Cplx> s(static_cast<size_t>(M), 0.0);
+      for (int64_t t = 0; t < T; ++t) {
+        const double ut = u[(b * T + t) * H + h];
+        Cplx out = 0;
+        for (int64_t m = 0; m < M; ++m) {
+          const size_t i = static_cast<size_t>(h * M + m);
+          const Cplx dA = std::exp(dt[h] * A[i]);
+          const Cplx dB = (dA - 1.0) / A[i] * Bc[i];
+          s[m] = dA * s[m] + dB * ut;
+          out += C[i] * s[m];
+        }
+        y[(b * T + t) * H + h] = 2 * out.real() + (D.empty() ? 0.0 : D[h] * ut);
+      }
+    }
+  return y;
+}
+
+// The S4D convolution kernel K[h, l] = 2 Re(sum_m C dB dA^l), l < L.
+inline Vec s4d_kernel(const std::vector<Cplx>& A, const std::vector<Cplx>& Bc, const std::vector<Cplx>& C,
+                      const Vec& dt, int64_t H, int64_t M, int64_t L) {
+  Vec K(static_cast<size_t>(H * L), 0.0);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t m = 0; m < M; ++m) {
+      const size_t i = static_cast<size_t>(h * M + m);
+      const Cplx dA = std::exp(dt[h] * A[i]);
+      const Cplx dB = (dA - 1.0) / A[i] * Bc[i];
+      for (int64_t l = 0; l < L; ++l) K[h * L + l] += 2 * (C[i] * dB * std::pow(dA, static_cast<double>(l))).real();
+    }
+  return K;
+}
+
+}  // namespace subq::ref
