@@ -40,8 +40,8 @@ struct S4DDiscrete {
 };
 S4DDiscrete s4d_discretize_zoh(const S4DParams& p);
 
-// K[h, l] for l < L, written to K [H, L]. Powers of dA are formed in double so the kernel is
-// accurate at any L; parallel over channels.
+// K[h, l] for l < L, written to K [H, L]: the recurrence's impulse response, with powers of
+// dA re-anchored from double every 64 steps so the kernel stays accurate at any L.
 void s4d_kernel(const S4DDiscrete& s, int64_t L, float* K);
 
 // The recurrence over u [B, T, H] -> y [B, T, H], continuing from state [B, H, M] (complex
