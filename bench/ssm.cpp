@@ -12,6 +12,8 @@
 
 #include "bench/harness.h"
 #include "src/ops/conv/causal_conv1d.h"
+#include "src/ops/conv/long_conv.h"
+#include "src/ops/ssm/s4d.h"
 #include "src/ops/ssm/selective_scan.h"
 
 namespace subq::bench {
@@ -27,6 +29,21 @@ Tensor random_f32(const Shape& shape, float lo, float hi, uint64_t seed) {
 }
 
 double softplus(double v) { return v > 0 ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); }
+
+// Max |got - want| / max(|want|, 1e-3) over the first rows of y [T, C] against a float64
+// causal convolution with k [C, L].
+double long_conv_error(const Tensor& u, const Tensor& k, const Tensor& y, int64_t rows) {
+  const int64_t C = u.dim(2), L = k.dim(1);
+  double worst = 0;
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      double want = 0;
+      for (int64_t j = 0; j <= t && j < L; ++j)
+        want += static_cast<double>(k.data<float>()[c * L + j]) * u.data<float>()[(t - j) * C + c];
+      worst = std::max(worst, std::abs(y.data<float>()[t * C + c] - want) / std::max(std::abs(want), 1e-3));
+    }
+  return worst;
+}
 
 // Mamba-1 scan over [1, T, D] with N state elements, dt bias + softplus, D skip and z gate.
 class Scan final : public Instance {
@@ -150,6 +167,119 @@ SUBQ_BENCH_CASES(ssm_conv) {
   };
   // 3328 x 512 is the shape ggml's SSM_CONV was reported at; 4096 is Mamba-1.4b's width.
   return {conv("ssm.conv1d.d3328", 3328, {512, 4096}), conv("ssm.conv1d.d4096", 4096, {1024, 4096})};
+}
+
+
+// Long causal convolution over [1, T, C] with a filter of L taps (L = 0: as long as T),
+// by one method; shows where the FFT overtakes the direct sum.
+class LongConv final : public Instance {
+ public:
+  LongConv(int64_t T, int64_t C, int64_t L, ops::LongConvMethod m) : T_(T), C_(C), L_(L ? L : T), m_(m) {
+    u_ = random_f32({1, T, C}, -1, 1, 21);
+    k_ = random_f32({C, L_}, -1, 1, 22);
+    for (int64_t c = 0; c < C; ++c)  // decaying like an SSM kernel, so outputs stay O(1)
+      for (int64_t j = 0; j < L_; ++j) k_.mutable_data<float>()[c * L_ + j] *= std::exp(-static_cast<float>(j) / 64.f);
+    y_ = Tensor::empty(DType::f32, {1, T, C});
+  }
+  void run() override { ops::causal_long_conv(u_, k_, y_, m_); }
+  double bytes() const override { return 4.0 * static_cast<double>(2 * T_ * C_ + C_ * std::min(L_, T_)); }
+  int64_t tokens() const override { return T_; }
+  std::optional<double> max_rel_err() override {
+    run();
+    return long_conv_error(u_, k_, y_, std::min<int64_t>(T_, 32));
+  }
+
+ private:
+  int64_t T_, C_, L_;
+  ops::LongConvMethod m_;
+  Tensor u_, k_, y_;
+};
+
+SUBQ_BENCH_CASES(ssm_long_conv) {
+  std::vector<Case> cases;
+  for (int64_t L : {16, 64, 256, 0}) {
+    for (auto m : {ops::LongConvMethod::direct, ops::LongConvMethod::fft}) {
+      const std::string method = m == ops::LongConvMethod::fft ? "fft" : "direct";
+      const std::string taps = L ? "L" + std::to_string(L) : "Lfull";
+      cases.push_back(Case{.name = "ssm.long_conv." + taps + "." + method,
+                           .family = "ssm",
+                           .shape = "C=256 " + (L ? "L=" + std::to_string(L) : std::string("L=T")) + " " + method,
+                           .seq = {4096},
+                           .in_default = L == 64 || L == 0,
+                           .peer_of = {},
+                           .make = [L, m](int64_t T) { return std::make_unique<LongConv>(T, 256, L, m); }});
+    }
+  }
+  return cases;
+}
+
+// S4D over [1, T, H] with N = 2M: the recurrence, the FFT convolution with the kernel
+// already materialised (as when weights and length are fixed), and the kernel itself.
+class S4DRun final : public Instance {
+ public:
+  enum class Form { recurrence, fft_conv, kernel };
+  S4DRun(int64_t T, int64_t H, int64_t N, Form f) : T_(T), H_(H), M_(N / 2), form_(f) {
+    ops::S4DParams p;
+    p.channels = H;
+    p.modes = M_;
+    const auto A = ops::s4d_init_A(N, ops::S4DInit::inv);
+    std::mt19937_64 rng(31);
+    std::normal_distribution<double> nd(0, 0.7);
+    std::uniform_real_distribution<double> ld(std::log(1e-3), std::log(1e-1));
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t m = 0; m < M_; ++m) {
+        p.A.push_back(A[static_cast<size_t>(m)]);
+        p.B.emplace_back(1.0, 0.0);
+        p.C.emplace_back(nd(rng), nd(rng));
+      }
+      p.dt.push_back(std::exp(ld(rng)));
+    }
+    s_ = ops::s4d_discretize_zoh(p);
+    u_ = random_f32({1, T, H}, -1, 1, 32);
+    y_ = Tensor::empty(DType::f32, {1, T, H});
+    K_ = Tensor::empty(DType::f32, {H, T});
+    ops::s4d_kernel(s_, T, K_.mutable_data<float>());
+    state_.assign(static_cast<size_t>(2 * H * M_), 0.f);
+  }
+  void run() override {
+    switch (form_) {
+      case Form::recurrence: ops::s4d_scan(s_, 1, T_, u_.data<float>(), nullptr, state_.data(), y_.mutable_data<float>()); break;
+      case Form::fft_conv: ops::causal_long_conv(u_, K_, y_, ops::LongConvMethod::fft); break;
+      case Form::kernel: ops::s4d_kernel(s_, T_, K_.mutable_data<float>()); break;
+    }
+  }
+  double bytes() const override { return 4.0 * static_cast<double>((form_ == Form::kernel ? 1 : 2) * T_ * H_); }
+  int64_t tokens() const override { return T_; }
+  // Outputs of the recurrence (from a zero state) and of the convolution, against the
+  // float64 convolution with the kernel: the forms must agree.
+  std::optional<double> max_rel_err() override {
+    if (form_ == Form::kernel) return std::nullopt;
+    std::fill(state_.begin(), state_.end(), 0.f);
+    run();
+    return long_conv_error(u_, K_, y_, std::min<int64_t>(T_, 32));
+  }
+
+ private:
+  int64_t T_, H_, M_;
+  Form form_;
+  ops::S4DDiscrete s_;
+  Tensor u_, y_, K_;
+  std::vector<float> state_;
+};
+
+SUBQ_BENCH_CASES(ssm_s4d) {
+  using F = S4DRun::Form;
+  auto s4d = [](const std::string& form, F f, int64_t N, bool in_default) {
+    return Case{.name = "ssm.s4d." + form + ".n" + std::to_string(N),
+                .family = "ssm",
+                .shape = "H=256 N=" + std::to_string(N) + " " + form,
+                .seq = {1024, 16384},
+                .in_default = in_default,
+                .peer_of = {},
+                .make = [f, N](int64_t T) { return std::make_unique<S4DRun>(T, 256, N, f); }};
+  };
+  return {s4d("recurrence", F::recurrence, 64, true), s4d("fft_conv", F::fft_conv, 64, true),
+          s4d("kernel", F::kernel, 64, false), s4d("recurrence", F::recurrence, 256, false)};
 }
 
 }  // namespace

@@ -90,6 +90,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 #include <fftw3.h>
 
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <string>
@@ -147,9 +148,15 @@ int64_t fft_size(int64_t m) {
 
 }  // namespace
 
-// Crossover from `subq bench --only ssm.long_conv` on the 2-core AVX-512 machine
-// (docs/benchmarks.md): direct wins while the filter is shorter than ~64 taps at any T.
-bool long_conv_uses_fft(int64_t T, int64_t L) { return std::min(T, L) > 64; }
+// Cost model fitted to `subq bench --only ssm.long_conv` (2-core AVX-512 machine,
+// docs/benchmarks.md): the FFT path costs ~0.165 ns per n log2 n point per channel (three
+// transforms, the gathers and the product), the direct path ~0.013 ns per multiply-add.
+// At T = 4096 this puts the crossover near L = 160 taps.
+bool long_conv_uses_fft(int64_t T, int64_t L) {
+  const int64_t taps = std::min(T, L);
+  const double n = static_cast<double>(fft_size(T + taps - 1));
+  return 0.165 * n * std::log2(n) < 0.013 * static_cast<double>(T) * static_cast<double>(taps);
+}
 
 void causal_long_conv_direct(int64_t batch, int64_t seqlen, int64_t channels, const float* u, const float* k,
                              int64_t taps, float* y) {
@@ -178,26 +185,41 @@ void causal_long_conv_fft(int64_t batch, int64_t seqlen, int64_t channels, const
   const int64_t n = fft_size(seqlen + L - 1);
   if (n > (int64_t{1} << 30)) throw Error("causal_long_conv: sequence too long for one FFT: " + std::to_string(seqlen));
   const RealPlans& plans = plans_for(static_cast<int>(n));
-  const int64_t bins = n / 2 + 1;
+  // Floats per column or spectrum, rounded to 64 bytes: FFTW's SIMD plans need every
+  // array at the alignment fftwf_malloc gives.
+  const int64_t bins = n / 2 + 1, stride = (2 * bins + 15) / 16 * 16;
   const float inv_n = 1.f / static_cast<float>(n);
-  // Per channel: the filter's transform once, then each sequence of the batch.
-  parallel_for(channels, 1, [&](int64_t c0, int64_t c1) {
-    FftwBuffer real(static_cast<size_t>(n)), spec(static_cast<size_t>(2 * bins)), kspec(static_cast<size_t>(2 * bins));
+  // Tasks are blocks of kBlock channels: columns of the token-major u are gathered (and y
+  // scattered) a whole row segment at a time, so each cache line is read once, not once
+  // per channel. The filters' transforms are made once per block and reused over the batch.
+  constexpr int64_t kBlock = 8;
+  const int64_t blocks = (channels + kBlock - 1) / kBlock;
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    FftwBuffer cols(static_cast<size_t>(kBlock * stride)), kspec(static_cast<size_t>(kBlock * stride));
+    FftwBuffer spec(static_cast<size_t>(stride));
     auto* sc = reinterpret_cast<fftwf_complex*>(spec.p);
-    auto* kc = reinterpret_cast<fftwf_complex*>(kspec.p);
-    for (int64_t c = c0; c < c1; ++c) {
-      std::copy(k + c * taps, k + c * taps + L, real.p);
-      std::fill(real.p + L, real.p + n, 0.f);
-      fftwf_execute_dft_r2c(plans.forward, real.p, kc);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t c0 = blk * kBlock, w = std::min(kBlock, channels - c0);
+      for (int64_t i = 0; i < w; ++i) {
+        float* col = cols.p + i * stride;
+        std::copy(k + (c0 + i) * taps, k + (c0 + i) * taps + L, col);
+        std::fill(col + L, col + n, 0.f);
+        fftwf_execute_dft_r2c(plans.forward, col, reinterpret_cast<fftwf_complex*>(kspec.p + i * stride));
+      }
       for (int64_t b = 0; b < batch; ++b) {
-        const float* ub = u + b * seqlen * channels + c;
-        for (int64_t t = 0; t < seqlen; ++t) real.p[t] = ub[t * channels];
-        std::fill(real.p + seqlen, real.p + n, 0.f);
-        fftwf_execute_dft_r2c(plans.forward, real.p, sc);
-        HWY_DYNAMIC_DISPATCH(ComplexMulScale)(spec.p, kspec.p, static_cast<size_t>(bins), inv_n);
-        fftwf_execute_dft_c2r(plans.inverse, sc, real.p);
-        float* yb = y + b * seqlen * channels + c;
-        for (int64_t t = 0; t < seqlen; ++t) yb[t * channels] = real.p[t];
+        const float* ub = u + b * seqlen * channels + c0;
+        for (int64_t t = 0; t < seqlen; ++t)
+          for (int64_t i = 0; i < w; ++i) cols.p[i * stride + t] = ub[t * channels + i];
+        for (int64_t i = 0; i < w; ++i) {
+          float* col = cols.p + i * stride;
+          std::fill(col + seqlen, col + n, 0.f);
+          fftwf_execute_dft_r2c(plans.forward, col, sc);
+          HWY_DYNAMIC_DISPATCH(ComplexMulScale)(spec.p, kspec.p + i * stride, static_cast<size_t>(bins), inv_n);
+          fftwf_execute_dft_c2r(plans.inverse, sc, col);
+        }
+        float* yb = y + b * seqlen * channels + c0;
+        for (int64_t t = 0; t < seqlen; ++t)
+          for (int64_t i = 0; i < w; ++i) yb[t * channels + i] = cols.p[i * stride + t];
       }
     }
   });

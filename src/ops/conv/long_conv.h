@@ -4,7 +4,7 @@
 // Two paths compute the same thing: direct (T * min(L, T) FMAs per channel, vectorised
 // over channels) and FFT (FFTW3 real transforms of a size >= T + L - 1, O(T log T) per
 // channel). `automatic` takes the faster one by a crossover measured with
-// `subq bench --only ssm.long_conv` (docs/benchmarks.md).
+// `subq bench --only ssm.long_conv` (a cost model, docs/benchmarks.md).
 #pragma once
 
 #include <cstdint>
