@@ -199,28 +199,39 @@ S4DDiscrete s4d_discretize_zoh(const S4DParams& p) {
 void s4d_kernel(const S4DDiscrete& s, int64_t L, float* K) {
   check_discrete(s, "s4d_kernel");
   if (L < 1) throw Error("s4d_kernel: length must be >= 1, found " + std::to_string(L));
-  constexpr int64_t kAnchor = 64;
+  constexpr int64_t kAnchor = 64, kChannels = 16;
   const int64_t H = s.channels, M = s.modes;
-  std::vector<std::complex<double>> anchor(static_cast<size_t>(H * M)), stride(static_cast<size_t>(H * M));
-  for (size_t i = 0; i < anchor.size(); ++i) {
-    const std::complex<double> z(s.dA[i]);
-    anchor[i] = std::complex<double>(s.dB[i]) / z;
-    stride[i] = 1.0;
-    for (int64_t k = 0; k < kAnchor; ++k) stride[i] *= z;
-  }
-  std::vector<float> state(static_cast<size_t>(2 * H * M)), zeros(static_cast<size_t>(kAnchor * H), 0.f);
-  std::vector<float> out(static_cast<size_t>(kAnchor * H));
-  for (int64_t l0 = 0; l0 < L; l0 += kAnchor) {
-    for (size_t i = 0; i < anchor.size(); ++i) {
-      state[2 * i] = static_cast<float>(anchor[i].real());
-      state[2 * i + 1] = static_cast<float>(anchor[i].imag());
-      anchor[i] *= stride[i];
+  // One task per block of channels, each walking all of L (the scan inside runs inline).
+  parallel_for((H + kChannels - 1) / kChannels, 1, [&](int64_t b0, int64_t b1) {
+    S4DDiscrete part;
+    std::vector<std::complex<double>> anchor, stride;
+    std::vector<float> state, zeros(static_cast<size_t>(kAnchor * kChannels), 0.f), out(zeros.size());
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t c0 = blk * kChannels, w = std::min(kChannels, H - c0);
+      const auto first = static_cast<std::ptrdiff_t>(c0 * M), last = static_cast<std::ptrdiff_t>((c0 + w) * M);
+      part = S4DDiscrete{w, M, {s.dA.begin() + first, s.dA.begin() + last}, {s.dB.begin() + first, s.dB.begin() + last},
+                         {s.C.begin() + first, s.C.begin() + last}};
+      anchor.assign(static_cast<size_t>(w * M), 0.0);
+      stride.assign(static_cast<size_t>(w * M), 1.0);
+      state.assign(static_cast<size_t>(2 * w * M), 0.f);
+      for (size_t i = 0; i < anchor.size(); ++i) {
+        const std::complex<double> z(part.dA[i]);
+        anchor[i] = std::complex<double>(part.dB[i]) / z;
+        for (int64_t k = 0; k < kAnchor; ++k) stride[i] *= z;
+      }
+      for (int64_t l0 = 0; l0 < L; l0 += kAnchor) {
+        for (size_t i = 0; i < anchor.size(); ++i) {
+          state[2 * i] = static_cast<float>(anchor[i].real());
+          state[2 * i + 1] = static_cast<float>(anchor[i].imag());
+          anchor[i] *= stride[i];
+        }
+        const int64_t n = std::min(kAnchor, L - l0);
+        HWY_DYNAMIC_DISPATCH(Scan)(part, 1, n, zeros.data(), nullptr, state.data(), out.data());
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t h = 0; h < w; ++h) K[(c0 + h) * L + l0 + i] = out[static_cast<size_t>(i * w + h)];
+      }
     }
-    const int64_t n = std::min(kAnchor, L - l0);
-    HWY_DYNAMIC_DISPATCH(Scan)(s, 1, n, zeros.data(), nullptr, state.data(), out.data());
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t h = 0; h < H; ++h) K[h * L + l0 + i] = out[static_cast<size_t>(i * H + h)];
-  }
+  });
 }
 
 void s4d_scan(const S4DDiscrete& s, int64_t batch, int64_t seqlen, const float* u, const float* D, float* state,
