@@ -65,12 +65,13 @@ HWY_INLINE hn::Vec<DF> Delta(DF d, const SelectiveScanArgs& a, const float* dt, 
 
 // Lane = channel. Scans channels [c0, c0 + Lanes(d)) of batch b, all in group g.
 // hl and at are aligned scratch of N * Lanes(d) floats: the block's state and A as [N][lane].
-template <class DF>
+// kN > 0: N is the compile-time kN and the state lives in registers across tokens.
+template <int kN, class DF>
 HWY_INLINE void ScanChannelBlock(DF d, const SelectiveScanArgs& a, int64_t b, int64_t c0, int64_t g, float* hl,
                                  float* at) {
   using V = hn::Vec<DF>;
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t N = a.state_dim, Dn = a.channels;
+  const int64_t N = kN > 0 ? kN : a.state_dim, Dn = a.channels;
   float* h = a.h + (b * Dn + c0) * N;
   for (int64_t l = 0; l < L; ++l)
     for (int64_t n = 0; n < N; ++n) {
@@ -86,22 +87,36 @@ HWY_INLINE void ScanChannelBlock(DF d, const SelectiveScanArgs& a, int64_t b, in
   const float* Bm = a.B.data + b * a.B.batch_stride + g * N;
   const float* Cm = a.C.data + b * a.C.batch_stride + g * N;
   float* y = a.y.data + b * a.y.batch_stride + c0;
+  V hreg[kN > 0 ? kN : 1];
+  if constexpr (kN > 0)
+    for (int n = 0; n < kN; ++n) hreg[n] = hn::Load(d, hl + n * L);
   for (int64_t t = 0; t < a.seqlen; ++t) {
     const V delta = Delta(d, a, dt + t * a.dt.token_stride, bias);
     const V xv = hn::LoadU(d, x + t * a.x.token_stride);
     const V dx = hn::Mul(delta, xv);
     const float* Bt = Bm + t * a.B.token_stride;
     const float* Ct = Cm + t * a.C.token_stride;
-    V acc = hn::Mul(dskip, xv);
-    for (int64_t n = 0; n < N; ++n) {
+    // Four partial sums of C h: one chain of N dependent FMAs per token would make the
+    // loop latency-bound.
+    V acc[4] = {hn::Mul(dskip, xv), hn::Zero(d), hn::Zero(d), hn::Zero(d)};
+    const auto update = [&](int64_t n, V h) {
       const V decay = Exp2Clamped(d, hn::Min(hn::Max(hn::Mul(delta, hn::Load(d, at + n * L)), lo), hi));
-      const V hv = hn::MulAdd(decay, hn::Load(d, hl + n * L), hn::Mul(dx, hn::Set(d, Bt[n])));
-      hn::Store(hv, d, hl + n * L);
-      acc = hn::MulAdd(hv, hn::Set(d, Ct[n]), acc);
+      h = hn::MulAdd(decay, h, hn::Mul(dx, hn::Set(d, Bt[n])));
+      acc[n & 3] = hn::MulAdd(h, hn::Set(d, Ct[n]), acc[n & 3]);
+      return h;
+    };
+    if constexpr (kN > 0) {
+#pragma GCC unroll 16
+      for (int n = 0; n < kN; ++n) hreg[n] = update(n, hreg[n]);
+    } else {
+      for (int64_t n = 0; n < N; ++n) hn::Store(update(n, hn::Load(d, hl + n * L)), d, hl + n * L);
     }
-    if (z) acc = hn::Mul(acc, Silu(d, hn::LoadU(d, z + t * a.z.token_stride)));
-    hn::StoreU(acc, d, y + t * a.y.token_stride);
+    V out = hn::Add(hn::Add(acc[0], acc[1]), hn::Add(acc[2], acc[3]));
+    if (z) out = hn::Mul(out, Silu(d, hn::LoadU(d, z + t * a.z.token_stride)));
+    hn::StoreU(out, d, y + t * a.y.token_stride);
   }
+  if constexpr (kN > 0)
+    for (int n = 0; n < kN; ++n) hn::Store(hreg[n], d, hl + n * L);
   for (int64_t l = 0; l < L; ++l)
     for (int64_t n = 0; n < N; ++n) h[l * N + n] = hl[n * L + l];
 }
@@ -122,10 +137,12 @@ void ScanChannels(const SelectiveScanArgs& a) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (a.groups * blocks), g = task / blocks % a.groups, j = task % blocks;
       const int64_t c0 = g * per_group + j * L;
-      if (j * L + L <= per_group) {
-        ScanChannelBlock(d, a, b, c0, g, hl, at);
+      if (j * L + L > per_group) {
+        for (int64_t c = c0; c < (g + 1) * per_group; ++c) ScanChannelBlock<0>(d1, a, b, c, g, hl, at);
+      } else if (a.state_dim == 16) {  // Mamba's N: 16 state vectors fit the register file
+        ScanChannelBlock<16>(d, a, b, c0, g, hl, at);
       } else {
-        for (int64_t c = c0; c < (g + 1) * per_group; ++c) ScanChannelBlock(d1, a, b, c, g, hl, at);
+        ScanChannelBlock<0>(d, a, b, c0, g, hl, at);
       }
     }
   });
