@@ -121,19 +121,35 @@ struct RealPlans {
   fftwf_plan forward, inverse;
 };
 
-// One forward/inverse pair per size, made once and kept for the process: FFTW's planner
-// is not thread-safe, its execute-with-new-arrays functions are.
+// One forward/inverse pair per size, made once and kept until exit: FFTW's planner is not
+// thread-safe, its execute-with-new-arrays functions are.
+class PlanCache {
+ public:
+  ~PlanCache() {
+    for (auto& [n, p] : plans_) {
+      fftwf_destroy_plan(p.forward);
+      fftwf_destroy_plan(p.inverse);
+    }
+  }
+  const RealPlans& get(int n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = plans_.find(n);
+    if (it != plans_.end()) return it->second;
+    FftwBuffer real(static_cast<size_t>(n)), cplx(static_cast<size_t>(n + 2));
+    auto* c = reinterpret_cast<fftwf_complex*>(cplx.p);
+    RealPlans p{fftwf_plan_dft_r2c_1d(n, real.p, c, FFTW_ESTIMATE), fftwf_plan_dft_c2r_1d(n, c, real.p, FFTW_ESTIMATE)};
+    if (!p.forward || !p.inverse) throw Error("causal_long_conv: FFTW could not plan size " + std::to_string(n));
+    return plans_.emplace(n, p).first->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<int, RealPlans> plans_;
+};
+
 const RealPlans& plans_for(int n) {
-  static std::mutex mu;
-  static std::map<int, RealPlans> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(n);
-  if (it != cache.end()) return it->second;
-  FftwBuffer real(static_cast<size_t>(n)), cplx(static_cast<size_t>(n + 2));
-  auto* c = reinterpret_cast<fftwf_complex*>(cplx.p);
-  RealPlans p{fftwf_plan_dft_r2c_1d(n, real.p, c, FFTW_ESTIMATE), fftwf_plan_dft_c2r_1d(n, c, real.p, FFTW_ESTIMATE)};
-  if (!p.forward || !p.inverse) throw Error("causal_long_conv: FFTW could not plan size " + std::to_string(n));
-  return cache.emplace(n, p).first->second;
+  static PlanCache cache;
+  return cache.get(n);
 }
 
 // Smallest 2^a 3^b 5^c >= m: sizes FFTW transforms fastest.
