@@ -63,21 +63,35 @@ HWY_INLINE hn::Vec<DF> Delta(DF d, const SelectiveScanArgs& a, const float* dt, 
   return a.dt_softplus ? Softplus(d, v) : v;
 }
 
-// Lane = channel. Scans channels [c0, c0 + Lanes(d)) of batch b, all in group g.
-// hl and at are aligned scratch of N * Lanes(d) floats: the block's state and A as [N][lane].
-// kN > 0: N is the compile-time kN and the state lives in registers across tokens.
+// Tokens per chunk of the two-phase channel kernel: the chunk's decays (N vectors per
+// token) stay within ~32 KiB of L1.
+int64_t ChunkTokens(int64_t N) { return std::max<int64_t>(1, 256 / N); }
+constexpr int64_t kPrefetchTokens = 16;
+
+// Lane = channel. Scans channels [c0, c0 + Lanes(d)) of batch b, all in group g, a chunk
+// of tokens at a time in two phases: first everything that does not depend on the state
+// (softplus, the exps of the decays, D x, the gate), which has no dependency chains and
+// runs at the vector units' throughput; then the recurrence itself, two FMAs per state
+// element. Fused in one loop, the exp's long dependency chain per element left the loop
+// latency-bound. hl and at hold the block's state and A as [N][lane]; work holds
+// ChunkTokens(N) * (N + 4) vectors. kN > 0: N = kN and the state stays in registers.
 template <int kN, class DF>
 HWY_INLINE void ScanChannelBlock(DF d, const SelectiveScanArgs& a, int64_t b, int64_t c0, int64_t g, float* hl,
-                                 float* at) {
+                                 float* at, float* work) {
   using V = hn::Vec<DF>;
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t N = kN > 0 ? kN : a.state_dim, Dn = a.channels;
+  const int64_t N = kN > 0 ? kN : a.state_dim, Dn = a.channels, chunk = ChunkTokens(N);
   float* h = a.h + (b * Dn + c0) * N;
   for (int64_t l = 0; l < L; ++l)
     for (int64_t n = 0; n < N; ++n) {
       hl[n * L + l] = h[l * N + n];
       at[n * L + l] = a.A[(c0 + l) * N + n] * kLog2e;
     }
+  float* decays = work;                  // [chunk][N][lane]
+  float* dxs = decays + chunk * N * L;   // [chunk][lane]: delta * x
+  float* skips = dxs + chunk * L;        // [chunk][lane]: D * x
+  float* gates = skips + chunk * L;      // [chunk][lane]: silu(z)
+  float* deltas = gates + chunk * L;     // [chunk][lane]
   const V bias = a.dt_bias ? hn::LoadU(d, a.dt_bias + c0) : hn::Zero(d);
   const V dskip = a.D ? hn::LoadU(d, a.D + c0) : hn::Zero(d);
   const V lo = hn::Set(d, -126.f), hi = hn::Set(d, 127.f);
@@ -90,30 +104,57 @@ HWY_INLINE void ScanChannelBlock(DF d, const SelectiveScanArgs& a, int64_t b, in
   V hreg[kN > 0 ? kN : 1];
   if constexpr (kN > 0)
     for (int n = 0; n < kN; ++n) hreg[n] = hn::Load(d, hl + n * L);
-  for (int64_t t = 0; t < a.seqlen; ++t) {
-    const V delta = Delta(d, a, dt + t * a.dt.token_stride, bias);
-    const V xv = hn::LoadU(d, x + t * a.x.token_stride);
-    const V dx = hn::Mul(delta, xv);
-    const float* Bt = Bm + t * a.B.token_stride;
-    const float* Ct = Cm + t * a.C.token_stride;
-    // Four partial sums of C h: one chain of N dependent FMAs per token would make the
-    // loop latency-bound.
-    V acc[4] = {hn::Mul(dskip, xv), hn::Zero(d), hn::Zero(d), hn::Zero(d)};
-    const auto update = [&](int64_t n, V h) {
-      const V decay = Exp2Clamped(d, hn::Min(hn::Max(hn::Mul(delta, hn::Load(d, at + n * L)), lo), hi));
-      h = hn::MulAdd(decay, h, hn::Mul(dx, hn::Set(d, Bt[n])));
-      acc[n & 3] = hn::MulAdd(h, hn::Set(d, Ct[n]), acc[n & 3]);
-      return h;
-    };
-    if constexpr (kN > 0) {
-#pragma GCC unroll 16
-      for (int n = 0; n < kN; ++n) hreg[n] = update(n, hreg[n]);
-    } else {
-      for (int64_t n = 0; n < N; ++n) hn::Store(update(n, hn::Load(d, hl + n * L)), d, hl + n * L);
+  for (int64_t t0 = 0; t0 < a.seqlen; t0 += chunk) {
+    const int64_t count = std::min(chunk, a.seqlen - t0);
+    // Phase 1a, per token: softplus and the gate. Their long dependency chains (exp, log,
+    // division) overlap only when the tokens follow each other without the N decays between.
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t t = t0 + i;
+      // Rows are a page or more apart when D is large, where hardware prefetchers stop:
+      // fetch rows kPrefetchTokens ahead.
+      if (t + kPrefetchTokens < a.seqlen) {
+        __builtin_prefetch(dt + (t + kPrefetchTokens) * a.dt.token_stride);
+        __builtin_prefetch(x + (t + kPrefetchTokens) * a.x.token_stride);
+        if (z) __builtin_prefetch(z + (t + kPrefetchTokens) * a.z.token_stride);
+      }
+      const V delta = Delta(d, a, dt + t * a.dt.token_stride, bias);
+      const V xv = hn::LoadU(d, x + t * a.x.token_stride);
+      hn::Store(delta, d, deltas + i * L);
+      hn::Store(hn::Mul(delta, xv), d, dxs + i * L);
+      hn::Store(hn::Mul(dskip, xv), d, skips + i * L);
+      if (z) hn::Store(Silu(d, hn::LoadU(d, z + t * a.z.token_stride)), d, gates + i * L);
     }
-    V out = hn::Add(hn::Add(acc[0], acc[1]), hn::Add(acc[2], acc[3]));
-    if (z) out = hn::Mul(out, Silu(d, hn::LoadU(d, z + t * a.z.token_stride)));
-    hn::StoreU(out, d, y + t * a.y.token_stride);
+    // Phase 1b: the decays, N independent exps per token.
+    for (int64_t i = 0; i < count; ++i) {
+      const V delta = hn::Load(d, deltas + i * L);
+      float* dec = decays + i * N * L;
+      for (int64_t n = 0; n < N; ++n)
+        hn::Store(Exp2Clamped(d, hn::Min(hn::Max(hn::Mul(delta, hn::Load(d, at + n * L)), lo), hi)), d, dec + n * L);
+    }
+    // Phase 2: the recurrence.
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t t = t0 + i;
+      const V dx = hn::Load(d, dxs + i * L);
+      const float* Bt = Bm + t * a.B.token_stride;
+      const float* Ct = Cm + t * a.C.token_stride;
+      const float* dec = decays + i * N * L;
+      // Four partial sums of C h keep the output's FMA chain short.
+      V acc[4] = {hn::Load(d, skips + i * L), hn::Zero(d), hn::Zero(d), hn::Zero(d)};
+      const auto update = [&](int64_t n, V hv) {
+        hv = hn::MulAdd(hn::Load(d, dec + n * L), hv, hn::Mul(dx, hn::Set(d, Bt[n])));
+        acc[n & 3] = hn::MulAdd(hv, hn::Set(d, Ct[n]), acc[n & 3]);
+        return hv;
+      };
+      if constexpr (kN > 0) {
+#pragma GCC unroll 16
+        for (int n = 0; n < kN; ++n) hreg[n] = update(n, hreg[n]);
+      } else {
+        for (int64_t n = 0; n < N; ++n) hn::Store(update(n, hn::Load(d, hl + n * L)), d, hl + n * L);
+      }
+      V out = hn::Add(hn::Add(acc[0], acc[1]), hn::Add(acc[2], acc[3]));
+      if (z) out = hn::Mul(out, hn::Load(d, gates + i * L));
+      hn::StoreU(out, d, y + t * a.y.token_stride);
+    }
   }
   if constexpr (kN > 0)
     for (int n = 0; n < kN; ++n) hn::Store(hreg[n], d, hl + n * L);
@@ -131,18 +172,20 @@ void ScanChannels(const SelectiveScanArgs& a) {
   // for waking the pool.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / (a.seqlen * L * a.state_dim));
   parallel_for(a.batch * a.groups * blocks, grain, [&](int64_t begin, int64_t end) {
-    auto scratch = hwy::AllocateAligned<float>(static_cast<size_t>(2 * a.state_dim * L));
+    const int64_t N = a.state_dim, chunk = ChunkTokens(N);
+    auto scratch = hwy::AllocateAligned<float>(static_cast<size_t>((2 * N + chunk * (N + 4)) * L));
     float* hl = scratch.get();
-    float* at = hl + a.state_dim * L;
+    float* at = hl + N * L;
+    float* work = at + N * L;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (a.groups * blocks), g = task / blocks % a.groups, j = task % blocks;
       const int64_t c0 = g * per_group + j * L;
       if (j * L + L > per_group) {
-        for (int64_t c = c0; c < (g + 1) * per_group; ++c) ScanChannelBlock<0>(d1, a, b, c, g, hl, at);
+        for (int64_t c = c0; c < (g + 1) * per_group; ++c) ScanChannelBlock<0>(d1, a, b, c, g, hl, at, work);
       } else if (a.state_dim == 16) {  // Mamba's N: 16 state vectors fit the register file
-        ScanChannelBlock<16>(d, a, b, c0, g, hl, at);
+        ScanChannelBlock<16>(d, a, b, c0, g, hl, at, work);
       } else {
-        ScanChannelBlock<0>(d, a, b, c0, g, hl, at);
+        ScanChannelBlock<0>(d, a, b, c0, g, hl, at, work);
       }
     }
   });
