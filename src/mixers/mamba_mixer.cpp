@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "src/core/parallel.h"
 #include "src/ops/common/gemm.h"
@@ -20,6 +21,19 @@ class MambaState final : public MixerState {
         ssm_(Tensor::zeros(DType::f32, {batch, c.d_inner, c.d_state})) {}
   int64_t batch() const override { return batch_; }
   size_t state_bytes() const override { return conv_.nbytes() + ssm_.nbytes(); }
+  std::vector<Tensor> snapshot() const override { return {conv_, ssm_}; }
+  // Copies {conv window, SSM state} of the same shapes into this state.
+  void restore(const std::vector<Tensor>& tensors) override {
+    if (tensors.size() != 2)
+      throw Error("MambaMixer restore: expected 2 tensors (conv window, SSM state), found " +
+                  std::to_string(tensors.size()));
+    check_dtype(tensors[0], DType::f32, "MambaMixer restore: conv window");
+    check_shape(tensors[0], conv_.shape(), "MambaMixer restore: conv window");
+    check_dtype(tensors[1], DType::f32, "MambaMixer restore: SSM state");
+    check_shape(tensors[1], ssm_.shape(), "MambaMixer restore: SSM state");
+    convert(tensors[0].contiguous(), conv_);
+    convert(tensors[1].contiguous(), ssm_);
+  }
   const Tensor& conv() const { return conv_; }
   const Tensor& ssm() const { return ssm_; }
 

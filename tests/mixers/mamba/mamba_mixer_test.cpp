@@ -1,7 +1,8 @@
 // MambaMixer against the float64 Hugging Face MambaMixer definition and the mixer
 // contract: reference at B > 1, T = 1 and odd T; split invariance including token by
-// token; constant state. d_inner is not a multiple of any vector width. Weights are f32,
-// or bf16 for the projections (the reference then uses the same bf16-rounded values).
+// token; constant state; snapshot/restore. d_inner is not a multiple of any vector
+// width. Weights are f32, or bf16 for the projections (the reference then uses the same
+// bf16-rounded values).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -106,6 +107,10 @@ TEST(MambaMixer, ConstantState) {
   auto m = cc.make();
   // conv window [B, 3, 38] + SSM state [B, 38, 16], f32.
   EXPECT_EQ(m->new_state(2)->state_bytes(), static_cast<size_t>(2 * (3 * 38 + 38 * 16) * 4));
+}
+
+TEST(MambaMixer, SnapshotRestoreRoundTrip) {
+  for (const MambaConfig& c : {kSmall, kOther}) test::expect_snapshot_roundtrip(contract(c, DType::f32), 2, 9, 7);
 }
 
 TEST(MambaMixer, RejectsBadWeightsAndInputs) {
