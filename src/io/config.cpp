@@ -54,8 +54,17 @@ template <> struct Read<int64_t> {
     wrong_type(where, "an integer", j);
   }
 };
+// transformers >= 5 writes non-finite floats as {"__float__": "Infinity"} (JSON has no
+// literal for them), e.g. Mamba-2's time_step_limit [0.0, inf].
 template <> struct Read<double> {
   static double from(const Json& j, const std::string& where) {
+    if (j.is_object() && j.size() == 1 && j.contains("__float__") && j["__float__"].is_string()) {
+      const std::string v = j["__float__"].get<std::string>();
+      if (v == "Infinity") return std::numeric_limits<double>::infinity();
+      if (v == "-Infinity") return -std::numeric_limits<double>::infinity();
+      if (v == "NaN") return std::numeric_limits<double>::quiet_NaN();
+      throw Error(where + ": unknown encoded float \"" + v + "\"");
+    }
     if (!j.is_number()) wrong_type(where, "a number", j);
     return j.get<double>();
   }

@@ -1,5 +1,7 @@
 // config.json accessor: typed reads, defaults, nested objects, and errors that name the
 // file and the field.
+#include <cmath>
+
 #include "subq/io.h"
 #include "tests/io/files.h"
 
@@ -35,6 +37,17 @@ TEST(Config, ReadsTypedFields) {
   const Config rope = c.object("rope_scaling");
   EXPECT_DOUBLE_EQ(rope.get<double>("factor"), 8.0);
   EXPECT_EQ(rope.keys().size(), 3u);
+}
+
+TEST(Config, ReadsEncodedNonFiniteFloats) {
+  const Config c = Config::parse(R"({"limit": [0.0, {"__float__": "Infinity"}], "neg": {"__float__": "-Infinity"},
+                                    "bad": {"__float__": "Huge"}})", "c.json");
+  const auto limit = c.get<std::vector<double>>("limit");
+  ASSERT_EQ(limit.size(), 2u);
+  EXPECT_EQ(limit[0], 0.0);
+  EXPECT_TRUE(std::isinf(limit[1]) && limit[1] > 0);
+  EXPECT_TRUE(std::isinf(c.get<double>("neg")) && c.get<double>("neg") < 0);
+  EXPECT_THROW(c.get<double>("bad"), Error);
 }
 
 TEST(Config, ErrorsNameFileAndField) {
