@@ -1,0 +1,53 @@
+// Model::load: config.json's "architectures"[0] picks the architecture file.
+#include <filesystem>
+#include <map>
+
+#include "src/models/architectures.h"
+
+namespace subq {
+namespace {
+
+using Builder = DecoderSpec (*)(const Config&, const Checkpoint&);
+
+const std::map<std::string, Builder>& builders() {
+  static const std::map<std::string, Builder> b = {
+      {"MambaForCausalLM", models::build_mamba},
+      {"Mamba2ForCausalLM", models::build_mamba2},
+  };
+  return b;
+}
+
+// "bf16 x 98, f32 x 2" and the total element count, over every tensor in the checkpoint.
+std::pair<int64_t, std::string> census(const Checkpoint& w) {
+  std::map<std::string, int64_t> count;
+  int64_t params = 0;
+  for (const auto& name : w.names()) {
+    const Tensor t = w.get(name);
+    params += t.numel();
+    ++count[dtype_name(t.dtype())];
+  }
+  std::string s;
+  for (const auto& [dt, n] : count) s += (s.empty() ? "" : ", ") + dt + " x " + std::to_string(n);
+  return {params, s};
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::load(const std::string& dir) {
+  if (!std::filesystem::is_directory(dir)) throw Error(dir + ": not a model directory");
+  const Config config = Config::load((std::filesystem::path(dir) / "config.json").string());
+  const auto archs = config.get<std::vector<std::string>>("architectures");
+  if (archs.empty()) throw Error(config.path() + ": field 'architectures' is empty");
+  const auto it = builders().find(archs[0]);
+  if (it == builders().end()) {
+    std::string known;
+    for (const auto& [name, b] : builders()) known += (known.empty() ? "" : ", ") + name;
+    throw Error(config.path() + ": architecture " + archs[0] + " is not supported (supported: " + known + ")");
+  }
+  const Checkpoint weights = Checkpoint::open(dir);
+  DecoderSpec spec = it->second(config, weights);
+  const auto [params, dtypes] = census(weights);
+  return make_decoder(std::move(spec), params, dtypes);
+}
+
+}  // namespace subq
