@@ -26,6 +26,7 @@ struct ModelInfo {
   int64_t d_model = 0;
   int64_t parameter_count = 0;
   std::string weight_dtypes;        // e.g. "bf16 x 98, f32 x 2"
+  std::vector<int32_t> eos_token_ids;  // config.json's eos_token_id (one or a list)
 };
 
 // The recurrent state of every layer for one sequence, and how many tokens it has seen.
@@ -48,6 +49,11 @@ class Model {
   // Consumes tokens continuing `state`. logits is f32 [T, V] (every position) or [1, V]
   // (the last position only, which skips the head for the others).
   virtual void forward(std::span<const int32_t> tokens, ModelState& state, const Tensor& logits) const = 0;
+  // Saves a state to a file (safetensors) / reads one back. Continuing from a loaded
+  // state gives the same outputs as continuing the saved one. load_state refuses a file
+  // written for a different model (architecture, layers or sizes).
+  virtual void save_state(const ModelState& state, const std::string& path) const = 0;
+  virtual std::unique_ptr<ModelState> load_state(const std::string& path) const = 0;
 };
 
 }  // namespace subq

@@ -13,27 +13,14 @@
 namespace subq {
 namespace {
 
-class MambaState final : public MixerState {
+class MambaState final : public FixedState {
  public:
   MambaState(int64_t batch, const MambaConfig& c)
       : batch_(batch),
         conv_(Tensor::zeros(DType::f32, {batch, c.d_conv - 1, c.d_inner})),
         ssm_(Tensor::zeros(DType::f32, {batch, c.d_inner, c.d_state})) {}
   int64_t batch() const override { return batch_; }
-  size_t state_bytes() const override { return conv_.nbytes() + ssm_.nbytes(); }
-  std::vector<Tensor> snapshot() const override { return {conv_, ssm_}; }
-  // Copies {conv window, SSM state} of the same shapes into this state.
-  void restore(const std::vector<Tensor>& tensors) override {
-    if (tensors.size() != 2)
-      throw Error("MambaMixer restore: expected 2 tensors (conv window, SSM state), found " +
-                  std::to_string(tensors.size()));
-    check_dtype(tensors[0], DType::f32, "MambaMixer restore: conv window");
-    check_shape(tensors[0], conv_.shape(), "MambaMixer restore: conv window");
-    check_dtype(tensors[1], DType::f32, "MambaMixer restore: SSM state");
-    check_shape(tensors[1], ssm_.shape(), "MambaMixer restore: SSM state");
-    convert(tensors[0].contiguous(), conv_);
-    convert(tensors[1].contiguous(), ssm_);
-  }
+  std::vector<Part> parts() const override { return {{"conv window", conv_}, {"SSM state", ssm_}}; }
   const Tensor& conv() const { return conv_; }
   const Tensor& ssm() const { return ssm_; }
 

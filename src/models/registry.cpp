@@ -31,6 +31,23 @@ std::pair<int64_t, std::string> census(const Checkpoint& w) {
   return {params, s};
 }
 
+// eos_token_id is an integer, a list of integers, or absent/null.
+std::vector<int32_t> eos_ids(const Config& c) {
+  if (!c.has("eos_token_id")) return {};
+  std::vector<int64_t> ids;
+  try {
+    ids = {c.get<int64_t>("eos_token_id")};
+  } catch (const Error&) {
+    ids = c.get<std::vector<int64_t>>("eos_token_id");
+  }
+  std::vector<int32_t> out;
+  for (int64_t id : ids) {
+    if (id < 0 || id > INT32_MAX) throw Error(c.path() + ": field 'eos_token_id' is out of range");
+    out.push_back(static_cast<int32_t>(id));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& dir) {
@@ -46,6 +63,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   }
   const Checkpoint weights = Checkpoint::open(dir);
   DecoderSpec spec = it->second(config, weights);
+  spec.eos_token_ids = eos_ids(config);
   const auto [params, dtypes] = census(weights);
   return make_decoder(std::move(spec), params, dtypes);
 }
