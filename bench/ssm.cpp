@@ -11,10 +11,12 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "src/mixers/mamba_mixer.h"
 #include "src/ops/conv/causal_conv1d.h"
 #include "src/ops/conv/long_conv.h"
 #include "src/ops/ssm/s4d.h"
 #include "src/ops/ssm/selective_scan.h"
+#include "subq/ops.h"
 
 namespace subq::bench {
 namespace {
@@ -280,6 +282,57 @@ SUBQ_BENCH_CASES(ssm_s4d) {
   };
   return {s4d("recurrence", F::recurrence, 64, true), s4d("fft_conv", F::fft_conv, 64, true),
           s4d("kernel", F::kernel, 64, false), s4d("recurrence", F::recurrence, 256, false)};
+}
+
+
+// The whole Mamba-1 mixer at Mamba-130m's shape (d_model 768, d_inner 1536, N 16,
+// dt_rank 48, conv 4) with bf16 projection weights: prefill of T tokens in one forward,
+// and (T = 1) one decode step. Includes the projections (the GEMMs dominate prefill).
+class MambaLayer final : public Instance {
+ public:
+  explicit MambaLayer(int64_t T) : T_(T) {
+    const MambaConfig c{.d_model = 768, .d_inner = 1536, .d_state = 16, .d_conv = 4, .dt_rank = 48, .conv_bias = true, .proj_bias = false};
+    auto bf = [](const Tensor& t) {
+      Tensor out = Tensor::empty(DType::bf16, t.shape());
+      convert(t, out);
+      return out;
+    };
+    MambaWeights w;
+    w.in_proj = bf(random_f32({2 * 1536, 768}, -0.036f, 0.036f, 41));
+    w.x_proj = bf(random_f32({48 + 32, 1536}, -0.025f, 0.025f, 42));
+    w.dt_proj = bf(random_f32({1536, 48}, -0.14f, 0.14f, 43));
+    w.out_proj = bf(random_f32({768, 1536}, -0.025f, 0.025f, 44));
+    w.conv_weight = random_f32({1536, 1, 4}, -0.5f, 0.5f, 45);
+    w.conv_bias = random_f32({1536}, -0.1f, 0.1f, 46);
+    w.dt_proj_bias = random_f32({1536}, -6.f, -2.f, 47);
+    w.A_log = random_f32({1536, 16}, 0.f, 2.8f, 48);
+    w.D = random_f32({1536}, 0.5f, 1.5f, 49);
+    mixer_ = std::make_unique<MambaMixer>(c, w);
+    state_ = mixer_->new_state(1);
+    x_ = random_f32({1, T, 768}, -1, 1, 50);
+    y_ = Tensor::empty(DType::f32, {1, T, 768});
+  }
+  void run() override { mixer_->forward(x_, *state_, y_); }
+  // Weights (bf16) read once per forward, activations in and out.
+  double bytes() const override { return 2.0 * (2 * 1536 * 768 + 80 * 1536 + 1536 * 48 + 768 * 1536) + 8.0 * 768 * static_cast<double>(T_); }
+  double flops() const override { return 2.0 * static_cast<double>(T_) * (2 * 1536 * 768 + 80 * 1536 + 1536 * 48 + 768 * 1536); }
+  int64_t tokens() const override { return T_; }
+
+ private:
+  int64_t T_;
+  std::unique_ptr<MambaMixer> mixer_;
+  std::unique_ptr<MixerState> state_;
+  Tensor x_, y_;
+};
+
+SUBQ_BENCH_CASE(ssm_mamba_layer) {
+  return Case{.name = "ssm.mamba_mixer.130m",
+              .family = "ssm",
+              .shape = "d_model=768 d_inner=1536 N=16 bf16 weights",
+              .seq = {1, 256},
+              .in_default = true,
+              .peer_of = {},
+              .make = [](int64_t T) { return std::make_unique<MambaLayer>(T); }};
 }
 
 }  // namespace

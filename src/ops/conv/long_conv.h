@@ -3,8 +3,8 @@
 //   y[b, t, c] = sum_{j <= t, j < L} k[c, j] * u[b, t - j, c].
 // Two paths compute the same thing: direct (T * min(L, T) FMAs per channel, vectorised
 // over channels) and FFT (FFTW3 real transforms of a size >= T + L - 1, O(T log T) per
-// channel). `automatic` takes the faster one by a crossover measured with
-// `subq bench --only ssm.long_conv` (a cost model, docs/benchmarks.md).
+// channel). `automatic` takes the one a cost model fitted to `subq bench --only
+// ssm.long_conv` predicts faster (docs/benchmarks.md).
 #pragma once
 
 #include <cstdint>

@@ -68,7 +68,8 @@ void check_scan(const ScanInputs& s, bool bias, bool softplus, bool dskip, bool 
 TEST(SelectiveScan, MatchesReference) {
   auto rng = rng_for_test();
   struct Size { int64_t B, T, D, N, G; };
-  const Size sizes[] = {{2, 1, 5, 1, 1}, {3, 127, 37, 16, 1}, {2, 33, 40, 64, 4}, {1, 9, 21, 256, 3}, {2, 50, 32, 16, 2}};
+  const Size sizes[] = {{2, 1, 5, 1, 1},   {3, 127, 37, 16, 1}, {2, 33, 40, 64, 4},
+                        {1, 9, 21, 256, 3}, {2, 50, 32, 16, 2},  {1, 3, 7, 16, 1}, {1, 1000, 20, 16, 2}};
   for_each_target([&] {
     for (const Size& z : sizes) {
       const ScanInputs s = make_inputs(rng, z.B, z.T, z.D, z.N, z.G);
