@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "subq/tensor.h"
 
@@ -27,6 +28,12 @@ class MixerState {
   // Bytes the state holds now. O(1) in tokens seen for recurrent mixers, O(T) for a
   // full KV cache, bounded for window/sink attention.
   virtual size_t state_bytes() const = 0;
+  // The state's contents as tensors, for saving a session to a file. restore() takes
+  // what snapshot() produced for a state of the same mixer (shapes may differ with tokens
+  // seen, as a KV cache's do) and throws Error on any mismatch. States that cannot be
+  // saved keep these defaults, which throw.
+  virtual std::vector<Tensor> snapshot() const;
+  virtual void restore(const std::vector<Tensor>& tensors);
 };
 
 class Mixer {

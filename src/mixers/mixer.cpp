@@ -2,6 +2,9 @@
 
 namespace subq {
 
+std::vector<Tensor> MixerState::snapshot() const { throw Error("this mixer's state cannot be saved"); }
+void MixerState::restore(const std::vector<Tensor>&) { throw Error("this mixer's state cannot be restored"); }
+
 void check_mixer_io(const Mixer& m, const Tensor& x, const MixerState& state, const Tensor& y) {
   const std::string who = m.kind() + " forward";
   check_dtype(x, DType::f32, (who + ": x").c_str());

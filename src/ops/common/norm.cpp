@@ -52,9 +52,12 @@ void RmsNormRow(const float* x, const float* weight, float eps, float* y, size_t
   RowMap(x, weight, nullptr, y, n, [inv](auto d, auto v, auto w, auto) { return hn::Mul(hn::Mul(v, hn::Set(d, inv)), w); });
 }
 
-// Two passes (mean, then centred variance) so rows with a large mean stay accurate.
+// Two passes (mean, then centred variance) so rows with a large mean stay accurate; the
+// mean is summed relative to x[0] so its partial sums stay small.
 void LayerNormRow(const float* x, const float* weight, const float* bias, float eps, float* y, size_t n) {
-  const float mean = RowSum(x, n, [](auto, auto v) { return v; }) / static_cast<float>(n);
+  const float shift = x[0];
+  const float mean = shift + RowSum(x, n, [shift](auto d, auto v) { return hn::Sub(v, hn::Set(d, shift)); }) /
+                                 static_cast<float>(n);
   const float var = RowSum(x, n, [mean](auto d, auto v) {
                       const auto c = hn::Sub(v, hn::Set(d, mean));
                       return hn::Mul(c, c);
