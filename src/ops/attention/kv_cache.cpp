@@ -68,8 +68,24 @@ void KVCache::evict() {
   if (capacity_ > sinks_ + window_) reserve(sinks_ + window_);
 }
 
+void KVCache::assign(const float* k, const float* v, const int32_t* positions, int64_t slots, int64_t next_pos) {
+  if (slots < 0 || (bounded() && slots > sinks_ + window_ - 1))
+    throw Error("KVCache: cannot hold " + std::to_string(slots) + " restored slots (window " + std::to_string(window_) +
+                ", sinks " + std::to_string(sinks_) + ")");
+  for (int64_t s = 0; s < slots; ++s)
+    if (positions[s] < 0 || positions[s] >= next_pos || (s > 0 && positions[s] <= positions[s - 1]))
+      throw Error("KVCache: restored positions must increase and stay below " + std::to_string(next_pos));
+  if (slots > capacity_) reserve(slots);
+  const size_t n = static_cast<size_t>(slots * row_stride());
+  std::copy_n(k, n, k_.data());
+  std::copy_n(v, n, v_.data());
+  std::copy_n(positions, slots, pos_.data());
+  len_ = slots;
+  next_pos_ = next_pos;
+}
+
 size_t KVCache::bytes() const {
-  return static_cast<size_t>(capacity_) * (2 * static_cast<size_t>(row_stride()) * sizeof(float) + sizeof(int32_t));
+  return static_cast<size_t>(bounded() ? capacity_ : len_) * (2 * static_cast<size_t>(row_stride()) * sizeof(float) + sizeof(int32_t));
 }
 
 }  // namespace subq::attn

@@ -29,8 +29,12 @@ class KVCache {
   void append(const float* k, const float* v, int64_t row_stride, int64_t tokens);
   // Window caches drop the slots no future query can see and return to their bound.
   void evict();
-  // Bytes reserved for keys, values and positions: constant for window caches,
-  // proportional to the tokens seen otherwise.
+  // Replaces the contents (restoring a saved state): `slots` rows of keys, values and
+  // their positions (strictly increasing, below next_pos). Throws Error if they do not fit
+  // this cache (more slots than a window cache keeps, unsorted or out-of-range positions).
+  void assign(const float* k, const float* v, const int32_t* positions, int64_t slots, int64_t next_pos);
+  // Bytes of keys, values and positions: the fixed reservation of a window cache, the
+  // slots held by an unbounded one.
   size_t bytes() const;
 
  private:
