@@ -39,7 +39,10 @@ int parse_dims(const std::string& key, const std::string& v, std::array<int64_t,
 
 std::string dims(const std::array<int64_t, 3>& a, int n) {
   std::string s;
-  for (int i = 0; i < n; ++i) s += (i ? "x" : "") + std::to_string(a[static_cast<size_t>(i)]);
+  for (int i = 0; i < n; ++i) {
+    if (i) s += 'x';
+    s += std::to_string(a[static_cast<size_t>(i)]);
+  }
   return s;
 }
 
