@@ -69,6 +69,8 @@ using VF = hn::Vec<DF>;
 // Register tile width in vectors: AVX-512 has 32 registers, AVX2 and below 16.
 constexpr int kMaxCols = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
 constexpr int kMaxRows = 4;
+// Up to this many query rows, Q·K^T is computed as dot products over untransposed keys.
+constexpr int64_t kDirectRows = 8;
 
 // s[r, c*N..] = sum_x q[r, x] * kt[x, c*N..] for R rows and C vectors of keys.
 template <int R, int C>
@@ -104,7 +106,7 @@ HWY_INLINE void PVMicro(const float* HWY_RESTRICT p, int64_t ldp, const float* H
   }
   for (int64_t j = 0; j < keys; ++j) {
     VF vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = hn::Load(d, vs + j * ldv + static_cast<int64_t>(c * N));
+    for (int c = 0; c < C; ++c) vv[c] = hn::LoadU(d, vs + j * ldv + static_cast<int64_t>(c * N));
     for (int r = 0; r < R; ++r) {
       const VF pv = hn::Set(d, p[r * ldp + j]);
       for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(pv, vv[c], acc[r][c]);
@@ -137,6 +139,26 @@ HWY_INLINE void PVRows(const float* p, int64_t ldp, const float* vs, int64_t ldv
     else if (C == 3) PVMicro<R, (kMaxCols >= 3 ? 3 : 1)>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
     else if (C == 2) PVMicro<R, 2>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
     else PVMicro<R, 1>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+  }
+}
+
+// Few query rows (decode): s[r, j] = q[r, :] · k_j read straight from the key rows, so
+// each key is loaded once for all R rows and nothing is transposed. Needs depth to be a
+// multiple of the vector width.
+template <int R>
+HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const float* HWY_RESTRICT k, int64_t k_stride,
+                         int64_t keys, float* HWY_RESTRICT s, int64_t lds, int64_t depth) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t j = 0; j < keys; ++j) {
+    const float* kj = k + j * k_stride;
+    VF acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = hn::Zero(d);
+    for (int64_t x = 0; x < depth; x += N) {
+      const VF kv = hn::LoadU(d, kj + x);
+      for (int r = 0; r < R; ++r) acc[r] = hn::MulAdd(hn::Load(d, q + r * ldq + x), kv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) s[r * lds + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
   }
 }
 
@@ -190,20 +212,37 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const float* kba
   for (int64_t bi = 0; bi < nblocks; ++bi) {
     const int64_t k0 = static_cast<int64_t>(blocks[bi]) * Bk;
     const int64_t kn = std::min(Bk, pb.kv_len - k0);
+    // With Dh a multiple of the vector width, V rows are read in place; K is transposed
+    // into a tile for the outer-product GEMM unless there are only a few query rows.
+    const bool aligned_dim = Dh == Dp;
+    const bool direct_qk = aligned_dim && rows <= kDirectRows;
     float* kt = t.kt.data();
-    float* vs = t.vs.data();
+    const float* vs = aligned_dim ? vbase + k0 * v_row_stride : t.vs.data();
+    const int64_t ldv = aligned_dim ? v_row_stride : Dp;
     for (int64_t j = 0; j < kn; ++j) {
-      const float* krow = kbase + (k0 + j) * k_row_stride;
-      for (int64_t x = 0; x < Dh; ++x) kt[x * Bkp + j] = krow[x];
-      std::memcpy(vs + j * Dp, vbase + (k0 + j) * v_row_stride, static_cast<size_t>(Dh) * sizeof(float));
+      if (!direct_qk) {
+        const float* krow = kbase + (k0 + j) * k_row_stride;
+        for (int64_t x = 0; x < Dh; ++x) kt[x * Bkp + j] = krow[x];
+      }
+      if (!aligned_dim)
+        std::memcpy(t.vs.data() + j * Dp, vbase + (k0 + j) * v_row_stride, static_cast<size_t>(Dh) * sizeof(float));
     }
-    for (int64_t x = 0; x < Dh; ++x) std::fill(kt + x * Bkp + kn, kt + (x + 1) * Bkp, 0.f);
 
     float* s = t.s.data();
-    int64_t r0 = 0;
-    for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
-      QKRows<kMaxRows>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
-    for (; r0 < rows; ++r0) QKRows<1>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
+    if (direct_qk) {
+      for (int64_t r = 0; r < rows; ++r) std::fill(s + r * Bkp + kn, s + (r + 1) * Bkp, 0.f);
+      const float* kb = kbase + k0 * k_row_stride;
+      int64_t r0 = 0;
+      for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+        QKDirect<kMaxRows>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
+      for (; r0 < rows; ++r0) QKDirect<1>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
+    } else {
+      for (int64_t x = 0; x < Dh; ++x) std::fill(kt + x * Bkp + kn, kt + (x + 1) * Bkp, 0.f);
+      int64_t r0 = 0;
+      for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+        QKRows<kMaxRows>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
+      for (; r0 < rows; ++r0) QKRows<1>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
+    }
 
     auto kpos = [&](int64_t j) -> int64_t { return pb.key_positions ? pb.key_positions[j] : j; };
     const bool full = rule.covers(t.qpos[0], t.qpos[static_cast<size_t>(rows - 1)], kpos(k0), kpos(k0 + kn - 1));
@@ -219,10 +258,10 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const float* kba
       }
       t.alpha[static_cast<size_t>(r)] = SoftmaxRow(srow, Bkp, t.m[static_cast<size_t>(r)], t.l[static_cast<size_t>(r)]);
     }
-    r0 = 0;
+    int64_t r0 = 0;
     for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
-      PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, Dp, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
-    for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, Dp, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+      PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+    for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
   }
 }
 
