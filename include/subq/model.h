@@ -37,12 +37,18 @@ class ModelState {
   virtual size_t state_bytes() const = 0;
 };
 
+struct LoadOptions {
+  // Sparse prefill policy for every attention layer, e.g. "flexprefill:gamma=0.95",
+  // "window:window=1024,sinks=4" (see `subq bench --list`); empty: dense.
+  std::string sparse;
+};
+
 class Model {
  public:
   virtual ~Model() = default;
   // Loads a Hugging Face model directory (config.json + safetensors). Throws Error naming
   // the file and field on anything missing, malformed or unsupported.
-  static std::unique_ptr<Model> load(const std::string& dir);
+  static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& options = {});
 
   virtual const ModelInfo& info() const = 0;
   virtual std::unique_ptr<ModelState> new_state() const = 0;

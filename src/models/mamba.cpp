@@ -8,7 +8,7 @@
 
 namespace subq::models {
 
-DecoderSpec build_mamba(const Config& c, const Checkpoint& w) {
+DecoderSpec build_mamba(const Config& c, const Checkpoint& w, const LoadOptions&) {
   const int64_t D = positive(c, "hidden_size");
   const int64_t layers = positive(c, "num_hidden_layers");
   const int64_t d_inner = c.has("intermediate_size") ? positive(c, "intermediate_size")

@@ -33,7 +33,7 @@ void read_time_step_limit(const Config& c, const std::string& field, mixers::Mam
   mc.time_step_limit_max = static_cast<float>(lim[1]);
 }
 
-DecoderSpec build_mamba2(const Config& c, const Checkpoint& w) {
+DecoderSpec build_mamba2(const Config& c, const Checkpoint& w, const LoadOptions&) {
   const int64_t D = positive(c, "hidden_size");
   mixers::Mamba2Config mc;
   mc.hidden_size = D;

@@ -7,12 +7,15 @@
 namespace subq {
 namespace {
 
-using Builder = DecoderSpec (*)(const Config&, const Checkpoint&);
+using Builder = DecoderSpec (*)(const Config&, const Checkpoint&, const LoadOptions&);
 
 const std::map<std::string, Builder>& builders() {
   static const std::map<std::string, Builder> b = {
+      {"BambaForCausalLM", models::build_bamba},
+      {"LlamaForCausalLM", models::build_llama},
       {"MambaForCausalLM", models::build_mamba},
       {"Mamba2ForCausalLM", models::build_mamba2},
+      {"NemotronHForCausalLM", models::build_nemotron_h},
   };
   return b;
 }
@@ -50,7 +53,7 @@ std::vector<int32_t> eos_ids(const Config& c) {
 
 }  // namespace
 
-std::unique_ptr<Model> Model::load(const std::string& dir) {
+std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& options) {
   if (!std::filesystem::is_directory(dir)) throw Error(dir + ": not a model directory");
   const Config config = Config::load((std::filesystem::path(dir) / "config.json").string());
   const auto archs = config.get<std::vector<std::string>>("architectures");
@@ -62,7 +65,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
     throw Error(config.path() + ": architecture " + archs[0] + " is not supported (supported: " + known + ")");
   }
   const Checkpoint weights = Checkpoint::open(dir);
-  DecoderSpec spec = it->second(config, weights);
+  DecoderSpec spec = it->second(config, weights, options);
   spec.eos_token_ids = eos_ids(config);
   const auto [params, dtypes] = census(weights);
   return make_decoder(std::move(spec), params, dtypes);
