@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "subq/tensor.h"
 
@@ -19,12 +19,16 @@ class HeapStorage final : public Storage {
   explicit HeapStorage(size_t bytes) {
     // Round up so aligned_alloc's size rule holds; never ask for 0 bytes.
     const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    data_ = static_cast<std::byte*>(std::aligned_alloc(kAlignment, rounded ? rounded : kAlignment));
-    if (!data_) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
+    // operator new (not aligned_alloc) so heap accounting, such as the bench's, sees it.
+    try {
+      data_ = static_cast<std::byte*>(::operator new(rounded ? rounded : kAlignment, std::align_val_t{kAlignment}));
+    } catch (const std::bad_alloc&) {
+      throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
+    }
     bytes_ = bytes;
     writable_ = true;
   }
-  ~HeapStorage() override { std::free(data_); }
+  ~HeapStorage() override { ::operator delete(data_, std::align_val_t{kAlignment}); }
 };
 
 class MappedStorage final : public Storage {

@@ -1,2 +1,46 @@
 #!/usr/bin/env bash
-exit 0
+# The CLI as a user meets it: help, version, bad arguments give `subq: error:` and a
+# non-zero exit, and a tiny bench run writes a table, valid JSON and an SVG.
+set -u
+subq=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$subq" --help | grep -q "bench" || fail "--help does not list bench"
+"$subq" --version | grep -q "^subq [0-9]" || fail "--version"
+"$subq" bench --help | grep -q -- "--only" || fail "bench --help"
+"$subq" bench --list | grep -q "common.rms_norm" || fail "bench --list misses common.rms_norm"
+
+expect_error() {  # expect_error WHAT ARGS...: non-zero exit and a `subq: error:` line
+  local what=$1; shift
+  "$subq" "$@" >"$tmp/out" 2>"$tmp/err" && fail "$what: exit status 0"
+  grep -q "^subq: error: " "$tmp/err" || fail "$what: no 'subq: error:' line: $(cat "$tmp/err")"
+}
+expect_error "unknown subcommand" frobnicate
+expect_error "no subcommand"
+expect_error "bad --seq" bench --seq 4x
+expect_error "zero --seq" bench --seq 0
+expect_error "unmatched --only" bench --only no-such-case
+expect_error "bad --threads" --threads 0 bench --list
+SUBQ_THREADS=abc expect_error "bad SUBQ_THREADS" bench --only common.silu --seq 8
+expect_error "unwritable --json" bench --only common.silu --seq 8 --min-time 0 --json /nonexistent/dir/x.json
+
+"$subq" --threads 1 bench --only common.s --seq 8,16 --min-time 0 --json "$tmp/b.json" --plot "$tmp/b.svg" \
+  >"$tmp/table" 2>"$tmp/err" || fail "bench run failed: $(cat "$tmp/err")"
+grep -q "common.silu" "$tmp/table" || fail "table lacks common.silu"
+grep -q "ceilings:" "$tmp/table" || fail "table lacks the machine ceilings"
+python3 - "$tmp/b.json" <<'PY' || fail "JSON does not have the documented fields"
+import json, sys
+j = json.load(open(sys.argv[1]))
+m = j["machine"]
+assert m["threads"] == 1 and m["ceilings"]["bandwidth_gbs"] > 0 and m["ceilings"]["fma_gflops"] > 0
+fields = {"name", "family", "shape", "T", "median_s", "tokens_per_s", "gflops", "gbs",
+          "ceiling_fraction", "peak_bytes", "max_rel_err"}
+assert j["cases"], "no cases"
+for c in j["cases"]:
+    assert fields <= set(c), set(c)
+    assert c["median_s"] > 0 and c["max_rel_err"] is not None and c["max_rel_err"] < 1e-4
+PY
+grep -q "<svg" "$tmp/b.svg" && grep -q "polyline" "$tmp/b.svg" || fail "SVG plot missing lines"
+echo "cli smoke: ok"

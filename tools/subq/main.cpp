@@ -1,2 +1,37 @@
+// subq: run, inspect and benchmark sub-quadratic sequence models.
 #include <cstdio>
-int main() { std::puts("subq"); return 0; }
+#include <exception>
+#include <vector>
+
+#include "subq/ops.h"
+#include "tools/subq/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"subq: sub-quadratic sequence models (state spaces, linear attention, sparse attention) on CPU"};
+  app.name("subq");
+  app.set_version_flag("--version", "subq " SUBQ_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough();
+  int threads = 0;
+  app.add_option("--threads", threads, "Threads to use (default: SUBQ_THREADS or all cores)")
+      ->check(CLI::Range(1, 4096));
+  const std::vector<subq::cli::Command> commands = {
+      subq::cli::add_bench_command(app),
+  };
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::fprintf(stderr, "subq: error: %s\nRun `subq --help` for usage.\n", e.what());
+    return 2;
+  }
+  try {
+    if (threads > 0) subq::set_num_threads(threads);
+    for (const auto& c : commands)
+      if (c.app->parsed()) c.run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "subq: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

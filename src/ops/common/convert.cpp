@@ -67,17 +67,45 @@ void F16ToF32(const hwy::float16_t* in, float* out, size_t n) {
   }
 }
 
+// Portable f32 -> f16 with round to nearest even, for targets whose DemoteTo truncates.
+uint16_t F32ToF16Bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t abs = x & 0x7FFFFFFFu;
+  if (abs > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
+  if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds to Inf
+  if (abs < 0x38800000u) {  // f16 subnormal or zero: scale so the integer rounding is exact
+    const uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;
+    const int shift = 126 - static_cast<int>(abs >> 23);  // 14 + (113 - exponent)
+    if (shift > 24) return static_cast<uint16_t>(sign);
+    const uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+    const uint32_t r = q + ((rem > halfway || (rem == halfway && (q & 1))) ? 1 : 0);
+    return static_cast<uint16_t>(sign | r);
+  }
+  const uint32_t rebased = abs - 0x38000000u;  // exponent bias 127 -> 15
+  const uint32_t q = rebased >> 13, rem = rebased & 0x1FFFu;
+  const uint32_t r = q + ((rem > 0x1000u || (rem == 0x1000u && (q & 1))) ? 1 : 0);
+  return static_cast<uint16_t>(sign | r);
+}
+
 void F32ToF16(const float* in, hwy::float16_t* out, size_t n) {
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t bits = F32ToF16Bits(in[i]);
+    std::memcpy(out + i, &bits, 2);
+  }
+#else
   const hn::ScalableTag<float> df;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const size_t N = hn::Lanes(df);
   size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(hn::DemoteTo(dh, hn::LoadU(df, in + i)), dh, out + i);
-  if (i < n) {
-    const hn::CappedTag<float, 1> d1;
-    const hn::Rebind<hwy::float16_t, decltype(d1)> dh1;
-    for (; i < n; ++i) hn::StoreU(hn::DemoteTo(dh1, hn::LoadU(d1, in + i)), dh1, out + i);
+  for (; i < n; ++i) {
+    const uint16_t bits = F32ToF16Bits(in[i]);
+    std::memcpy(out + i, &bits, 2);
   }
+#endif
 }
 
 }  // namespace subq::ops::HWY_NAMESPACE

@@ -1,0 +1,16 @@
+// The machine's two ceilings, measured on the spot: sustained memory bandwidth (STREAM
+// triad over arrays far larger than the last-level cache) and peak f32 FMA rate (a
+// register-resident FMA loop with enough independent chains to hide FMA latency).
+#pragma once
+
+namespace subq::bench {
+
+struct Ceilings {
+  double bandwidth_gbs = 0;  // triad, counting 2 reads + 1 write per element (as STREAM)
+  double fma_gflops = 0;     // 2 flops per FMA lane
+};
+
+// Uses subq::num_threads() threads. Takes about a second.
+Ceilings measure_ceilings();
+
+}  // namespace subq::bench
