@@ -12,8 +12,8 @@
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "hwy/aligned_allocator.h"
 #include "src/core/parallel.h"
+#include "src/ops/common/gemm_kernels.h"
 #include "subq/tensor.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -135,11 +135,11 @@ template <class T>
 void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T* w, size_t ldw, float* y, size_t ldy,
                bool accumulate) {
   // bf16 steps see x in the even/odd order of their widened weights.
-  hwy::AlignedFreeUniquePtr<float[]> reordered;
+  AlignedFloats reordered;
   const float* xbase = x;
   size_t xstride = ldx;
   if constexpr (Step<T>::kStep == 2 * kLanes) {
-    reordered = hwy::AllocateAligned<float>(M * K);
+    reordered = allocate_floats(M * K);
     constexpr size_t kStep = Step<T>::kStep;
     for (size_t m = 0; m < M; ++m) {
       const float* src = x + m * ldx;
@@ -207,7 +207,6 @@ void Gemv(size_t M, size_t N, size_t K, const float* x, size_t ldx, const void* 
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-#include "src/ops/common/gemm_kernels.h"
 
 namespace subq::ops {
 
