@@ -8,8 +8,11 @@
 
 namespace subq::ops {
 
-// Largest M that takes the GEMV path (measured crossover, see docs/benchmarks.md).
-constexpr int64_t kMaxGemvRows = 4;
+// Largest M that takes the GEMV path. Measured on Zen 5 (2 threads, N=14336 K=4096 bf16
+// and N=K=4096 f32): GEMV is faster up to M=32, the packed GEMM from M=64 (its packing of
+// W costs about as much as streaming W through GEMV once per 4 rows of x); see
+// docs/benchmarks.md.
+constexpr int64_t kMaxGemvRows = 32;
 
 void gemm_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt,
               int64_t ldw, float* y, int64_t ldy, bool accumulate) {
