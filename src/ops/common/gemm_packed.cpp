@@ -2,7 +2,7 @@
 // into panels of NR columns of W^T (transposed, widened to f32: the kernel loads NR
 // consecutive outputs' weights for one k as vectors), x per (MC x KC) block into panels of
 // MR rows interleaved by k (the kernel broadcasts them). An MR x NR register tile
-// accumulates over KC with FMAs; the W panel stays in L1 while x panels stream from L2.
+// accumulates over KC with FMAs; each W panel is reused by all row tiles of an x block.
 // Threads own disjoint column (or, for narrow W, row) ranges of y with their own buffers.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/common/gemm_packed.cpp"
@@ -172,8 +172,12 @@ void GemmRange(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
               continue;
             }
             TileKernel(kc, a, b, edge, kNR, false);
-            for (size_t i = 0; i < rows; ++i)
-              for (size_t j = 0; j < cols; ++j) c[i * ldy + j] = add_c ? c[i * ldy + j] + edge[i * kNR + j] : edge[i * kNR + j];
+            for (size_t i = 0; i < rows; ++i) {
+              for (size_t j = 0; j < cols; ++j) {
+                const float v = edge[i * kNR + j];
+                c[i * ldy + j] = add_c ? c[i * ldy + j] + v : v;
+              }
+            }
           }
         }
       }

@@ -93,7 +93,8 @@ void check_case(const NamedKernel& kernel, const Dims& dims, DType dtype, bool a
     for (int64_t n = 0; n < ldy; ++n) {
       const float got = y[static_cast<size_t>(m * ldy + n)];
       if (n >= N) {
-        if (!std::isnan(got) && bad++ == 0) first = "padding y[" + std::to_string(m) + "," + std::to_string(n) + "] written";
+        if (!std::isnan(got) && bad++ == 0)
+          first = "padding y[" + std::to_string(m) + "," + std::to_string(n) + "] written";
         continue;
       }
       const size_t i = static_cast<size_t>(m * N + n);
