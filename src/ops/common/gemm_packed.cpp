@@ -188,33 +188,35 @@ void GemmRange(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
 template <class T>
 void GemmPackedTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T* w, size_t ldw, float* y,
                      size_t ldy, bool accumulate) {
-  // Split y by columns (each thread packs only its part of W) unless W is too narrow to
-  // give every thread a few panels; then split by rows.
+  // Split y by columns (each part packs only its share of W) unless W is too narrow to
+  // give every thread a few panels; then by rows. Up to 4 parts per thread (the same
+  // number for every thread), taken dynamically, so a thread that loses its core to
+  // another process does not hold up the call; a column part keeps at least 8 panels,
+  // since each part repacks x.
   const size_t threads = static_cast<size_t>(std::max(1, num_threads()));
   const size_t col_panels = (N + kNR - 1) / kNR;
   const bool by_cols = col_panels >= 2 * threads || M < 2 * kMR * threads;
   const size_t units = by_cols ? col_panels : (M + kMR - 1) / kMR;
-  const size_t parts = std::max<size_t>(1, std::min(threads, units));
-  parallel_for(static_cast<int64_t>(parts), 1, [&](int64_t b, int64_t e) {
-    for (int64_t part = b; part < e; ++part) {
-      const size_t u0 = units * static_cast<size_t>(part) / parts;
-      const size_t u1 = units * static_cast<size_t>(part + 1) / parts;
-      size_t m0 = 0, m1 = M, n0 = 0, n1 = N;
-      if (by_cols) {
-        n0 = u0 * kNR;
-        n1 = std::min(N, u1 * kNR);
-      } else {
-        m0 = u0 * kMR;
-        m1 = std::min(M, u1 * kMR);
-      }
-      if (m0 >= m1 || n0 >= n1) continue;
-      const size_t nc_max = std::min(kNC, (n1 - n0 + kNR - 1) / kNR * kNR);
-      const size_t kc_max = std::min(kKC, K);
-      auto bpack = allocate_floats(kc_max * nc_max);
-      auto apack = allocate_floats(kc_max * kMC);
-      GemmRange(m1 - m0, n1 - n0, K, x + m0 * ldx, ldx, w + n0 * ldw, ldw, y + m0 * ldy + n0, ldy, accumulate,
-                bpack.get(), apack.get(), nc_max);
+  const size_t per_thread = by_cols ? std::clamp<size_t>(units / (8 * threads), 1, 4) : 4;
+  const size_t parts = std::min(units, per_thread * threads);
+  parallel_for_each(static_cast<int64_t>(parts), [&](int64_t part) {
+    const size_t u0 = units * static_cast<size_t>(part) / parts;
+    const size_t u1 = units * static_cast<size_t>(part + 1) / parts;
+    size_t m0 = 0, m1 = M, n0 = 0, n1 = N;
+    if (by_cols) {
+      n0 = u0 * kNR;
+      n1 = std::min(N, u1 * kNR);
+    } else {
+      m0 = u0 * kMR;
+      m1 = std::min(M, u1 * kMR);
     }
+    if (m0 >= m1 || n0 >= n1) return;
+    const size_t nc_max = std::min(kNC, (n1 - n0 + kNR - 1) / kNR * kNR);
+    const size_t kc_max = std::min(kKC, K);
+    auto bpack = allocate_floats(kc_max * nc_max);
+    auto apack = allocate_floats(kc_max * kMC);
+    GemmRange(m1 - m0, n1 - n0, K, x + m0 * ldx, ldx, w + n0 * ldw, ldw, y + m0 * ldy + n0, ldy, accumulate,
+              bpack.get(), apack.get(), nc_max);
   });
 }
 

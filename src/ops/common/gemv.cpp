@@ -155,9 +155,7 @@ void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
     xbase = reordered.get();
     xstride = K;
   }
-  // Enough rows per thread that the fork is worth it (~64K weights).
-  const int64_t grain = static_cast<int64_t>(std::max<size_t>(kRows, (size_t{1} << 16) / std::max<size_t>(K, 1)));
-  parallel_for(static_cast<int64_t>(N), grain, [&](int64_t b, int64_t e) {
+  auto run_rows = [&](size_t begin, size_t end) {
     float out[kXRows * kRows];
     const float* xs[kXRows];
     const T* rows[kRows];
@@ -168,8 +166,7 @@ void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
           dst = accumulate ? dst + out[m * nr + r] : out[m * nr + r];
         }
     };
-    size_t n = static_cast<size_t>(b);
-    const size_t end = static_cast<size_t>(e);
+    size_t n = begin;
     for (; n + kRows <= end; n += kRows) {
       for (size_t r = 0; r < kRows; ++r) rows[r] = w + (n + r) * ldw;
       for (size_t m0 = 0; m0 < M; m0 += kXRows) {
@@ -188,7 +185,13 @@ void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
         emit(n, m0, mb, 1);
       }
     }
-  });
+  };
+  // One contiguous range of rows per thread (measured faster here than dynamically taken
+  // chunks, with other processes competing for the cores); at least ~64K weights per
+  // range, so small products stay on one thread.
+  const int64_t grain = static_cast<int64_t>(std::max<size_t>(kRows, (size_t{1} << 16) / K));
+  parallel_for(static_cast<int64_t>(N), grain,
+               [&](int64_t b, int64_t e) { run_rows(static_cast<size_t>(b), static_cast<size_t>(e)); });
 }
 
 void Gemv(size_t M, size_t N, size_t K, const float* x, size_t ldx, const void* w, DType wdt, size_t ldw, float* y,
