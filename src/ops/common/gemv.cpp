@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "src/core/parallel.h"
 #include "src/ops/common/gemm_kernels.h"
@@ -102,8 +103,10 @@ struct Step<hwy::bfloat16_t> {
 #endif
 
 // out[m * R + r] = x[m] . w[r] over K. The K % kStep tail is in x's natural order.
+// With ahead > 0, also requests the line `ahead` bytes past each weight read: the next
+// block of rows, so its streams start without waiting for the hardware prefetcher.
 template <size_t MB, size_t R, class T>
-HWY_INLINE void DotRows(size_t K, const float* const* xs, const T* const* w, float* out) {
+HWY_INLINE void DotRows(size_t K, const float* const* xs, const T* const* w, size_t ahead, float* out) {
   const DF d;
   VF acc[MB][R];
   for (size_t m = 0; m < MB; ++m) {
@@ -111,7 +114,17 @@ HWY_INLINE void DotRows(size_t K, const float* const* xs, const T* const* w, flo
   }
   constexpr size_t kStep = Step<T>::kStep;
   const size_t k_vec = K / kStep * kStep;
-  for (size_t k = 0; k < k_vec; k += kStep) Step<T>::template Run<MB, R>(xs, k, w, acc);
+  if (ahead == 0) {
+    for (size_t k = 0; k < k_vec; k += kStep) Step<T>::template Run<MB, R>(xs, k, w, acc);
+  } else {
+    for (size_t k = 0; k < k_vec; k += kStep) {
+      // Integer arithmetic: past the last row the address is outside W (a prefetch of it
+      // is harmless, forming such a pointer is not).
+      for (size_t r = 0; r < R; ++r)
+        hwy::Prefetch(reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(w[r] + k) + ahead));
+      Step<T>::template Run<MB, R>(xs, k, w, acc);
+    }
+  }
   for (size_t m = 0; m < MB; ++m) {
     for (size_t r = 0; r < R; ++r) {
       float tail = 0.f;
@@ -122,12 +135,13 @@ HWY_INLINE void DotRows(size_t K, const float* const* xs, const T* const* w, flo
 }
 
 template <size_t R, class T>
-HWY_INLINE void DotRowsAnyM(size_t MB, size_t K, const float* const* xs, const T* const* w, float* out) {
+HWY_INLINE void DotRowsAnyM(size_t MB, size_t K, const float* const* xs, const T* const* w, size_t ahead,
+                            float* out) {
   switch (MB) {
-    case 1: return DotRows<1, R>(K, xs, w, out);
-    case 2: return DotRows<2, R>(K, xs, w, out);
-    case 3: return DotRows<3, R>(K, xs, w, out);
-    default: return DotRows<4, R>(K, xs, w, out);
+    case 1: return DotRows<1, R>(K, xs, w, ahead, out);
+    case 2: return DotRows<2, R>(K, xs, w, ahead, out);
+    case 3: return DotRows<3, R>(K, xs, w, ahead, out);
+    default: return DotRows<4, R>(K, xs, w, ahead, out);
   }
 }
 
@@ -172,7 +186,7 @@ void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
       for (size_t m0 = 0; m0 < M; m0 += kXRows) {
         const size_t mb = std::min(kXRows, M - m0);
         for (size_t m = 0; m < mb; ++m) xs[m] = xbase + (m0 + m) * xstride;
-        DotRowsAnyM<kRows>(mb, K, xs, rows, out);
+        DotRowsAnyM<kRows>(mb, K, xs, rows, m0 == 0 ? kRows * ldw * sizeof(T) : 0, out);
         emit(n, m0, mb, kRows);
       }
     }
@@ -181,7 +195,7 @@ void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
       for (size_t m0 = 0; m0 < M; m0 += kXRows) {
         const size_t mb = std::min(kXRows, M - m0);
         for (size_t m = 0; m < mb; ++m) xs[m] = xbase + (m0 + m) * xstride;
-        DotRowsAnyM<1>(mb, K, xs, rows, out);
+        DotRowsAnyM<1>(mb, K, xs, rows, 0, out);
         emit(n, m0, mb, 1);
       }
     }
