@@ -55,7 +55,8 @@ DecoderSpec build_nemotron_h(const Config& c, const Checkpoint& w, const LoadOpt
   mc.state_size = positive(c, "ssm_state_size");
   mc.conv_kernel = positive(c, "conv_kernel");
   mc.layer_norm_epsilon = static_cast<float>(eps);
-  read_time_step_limit(c, "time_step_limit", mc);
+  // transformers' Nemotron-H clamps dt to [time_step_min, inf), whatever time_step_limit says.
+  mc.time_step_limit_min = static_cast<float>(c.get_or<double>("time_step_min", 0.001));
   if (c.get_or<std::string>("mamba_hidden_act", "silu") != "silu")
     throw Error(c.path() + ": field 'mamba_hidden_act' must be \"silu\"");
   const bool proj_bias = c.get_or<bool>("use_bias", false), conv_bias = c.get_or<bool>("use_conv_bias", true);
