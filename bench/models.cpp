@@ -91,9 +91,21 @@ void fill(const std::string& name, const Tensor& t32, uint64_t seed) {
   }
 }
 
+// Model directories written by this process, removed at exit.
+struct TempDirs {
+  std::map<std::string, std::string> by_name;
+  ~TempDirs() {
+    for (const auto& [name, dir] : by_name) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+};
+
 // The model directory for `spec`, written on first use (bf16 weights).
 const std::string& checkpoint(const Spec& spec) {
-  static std::map<std::string, std::string> dirs;
+  static TempDirs temp;
+  auto& dirs = temp.by_name;
   auto it = dirs.find(spec.name);
   if (it != dirs.end()) return it->second;
   const auto dir = std::filesystem::temp_directory_path() / ("subq-bench-" + spec.name + "-" + std::to_string(getpid()));
