@@ -36,6 +36,22 @@ class MixerState {
   virtual void restore(const std::vector<Tensor>& tensors);
 };
 
+// The state of a recurrent mixer: a fixed list of f32 tensors whose shapes depend only on
+// the batch and the config. snapshot(), restore() and state_bytes() follow from parts().
+class FixedState : public MixerState {
+ public:
+  size_t state_bytes() const override;
+  std::vector<Tensor> snapshot() const override;
+  void restore(const std::vector<Tensor>& tensors) override;
+
+ protected:
+  struct Part {
+    const char* name;  // for messages, e.g. "conv window"
+    Tensor tensor;     // shares storage with the state's own tensor
+  };
+  virtual std::vector<Part> parts() const = 0;
+};
+
 class Mixer {
  public:
   virtual ~Mixer() = default;

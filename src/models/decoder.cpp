@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "src/io/writers.h"
+#include "subq/io.h"
 #include "subq/ops.h"
 
 namespace subq {
@@ -45,10 +47,56 @@ class Decoder final : public Model {
     return s;
   }
 
+  void save_state(const ModelState& base, const std::string& path) const override {
+    const DecoderState& state = own(base, "save state");
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (size_t l = 0; l < state.layers.size(); ++l) {
+      if (!state.layers[l]) continue;
+      const std::vector<Tensor> parts = state.layers[l]->snapshot();
+      for (size_t i = 0; i < parts.size(); ++i)
+        tensors.emplace_back("layer." + std::to_string(l) + "." + std::to_string(i), parts[i]);
+    }
+    io::write_safetensors(path, tensors,
+                          {{"format", "subq-state-1"}, {"model", fingerprint()}, {"position", std::to_string(state.position_)}});
+  }
+
+  std::unique_ptr<ModelState> load_state(const std::string& path) const override {
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    const auto& meta = file.metadata();
+    auto field = [&](const char* key) {
+      const auto it = meta.find(key);
+      if (it == meta.end()) throw Error(path + ": not a subq state file (metadata '" + key + "' missing)");
+      return it->second;
+    };
+    if (field("format") != "subq-state-1") throw Error(path + ": unsupported state format '" + field("format") + "'");
+    if (field("model") != fingerprint())
+      throw Error(path + ": state was saved for another model (" + field("model") + "), this is " + fingerprint());
+    auto state = std::unique_ptr<DecoderState>(static_cast<DecoderState*>(new_state().release()));
+    try {
+      state->position_ = std::stoll(field("position"));
+    } catch (const std::exception&) {
+      throw Error(path + ": metadata 'position' is not an integer");
+    }
+    if (state->position_ < 0) throw Error(path + ": metadata 'position' is negative");
+    size_t used = 0;
+    for (size_t l = 0; l < state->layers.size(); ++l) {
+      if (!state->layers[l]) continue;
+      std::vector<Tensor> parts;
+      const std::string prefix = "layer." + std::to_string(l) + ".";
+      for (size_t i = 0; file.contains(prefix + std::to_string(i)); ++i) parts.push_back(file.get(prefix + std::to_string(i)));
+      used += parts.size();
+      try {
+        state->layers[l]->restore(parts);
+      } catch (const Error& e) {
+        throw Error(path + ": layer " + std::to_string(l) + ": " + e.what());
+      }
+    }
+    if (used != file.names().size()) throw Error(path + ": holds tensors that belong to no layer");
+    return state;
+  }
+
   void forward(std::span<const int32_t> tokens, ModelState& base, const Tensor& logits) const override {
-    auto* state = dynamic_cast<DecoderState*>(&base);
-    if (!state || state->layers.size() != spec_.blocks.size())
-      throw Error("model forward: the state was not made by this model");
+    DecoderState* state = &own(base, "model forward");
     const int64_t T = static_cast<int64_t>(tokens.size()), D = info_.d_model, V = info_.vocab_size;
     if (T == 0) throw Error("model forward: no tokens");
     check_dtype(logits, DType::f32, "model forward: logits");
@@ -86,6 +134,23 @@ class Decoder final : public Model {
   }
 
  private:
+  // Identifies the model a state belongs to: architecture, layer kinds and sizes.
+  std::string fingerprint() const {
+    std::string f = info_.architecture + " d=" + std::to_string(info_.d_model) + " V=" + std::to_string(info_.vocab_size) + " layers=";
+    for (const auto& k : info_.layers) f += k + ",";
+    return f;
+  }
+
+  const DecoderState& own(const ModelState& base, const char* who) const {
+    auto* state = dynamic_cast<const DecoderState*>(&base);
+    if (!state || state->layers.size() != spec_.blocks.size())
+      throw Error(std::string(who) + ": the state was not made by this model");
+    return *state;
+  }
+  DecoderState& own(ModelState& base, const char* who) const {
+    return const_cast<DecoderState&>(own(static_cast<const ModelState&>(base), who));
+  }
+
   DecoderSpec spec_;
   ModelInfo info_;
 };
@@ -102,6 +167,7 @@ std::unique_ptr<Model> make_decoder(DecoderSpec spec, int64_t parameter_count, s
   info.d_model = spec.embedding.dim(1);
   info.parameter_count = parameter_count;
   info.weight_dtypes = std::move(weight_dtypes);
+  info.eos_token_ids = spec.eos_token_ids;
   for (const auto& b : spec.blocks) {
     if (b.mixer && b.mixer->d_model() != info.d_model)
       throw Error(spec.architecture + ": a " + b.kind + " layer has width " + std::to_string(b.mixer->d_model()) +

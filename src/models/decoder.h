@@ -35,6 +35,7 @@ struct DecoderSpec {
   Norm final_norm;
   Tensor head;  // [V, D]; the embedding itself when tied
   float embedding_scale = 1.f;
+  std::vector<int32_t> eos_token_ids;
 };
 
 std::unique_ptr<Model> make_decoder(DecoderSpec spec, int64_t parameter_count, std::string weight_dtypes);

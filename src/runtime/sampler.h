@@ -1,5 +1,6 @@
 // Next-token sampling from one row of logits: greedy, or temperature with top-k, top-p
-// and min-p filtering, plus a repetition penalty over the tokens seen so far.
+// and min-p filtering, plus a repetition penalty over the tokens seen so far
+// (SamplingParams is in subq/session.h).
 #pragma once
 
 #include <cstdint>
@@ -7,16 +8,9 @@
 #include <span>
 #include <vector>
 
-namespace subq {
+#include "subq/session.h"
 
-struct SamplingParams {
-  float temperature = 0.f;          // 0: greedy (argmax)
-  int64_t top_k = 0;                // 0: off
-  float top_p = 1.f;                // 1: off; keep the smallest prefix with mass >= top_p
-  float min_p = 0.f;                // 0: off; drop tokens with p < min_p * p_max
-  float repetition_penalty = 1.f;   // 1: off; as transformers: logit / r if > 0 else logit * r
-  uint64_t seed = 0;
-};
+namespace subq {
 
 class Sampler {
  public:
