@@ -1,0 +1,268 @@
+// Selective scan, parallel over (batch, channel, 16-state slice) threads and over time
+// chunks. A thread keeps its 16 states in registers; the lanes holding one channel's
+// slices sum y with warp shuffles. When batch x channels alone cannot fill the GPU,
+// time is cut into chunks and scanned in three passes:
+//   1. each chunk's end state from a zero start, and its sum of dt (the chunk's decay is
+//      exp(A * sum dt), computed in log space),
+//   2. a short sequential pass over chunks turns these into each chunk's start state,
+//   3. each chunk rescans from its true start state and writes y.
+// Pass 1 re-reads x, dt and B: the price of parallelism over time at small batch.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "src/core/cuda/check.cuh"
+#include "src/core/cuda/device.h"
+#include "src/core/cuda/mma.cuh"
+#include "src/ops/ssm/selective_scan_cuda.h"
+
+namespace subq::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kSlice = 16;  // states per thread
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Params {
+  const float *x, *dt, *A, *B, *C, *Dskip, *z, *dt_bias;
+  float* y;
+  float* state;        // [batch, D, N]
+  float* chunk_state;  // [batch, chunks, D, N]: end states (pass 1), then start states (pass 2)
+  float* chunk_dtsum;  // [batch, chunks, D]
+  int T, D, N, G, chunk_len, chunks;
+  bool softplus;
+};
+
+__device__ __forceinline__ float effective_dt(const Params& p, float raw, float bias) {
+  const float v = raw + bias;
+  return p.softplus ? (v <= 20.f ? log1pf(__expf(v)) : v) : v;
+}
+
+// This thread's (batch, channel, slice, chunk); lanes of one channel are adjacent.
+template <int S>
+struct Slot {
+  int b, d, n0, chunk, t0, t1;
+  bool valid;
+  __device__ Slot(const Params& p) {
+    const int local = threadIdx.x / S;
+    n0 = (threadIdx.x % S) * kSlice;
+    const int channel = blockIdx.x * (kThreads / S) + local;
+    valid = channel < p.D;
+    d = valid ? channel : p.D - 1;  // idle lanes still join the shuffles
+    b = blockIdx.y;
+    chunk = blockIdx.z;
+    t0 = chunk * p.chunk_len;
+    t1 = min(p.T, t0 + p.chunk_len);
+  }
+};
+
+// 16 consecutive entries of a B or C row from n0; zeros past N, so states past N stay 0.
+__device__ __forceinline__ void load_slice(float (&v)[kSlice], const float* row, int n0, int N) {
+#pragma unroll
+  for (int i = 0; i < kSlice; ++i) v[i] = n0 + i < N ? __ldg(row + n0 + i) : 0.f;
+}
+
+template <int S>
+__device__ __forceinline__ void load_decay(float (&a2)[kSlice], const Params& p, int d, int n0) {
+#pragma unroll
+  for (int i = 0; i < kSlice; ++i) a2[i] = n0 + i < p.N ? p.A[static_cast<int64_t>(d) * p.N + n0 + i] * kLog2e : 0.f;
+}
+
+// Pass 1: end state of each chunk from a zero start, and the chunk's sum of dt.
+template <int S>
+__global__ void __launch_bounds__(kThreads) chunk_end_state_kernel(const Params p) {
+  const Slot<S> s(p);
+  float a2[kSlice], h[kSlice];
+  load_decay<S>(a2, p, s.d, s.n0);
+#pragma unroll
+  for (int i = 0; i < kSlice; ++i) h[i] = 0.f;
+  const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
+  const int g = s.d / (p.D / p.G);
+  float dtsum = 0.f;
+#pragma unroll 2
+  for (int t = s.t0; t < s.t1; ++t) {
+    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
+    const float dtv = effective_dt(p, __ldg(p.dt + bt * p.D + s.d), bias);
+    const float xv = __ldg(p.x + bt * p.D + s.d);
+    float bv[kSlice];
+    load_slice(bv, p.B + (bt * p.G + g) * p.N, s.n0, p.N);
+    dtsum += dtv;
+#pragma unroll
+    for (int i = 0; i < kSlice; ++i) h[i] = fmaf(fast_exp2(dtv * a2[i]), h[i], dtv * xv * bv[i]);
+  }
+  if (!s.valid) return;
+  const int64_t cd = (static_cast<int64_t>(s.b) * p.chunks + s.chunk) * p.D + s.d;
+  if (s.n0 == 0) p.chunk_dtsum[cd] = dtsum;
+#pragma unroll
+  for (int i = 0; i < kSlice; ++i)
+    if (s.n0 + i < p.N) p.chunk_state[cd * p.N + s.n0 + i] = h[i];
+}
+
+// Pass 2: one thread per (batch, channel, state) walks the chunks in order.
+__global__ void chunk_carry_kernel(const Params p, int batch) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(batch) * p.D * p.N) return;
+  const int n = static_cast<int>(i % p.N);
+  const int d = static_cast<int>(i / p.N % p.D);
+  const int b = static_cast<int>(i / (static_cast<int64_t>(p.N) * p.D));
+  const float a2 = p.A[static_cast<int64_t>(d) * p.N + n] * kLog2e;
+  float h = p.state[i];
+  for (int c = 0; c < p.chunks; ++c) {
+    const int64_t cd = (static_cast<int64_t>(b) * p.chunks + c) * p.D + d;
+    const float end_from_zero = p.chunk_state[cd * p.N + n];
+    p.chunk_state[cd * p.N + n] = h;
+    h = fmaf(fast_exp2(a2 * p.chunk_dtsum[cd]), h, end_from_zero);
+  }
+  p.state[i] = h;
+}
+
+// Pass 3 (the only pass for one chunk): scan from the true start state, write y.
+template <int S>
+__global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
+  const Slot<S> s(p);
+  float a2[kSlice], h[kSlice];
+  load_decay<S>(a2, p, s.d, s.n0);
+  const float* h0 = p.chunks > 1
+                        ? p.chunk_state + ((static_cast<int64_t>(s.b) * p.chunks + s.chunk) * p.D + s.d) * p.N
+                        : p.state + (static_cast<int64_t>(s.b) * p.D + s.d) * p.N;
+#pragma unroll
+  for (int i = 0; i < kSlice; ++i) h[i] = s.n0 + i < p.N ? h0[s.n0 + i] : 0.f;
+  const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
+  const float skip = p.Dskip ? p.Dskip[s.d] : 0.f;
+  const int g = s.d / (p.D / p.G);
+#pragma unroll 2
+  for (int t = s.t0; t < s.t1; ++t) {
+    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
+    const float dtv = effective_dt(p, __ldg(p.dt + bt * p.D + s.d), bias);
+    const float xv = __ldg(p.x + bt * p.D + s.d);
+    const float zv = p.z ? __ldg(p.z + bt * p.D + s.d) : 0.f;
+    float bv[kSlice], cv[kSlice];
+    load_slice(bv, p.B + (bt * p.G + g) * p.N, s.n0, p.N);
+    load_slice(cv, p.C + (bt * p.G + g) * p.N, s.n0, p.N);
+    float yv = 0.f;
+#pragma unroll
+    for (int i = 0; i < kSlice; ++i) {
+      h[i] = fmaf(fast_exp2(dtv * a2[i]), h[i], dtv * xv * bv[i]);
+      yv = fmaf(cv[i], h[i], yv);
+    }
+#pragma unroll
+    for (int off = 1; off < S; off <<= 1) yv += __shfl_xor_sync(0xffffffffu, yv, off);
+    if (s.valid && s.n0 == 0) {
+      float out = fmaf(skip, xv, yv);
+      if (p.z) out *= zv / (1.f + __expf(-zv));
+      p.y[bt * p.D + s.d] = out;
+    }
+  }
+  if (p.chunks == 1 && s.valid) {
+    float* hs = p.state + (static_cast<int64_t>(s.b) * p.D + s.d) * p.N;
+#pragma unroll
+    for (int i = 0; i < kSlice; ++i)
+      if (s.n0 + i < p.N) hs[s.n0 + i] = h[i];
+  }
+}
+
+template <int S>
+void launch(const Params& p, int batch) {
+  const dim3 grid((p.D + kThreads / S - 1) / (kThreads / S), batch, p.chunks);
+  if (p.chunks > 1) {
+    chunk_end_state_kernel<S><<<grid, kThreads, 0, stream()>>>(p);
+    SUBQ_CUDA_CHECK_LAUNCH("chunk_end_state_kernel");
+    const int64_t n = static_cast<int64_t>(batch) * p.D * p.N;
+    chunk_carry_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream()>>>(p, batch);
+    SUBQ_CUDA_CHECK_LAUNCH("chunk_carry_kernel");
+  }
+  scan_output_kernel<S><<<grid, kThreads, 0, stream()>>>(p);
+  SUBQ_CUDA_CHECK_LAUNCH("scan_output_kernel");
+}
+
+void check_f32(const Tensor& t, const char* what) {
+  check_device(t, Device::cuda, what);
+  check_dtype(t, DType::f32, what);
+  check_contiguous(t, what);
+}
+
+}  // namespace
+
+void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Tensor& y) {
+  check_f32(in.x, "selective_scan x");
+  if (in.x.ndim() != 3) throw Error("selective_scan x: expected [B, T, D], found " + in.x.str());
+  const int64_t batch = in.x.dim(0), T = in.x.dim(1), D = in.x.dim(2);
+  check_f32(in.A, "selective_scan A");
+  if (in.A.ndim() != 2 || in.A.dim(0) != D)
+    throw Error("selective_scan A: expected [" + std::to_string(D) + ", N], found " + in.A.str());
+  const int64_t N = in.A.dim(1);
+  if (N < 1 || N > 256) throw Error("selective_scan A: state size N must be in [1, 256], found " + in.A.str());
+  check_f32(in.B, "selective_scan B");
+  const int64_t G = in.B.ndim() == 4 ? in.B.dim(2) : 1;
+  const Shape bc_shape = in.B.ndim() == 4 ? Shape{batch, T, G, N} : Shape{batch, T, N};
+  check_shape(in.B, bc_shape, "selective_scan B");
+  check_f32(in.C, "selective_scan C");
+  check_shape(in.C, bc_shape, "selective_scan C");
+  if (G < 1 || D % G != 0)
+    throw Error("selective_scan B: groups G = " + std::to_string(G) + " must divide D = " + std::to_string(D));
+  check_f32(in.dt, "selective_scan dt");
+  check_shape(in.dt, in.x.shape(), "selective_scan dt");
+  for (const auto& [t, what] : {std::pair{&in.D, "selective_scan D"}, std::pair{&in.dt_bias, "selective_scan dt_bias"}})
+    if (t->defined()) {
+      check_f32(*t, what);
+      check_shape(*t, Shape{D}, what);
+    }
+  if (in.z.defined()) {
+    check_f32(in.z, "selective_scan z");
+    check_shape(in.z, in.x.shape(), "selective_scan z");
+  }
+  check_f32(state, "selective_scan state");
+  check_shape(state, Shape{batch, D, N}, "selective_scan state");
+  check_f32(y, "selective_scan y");
+  check_shape(y, in.x.shape(), "selective_scan y");
+  if (y.device_raw_data() == in.x.device_raw_data() || (in.z.defined() && y.device_raw_data() == in.z.device_raw_data()))
+    throw Error("selective_scan y: must not alias x or z");
+  if (batch > 65535) throw Error("selective_scan x: batch " + std::to_string(batch) + " exceeds 65535");
+  if (batch == 0 || D == 0 || T == 0) return;
+
+  int slices = 1;
+  while (slices * kSlice < N) slices *= 2;
+  // Enough threads for about half of every multiprocessor; chunks no shorter than 256
+  // steps keep the sequential carry pass short.
+  const int64_t want_threads = int64_t{1024} * device_info().multiprocessors;
+  const int64_t threads = batch * D * slices;
+  int64_t chunks = std::clamp<int64_t>((want_threads + threads - 1) / threads, 1, std::max<int64_t>(1, T / 256));
+  const int64_t chunk_len = (T + chunks - 1) / chunks;
+  chunks = (T + chunk_len - 1) / chunk_len;
+
+  Params p{};
+  p.x = in.x.device_data<float>();
+  p.dt = in.dt.device_data<float>();
+  p.A = in.A.device_data<float>();
+  p.B = in.B.device_data<float>();
+  p.C = in.C.device_data<float>();
+  p.Dskip = in.D.defined() ? in.D.device_data<float>() : nullptr;
+  p.z = in.z.defined() ? in.z.device_data<float>() : nullptr;
+  p.dt_bias = in.dt_bias.defined() ? in.dt_bias.device_data<float>() : nullptr;
+  p.y = y.mutable_device_data<float>();
+  p.state = state.mutable_device_data<float>();
+  p.T = static_cast<int>(T);
+  p.D = static_cast<int>(D);
+  p.N = static_cast<int>(N);
+  p.G = static_cast<int>(G);
+  p.chunk_len = static_cast<int>(chunk_len);
+  p.chunks = static_cast<int>(chunks);
+  p.softplus = in.dt_softplus;
+  Tensor chunk_state, chunk_dtsum;
+  if (chunks > 1) {
+    chunk_state = empty(DType::f32, {batch, chunks, D, N});
+    chunk_dtsum = empty(DType::f32, {batch, chunks, D});
+    p.chunk_state = chunk_state.mutable_device_data<float>();
+    p.chunk_dtsum = chunk_dtsum.mutable_device_data<float>();
+  }
+  const int b = static_cast<int>(batch);
+  switch (slices) {
+    case 1: launch<1>(p, b); break;
+    case 2: launch<2>(p, b); break;
+    case 4: launch<4>(p, b); break;
+    case 8: launch<8>(p, b); break;
+    default: launch<16>(p, b); break;
+  }
+}
+
+}  // namespace subq::cuda
