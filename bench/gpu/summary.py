@@ -32,7 +32,7 @@ def main():
     print("| op | shape | subq ms | subq TFLOP/s | subq GB/s | of ceiling | peer | peer ms | peer/subq |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in subq:
-        peer = next((p for p in peers if p["op"] == r["op"] and p["shape"] == r["shape"] and "ms" in p), None)
+        peer = next((p for p in peers if "ms" in p and p["op"] == r["op"] and p["shape"] == r["shape"]), None)
         frac = ""
         if r["tflops"] > 0 and tf_ceiling:
             frac = f"{100 * r['tflops'] / tf_ceiling:.0f}% of matmul"

@@ -30,10 +30,13 @@ ScanData make_scan(const ScanCase& c, std::mt19937_64& rng) {
   ScanData s;
   const size_t btd = static_cast<size_t>(c.batch * c.T * c.D);
   const size_t btgn = static_cast<size_t>(c.batch * c.T * c.G * c.N);
-  const auto x = uniform(rng, btd), dt = uniform(rng, btd, -3.f, 0.5f), z = uniform(rng, btd, -2.f, 2.f);
+  // Without softplus dt is used as given, so it must be positive (a step, not a growth).
+  const auto x = uniform(rng, btd), z = uniform(rng, btd, -2.f, 2.f);
+  const auto dt = c.softplus ? uniform(rng, btd, -3.f, 0.5f) : uniform(rng, btd, 0.01f, 0.3f);
   const auto A = uniform(rng, static_cast<size_t>(c.D * c.N), -2.f, -0.05f);
   const auto B = uniform(rng, btgn), C = uniform(rng, btgn);
-  const auto D = uniform(rng, static_cast<size_t>(c.D)), bias = uniform(rng, static_cast<size_t>(c.D), -1.f, 1.f);
+  const auto D = uniform(rng, static_cast<size_t>(c.D));
+  const auto bias = c.softplus ? uniform(rng, static_cast<size_t>(c.D), -1.f, 1.f) : uniform(rng, static_cast<size_t>(c.D), 0.f, 0.1f);
   const auto h0 = uniform(rng, static_cast<size_t>(c.batch * c.D * c.N));
   s.ref = {widen(x), widen(dt), widen(A), widen(B), widen(C), c.with_skip ? widen(D) : ref::Vec{},
            c.with_gate ? widen(z) : ref::Vec{}, c.with_bias ? widen(bias) : ref::Vec{}, c.batch, c.T, c.D, c.N, c.G,

@@ -7,7 +7,9 @@
 //   2. a short sequential pass over chunks turns these into each chunk's start state,
 //   3. each chunk rescans from its true start state and writes y.
 // Pass 1 re-reads x, dt and B: the price of parallelism over time at small batch.
+// B and C rows are shared by the channels of a group: read through L1 (broadcast).
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <string>
 
@@ -21,21 +23,23 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kSlice = 16;  // states per thread
+constexpr int kUnroll = 4;  // time steps whose loads are in flight together
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
   const float *x, *dt, *A, *B, *C, *Dskip, *z, *dt_bias;
   float* y;
   float* state;        // [batch, D, N]
-  float* chunk_state;  // [batch, chunks, D, N]: end states (pass 1), then start states (pass 2)
+  float* chunk_end;    // [batch, chunks, D, N]: end state of each chunk from a zero start
+  float* chunk_start;  // [batch, chunks, D, N]: true start state of each chunk
   float* chunk_dtsum;  // [batch, chunks, D]
   int T, D, N, G, chunk_len, chunks;
   bool softplus;
 };
 
-__device__ __forceinline__ float effective_dt(const Params& p, float raw, float bias) {
+__device__ __forceinline__ float effective_dt(bool softplus, float raw, float bias) {
   const float v = raw + bias;
-  return p.softplus ? (v <= 20.f ? log1pf(__expf(v)) : v) : v;
+  return softplus ? (v <= 20.f ? log1pf(__expf(v)) : v) : v;
 }
 
 // This thread's (batch, channel, slice, chunk); lanes of one channel are adjacent.
@@ -57,35 +61,50 @@ struct Slot {
 };
 
 // 16 consecutive entries of a B or C row from n0; zeros past N, so states past N stay 0.
-__device__ __forceinline__ void load_slice(float (&v)[kSlice], const float* row, int n0, int N) {
+// kVec: N % 4 == 0 and 16-byte aligned rows, read as float4.
+template <bool kVec>
+__device__ __forceinline__ void load_slice(float (&v)[kSlice], const float* __restrict__ row, int n0, int N) {
+  if constexpr (kVec) {
 #pragma unroll
-  for (int i = 0; i < kSlice; ++i) v[i] = n0 + i < N ? __ldg(row + n0 + i) : 0.f;
+    for (int i = 0; i < kSlice; i += 4) {
+      const float4 q = n0 + i < N ? __ldg(reinterpret_cast<const float4*>(row + n0 + i)) : make_float4(0, 0, 0, 0);
+      v[i] = q.x;
+      v[i + 1] = q.y;
+      v[i + 2] = q.z;
+      v[i + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kSlice; ++i) v[i] = n0 + i < N ? __ldg(row + n0 + i) : 0.f;
+  }
 }
 
-template <int S>
 __device__ __forceinline__ void load_decay(float (&a2)[kSlice], const Params& p, int d, int n0) {
 #pragma unroll
   for (int i = 0; i < kSlice; ++i) a2[i] = n0 + i < p.N ? p.A[static_cast<int64_t>(d) * p.N + n0 + i] * kLog2e : 0.f;
 }
 
 // Pass 1: end state of each chunk from a zero start, and the chunk's sum of dt.
-template <int S>
+template <int S, bool kVec>
 __global__ void __launch_bounds__(kThreads) chunk_end_state_kernel(const Params p) {
   const Slot<S> s(p);
+  const float* __restrict__ x = p.x;
+  const float* __restrict__ dt = p.dt;
+  const float* __restrict__ Bm = p.B;
   float a2[kSlice], h[kSlice];
-  load_decay<S>(a2, p, s.d, s.n0);
+  load_decay(a2, p, s.d, s.n0);
 #pragma unroll
   for (int i = 0; i < kSlice; ++i) h[i] = 0.f;
   const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
   const int g = s.d / (p.D / p.G);
   float dtsum = 0.f;
-#pragma unroll 2
+#pragma unroll kUnroll
   for (int t = s.t0; t < s.t1; ++t) {
     const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
-    const float dtv = effective_dt(p, __ldg(p.dt + bt * p.D + s.d), bias);
-    const float xv = __ldg(p.x + bt * p.D + s.d);
+    const float dtv = effective_dt(p.softplus, __ldg(dt + bt * p.D + s.d), bias);
+    const float xv = __ldg(x + bt * p.D + s.d);
     float bv[kSlice];
-    load_slice(bv, p.B + (bt * p.G + g) * p.N, s.n0, p.N);
+    load_slice<kVec>(bv, Bm + (bt * p.G + g) * p.N, s.n0, p.N);
     dtsum += dtv;
 #pragma unroll
     for (int i = 0; i < kSlice; ++i) h[i] = fmaf(fast_exp2(dtv * a2[i]), h[i], dtv * xv * bv[i]);
@@ -95,50 +114,60 @@ __global__ void __launch_bounds__(kThreads) chunk_end_state_kernel(const Params 
   if (s.n0 == 0) p.chunk_dtsum[cd] = dtsum;
 #pragma unroll
   for (int i = 0; i < kSlice; ++i)
-    if (s.n0 + i < p.N) p.chunk_state[cd * p.N + s.n0 + i] = h[i];
+    if (s.n0 + i < p.N) p.chunk_end[cd * p.N + s.n0 + i] = h[i];
 }
 
-// Pass 2: one thread per (batch, channel, state) walks the chunks in order.
+// Pass 2: one thread per (batch, channel, state) walks the chunks in order. Its loads do
+// not depend on the carried state, so unrolled iterations keep several in flight.
 __global__ void chunk_carry_kernel(const Params p, int batch) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(batch) * p.D * p.N) return;
   const int n = static_cast<int>(i % p.N);
   const int d = static_cast<int>(i / p.N % p.D);
   const int b = static_cast<int>(i / (static_cast<int64_t>(p.N) * p.D));
+  const float* __restrict__ end = p.chunk_end;
+  const float* __restrict__ dtsum = p.chunk_dtsum;
+  float* __restrict__ start = p.chunk_start;
   const float a2 = p.A[static_cast<int64_t>(d) * p.N + n] * kLog2e;
   float h = p.state[i];
+#pragma unroll 8
   for (int c = 0; c < p.chunks; ++c) {
     const int64_t cd = (static_cast<int64_t>(b) * p.chunks + c) * p.D + d;
-    const float end_from_zero = p.chunk_state[cd * p.N + n];
-    p.chunk_state[cd * p.N + n] = h;
-    h = fmaf(fast_exp2(a2 * p.chunk_dtsum[cd]), h, end_from_zero);
+    start[cd * p.N + n] = h;
+    h = fmaf(fast_exp2(a2 * __ldg(dtsum + cd)), h, __ldg(end + cd * p.N + n));
   }
   p.state[i] = h;
 }
 
 // Pass 3 (the only pass for one chunk): scan from the true start state, write y.
-template <int S>
+template <int S, bool kVec>
 __global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
   const Slot<S> s(p);
+  const float* __restrict__ x = p.x;
+  const float* __restrict__ dt = p.dt;
+  const float* __restrict__ z = p.z;
+  const float* __restrict__ Bm = p.B;
+  const float* __restrict__ Cm = p.C;
+  float* __restrict__ y = p.y;
   float a2[kSlice], h[kSlice];
-  load_decay<S>(a2, p, s.d, s.n0);
+  load_decay(a2, p, s.d, s.n0);
   const float* h0 = p.chunks > 1
-                        ? p.chunk_state + ((static_cast<int64_t>(s.b) * p.chunks + s.chunk) * p.D + s.d) * p.N
+                        ? p.chunk_start + ((static_cast<int64_t>(s.b) * p.chunks + s.chunk) * p.D + s.d) * p.N
                         : p.state + (static_cast<int64_t>(s.b) * p.D + s.d) * p.N;
 #pragma unroll
   for (int i = 0; i < kSlice; ++i) h[i] = s.n0 + i < p.N ? h0[s.n0 + i] : 0.f;
   const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
   const float skip = p.Dskip ? p.Dskip[s.d] : 0.f;
   const int g = s.d / (p.D / p.G);
-#pragma unroll 2
+#pragma unroll kUnroll
   for (int t = s.t0; t < s.t1; ++t) {
     const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
-    const float dtv = effective_dt(p, __ldg(p.dt + bt * p.D + s.d), bias);
-    const float xv = __ldg(p.x + bt * p.D + s.d);
-    const float zv = p.z ? __ldg(p.z + bt * p.D + s.d) : 0.f;
+    const float dtv = effective_dt(p.softplus, __ldg(dt + bt * p.D + s.d), bias);
+    const float xv = __ldg(x + bt * p.D + s.d);
+    const float zv = z ? __ldg(z + bt * p.D + s.d) : 0.f;
     float bv[kSlice], cv[kSlice];
-    load_slice(bv, p.B + (bt * p.G + g) * p.N, s.n0, p.N);
-    load_slice(cv, p.C + (bt * p.G + g) * p.N, s.n0, p.N);
+    load_slice<kVec>(bv, Bm + (bt * p.G + g) * p.N, s.n0, p.N);
+    load_slice<kVec>(cv, Cm + (bt * p.G + g) * p.N, s.n0, p.N);
     float yv = 0.f;
 #pragma unroll
     for (int i = 0; i < kSlice; ++i) {
@@ -149,8 +178,8 @@ __global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
     for (int off = 1; off < S; off <<= 1) yv += __shfl_xor_sync(0xffffffffu, yv, off);
     if (s.valid && s.n0 == 0) {
       float out = fmaf(skip, xv, yv);
-      if (p.z) out *= zv / (1.f + __expf(-zv));
-      p.y[bt * p.D + s.d] = out;
+      if (z) out *= zv / (1.f + __expf(-zv));
+      y[bt * p.D + s.d] = out;
     }
   }
   if (p.chunks == 1 && s.valid) {
@@ -161,17 +190,17 @@ __global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
   }
 }
 
-template <int S>
+template <int S, bool kVec>
 void launch(const Params& p, int batch) {
   const dim3 grid((p.D + kThreads / S - 1) / (kThreads / S), batch, p.chunks);
   if (p.chunks > 1) {
-    chunk_end_state_kernel<S><<<grid, kThreads, 0, stream()>>>(p);
+    chunk_end_state_kernel<S, kVec><<<grid, kThreads, 0, stream()>>>(p);
     SUBQ_CUDA_CHECK_LAUNCH("chunk_end_state_kernel");
     const int64_t n = static_cast<int64_t>(batch) * p.D * p.N;
     chunk_carry_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream()>>>(p, batch);
     SUBQ_CUDA_CHECK_LAUNCH("chunk_carry_kernel");
   }
-  scan_output_kernel<S><<<grid, kThreads, 0, stream()>>>(p);
+  scan_output_kernel<S, kVec><<<grid, kThreads, 0, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("scan_output_kernel");
 }
 
@@ -222,11 +251,11 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
 
   int slices = 1;
   while (slices * kSlice < N) slices *= 2;
-  // Enough threads for about half of every multiprocessor; chunks no shorter than 256
-  // steps keep the sequential carry pass short.
-  const int64_t want_threads = int64_t{1024} * device_info().multiprocessors;
+  // Enough threads to fill every multiprocessor, since each thread's scan is a chain of
+  // dependent steps; chunks no shorter than 64 steps keep the carry pass short.
+  const int64_t want_threads = int64_t{2048} * device_info().multiprocessors;
   const int64_t threads = batch * D * slices;
-  int64_t chunks = std::clamp<int64_t>((want_threads + threads - 1) / threads, 1, std::max<int64_t>(1, T / 256));
+  int64_t chunks = std::clamp<int64_t>((want_threads + threads - 1) / threads, 1, std::max<int64_t>(1, T / 64));
   const int64_t chunk_len = (T + chunks - 1) / chunks;
   chunks = (T + chunk_len - 1) / chunk_len;
 
@@ -248,20 +277,28 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
   p.chunk_len = static_cast<int>(chunk_len);
   p.chunks = static_cast<int>(chunks);
   p.softplus = in.dt_softplus;
-  Tensor chunk_state, chunk_dtsum;
+  Tensor chunk_end, chunk_start, chunk_dtsum;
   if (chunks > 1) {
-    chunk_state = empty(DType::f32, {batch, chunks, D, N});
+    chunk_end = empty(DType::f32, {batch, chunks, D, N});
+    chunk_start = empty(DType::f32, {batch, chunks, D, N});
     chunk_dtsum = empty(DType::f32, {batch, chunks, D});
-    p.chunk_state = chunk_state.mutable_device_data<float>();
+    p.chunk_end = chunk_end.mutable_device_data<float>();
+    p.chunk_start = chunk_start.mutable_device_data<float>();
     p.chunk_dtsum = chunk_dtsum.mutable_device_data<float>();
   }
   const int b = static_cast<int>(batch);
-  switch (slices) {
-    case 1: launch<1>(p, b); break;
-    case 2: launch<2>(p, b); break;
-    case 4: launch<4>(p, b); break;
-    case 8: launch<8>(p, b); break;
-    default: launch<16>(p, b); break;
+  const bool vec = N % 4 == 0 && reinterpret_cast<uintptr_t>(p.B) % 16 == 0 && reinterpret_cast<uintptr_t>(p.C) % 16 == 0;
+  switch (slices * 2 + (vec ? 1 : 0)) {
+    case 2: launch<1, false>(p, b); break;
+    case 3: launch<1, true>(p, b); break;
+    case 4: launch<2, false>(p, b); break;
+    case 5: launch<2, true>(p, b); break;
+    case 8: launch<4, false>(p, b); break;
+    case 9: launch<4, true>(p, b); break;
+    case 16: launch<8, false>(p, b); break;
+    case 17: launch<8, true>(p, b); break;
+    case 32: launch<16, false>(p, b); break;
+    default: launch<16, true>(p, b); break;
   }
 }
 
