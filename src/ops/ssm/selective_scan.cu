@@ -24,6 +24,10 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kSlice = 16;  // states per thread
 constexpr int kUnroll = 4;  // time steps whose loads are in flight together
+// Steps ahead whose inputs are prefetched into L1: a thread's scan is a chain of
+// dependent steps, and few threads fit per SM, so without it every step waits a full
+// DRAM round trip.
+constexpr int kAhead = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
@@ -79,6 +83,10 @@ __device__ __forceinline__ void load_slice(float (&v)[kSlice], const float* __re
   }
 }
 
+__device__ __forceinline__ void prefetch_l1(const float* p) {
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
+}
+
 __device__ __forceinline__ void load_decay(float (&a2)[kSlice], const Params& p, int d, int n0) {
 #pragma unroll
   for (int i = 0; i < kSlice; ++i) a2[i] = n0 + i < p.N ? p.A[static_cast<int64_t>(d) * p.N + n0 + i] * kLog2e : 0.f;
@@ -103,6 +111,12 @@ __global__ void __launch_bounds__(kThreads) chunk_end_state_kernel(const Params 
     const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
     const float dtv = effective_dt(p.softplus, __ldg(dt + bt * p.D + s.d), bias);
     const float xv = __ldg(x + bt * p.D + s.d);
+    if (t + kAhead < s.t1) {
+      const int64_t ahead = bt + kAhead;
+      prefetch_l1(dt + ahead * p.D + s.d);
+      prefetch_l1(x + ahead * p.D + s.d);
+      prefetch_l1(Bm + (ahead * p.G + g) * p.N + s.n0);
+    }
     float bv[kSlice];
     load_slice<kVec>(bv, Bm + (bt * p.G + g) * p.N, s.n0, p.N);
     dtsum += dtv;
@@ -165,6 +179,14 @@ __global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
     const float dtv = effective_dt(p.softplus, __ldg(dt + bt * p.D + s.d), bias);
     const float xv = __ldg(x + bt * p.D + s.d);
     const float zv = z ? __ldg(z + bt * p.D + s.d) : 0.f;
+    if (t + kAhead < s.t1) {
+      const int64_t ahead = bt + kAhead;
+      prefetch_l1(dt + ahead * p.D + s.d);
+      prefetch_l1(x + ahead * p.D + s.d);
+      if (z) prefetch_l1(z + ahead * p.D + s.d);
+      prefetch_l1(Bm + (ahead * p.G + g) * p.N + s.n0);
+      prefetch_l1(Cm + (ahead * p.G + g) * p.N + s.n0);
+    }
     float bv[kSlice], cv[kSlice];
     load_slice<kVec>(bv, Bm + (bt * p.G + g) * p.N, s.n0, p.N);
     load_slice<kVec>(cv, Cm + (bt * p.G + g) * p.N, s.n0, p.N);
