@@ -53,6 +53,15 @@ void bench_attention(std::mt19937_64& rng) {
       report("attention", shape, ms, flops, 4.0 * q.nbytes());
     }
   }
+  // Head dim 256 (untuned path: 64 queries per CTA).
+  const int64_t B = 2, T = 8192, H8 = 8, D256 = 256;
+  const Tensor q = random_device(DType::bf16, {B, T, H8, D256}, rng);
+  const Tensor k = random_device(DType::bf16, {B, T, H8, D256}, rng);
+  const Tensor v = random_device(DType::bf16, {B, T, H8, D256}, rng);
+  const Tensor o = cuda::empty(DType::bf16, {B, T, H8, D256});
+  const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, 0.0625f); });
+  cuda::synchronize();
+  report("attention", "B=2 T=8192 H=8 D=256 causal", ms, 4.0 * B * H8 * T * T * D256 / 2, 4.0 * q.nbytes());
 }
 
 // Mamba-1 shapes (d_inner 1536 / 2048 / 4096, N = 16). Bytes: x, dt, z in, y out, B and C.

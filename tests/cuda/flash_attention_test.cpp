@@ -44,6 +44,15 @@ TEST(CudaFlashAttention, MatchesReferenceOnAwkwardSizes) {
       for (int64_t T : {1, 17, 100, 1000}) run_case({1, T, T, 4, 4, D, causal});
 }
 
+TEST(CudaFlashAttention, HeadDim256) {
+  SUBQ_REQUIRE_GPU();
+  for (bool causal : {false, true}) {
+    run_case({1, 100, 100, 2, 1, 256, causal});
+    run_case({2, 1, 1, 2, 2, 256, causal});
+    run_case({1, 33, 200, 4, 2, 256, causal});
+  }
+}
+
 TEST(CudaFlashAttention, GroupedQueryHeadsAndBatch) {
   SUBQ_REQUIRE_GPU();
   for (bool causal : {false, true}) {

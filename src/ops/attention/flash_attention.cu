@@ -1,6 +1,6 @@
 // FlashAttention-2 style forward: one CTA of 4 warps per (128 queries, head, batch);
 // each warp owns 32 query rows (two m16 tiles), so K/V shared-memory reads are spread
-// over twice the arithmetic. K/V tiles of 64 keys are double-buffered with cp.async;
+// over twice the arithmetic (D = 256: 64 queries, 16 rows per warp). K/V tiles of 64 keys are double-buffered with cp.async;
 // Q, K and V sit in shared memory with an XOR swizzle (16-byte chunk ^ row % 8) so
 // every ldmatrix hits 32 distinct banks. Scores stay in registers: the S accumulator
 // fragment of QK^T is exactly the A fragment of PV once packed to bf16.
@@ -18,12 +18,13 @@
 namespace subq::cuda {
 namespace {
 
-constexpr int kBlockM = 128;
 constexpr int kBlockN = 64;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerWarp = kBlockM / kWarps;  // 32
-constexpr int kMTiles = kRowsPerWarp / 16;      // 2
+// Query rows per CTA: 128 (32 per warp) up to D = 128; for D = 256 the f32 output
+// accumulator of 32 rows would not fit in registers, so 64 (16 per warp).
+template <int D>
+constexpr int kQueryRows = D <= 128 ? 128 : 64;
 
 struct Params {
   const __nv_bfloat16* q;
@@ -58,6 +59,9 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16*
 
 template <int D, bool kCausal>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p) {
+  constexpr int kBlockM = kQueryRows<D>;
+  constexpr int kRowsPerWarp = kBlockM / kWarps;
+  constexpr int kMTiles = kRowsPerWarp / 16;
   extern __shared__ __align__(128) unsigned char smem[];
   auto* sQ = reinterpret_cast<__nv_bfloat16*>(smem);
   auto* sK = sQ + kBlockM * D;      // two buffers of kBlockN x D
@@ -235,6 +239,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
 
 template <int D, bool kCausal>
 void launch(const Params& p, int batch) {
+  constexpr int kBlockM = kQueryRows<D>;
   constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(__nv_bfloat16));
   static const bool configured = [] {
     SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D, kCausal>,
@@ -264,8 +269,8 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   check_attention_tensor(o, "flash_attention o");
   const int64_t B = q.dim(0), Tq = q.dim(1), H = q.dim(2), D = q.dim(3);
   const int64_t Tk = k.dim(1), Hkv = k.dim(2);
-  if (D != 64 && D != 128)
-    throw Error("flash_attention q: head dim must be 64 or 128, found " + q.str());
+  if (D != 64 && D != 128 && D != 256)
+    throw Error("flash_attention q: head dim must be 64, 128 or 256, found " + q.str());
   check_shape(k, Shape{B, Tk, Hkv, D}, "flash_attention k");
   check_shape(v, Shape{B, Tk, Hkv, D}, "flash_attention v");
   check_shape(o, q.shape(), "flash_attention o");
@@ -293,7 +298,8 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.scale_log2 = scale * 1.4426950408889634f;
   const int batch = static_cast<int>(B);
   if (D == 64) causal ? launch<64, true>(p, batch) : launch<64, false>(p, batch);
-  else causal ? launch<128, true>(p, batch) : launch<128, false>(p, batch);
+  else if (D == 128) causal ? launch<128, true>(p, batch) : launch<128, false>(p, batch);
+  else causal ? launch<256, true>(p, batch) : launch<256, false>(p, batch);
 }
 
 }  // namespace subq::cuda

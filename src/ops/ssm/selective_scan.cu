@@ -27,7 +27,7 @@ constexpr int kUnroll = 4;  // time steps whose loads are in flight together
 // Steps ahead whose inputs are prefetched into L1: a thread's scan is a chain of
 // dependent steps, and few threads fit per SM, so without it every step waits a full
 // DRAM round trip.
-constexpr int kAhead = 8;
+constexpr int kAhead = 16;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
@@ -106,6 +106,12 @@ __global__ void __launch_bounds__(kThreads) chunk_end_state_kernel(const Params 
   const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
   const int g = s.d / (p.D / p.G);
   float dtsum = 0.f;
+  for (int t = s.t0; t < min(s.t1, s.t0 + kAhead); ++t) {
+    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
+    prefetch_l1(dt + bt * p.D + s.d);
+    prefetch_l1(x + bt * p.D + s.d);
+    prefetch_l1(Bm + (bt * p.G + g) * p.N + s.n0);
+  }
 #pragma unroll kUnroll
   for (int t = s.t0; t < s.t1; ++t) {
     const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
@@ -173,6 +179,14 @@ __global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
   const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
   const float skip = p.Dskip ? p.Dskip[s.d] : 0.f;
   const int g = s.d / (p.D / p.G);
+  for (int t = s.t0; t < min(s.t1, s.t0 + kAhead); ++t) {
+    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
+    prefetch_l1(dt + bt * p.D + s.d);
+    prefetch_l1(x + bt * p.D + s.d);
+    if (z) prefetch_l1(z + bt * p.D + s.d);
+    prefetch_l1(Bm + (bt * p.G + g) * p.N + s.n0);
+    prefetch_l1(Cm + (bt * p.G + g) * p.N + s.n0);
+  }
 #pragma unroll kUnroll
   for (int t = s.t0; t < s.t1; ++t) {
     const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
@@ -212,10 +226,32 @@ __global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
   }
 }
 
+// Time chunks: as many as fill one wave of resident blocks (each thread's scan is a
+// chain of dependent steps, so idle SMs cannot be made up by longer chains elsewhere),
+// none shorter than 64 steps; one chunk (a single pass) when batch x channels already
+// fill the GPU.
 template <int S, bool kVec>
-void launch(const Params& p, int batch) {
-  const dim3 grid((p.D + kThreads / S - 1) / (kThreads / S), batch, p.chunks);
+void launch(Params p, int batch) {
+  static const int resident = [] {
+    int blocks = 0;
+    SUBQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, scan_output_kernel<S, kVec>, kThreads, 0));
+    return std::max(1, blocks) * device_info().multiprocessors;
+  }();
+  const int64_t blocks_x = (p.D + kThreads / S - 1) / (kThreads / S);
+  int64_t chunks = std::clamp<int64_t>(resident / (blocks_x * batch), 1, std::max(1, p.T / 64));
+  const int64_t chunk_len = (p.T + chunks - 1) / chunks;
+  chunks = (p.T + chunk_len - 1) / chunk_len;
+  p.chunk_len = static_cast<int>(chunk_len);
+  p.chunks = static_cast<int>(chunks);
+  const dim3 grid(static_cast<unsigned>(blocks_x), batch, p.chunks);
+  Tensor chunk_end, chunk_start, chunk_dtsum;
   if (p.chunks > 1) {
+    chunk_end = empty(DType::f32, {batch, chunks, p.D, p.N});
+    chunk_start = empty(DType::f32, {batch, chunks, p.D, p.N});
+    chunk_dtsum = empty(DType::f32, {batch, chunks, p.D});
+    p.chunk_end = chunk_end.mutable_device_data<float>();
+    p.chunk_start = chunk_start.mutable_device_data<float>();
+    p.chunk_dtsum = chunk_dtsum.mutable_device_data<float>();
     chunk_end_state_kernel<S, kVec><<<grid, kThreads, 0, stream()>>>(p);
     SUBQ_CUDA_CHECK_LAUNCH("chunk_end_state_kernel");
     const int64_t n = static_cast<int64_t>(batch) * p.D * p.N;
@@ -273,14 +309,6 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
 
   int slices = 1;
   while (slices * kSlice < N) slices *= 2;
-  // Enough threads to fill every multiprocessor, since each thread's scan is a chain of
-  // dependent steps; chunks no shorter than 64 steps keep the carry pass short.
-  const int64_t want_threads = int64_t{2048} * device_info().multiprocessors;
-  const int64_t threads = batch * D * slices;
-  int64_t chunks = std::clamp<int64_t>((want_threads + threads - 1) / threads, 1, std::max<int64_t>(1, T / 64));
-  const int64_t chunk_len = (T + chunks - 1) / chunks;
-  chunks = (T + chunk_len - 1) / chunk_len;
-
   Params p{};
   p.x = in.x.device_data<float>();
   p.dt = in.dt.device_data<float>();
@@ -296,18 +324,7 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
   p.D = static_cast<int>(D);
   p.N = static_cast<int>(N);
   p.G = static_cast<int>(G);
-  p.chunk_len = static_cast<int>(chunk_len);
-  p.chunks = static_cast<int>(chunks);
   p.softplus = in.dt_softplus;
-  Tensor chunk_end, chunk_start, chunk_dtsum;
-  if (chunks > 1) {
-    chunk_end = empty(DType::f32, {batch, chunks, D, N});
-    chunk_start = empty(DType::f32, {batch, chunks, D, N});
-    chunk_dtsum = empty(DType::f32, {batch, chunks, D});
-    p.chunk_end = chunk_end.mutable_device_data<float>();
-    p.chunk_start = chunk_start.mutable_device_data<float>();
-    p.chunk_dtsum = chunk_dtsum.mutable_device_data<float>();
-  }
   const int b = static_cast<int>(batch);
   const bool vec = N % 4 == 0 && reinterpret_cast<uintptr_t>(p.B) % 16 == 0 && reinterpret_cast<uintptr_t>(p.C) % 16 == 0;
   switch (slices * 2 + (vec ? 1 : 0)) {
