@@ -37,7 +37,7 @@ void report(const char* op, const std::string& shape, double ms, double flops, d
 
 void bench_attention(std::mt19937_64& rng) {
   const int64_t H = 16, D = 128;
-  for (int64_t T : {4096, 8192, 16384, 32768}) {
+  for (int64_t T : {4096, 8192, 16384, 32768, 65536}) {
     const int64_t B = std::max<int64_t>(1, 16384 / T);
     const Tensor q = random_device(DType::bf16, {B, T, H, D}, rng);
     const Tensor k = random_device(DType::bf16, {B, T, H, D}, rng);

@@ -58,7 +58,7 @@ def attention():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
     H, D = 16, 128
-    for T in (4096, 8192, 16384, 32768):
+    for T in (4096, 8192, 16384, 32768, 65536):
         B = max(1, 16384 // T)
         # [B, T, H, D] as subq lays it out, viewed as SDPA's [B, H, T, D].
         q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
