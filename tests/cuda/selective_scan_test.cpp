@@ -74,9 +74,9 @@ TEST(CudaSelectiveScan, MatchesReferenceOnAwkwardSizes) {
   run_scan({1, 3, 64, 1, 1, true, false, false, true});
   run_scan({2, 127, 37, 16, 1, true, true, true, true});
   run_scan({1, 1000, 48, 16, 1, true, true, true, true});   // several time chunks
-  run_scan({1, 1000, 48, 64, 4, false, true, true, false});  // groups, 8 slices per channel
-  run_scan({2, 300, 6, 256, 2, true, true, false, true});    // largest N: a full warp of slices
-  run_scan({1, 2000, 20, 24, 5, true, false, true, true});   // N not a multiple of the slice
+  run_scan({1, 1000, 48, 64, 4, false, true, true, false});  // groups, 4 slices per channel
+  run_scan({2, 300, 6, 256, 2, true, true, false, true});    // largest N: 16 slices
+  run_scan({1, 2000, 20, 24, 5, true, false, true, true});   // N not a multiple of the 16-state slice
 }
 
 TEST(CudaSelectiveScan, ConsecutiveCallsContinueTheSequence) {

@@ -1,5 +1,5 @@
-// Selective scan, parallel over (batch, channel, 8-state slice) threads and over time
-// chunks. A thread keeps its 8 states in registers; the lanes holding one channel's
+// Selective scan, parallel over (batch, channel, 16-state slice) threads and over time
+// chunks. A thread keeps its 16 states in registers; the lanes holding one channel's
 // slices sum y with warp shuffles. When batch x channels alone cannot fill the GPU,
 // time is cut into chunks and scanned in three passes:
 //   1. each chunk's end state from a zero start, and its sum of dt (the chunk's decay is
@@ -22,9 +22,7 @@ namespace subq::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-// States per thread: 8 keeps a thread near 70 registers, so enough warps stay resident
-// to hide the latency of each thread's chain of steps; N = 256 takes a full warp.
-constexpr int kSlice = 8;
+constexpr int kSlice = 16;  // states per thread
 constexpr int kUnroll = 4;  // time steps whose loads are in flight together
 // Steps ahead whose inputs are prefetched into L1: a thread's scan is a chain of
 // dependent steps, and few threads fit per SM, so without it every step waits a full
@@ -66,7 +64,7 @@ struct Slot {
   }
 };
 
-// kSlice consecutive entries of a B or C row from n0; zeros past N, so states past N stay 0.
+// 16 consecutive entries of a B or C row from n0; zeros past N, so states past N stay 0.
 // kVec: N % 4 == 0 and 16-byte aligned rows, read as float4.
 template <bool kVec>
 __device__ __forceinline__ void load_slice(float (&v)[kSlice], const float* __restrict__ row, int n0, int N) {
@@ -96,7 +94,7 @@ __device__ __forceinline__ void load_decay(float (&a2)[kSlice], const Params& p,
 
 // Pass 1: end state of each chunk from a zero start, and the chunk's sum of dt.
 template <int S, bool kVec>
-__global__ void __launch_bounds__(kThreads, 6) chunk_end_state_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads) chunk_end_state_kernel(const Params p) {
   const Slot<S> s(p);
   const float* __restrict__ x = p.x;
   const float* __restrict__ dt = p.dt;
@@ -163,7 +161,7 @@ __global__ void chunk_carry_kernel(const Params p, int batch) {
 
 // Pass 3 (the only pass for one chunk): scan from the true start state, write y.
 template <int S, bool kVec>
-__global__ void __launch_bounds__(kThreads, 6) scan_output_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
   const Slot<S> s(p);
   const float* __restrict__ x = p.x;
   const float* __restrict__ dt = p.dt;
@@ -339,9 +337,7 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
     case 16: launch<8, false>(p, b); break;
     case 17: launch<8, true>(p, b); break;
     case 32: launch<16, false>(p, b); break;
-    case 33: launch<16, true>(p, b); break;
-    case 64: launch<32, false>(p, b); break;
-    default: launch<32, true>(p, b); break;
+    default: launch<16, true>(p, b); break;
   }
 }
 
