@@ -159,6 +159,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
     }
 
     // Online softmax: rescale what was accumulated by exp2(old max - new max).
+    float corr[kMTiles][2];
+    bool max_moved = false;
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -171,7 +173,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
         const float new_max = fmaxf(row_max[mt][r], mx * p.scale_log2);
         // A row with no visible key so far keeps max -inf; exp2 then gives zeros, not NaN.
         const float base = new_max == -INFINITY ? 0.f : new_max;
-        const float corr = fast_exp2(row_max[mt][r] - base);
+        corr[mt][r] = fast_exp2(row_max[mt][r] - base);
+        max_moved |= new_max != row_max[mt][r];
         row_max[mt][r] = new_max;
         float sum = 0.f;
 #pragma unroll
@@ -181,13 +184,18 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
             s[mt][nt][c] = fast_exp2(fmaf(s[mt][nt][c], p.scale_log2, -base));
             sum += s[mt][nt][c];
           }
-        row_sum[mt][r] = row_sum[mt][r] * corr + sum;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          acc[mt][dt][2 * r] *= corr;
-          acc[mt][dt][2 * r + 1] *= corr;
-        }
+        row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;
       }
+    // Once the running maxima settle, most tiles move none of the warp's 32 rows; the
+    // rescale (D/4 multiplies per row pair) is then skipped, exactly (corr would be 1).
+    if (__any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[mt][dt][c] *= corr[mt][c >> 1];
+    }
 
     // O += P V, P straight from the score registers.
 #pragma unroll
