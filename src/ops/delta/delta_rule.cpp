@@ -1,0 +1,210 @@
+// Chunked delta rule. Writing S_i = a_i S_{i-1} + k_i d_i^T with the per-token update
+// d_i = beta_i (v_i - a_i S_{i-1}^T k_i), a chunk of L tokens starting from state S0
+// with cumulative log-gates G_i gives
+//   (I + A) D = R,  A_ij = beta_i exp(G_i - G_j) <k_i, k_j> (j < i),
+//   R = diag(beta) (V - diag(exp G) K S0),
+//   O = diag(exp G) Q S0 + (Q K^T masked, times exp(G_i - G_j)) D,
+//   S_new = exp(G_L) S0 + (K * exp(G_L - G))^T D.
+// (I + A)^{-1} is the UT transform of the WY representation; it is applied here by
+// forward substitution on R (L^2 dv / 2 FMAs), which is cheaper on a CPU than forming
+// it explicitly because chunks of one head run in order anyway. All exponents are <= 0.
+#include "src/ops/delta/delta_rule.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "src/core/parallel.h"
+#include "src/ops/linear/chunk_kernels.h"
+#include "src/ops/linear/head_layout.h"
+
+namespace subq::ops {
+namespace {
+
+constexpr int64_t kRecurrentBelow = 32;
+
+struct Problem {
+  int64_t B, T, H, dk, dv, dvp;
+  HeadRows q, k, v;
+  HeadRowsOut o;
+  TokenScalars beta, log_gate;
+  bool gated;
+  float* state;
+  DeltaRuleOptions opt;
+};
+
+struct Workspace {
+  std::vector<float> S, Q, Kr, Kt, KK, att, V, R, O, G, beta, coef, scratch;
+  Workspace(const Problem& p, int64_t Lp) {
+    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
+    S.assign(n(p.dk * p.dvp), 0.f);
+    Q.assign(n(Lp * p.dk), 0.f);
+    Kr.assign(n(Lp * p.dk), 0.f);
+    Kt.assign(n(p.dk * Lp), 0.f);
+    KK.assign(n(Lp * Lp), 0.f);
+    att.assign(n(Lp * Lp), 0.f);
+    V.assign(n(Lp * p.dvp), 0.f);
+    R.assign(n(Lp * p.dvp), 0.f);
+    O.assign(n(Lp * p.dvp), 0.f);
+    G.assign(n(Lp), 0.f);
+    beta.assign(n(Lp), 0.f);
+    coef.assign(n(Lp), 0.f);
+    scratch.assign(n(p.dvp), 0.f);
+  }
+};
+
+// Normalised, scaled q and normalised k of one token.
+void load_qk(const Problem& p, int64_t b, int64_t t, int64_t h, float* q, float* k) {
+  const float* qs = p.q.at(b, t, h);
+  const float* ks = p.k.at(b, t, h);
+  float qn = p.opt.scale, kn = 1.f;
+  if (p.opt.l2_normalize_qk) {
+    double qq = 0, kk = 0;
+    for (int64_t d = 0; d < p.dk; ++d) {
+      qq += static_cast<double>(qs[d]) * qs[d];
+      kk += static_cast<double>(ks[d]) * ks[d];
+    }
+    qn = static_cast<float>(p.opt.scale / std::sqrt(qq + p.opt.l2_eps));
+    kn = static_cast<float>(1 / std::sqrt(kk + p.opt.l2_eps));
+  }
+  for (int64_t d = 0; d < p.dk; ++d) {
+    q[d] = qs[d] * qn;
+    k[d] = ks[d] * kn;
+  }
+}
+
+void load_v(const Problem& p, const float* v, float* row) {
+  std::copy_n(v, p.dv, row);
+  std::fill(row + p.dv, row + p.dvp, 0.f);
+}
+
+float token_log_gate(const Problem& p, int64_t b, int64_t t, int64_t h) {
+  return p.gated ? p.log_gate.at(b, t, h) : 0.f;
+}
+
+void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
+  float *q = w.Q.data(), *k = w.Kr.data(), *v = w.V.data(), *o = w.O.data();
+  for (int64_t t = 0; t < p.T; ++t) {
+    load_qk(p, b, t, h, q, k);
+    load_v(p, p.v.at(b, t, h), v);
+    delta_rule_step(w.S.data(), p.dk, p.dvp, std::exp(token_log_gate(p, b, t, h)), p.beta.at(b, t, h), k, v, q, o,
+                    w.scratch.data());
+    std::copy_n(o, p.dv, p.o.at(b, t, h));
+  }
+}
+
+void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t Lp) {
+  const int64_t dk = p.dk, dvp = p.dvp, C = p.opt.chunk;
+  for (int64_t t0 = 0; t0 < p.T; t0 += C) {
+    const int64_t L = std::min(C, p.T - t0);
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t t = t0 + i;
+      load_qk(p, b, t, h, w.Q.data() + i * dk, w.Kr.data() + i * dk);
+      for (int64_t d = 0; d < dk; ++d) w.Kt[d * Lp + i] = w.Kr[i * dk + d];
+      load_v(p, p.v.at(b, t, h), w.V.data() + i * dvp);
+      w.beta[i] = p.beta.at(b, t, h);
+      w.G[i] = token_log_gate(p, b, t, h) + (i > 0 ? w.G[i - 1] : 0.f);
+    }
+    chunk_gemm(L, Lp, dk, w.Kr.data(), dk, w.Kt.data(), Lp, w.KK.data(), Lp, false);
+    chunk_gemm(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp, false);
+    for (int64_t i = 0; i < L; ++i) {
+      float* row = w.att.data() + i * Lp;
+      if (p.gated) mul_exp_diff_scalar(row, w.G[i], w.G.data(), row, i + 1);
+      std::fill(row + i + 1, row + L, 0.f);
+    }
+    // R = diag(beta) (V - diag(exp G) K S0), then D = (I + A)^{-1} R in place.
+    chunk_gemm(L, dvp, dk, w.Kr.data(), dk, w.S.data(), dvp, w.R.data(), dvp, false);
+    for (int64_t i = 0; i < L; ++i) {
+      const float e = p.gated ? std::exp(w.G[i]) : 1.f;
+      float* r = w.R.data() + i * dvp;
+      const float* v = w.V.data() + i * dvp;
+      for (int64_t c = 0; c < dvp; ++c) r[c] = w.beta[i] * (v[c] - e * r[c]);
+    }
+    for (int64_t i = 1; i < L; ++i) {
+      const float* kk = w.KK.data() + i * Lp;
+      if (p.gated) mul_exp_diff_scalar(kk, w.G[i], w.G.data(), w.coef.data(), i);
+      else std::copy_n(kk, i, w.coef.data());
+      for (int64_t j = 0; j < i; ++j) w.coef[j] *= -w.beta[i];
+      chunk_gemm(1, dvp, i, w.coef.data(), Lp, w.R.data(), dvp, w.R.data() + i * dvp, dvp, true);
+    }
+    // Outputs: intra-chunk on D, inter-chunk on the carried state.
+    chunk_gemm(L, dvp, L, w.att.data(), Lp, w.R.data(), dvp, w.O.data(), dvp, false, true);
+    if (p.gated)
+      for (int64_t i = 0; i < L; ++i) {
+        const float e = std::exp(w.G[i]);
+        for (int64_t d = 0; d < dk; ++d) w.Q[i * dk + d] *= e;
+      }
+    chunk_gemm(L, dvp, dk, w.Q.data(), dk, w.S.data(), dvp, w.O.data(), dvp, true);
+    for (int64_t i = 0; i < L; ++i) std::copy_n(w.O.data() + i * dvp, p.dv, p.o.at(b, t0 + i, h));
+    // State to the end of the chunk.
+    if (p.gated) {
+      const float last = w.G[L - 1];
+      const float decay = std::exp(last);
+      for (auto& s : w.S) s *= decay;
+      for (int64_t j = 0; j < L; ++j) {
+        const float wj = std::exp(last - w.G[j]);
+        float* row = w.R.data() + j * dvp;
+        for (int64_t c = 0; c < dvp; ++c) row[c] *= wj;
+      }
+    }
+    chunk_gemm(dk, dvp, L, w.Kt.data(), Lp, w.R.data(), dvp, w.S.data(), dvp, true);
+  }
+}
+
+}  // namespace
+
+void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor& log_gate,
+                const Tensor& state, const Tensor& o, const DeltaRuleOptions& options) {
+  for (const auto* t : {&q, &k, &v, &o})
+    if (!t->defined() || t->ndim() != 4) throw Error("delta_rule: q, k, v, o: expected 4-d tensors [B, T, heads, d]");
+  if (options.chunk < 1 || options.chunk > 1024)
+    throw Error("delta_rule: chunk: expected 1..1024, got " + std::to_string(options.chunk));
+  Problem p{};
+  p.opt = options;
+  p.B = q.dim(0);
+  p.T = q.dim(1);
+  p.H = std::max({q.dim(2), k.dim(2), v.dim(2)});
+  p.dk = q.dim(3);
+  p.dv = v.dim(3);
+  p.dvp = round_up_to_align(p.dv);
+  if (p.T < 1) throw Error("delta_rule: q: expected T >= 1, got " + q.str());
+  p.q = head_rows(q, "delta_rule: q", p.B, p.T, p.H, p.dk);
+  p.k = head_rows(k, "delta_rule: k", p.B, p.T, p.H, p.dk);
+  p.v = head_rows(v, "delta_rule: v", p.B, p.T, p.H, p.dv);
+  p.o = head_rows_out(o, "delta_rule: o", p.B, p.T, p.H, p.dv);
+  p.beta = token_scalars(beta, "delta_rule: beta", p.B, p.T, p.H);
+  p.gated = log_gate.defined();
+  if (p.gated) {
+    p.log_gate = token_scalars(log_gate, "delta_rule: log_gate", p.B, p.T, p.H);
+    for (int64_t b = 0; b < p.B; ++b)
+      for (int64_t t = 0; t < p.T; ++t)
+        for (int64_t h = 0; h < p.H; ++h)
+          if (!(p.log_gate.at(b, t, h) <= 0.f))
+            throw Error("delta_rule: log_gate: expected values <= 0, got " + std::to_string(p.log_gate.at(b, t, h)));
+  }
+  check_dtype(state, DType::f32, "delta_rule: state");
+  check_shape(state, Shape{p.B, p.H, p.dk, p.dv}, "delta_rule: state");
+  check_contiguous(state, "delta_rule: state");
+  p.state = state.mutable_data<float>();
+
+  const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
+                         (options.algorithm == LinearAlgorithm::automatic && p.T < kRecurrentBelow);
+  const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
+  parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+    Workspace w(p, recurrent ? 1 : Lp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / p.H, h = task % p.H;
+      float* st = p.state + task * p.dk * p.dv;
+      for (int64_t d = 0; d < p.dk; ++d) {
+        std::copy_n(st + d * p.dv, p.dv, w.S.data() + d * p.dvp);
+        std::fill(w.S.data() + d * p.dvp + p.dv, w.S.data() + (d + 1) * p.dvp, 0.f);
+      }
+      if (recurrent) run_recurrent(p, w, b, h);
+      else run_chunked(p, w, b, h, Lp);
+      for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dv, st + d * p.dv);
+    }
+  });
+}
+
+}  // namespace subq::ops

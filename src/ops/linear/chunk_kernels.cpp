@@ -1,0 +1,188 @@
+// Highway kernels behind chunk_kernels.h. The GEMM is a register-blocked outer-product
+// loop (4 rows of C x 2 vectors of columns), vectorised over N: chunk products are small
+// (chunk x head_dim), so packing into a panel format would cost more than it saves.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/ops/linear/chunk_kernels.cpp"
+#include <algorithm>
+#include <cstdint>
+
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace subq::ops::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// C[m0 .. m0+MR, n0 .. n0+NV*lanes) over k in [0, kend).
+template <int MR, int NV, class D>
+HWY_INLINE void GemmBlock(D d, int64_t kend, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                          int64_t ldc, bool accumulate) {
+  const size_t NL = hn::Lanes(d);
+  using V = hn::Vec<D>;
+  V acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = accumulate ? hn::LoadU(d, C + r * ldc + v * NL) : hn::Zero(d);
+  for (int64_t k = 0; k < kend; ++k) {
+    V b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = hn::LoadU(d, B + k * ldb + v * NL);
+    for (int r = 0; r < MR; ++r) {
+      const V a = hn::Set(d, A[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = hn::MulAdd(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, C + r * ldc + v * NL);
+}
+
+template <int MR, class D>
+HWY_INLINE void GemmRows(D d, int64_t N, int64_t kend, const float* A, int64_t lda, const float* B, int64_t ldb,
+                         float* C, int64_t ldc, bool accumulate) {
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  int64_t n = 0;
+  for (; n + 2 * NL <= N; n += 2 * NL) GemmBlock<MR, 2>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
+  for (; n < N; n += NL) GemmBlock<MR, 1>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
+}
+
+void ChunkGemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+               int64_t ldc, bool accumulate, bool lower_triangular) {
+  const hn::ScalableTag<float> d;
+  for (int64_t m = 0; m < M; m += 4) {
+    const int64_t mr = std::min<int64_t>(4, M - m);
+    const int64_t kend = lower_triangular ? std::min(K, m + mr) : K;
+    const float* a = A + m * lda;
+    float* c = C + m * ldc;
+    switch (mr) {
+      case 4: GemmRows<4>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+      case 3: GemmRows<3>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+      case 2: GemmRows<2>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+      default: GemmRows<1>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+    }
+  }
+}
+
+// Runs f over full vectors, then the tail through a one-lane tag (same math for all).
+template <class F>
+HWY_INLINE void ForEachVector(int64_t n, F f) {
+  const hn::ScalableTag<float> d;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  int64_t i = 0;
+  for (; i + NL <= n; i += NL) f(d, i);
+  const hn::CappedTag<float, 1> d1;
+  for (; i < n; ++i) f(d1, i);
+}
+
+void MulExpDiff(const float* x, const float* a, const float* b, float* out, int64_t n) {
+  ForEachVector(n, [&](auto d, int64_t i) {
+    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, a + i), hn::LoadU(d, b + i)));
+    hn::StoreU(hn::Mul(hn::LoadU(d, x + i), e), d, out + i);
+  });
+}
+
+void MulExpDiffScalar(const float* x, float c, const float* b, float* out, int64_t n) {
+  ForEachVector(n, [&](auto d, int64_t i) {
+    const auto e = hn::Exp(d, hn::Sub(hn::Set(d, c), hn::LoadU(d, b + i)));
+    hn::StoreU(hn::Mul(hn::LoadU(d, x + i), e), d, out + i);
+  });
+}
+
+float DecayedDot(const float* q, const float* k, const float* bq, const float* bk, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  auto acc = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + NL <= n; i += NL) {
+    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, bq + i), hn::LoadU(d, bk + i)));
+    acc = hn::MulAdd(hn::Mul(hn::LoadU(d, q + i), hn::LoadU(d, k + i)), e, acc);
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(d, acc));
+  const hn::CappedTag<float, 1> d1;
+  for (; i < n; ++i) {
+    const auto e = hn::Exp(d1, hn::Sub(hn::LoadU(d1, bq + i), hn::LoadU(d1, bk + i)));
+    sum += hn::GetLane(hn::Mul(hn::Mul(hn::LoadU(d1, q + i), hn::LoadU(d1, k + i)), e));
+  }
+  return sum;
+}
+
+void LinearAttentionStep(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
+                         const float* q, float* o) {
+  const hn::ScalableTag<float> d;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t n = 0; n < N; n += NL) {
+    const auto vv = hn::LoadU(d, v + n);
+    auto acc = hn::Zero(d);
+    for (int64_t r = 0; r < dk; ++r) {
+      float* s = S + r * N + n;
+      const auto updated = hn::MulAdd(hn::Set(d, decay[r]), hn::LoadU(d, s), hn::Mul(hn::Set(d, k[r]), vv));
+      hn::StoreU(updated, d, s);
+      acc = hn::MulAdd(hn::Set(d, q[r]), updated, acc);
+    }
+    hn::StoreU(acc, d, o + n);
+  }
+}
+
+void DeltaRuleStep(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
+                   const float* q, float* o, float* scratch) {
+  const hn::ScalableTag<float> d;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  const auto va = hn::Set(d, a);
+  // u = (a S)^T k; delta = beta (v - u), kept in scratch.
+  for (int64_t n = 0; n < N; n += NL) {
+    auto u = hn::Zero(d);
+    for (int64_t r = 0; r < dk; ++r) u = hn::MulAdd(hn::Set(d, k[r]), hn::LoadU(d, S + r * N + n), u);
+    const auto delta = hn::Mul(hn::Set(d, beta), hn::Sub(hn::LoadU(d, v + n), hn::Mul(va, u)));
+    hn::StoreU(delta, d, scratch + n);
+  }
+  // S = a S + k delta^T; o = S^T q.
+  for (int64_t n = 0; n < N; n += NL) {
+    const auto delta = hn::LoadU(d, scratch + n);
+    auto acc = hn::Zero(d);
+    for (int64_t r = 0; r < dk; ++r) {
+      float* s = S + r * N + n;
+      const auto updated = hn::MulAdd(va, hn::LoadU(d, s), hn::Mul(hn::Set(d, k[r]), delta));
+      hn::StoreU(updated, d, s);
+      acc = hn::MulAdd(hn::Set(d, q[r]), updated, acc);
+    }
+    hn::StoreU(acc, d, o + n);
+  }
+}
+
+}  // namespace subq::ops::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "src/ops/linear/chunk_kernels.h"
+
+namespace subq::ops {
+
+HWY_EXPORT(ChunkGemm);
+HWY_EXPORT(MulExpDiff);
+HWY_EXPORT(MulExpDiffScalar);
+HWY_EXPORT(DecayedDot);
+HWY_EXPORT(LinearAttentionStep);
+HWY_EXPORT(DeltaRuleStep);
+
+void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                int64_t ldc, bool accumulate, bool lower_triangular) {
+  HWY_DYNAMIC_DISPATCH(ChunkGemm)(M, N, K, A, lda, B, ldb, C, ldc, accumulate, lower_triangular);
+}
+void mul_exp_diff(const float* x, const float* a, const float* b, float* out, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(MulExpDiff)(x, a, b, out, n);
+}
+void mul_exp_diff_scalar(const float* x, float c, const float* b, float* out, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(MulExpDiffScalar)(x, c, b, out, n);
+}
+float decayed_dot(const float* q, const float* k, const float* bq, const float* bk, int64_t n) {
+  return HWY_DYNAMIC_DISPATCH(DecayedDot)(q, k, bq, bk, n);
+}
+void linear_attention_step(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
+                           const float* q, float* o) {
+  HWY_DYNAMIC_DISPATCH(LinearAttentionStep)(S, dk, N, decay, k, v, q, o);
+}
+void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
+                     const float* q, float* o, float* scratch) {
+  HWY_DYNAMIC_DISPATCH(DeltaRuleStep)(S, dk, N, a, beta, k, v, q, o, scratch);
+}
+
+}  // namespace subq::ops
+#endif  // HWY_ONCE

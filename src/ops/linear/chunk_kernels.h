@@ -1,0 +1,37 @@
+// Internal SIMD building blocks shared by the chunked linear-attention and delta-rule
+// kernels: small row-major GEMMs on per-chunk workspaces and exp-decay scalings.
+// Single-threaded (callers parallelise over batch x heads). Matrix widths N must be a
+// multiple of kChunkAlign: callers pad their workspaces with zeros so no tail is needed.
+#pragma once
+
+#include <cstdint>
+
+namespace subq::ops {
+
+inline constexpr int64_t kChunkAlign = 16;  // the widest f32 vector (AVX-512)
+
+inline int64_t round_up_to_align(int64_t n) { return (n + kChunkAlign - 1) / kChunkAlign * kChunkAlign; }
+
+// C[M, N] (+)= A[M, K] · B[K, N], row-major with leading dimensions in elements.
+// lower_triangular: A is lower triangular (A[m, k] = 0 for k > m), so row m only reads
+// k <= m. N % kChunkAlign == 0.
+void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                int64_t ldc, bool accumulate, bool lower_triangular = false);
+
+// out[i] = x[i] * exp(a[i] - b[i]) (element-wise decays between two log-gate vectors).
+void mul_exp_diff(const float* x, const float* a, const float* b, float* out, int64_t n);
+// out[i] = x[i] * exp(c - b[i]) (one reference log-gate against a row of them).
+void mul_exp_diff_scalar(const float* x, float c, const float* b, float* out, int64_t n);
+// sum_i q[i] * k[i] * exp(bq[i] - bk[i]).
+float decayed_dot(const float* q, const float* k, const float* bq, const float* bk, int64_t n);
+
+// One token of S = diag(decay) S + k v^T, then o = S^T q, for S [dk, N] row-major
+// (ld = N). decay is per row of S (dk values). N % kChunkAlign == 0.
+void linear_attention_step(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
+                           const float* q, float* o);
+// One token of the gated delta rule for S [dk, N]: S = a S; u = S^T k;
+// S += k (beta (v - u))^T; o = S^T q. N % kChunkAlign == 0; scratch holds N floats.
+void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
+                     const float* q, float* o, float* scratch);
+
+}  // namespace subq::ops

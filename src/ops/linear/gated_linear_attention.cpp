@@ -1,0 +1,313 @@
+// Chunked gated linear attention (Lightning Attention's split). For a chunk of L tokens
+// with cumulative log-gates G_i = sum_{j<=i} log a_j (inside the chunk) and carried
+// state S:
+//   o_i   = sum_{j<=i} <q_i, k_j>_{exp(G_i - G_j)} v_j  +  (q_i * exp(G_i))^T S
+//   S_new = diag(exp(G_L)) S + sum_j (k_j * exp(G_L - G_j)) v_j^T
+// Every exponent is <= 0, so nothing overflows however strong the decay or long the
+// chunk. For a vector gate the intra-chunk decay does not factor into a Q K^T product
+// without dividing by cumulative products, so the chunk is cut into 16-token blocks:
+// block I against all earlier tokens is one GEMM with both factors taken relative to the
+// token just before block I (each factor <= 1); the 16 x 16 diagonal blocks are direct.
+#include "src/ops/linear/gated_linear_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "src/core/parallel.h"
+#include "src/ops/linear/chunk_kernels.h"
+#include "src/ops/linear/head_layout.h"
+
+namespace subq::ops {
+namespace {
+
+constexpr int64_t kSubBlock = kChunkAlign;
+constexpr int64_t kRecurrentBelow = 32;  // automatic: shorter inputs run token by token
+
+struct Problem {
+  int64_t B, T, H, dk, dv;
+  int64_t dvs;  // value columns in the state: dv (+1 for the normaliser)
+  int64_t dvp;  // dvs padded to kChunkAlign
+  HeadRows q, k, v;
+  HeadRowsOut o;
+  LinearGate gate;
+  const float* gate_per_head = nullptr;
+  TokenScalars gate_per_token;
+  HeadRows gate_vector;
+  float* state;
+  LinearAttentionOptions opt;
+};
+
+float feature(FeatureMap f, float x) {
+  switch (f) {
+    case FeatureMap::elu_plus_one: return x > 0.f ? x + 1.f : std::exp(x);
+    case FeatureMap::relu: return x > 0.f ? x : 0.f;
+    default: return x;
+  }
+}
+
+// Log-gate of token t for head h: one value (scalar gates) or dk values into out.
+void token_log_gate(const Problem& p, int64_t b, int64_t t, int64_t h, float* out) {
+  switch (p.gate) {
+    case LinearGate::none: out[0] = 0.f; return;
+    case LinearGate::per_head: out[0] = p.gate_per_head[h]; return;
+    case LinearGate::per_token: out[0] = p.gate_per_token.at(b, t, h); return;
+    case LinearGate::per_token_vector: std::copy_n(p.gate_vector.at(b, t, h), p.dk, out); return;
+  }
+}
+
+void write_output(const Problem& p, const float* row, float* out) {
+  if (!p.opt.normalize) {
+    std::copy_n(row, p.dv, out);
+    return;
+  }
+  const float inv = 1.f / (row[p.dv] + p.opt.normalizer_eps);
+  for (int64_t j = 0; j < p.dv; ++j) out[j] = row[j] * inv;
+}
+
+// Per-thread buffers, allocated once per call.
+struct Workspace {
+  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, att, V, O, zeros;
+  Workspace(const Problem& p, int64_t Lp) {
+    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
+    const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
+    S.assign(n(p.dk * p.dvp), 0.f);
+    Q.assign(n(Lp * p.dk), 0.f);
+    Kr.assign(n(Lp * p.dk), 0.f);
+    Kt.assign(n(p.dk * Lp), 0.f);
+    Khat.assign(n(p.dk * Lp), 0.f);
+    Qhat.assign(n(Lp * p.dk), 0.f);
+    G.assign(n(Lp * gd), 0.f);
+    Gt.assign(n(p.dk * Lp), 0.f);
+    att.assign(n(Lp * Lp), 0.f);
+    V.assign(n(Lp * p.dvp), 0.f);
+    O.assign(n(Lp * p.dvp), 0.f);
+    zeros.assign(n(p.dk), 0.f);
+  }
+};
+
+void load_value_row(const Problem& p, const float* v, float* row) {
+  std::copy_n(v, p.dv, row);
+  std::fill(row + p.dv, row + p.dvp, 0.f);
+  if (p.opt.normalize) row[p.dv] = 1.f;
+}
+
+void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
+  float* decay = w.Q.data();
+  float* k = w.Kr.data();
+  float* q = w.Qhat.data();
+  float* v = w.V.data();
+  float* o = w.O.data();
+  const bool vector = p.gate == LinearGate::per_token_vector;
+  for (int64_t t = 0; t < p.T; ++t) {
+    token_log_gate(p, b, t, h, decay);
+    if (vector) {
+      for (int64_t d = 0; d < p.dk; ++d) decay[d] = std::exp(decay[d]);
+    } else {
+      std::fill_n(decay + 1, p.dk - 1, decay[0] = std::exp(decay[0]));
+    }
+    const float* kt = p.k.at(b, t, h);
+    const float* qt = p.q.at(b, t, h);
+    for (int64_t d = 0; d < p.dk; ++d) {
+      k[d] = feature(p.opt.feature_map, kt[d]);
+      q[d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
+    }
+    load_value_row(p, p.v.at(b, t, h), v);
+    linear_attention_step(w.S.data(), p.dk, p.dvp, decay, k, v, q, o);
+    write_output(p, o, p.o.at(b, t, h));
+  }
+}
+
+// Intra-chunk attention matrix for a vector gate (see the file comment).
+void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp) {
+  const int64_t dk = p.dk;
+  for (int64_t s = 0; s < L; s += kSubBlock) {
+    const int64_t e = std::min(L, s + kSubBlock);
+    if (s > 0) {
+      const float* ref = w.G.data() + (s - 1) * dk;
+      for (int64_t i = s; i < e; ++i)
+        mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, ref, w.Qhat.data() + (i - s) * dk, dk);
+      for (int64_t d = 0; d < dk; ++d)
+        mul_exp_diff_scalar(w.Kt.data() + d * Lp, ref[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, s);
+      chunk_gemm(e - s, s, dk, w.Qhat.data(), dk, w.Khat.data(), Lp, w.att.data() + s * Lp, Lp, false);
+    }
+    for (int64_t i = s; i < e; ++i) {
+      float* row = w.att.data() + i * Lp;
+      for (int64_t j = s; j <= i; ++j)
+        row[j] = decayed_dot(w.Q.data() + i * dk, w.Kr.data() + j * dk, w.G.data() + i * dk, w.G.data() + j * dk, dk);
+      std::fill(row + i + 1, row + L, 0.f);
+    }
+  }
+}
+
+void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t Lp) {
+  const int64_t dk = p.dk, dvp = p.dvp, C = p.opt.chunk;
+  const bool vector = p.gate == LinearGate::per_token_vector;
+  const bool gated = p.gate != LinearGate::none;
+  for (int64_t t0 = 0; t0 < p.T; t0 += C) {
+    const int64_t L = std::min(C, p.T - t0);
+    // Pack q, k (row and transposed), v, and the cumulative log-gates.
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t t = t0 + i;
+      const float* qt = p.q.at(b, t, h);
+      const float* kt = p.k.at(b, t, h);
+      for (int64_t d = 0; d < dk; ++d) {
+        w.Q[i * dk + d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
+        const float kd = feature(p.opt.feature_map, kt[d]);
+        w.Kr[i * dk + d] = kd;
+        w.Kt[d * Lp + i] = kd;
+      }
+      load_value_row(p, p.v.at(b, t, h), w.V.data() + i * dvp);
+      if (vector) {
+        float* g = w.G.data() + i * dk;
+        token_log_gate(p, b, t, h, g);
+        if (i > 0)
+          for (int64_t d = 0; d < dk; ++d) g[d] += g[d - dk];
+        for (int64_t d = 0; d < dk; ++d) w.Gt[d * Lp + i] = g[d];
+      } else {
+        token_log_gate(p, b, t, h, &w.G[i]);
+        if (i > 0) w.G[i] += w.G[i - 1];
+      }
+    }
+    // Intra-chunk: masked, decayed Q K^T, then times V.
+    if (vector) {
+      vector_gate_attention(p, w, L, Lp);
+    } else {
+      chunk_gemm(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp, false);
+      for (int64_t i = 0; i < L; ++i) {
+        float* row = w.att.data() + i * Lp;
+        if (gated) mul_exp_diff_scalar(row, w.G[i], w.G.data(), row, i + 1);
+        std::fill(row + i + 1, row + L, 0.f);
+      }
+    }
+    chunk_gemm(L, dvp, L, w.att.data(), Lp, w.V.data(), dvp, w.O.data(), dvp, false, true);
+    // Inter-chunk: decayed queries against the carried state.
+    const float* qdec = w.Q.data();
+    if (gated) {
+      for (int64_t i = 0; i < L; ++i) {
+        float* dst = w.Qhat.data() + i * dk;
+        if (vector) mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, w.zeros.data(), dst, dk);
+        else mul_exp_diff_scalar(w.Q.data() + i * dk, w.G[i], w.zeros.data(), dst, dk);
+      }
+      qdec = w.Qhat.data();
+    }
+    chunk_gemm(L, dvp, dk, qdec, dk, w.S.data(), dvp, w.O.data(), dvp, true);
+    for (int64_t i = 0; i < L; ++i) write_output(p, w.O.data() + i * dvp, p.o.at(b, t0 + i, h));
+    // Carry the state to the end of the chunk.
+    const float* kdec = w.Kt.data();
+    if (vector) {
+      const float* last = w.G.data() + (L - 1) * dk;
+      for (int64_t d = 0; d < dk; ++d) {
+        const float decay = std::exp(last[d]);
+        for (int64_t j = 0; j < dvp; ++j) w.S[d * dvp + j] *= decay;
+        mul_exp_diff_scalar(w.Kt.data() + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
+      }
+      kdec = w.Khat.data();
+    } else if (gated) {
+      const float last = w.G[L - 1];
+      const float decay = std::exp(last);
+      for (auto& s : w.S) s *= decay;
+      for (int64_t j = 0; j < L; ++j) {
+        const float wj = std::exp(last - w.G[j]);
+        float* row = w.V.data() + j * dvp;
+        for (int64_t c = 0; c < dvp; ++c) row[c] *= wj;
+      }
+    }
+    chunk_gemm(dk, dvp, L, kdec, Lp, w.V.data(), dvp, w.S.data(), dvp, true);
+  }
+}
+
+void check_log_gate(const Problem& p, const Tensor& g) {
+  auto bad = [](float x) { return !(x <= 0.f); };
+  switch (p.gate) {
+    case LinearGate::none:
+      if (g.defined()) throw Error("gated_linear_attention: log_gate: expected none for gate=none, got " + g.str());
+      return;
+    case LinearGate::per_head:
+      check_dtype(g, DType::f32, "gated_linear_attention: log_gate");
+      check_shape(g, Shape{p.H}, "gated_linear_attention: log_gate");
+      check_contiguous(g, "gated_linear_attention: log_gate");
+      for (int64_t h = 0; h < p.H; ++h)
+        if (bad(g.data<float>()[h]))
+          throw Error("gated_linear_attention: log_gate: expected values <= 0, got " +
+                      std::to_string(g.data<float>()[h]) + " for head " + std::to_string(h));
+      return;
+    case LinearGate::per_token:
+      for (int64_t b = 0; b < p.B; ++b)
+        for (int64_t t = 0; t < p.T; ++t)
+          for (int64_t h = 0; h < p.H; ++h)
+            if (bad(p.gate_per_token.at(b, t, h)))
+              throw Error("gated_linear_attention: log_gate: expected values <= 0, got " +
+                          std::to_string(p.gate_per_token.at(b, t, h)));
+      return;
+    case LinearGate::per_token_vector:
+      for (int64_t b = 0; b < p.B; ++b)
+        for (int64_t t = 0; t < p.T; ++t)
+          for (int64_t h = 0; h < p.H; ++h)
+            for (int64_t d = 0; d < p.dk; ++d)
+              if (bad(p.gate_vector.at(b, t, h)[d]))
+                throw Error("gated_linear_attention: log_gate: expected values <= 0, got " +
+                            std::to_string(p.gate_vector.at(b, t, h)[d]));
+      return;
+  }
+}
+
+}  // namespace
+
+void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_gate,
+                            const Tensor& state, const Tensor& o, const LinearAttentionOptions& options) {
+  for (const auto* t : {&q, &k, &v, &o})
+    if (!t->defined() || t->ndim() != 4)
+      throw Error("gated_linear_attention: q, k, v, o: expected 4-d tensors [B, T, heads, d]");
+  if (options.chunk < 1 || options.chunk > 1024)
+    throw Error("gated_linear_attention: chunk: expected 1..1024, got " + std::to_string(options.chunk));
+  Problem p{};
+  p.opt = options;
+  p.B = q.dim(0);
+  p.T = q.dim(1);
+  p.H = std::max({q.dim(2), k.dim(2), v.dim(2)});
+  p.dk = q.dim(3);
+  p.dv = v.dim(3);
+  if (p.T < 1) throw Error("gated_linear_attention: q: expected T >= 1, got " + q.str());
+  p.q = head_rows(q, "gated_linear_attention: q", p.B, p.T, p.H, p.dk);
+  p.k = head_rows(k, "gated_linear_attention: k", p.B, p.T, p.H, p.dk);
+  p.v = head_rows(v, "gated_linear_attention: v", p.B, p.T, p.H, p.dv);
+  p.o = head_rows_out(o, "gated_linear_attention: o", p.B, p.T, p.H, p.dv);
+  p.dvs = p.dv + (options.normalize ? 1 : 0);
+  p.dvp = round_up_to_align(p.dvs);
+  p.gate = options.gate;
+  if (p.gate == LinearGate::per_token) p.gate_per_token = token_scalars(log_gate, "gated_linear_attention: log_gate", p.B, p.T, p.H);
+  if (p.gate == LinearGate::per_token_vector) {
+    p.gate_vector = head_rows(log_gate, "gated_linear_attention: log_gate", p.B, p.T, p.H, p.dk);
+    if (p.gate_vector.group != 1)
+      throw Error("gated_linear_attention: log_gate: expected one gate per output head (" + std::to_string(p.H) +
+                  "), got " + log_gate.str());
+  }
+  check_log_gate(p, log_gate);
+  if (p.gate == LinearGate::per_head) p.gate_per_head = log_gate.data<float>();
+  check_dtype(state, DType::f32, "gated_linear_attention: state");
+  check_shape(state, Shape{p.B, p.H, p.dk, p.dvs}, "gated_linear_attention: state");
+  check_contiguous(state, "gated_linear_attention: state");
+  p.state = state.mutable_data<float>();
+
+  const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
+                         (options.algorithm == LinearAlgorithm::automatic && p.T < kRecurrentBelow);
+  const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
+  parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+    Workspace w(p, recurrent ? 1 : Lp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / p.H, h = task % p.H;
+      float* st = p.state + task * p.dk * p.dvs;
+      for (int64_t d = 0; d < p.dk; ++d) {
+        std::copy_n(st + d * p.dvs, p.dvs, w.S.data() + d * p.dvp);
+        std::fill(w.S.data() + d * p.dvp + p.dvs, w.S.data() + (d + 1) * p.dvp, 0.f);
+      }
+      if (recurrent) run_recurrent(p, w, b, h);
+      else run_chunked(p, w, b, h, Lp);
+      for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dvs, st + d * p.dvs);
+    }
+  });
+}
+
+}  // namespace subq::ops

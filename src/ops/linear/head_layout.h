@@ -1,0 +1,38 @@
+// Strided access to [B, T, heads, d] activations shared between H output heads
+// (GQA / Mamba-2 groups: output head h reads input head h / (H / heads)). Lets the
+// kernels read q/k/v straight out of a projection's output without copies.
+#pragma once
+
+#include <cstdint>
+
+#include "subq/tensor.h"
+
+namespace subq::ops {
+
+struct HeadRows {
+  const float* base = nullptr;
+  int64_t sb = 0, st = 0, sh = 0;  // element strides of batch, time, head
+  int64_t group = 1;               // output heads per input head
+  const float* at(int64_t b, int64_t t, int64_t h) const { return base + b * sb + t * st + (h / group) * sh; }
+};
+
+// Checks that t is f32 [B, T, heads, d] with a contiguous last dimension and that
+// `heads` divides H; `what` names the argument in the error.
+HeadRows head_rows(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H, int64_t d);
+// Same for a writable output with exactly H heads.
+struct HeadRowsOut {
+  float* base = nullptr;
+  int64_t sb = 0, st = 0, sh = 0;
+  float* at(int64_t b, int64_t t, int64_t h) const { return base + b * sb + t * st + h * sh; }
+};
+HeadRowsOut head_rows_out(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H, int64_t d);
+
+// Per-token scalars [B, T, H] (gates, beta), any strides.
+struct TokenScalars {
+  const float* base = nullptr;
+  int64_t sb = 0, st = 0, sh = 0;
+  float at(int64_t b, int64_t t, int64_t h) const { return base[b * sb + t * st + h * sh]; }
+};
+TokenScalars token_scalars(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H);
+
+}  // namespace subq::ops
