@@ -24,6 +24,9 @@ namespace {
 
 constexpr int64_t kSubBlock = kChunkAlign;
 constexpr int64_t kRecurrentBelow = 32;  // automatic: shorter inputs run token by token
+// One chunk as long as the sequence is the quadratic (masked attention) form; the
+// workspace holds chunk^2 floats, so cap it (4096^2 floats = 64 MiB).
+constexpr int64_t kMaxChunk = 4096;
 
 struct Problem {
   int64_t B, T, H, dk, dv;
@@ -260,8 +263,8 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   for (const auto* t : {&q, &k, &v, &o})
     if (!t->defined() || t->ndim() != 4)
       throw Error("gated_linear_attention: q, k, v, o: expected 4-d tensors [B, T, heads, d]");
-  if (options.chunk < 1 || options.chunk > 1024)
-    throw Error("gated_linear_attention: chunk: expected 1..1024, got " + std::to_string(options.chunk));
+  if (options.chunk < 1 || options.chunk > kMaxChunk)
+    throw Error("gated_linear_attention: chunk: expected 1.." + std::to_string(kMaxChunk) + ", got " + std::to_string(options.chunk));
   Problem p{};
   p.opt = options;
   p.B = q.dim(0);
