@@ -193,16 +193,16 @@ class DeltaRun final : public Instance {
 constexpr int64_t kH = 4, kD = 128, kChunk = 64;
 
 Case gla_case(const std::string& name, const std::string& peer_of, ops::LinearGate gate, ops::LinearAlgorithm alg,
-              bool quadratic, std::vector<int64_t> seq, bool in_default) {
+              bool quadratic, std::vector<int64_t> seq, bool in_default, int64_t H = kH) {
   const std::string gate_name = gate == ops::LinearGate::per_token_vector ? "vector gate" : "scalar gate";
   return Case{.name = name,
               .family = "linear",
-              .shape = "H=4 dk=dv=128 " + gate_name + (quadratic ? " chunk=T" : ""),
+              .shape = "H=" + std::to_string(H) + " dk=dv=128 " + gate_name + (quadratic ? " chunk=T" : ""),
               .seq = std::move(seq),
               .in_default = in_default,
               .peer_of = peer_of,
-              .make = [gate, alg, quadratic](int64_t T) {
-                return std::make_unique<GlaRun>(T, kH, kD, kD, gate, alg, quadratic ? T : kChunk);
+              .make = [gate, alg, quadratic, H](int64_t T) {
+                return std::make_unique<GlaRun>(T, H, kD, kD, gate, alg, quadratic ? T : kChunk);
               }};
 }
 
@@ -210,6 +210,7 @@ SUBQ_BENCH_CASES(linear_attention) {
   using ops::LinearAlgorithm;
   using ops::LinearGate;
   const std::vector<int64_t> sweep = {256, 1024, 4096};
+  // One head so that a million tokens of q, k, v, o stay at 2 GiB.
   const std::vector<int64_t> long_sweep = {1024, 16384, 131072, 1048576};
   return {
       gla_case("linear.gla.scalar.chunked", "", LinearGate::per_token, LinearAlgorithm::chunked, false, sweep, true),
@@ -218,9 +219,9 @@ SUBQ_BENCH_CASES(linear_attention) {
       gla_case("linear.gla.scalar.quadratic", "linear.gla.scalar.chunked", LinearGate::per_token,
                LinearAlgorithm::chunked, true, sweep, true),
       gla_case("linear.gla.scalar.chunked.long", "", LinearGate::per_token, LinearAlgorithm::chunked, false, long_sweep,
-               false),
+               false, 1),
       gla_case("linear.gla.scalar.recurrent.long", "linear.gla.scalar.chunked.long", LinearGate::per_token,
-               LinearAlgorithm::recurrent, false, long_sweep, false),
+               LinearAlgorithm::recurrent, false, long_sweep, false, 1),
       gla_case("linear.gla.vector.chunked", "", LinearGate::per_token_vector, LinearAlgorithm::chunked, false,
                {1024, 4096}, true),
       gla_case("linear.gla.vector.recurrent", "linear.gla.vector.chunked", LinearGate::per_token_vector,
