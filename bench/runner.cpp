@@ -198,7 +198,9 @@ void write_plot(const std::string& path, const std::vector<Result>& results) {
 
 void list_cases(const RunOptions& opts) {
   const std::vector<Case> cases = all_cases();
-  for (const Case* c : select(cases, RunOptions{.only = opts.only, .all = true})) {
+  RunOptions every = opts;
+  every.all = true;
+  for (const Case* c : select(cases, every)) {
     std::string seq;
     for (int64_t t : c->seq) seq += (seq.empty() ? "" : ",") + (t ? std::to_string(t) : std::string("-"));
     std::printf("%-40s %-10s %-36s T=%s%s\n", c->name.c_str(), c->family.c_str(), c->shape.c_str(), seq.c_str(),

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "subq/tensor.h"
 
@@ -27,6 +28,28 @@ class MixerState {
   // Bytes the state holds now. O(1) in tokens seen for recurrent mixers, O(T) for a
   // full KV cache, bounded for window/sink attention.
   virtual size_t state_bytes() const = 0;
+  // The state's contents as tensors, for saving a session to a file. restore() takes
+  // what snapshot() produced for a state of the same mixer (shapes may differ with tokens
+  // seen, as a KV cache's do) and throws Error on any mismatch. States that cannot be
+  // saved keep these defaults, which throw.
+  virtual std::vector<Tensor> snapshot() const;
+  virtual void restore(const std::vector<Tensor>& tensors);
+};
+
+// The state of a recurrent mixer: a fixed list of f32 tensors whose shapes depend only on
+// the batch and the config. snapshot(), restore() and state_bytes() follow from parts().
+class FixedState : public MixerState {
+ public:
+  size_t state_bytes() const override;
+  std::vector<Tensor> snapshot() const override;
+  void restore(const std::vector<Tensor>& tensors) override;
+
+ protected:
+  struct Part {
+    const char* name;  // for messages, e.g. "conv window"
+    Tensor tensor;     // shares storage with the state's own tensor
+  };
+  virtual std::vector<Part> parts() const = 0;
 };
 
 class Mixer {

@@ -14,14 +14,14 @@
 namespace subq::mixers {
 namespace {
 
-class GatedDeltaNetState final : public MixerState {
+class GatedDeltaNetState final : public FixedState {
  public:
   GatedDeltaNetState(int64_t batch, const GatedDeltaNetConfig& c)
       : batch_(batch),
         conv(Tensor::zeros(DType::f32, Shape{batch, c.conv_kernel - 1, c.conv_dim()})),
         delta(Tensor::zeros(DType::f32, Shape{batch, c.num_value_heads, c.head_k_dim, c.head_v_dim})) {}
   int64_t batch() const override { return batch_; }
-  size_t state_bytes() const override { return conv.nbytes() + delta.nbytes(); }
+  std::vector<Part> parts() const override { return {{"conv window", conv}, {"delta state", delta}}; }
 
   int64_t batch_;
   Tensor conv;   // [B, K - 1, conv_dim]

@@ -13,13 +13,13 @@
 namespace subq::mixers {
 namespace {
 
-class GlaState final : public MixerState {
+class GlaState final : public FixedState {
  public:
   GlaState(int64_t batch, const GlaConfig& c)
       : batch_(batch),
         S(Tensor::zeros(DType::f32, Shape{batch, c.num_heads, c.key_dim / c.num_heads, c.value_dim / c.num_heads})) {}
   int64_t batch() const override { return batch_; }
-  size_t state_bytes() const override { return S.nbytes(); }
+  std::vector<Part> parts() const override { return {{"matrix state", S}}; }
 
   int64_t batch_;
   Tensor S;  // [B, H, dk, dv]

@@ -15,14 +15,14 @@
 namespace subq::mixers {
 namespace {
 
-class Mamba2State final : public MixerState {
+class Mamba2State final : public FixedState {
  public:
   Mamba2State(int64_t batch, const Mamba2Config& c)
       : batch_(batch),
         conv(Tensor::zeros(DType::f32, Shape{batch, c.conv_kernel - 1, c.conv_dim()})),
         ssm(Tensor::zeros(DType::f32, Shape{batch, c.num_heads, c.state_size, c.head_dim})) {}
   int64_t batch() const override { return batch_; }
-  size_t state_bytes() const override { return conv.nbytes() + ssm.nbytes(); }
+  std::vector<Part> parts() const override { return {{"conv window", conv}, {"SSD state", ssm}}; }
 
   int64_t batch_;
   Tensor conv;  // last K - 1 inputs of the conv, [B, K - 1, conv_dim]

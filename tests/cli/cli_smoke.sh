@@ -43,4 +43,25 @@ for c in j["cases"]:
     assert c["median_s"] > 0 and c["max_rel_err"] is not None and c["max_rel_err"] < 1e-4
 PY
 grep -q "<svg" "$tmp/b.svg" && grep -q "polyline" "$tmp/b.svg" || fail "SVG plot missing lines"
+# Models: run, info, perplexity on a fixture checkpoint; malformed directories fail cleanly.
+models=$(cd "$(dirname "$0")/../fixtures/models" && pwd)
+"$subq" info "$models/mamba2" | grep -q "schedule:  *mamba2 x 2" || fail "info schedule"
+"$subq" run "$models/mamba" -p "Hello" -n 6 --temp 0.8 --seed 1 --logits-out "$tmp/l.npy" --save-state "$tmp/s.st" \
+  >"$tmp/out" 2>"$tmp/err" || fail "run: $(cat "$tmp/err")"
+grep -q "^Hello" "$tmp/out" || fail "run does not echo the prompt"
+grep -q "decode: 6 tokens" "$tmp/err" || fail "run stats: $(cat "$tmp/err")"
+"$subq" run "$models/mamba" -p "!" -n 2 --load-state "$tmp/s.st" >/dev/null 2>&1 || fail "run --load-state"
+printf 'It was the best of times, it was the worst of times.' >"$tmp/text"
+"$subq" perplexity "$models/mamba" --file "$tmp/text" --ctx 8 | grep -q "^perplexity: " || fail "perplexity"
+mkdir -p "$tmp/bad"
+cp "$models/mamba/tokenizer.json" "$tmp/bad/"
+echo '{"architectures": ["MambaForCausalLM"], "hidden_size": 40' >"$tmp/bad/config.json"
+expect_error "truncated config.json" run "$tmp/bad" -p hi
+cp "$models/mamba/config.json" "$tmp/bad/"
+head -c 1000 "$models/mamba/model.safetensors" >"$tmp/bad/model.safetensors"
+expect_error "truncated safetensors" run "$tmp/bad" -p hi
+expect_error "missing model dir" info "$tmp/nope"
+expect_error "state of another model" run "$models/mamba2" -p hi --load-state "$tmp/s.st"
+expect_error "perplexity without file" perplexity "$models/mamba" --file "$tmp/nope.txt"
+
 echo "cli smoke: ok"

@@ -97,4 +97,27 @@ inline void expect_constant_state(const ContractCase& c, int64_t B, int64_t T1, 
   EXPECT_EQ(after1, initial) << mixer->kind() << ": state size changed after the first tokens";
 }
 
+// Runs t tokens, snapshots the state, restores it into a fresh state (its tensors
+// copied, so nothing is shared), and checks that both continue identically.
+inline void expect_snapshot_roundtrip(const ContractCase& c, int64_t B, int64_t t, int64_t more) {
+  auto rng = rng_for_test();
+  auto mixer = c.make();
+  const int64_t D = mixer->d_model();
+  auto state = mixer->new_state(B);
+  mixer->forward(random_tensor(rng, Shape{B, t, D}), *state, nan_tensor(Shape{B, t, D}));
+  std::vector<Tensor> saved;
+  for (const Tensor& s : state->snapshot()) saved.push_back(s.contiguous());
+  auto restored = mixer->new_state(B);
+  restored->restore(saved);
+  EXPECT_EQ(restored->state_bytes(), state->state_bytes());
+  const Tensor x = random_tensor(rng, Shape{B, more, D});
+  const Tensor y1 = nan_tensor(Shape{B, more, D}), y2 = nan_tensor(Shape{B, more, D});
+  mixer->forward(x, *state, y1);
+  mixer->forward(x, *restored, y2);
+  expect_close(to_double(y2), to_double(y1), 0, 0, mixer->kind() + " restored state vs original");
+  std::vector<Tensor> wrong = saved;
+  wrong.pop_back();
+  EXPECT_THROW(mixer->new_state(B)->restore(wrong), Error);
+}
+
 }  // namespace subq::test

@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Threads to use (default: SUBQ_THREADS or all cores)")
       ->check(CLI::Range(1, 4096));
   const std::vector<subq::cli::Command> commands = {
+      subq::cli::add_run_command(app),
+      subq::cli::add_info_command(app),
+      subq::cli::add_perplexity_command(app),
       subq::cli::add_bench_command(app),
   };
   try {

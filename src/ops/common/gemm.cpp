@@ -1,30 +1,31 @@
-// y = x · W^T. Simple row-dot implementation (to be replaced by packed micro-kernels).
+// y = x · W^T: the streaming GEMV kernel for few rows of x (decode), the packed GEMM for
+// more, where reusing each packed weight panel across rows of x pays for packing it.
 #include "src/ops/common/gemm.h"
 
-#include <vector>
+#include <algorithm>
 
-#include "src/core/parallel.h"
-#include "src/ops/common/convert.h"
+#include "src/ops/common/gemm_kernels.h"
 
 namespace subq::ops {
 
+// Largest M that takes the GEMV path. Measured on Zen 5 (2 threads, N=14336 K=4096 bf16
+// and N=K=4096 f32): GEMV is faster up to M=32, the packed GEMM from M=64 (its packing of
+// W costs about as much as streaming W through GEMV once per 4 rows of x); see
+// docs/benchmarks.md.
+constexpr int64_t kMaxGemvRows = 32;
+
 void gemm_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt,
               int64_t ldw, float* y, int64_t ldy, bool accumulate) {
-  const size_t es = dtype_size(wdt);
-  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> row(static_cast<size_t>(K));
-    for (int64_t n = n0; n < n1; ++n) {
-      to_f32(static_cast<const std::byte*>(w) + static_cast<size_t>(n * ldw) * es, wdt, row.data(),
-             static_cast<size_t>(K));
-      for (int64_t m = 0; m < M; ++m) {
-        const float* xr = x + m * ldx;
-        float acc = 0.f;
-        for (int64_t k = 0; k < K; ++k) acc += xr[k] * row[static_cast<size_t>(k)];
-        float& out = y[m * ldy + n];
-        out = accumulate ? out + acc : acc;
-      }
-    }
-  });
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill_n(y + m * ldy, N, 0.f);
+    return;
+  }
+  if (M <= kMaxGemvRows)
+    gemv_xwt(M, N, K, x, ldx, w, wdt, ldw, y, ldy, accumulate);
+  else
+    gemm_packed_xwt(M, N, K, x, ldx, w, wdt, ldw, y, ldy, accumulate);
 }
 
 }  // namespace subq::ops

@@ -113,5 +113,7 @@ TEST(GatedDeltaNetMixer, RejectsBadWeights) {
   EXPECT_THROW(GatedDeltaNetMixer(bc, w), Error);
 }
 
+TEST(GatedDeltaNetMixer, SnapshotRestoreRoundTrip) { expect_snapshot_roundtrip(gdn_case(grouped_config(), DType::f32), 2, 9, 7); }
+
 }  // namespace
 }  // namespace subq::test

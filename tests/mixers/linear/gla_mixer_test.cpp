@@ -99,5 +99,7 @@ TEST(GlaMixer, RejectsBadWeights) {
   EXPECT_THROW(GlaMixer(bc, w), Error);
 }
 
+TEST(GlaMixer, SnapshotRestoreRoundTrip) { expect_snapshot_roundtrip(gla_case(small_config(), DType::f32), 2, 9, 7); }
+
 }  // namespace
 }  // namespace subq::test

@@ -124,5 +124,7 @@ TEST(Mamba2Mixer, RejectsBadWeightsAndInputs) {
                Error);
 }
 
+TEST(Mamba2Mixer, SnapshotRestoreRoundTrip) { expect_snapshot_roundtrip(mamba2_case(small_config(), true, DType::f32), 2, 9, 7); }
+
 }  // namespace
 }  // namespace subq::test

@@ -1,0 +1,197 @@
+// Bench cases for the attention family: dense causal flash prefill (head dims 64, 128),
+// every sparse selector at equal T (the selector's mask building is part of the timed
+// work; flops count only the visited blocks, so GFLOP/s compares kernels and time
+// compares methods), and split-KV decode over long caches.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+
+#include "bench/harness.h"
+#include "src/ops/attention/flash.h"
+#include "src/ops/attention/selectors/selector_spec.h"
+#include "subq/tensor.h"
+
+namespace subq::bench {
+namespace {
+
+Tensor random_f32(const Shape& shape, uint64_t seed) {
+  Tensor t = Tensor::empty(DType::f32, shape);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  float* p = t.mutable_data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = d(rng);
+  return t;
+}
+
+attn::AttentionArgs args_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) {
+  attn::AttentionArgs a;
+  a.batch = q.dim(0);
+  a.q_len = q.dim(1);
+  a.q_heads = q.dim(2);
+  a.head_dim = q.dim(3);
+  a.kv_len = k.dim(1);
+  a.kv_heads = k.dim(2);
+  a.q = q.data<float>();
+  a.q_batch_stride = a.q_len * a.q_heads * a.head_dim;
+  a.q_row_stride = a.q_heads * a.head_dim;
+  a.k = k.data<float>();
+  a.v = v.data<float>();
+  a.k_batch_stride = a.v_batch_stride = a.kv_len * a.kv_heads * a.head_dim;
+  a.k_row_stride = a.v_row_stride = a.kv_heads * a.head_dim;
+  a.o = o.mutable_data<float>();
+  a.o_batch_stride = a.q_batch_stride;
+  a.o_row_stride = a.q_row_stride;
+  a.scale = 1.f / std::sqrt(static_cast<float>(a.head_dim));
+  return a;
+}
+
+// Worst relative error (max-norm over the row) of a few output rows against a float64
+// evaluation under `allowed(h, i, j)`: rows are O(T·Dh) each, affordable at any T.
+template <class Allowed>
+double sampled_rel_err(const attn::AttentionArgs& a, Allowed allowed) {
+  double worst = 0;
+  const int64_t group = a.q_heads / a.kv_heads, Dh = a.head_dim;
+  for (int64_t h : {int64_t{0}, a.q_heads - 1})
+    for (int64_t i : {int64_t{0}, a.q_len / 2, a.q_len - 1}) {
+      const float* q = a.q + i * a.q_row_stride + h * Dh;
+      std::vector<double> logit(static_cast<size_t>(a.kv_len), -INFINITY), out(static_cast<size_t>(Dh), 0.0);
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < a.kv_len; ++j) {
+        if (!allowed(h, i, j)) continue;
+        const float* k = a.k + j * a.k_row_stride + (h / group) * Dh;
+        double s = 0;
+        for (int64_t x = 0; x < Dh; ++x) s += static_cast<double>(q[x]) * k[x];
+        logit[static_cast<size_t>(j)] = s * a.scale;
+        mx = std::max(mx, logit[static_cast<size_t>(j)]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < a.kv_len; ++j) {
+        const double p = std::exp(logit[static_cast<size_t>(j)] - mx);
+        if (!(p > 0)) continue;
+        sum += p;
+        const float* v = a.v + j * a.v_row_stride + (h / group) * Dh;
+        for (int64_t x = 0; x < Dh; ++x) out[static_cast<size_t>(x)] += p * v[x];
+      }
+      double err = 0, norm = 0;
+      const float* got = a.o + i * a.o_row_stride + h * Dh;
+      for (int64_t x = 0; x < Dh; ++x) {
+        const double want = out[static_cast<size_t>(x)] / sum;
+        err = std::max(err, std::abs(got[x] - want));
+        norm = std::max(norm, std::abs(want));
+      }
+      worst = std::max(worst, err / std::max(norm, 1e-12));
+    }
+  return worst;
+}
+
+constexpr int64_t kHeads = 8;
+
+// Prefill over a selector's mask (dense causal included), B = 1, 8 heads.
+class MaskedPrefill final : public Instance {
+ public:
+  MaskedPrefill(int64_t T, int64_t Dh, attn::SelectorSpec spec) : spec_(std::move(spec)), T_(T), Dh_(Dh) {
+    if (spec_.kind == "neighborhood") spec_.nbhd.grid[0] = T;  // 1-D over the whole sequence
+    q_ = random_f32({1, T, kHeads, Dh}, 1);
+    k_ = random_f32({1, T, kHeads, Dh}, 2);
+    v_ = random_f32({1, T, kHeads, Dh}, 3);
+    o_ = Tensor::empty(DType::f32, {1, T, kHeads, Dh});
+    args_ = args_of(q_, k_, v_, o_);
+    mask_ = build();
+    visited_pairs_ = 0;
+    for (int64_t r = 0; r + 1 < static_cast<int64_t>(mask_.row_start.size()); ++r)
+      visited_pairs_ += mask_.row_start[static_cast<size_t>(r + 1)] - mask_.row_start[static_cast<size_t>(r)];
+    visited_pairs_ *= mask_.q_block * mask_.k_block * (kHeads / mask_.heads);
+  }
+  void run() override { attn::flash_attention(args_, build()); }
+  // Causal dense counts the useful half; sparse counts the visited blocks.
+  double flops() const override {
+    const double pairs = spec_.is_dense() ? 0.5 * static_cast<double>(T_) * static_cast<double>(T_) * kHeads
+                                          : static_cast<double>(visited_pairs_);
+    return 4.0 * pairs * static_cast<double>(Dh_);
+  }
+  double bytes() const override { return 4.0 * 4.0 * static_cast<double>(T_ * kHeads * Dh_); }
+  int64_t tokens() const override { return T_; }
+  std::optional<double> max_rel_err() override {
+    run();
+    return sampled_rel_err(args_, [&](int64_t h, int64_t i, int64_t j) {
+      const auto row = mask_.row(0, h, i / mask_.q_block);
+      return std::binary_search(row.begin(), row.end(), static_cast<int32_t>(j / mask_.k_block)) &&
+             mask_.rule.allows(i, j);
+    });
+  }
+
+ private:
+  attn::BlockMask build() const {
+    return attn::build_mask(spec_, attn::MaskGeometry{T_, T_, 0, 64, 64, kHeads, nullptr}, args_);
+  }
+  attn::SelectorSpec spec_;
+  int64_t T_, Dh_;
+  Tensor q_, k_, v_, o_;
+  attn::AttentionArgs args_;
+  attn::BlockMask mask_;
+  int64_t visited_pairs_ = 0;
+};
+
+SUBQ_BENCH_CASES(attention_prefill) {
+  std::vector<Case> cases;
+  for (int64_t Dh : {64, 128})
+    cases.push_back(Case{.name = "attention.flash.causal.d" + std::to_string(Dh),
+                         .family = "attention",
+                         .shape = "B=1 H=8 Dh=" + std::to_string(Dh) + " causal f32",
+                         .seq = {1024, 4096},
+                         .make = [Dh](int64_t T) {
+                           return std::make_unique<MaskedPrefill>(T, Dh, attn::SelectorSpec{});
+                         }});
+  const char* sparse[] = {"window:window=512,sinks=4", "bigbird:global=1,window_blocks=1,random=2",
+                          "power:local=1,sink_blocks=1", "neighborhood:grid=1,kernel=511,causal=1"};
+  for (const char* text : sparse) {
+    attn::SelectorSpec spec = attn::parse_selector(text);
+    if (spec.kind == "neighborhood") spec.nbhd.causal[0] = true;
+    cases.push_back(Case{.name = "attention.sparse." + spec.kind,
+                         .family = "attention",
+                         .shape = "B=1 H=8 Dh=128 " + std::string(text),
+                         .seq = {4096},
+                         .make = [spec](int64_t T) { return std::make_unique<MaskedPrefill>(T, 128, spec); }});
+  }
+  return cases;
+}
+
+// One decode token for 32 query heads over T cached keys of 8 KV heads, Dh = 128:
+// memory-bound, every K/V byte read once.
+class SplitDecode final : public Instance {
+ public:
+  explicit SplitDecode(int64_t T) : T_(T) {
+    q_ = random_f32({1, 1, 32, 128}, 4);
+    k_ = random_f32({1, T, 8, 128}, 5);
+    v_ = random_f32({1, T, 8, 128}, 6);
+    o_ = Tensor::empty(DType::f32, {1, 1, 32, 128});
+    args_ = args_of(q_, k_, v_, o_);
+    rule_.causal = true;
+  }
+  void run() override { attn::decode_attention(args_, rule_, T_ - 1); }
+  double flops() const override { return 4.0 * static_cast<double>(T_) * 32 * 128; }
+  double bytes() const override { return 2.0 * 4.0 * static_cast<double>(T_) * 8 * 128; }
+  int64_t tokens() const override { return 1; }
+  std::optional<double> max_rel_err() override {
+    run();
+    return sampled_rel_err(args_, [](int64_t, int64_t, int64_t) { return true; });
+  }
+
+ private:
+  int64_t T_;
+  Tensor q_, k_, v_, o_;
+  attn::AttentionArgs args_;
+  attn::ElementRule rule_;
+};
+
+SUBQ_BENCH_CASE(attention_decode) {
+  return Case{.name = "attention.decode.splitkv",
+              .family = "attention",
+              .shape = "Hq=32 Hkv=8 Dh=128 f32 cache, 1 token",
+              .seq = {16384, 32768},
+              .make = [](int64_t T) { return std::make_unique<SplitDecode>(T); }};
+}
+
+}  // namespace
+}  // namespace subq::bench

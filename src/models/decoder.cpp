@@ -1,0 +1,180 @@
+#include "src/models/decoder.h"
+
+#include <algorithm>
+
+#include "src/io/writers.h"
+#include "subq/io.h"
+#include "subq/ops.h"
+
+namespace subq {
+
+void Norm::apply(const Tensor& x, const Tensor& y) const {
+  if (layer_norm) subq::layer_norm(x, weight, bias, eps, y);
+  else rms_norm(x, weight, eps, y);
+}
+
+namespace {
+
+class DecoderState final : public ModelState {
+ public:
+  std::vector<std::unique_ptr<MixerState>> layers;  // null where a block has no mixer
+  int64_t position_ = 0;
+
+  int64_t position() const override { return position_; }
+  size_t state_bytes() const override {
+    size_t n = 0;
+    for (const auto& s : layers)
+      if (s) n += s->state_bytes();
+    return n;
+  }
+};
+
+void add_into(const Tensor& x, const Tensor& y) {
+  float* a = x.mutable_data<float>();
+  const float* b = y.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) a[i] += b[i];
+}
+
+class Decoder final : public Model {
+ public:
+  Decoder(DecoderSpec spec, ModelInfo info) : spec_(std::move(spec)), info_(std::move(info)) {}
+
+  const ModelInfo& info() const override { return info_; }
+
+  std::unique_ptr<ModelState> new_state() const override {
+    auto s = std::make_unique<DecoderState>();
+    for (const auto& b : spec_.blocks) s->layers.push_back(b.mixer ? b.mixer->new_state(1) : nullptr);
+    return s;
+  }
+
+  void save_state(const ModelState& base, const std::string& path) const override {
+    const DecoderState& state = own(base, "save state");
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (size_t l = 0; l < state.layers.size(); ++l) {
+      if (!state.layers[l]) continue;
+      const std::vector<Tensor> parts = state.layers[l]->snapshot();
+      for (size_t i = 0; i < parts.size(); ++i)
+        tensors.emplace_back("layer." + std::to_string(l) + "." + std::to_string(i), parts[i]);
+    }
+    io::write_safetensors(path, tensors,
+                          {{"format", "subq-state-1"}, {"model", fingerprint()}, {"position", std::to_string(state.position_)}});
+  }
+
+  std::unique_ptr<ModelState> load_state(const std::string& path) const override {
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    const auto& meta = file.metadata();
+    auto field = [&](const char* key) {
+      const auto it = meta.find(key);
+      if (it == meta.end()) throw Error(path + ": not a subq state file (metadata '" + key + "' missing)");
+      return it->second;
+    };
+    if (field("format") != "subq-state-1") throw Error(path + ": unsupported state format '" + field("format") + "'");
+    if (field("model") != fingerprint())
+      throw Error(path + ": state was saved for another model (" + field("model") + "), this is " + fingerprint());
+    auto state = std::unique_ptr<DecoderState>(static_cast<DecoderState*>(new_state().release()));
+    try {
+      state->position_ = std::stoll(field("position"));
+    } catch (const std::exception&) {
+      throw Error(path + ": metadata 'position' is not an integer");
+    }
+    if (state->position_ < 0) throw Error(path + ": metadata 'position' is negative");
+    size_t used = 0;
+    for (size_t l = 0; l < state->layers.size(); ++l) {
+      if (!state->layers[l]) continue;
+      std::vector<Tensor> parts;
+      const std::string prefix = "layer." + std::to_string(l) + ".";
+      for (size_t i = 0; file.contains(prefix + std::to_string(i)); ++i) parts.push_back(file.get(prefix + std::to_string(i)));
+      used += parts.size();
+      try {
+        state->layers[l]->restore(parts);
+      } catch (const Error& e) {
+        throw Error(path + ": layer " + std::to_string(l) + ": " + e.what());
+      }
+    }
+    if (used != file.names().size()) throw Error(path + ": holds tensors that belong to no layer");
+    return state;
+  }
+
+  void forward(std::span<const int32_t> tokens, ModelState& base, const Tensor& logits) const override {
+    DecoderState* state = &own(base, "model forward");
+    const int64_t T = static_cast<int64_t>(tokens.size()), D = info_.d_model, V = info_.vocab_size;
+    if (T == 0) throw Error("model forward: no tokens");
+    check_dtype(logits, DType::f32, "model forward: logits");
+    if (!(logits.shape() == Shape{T, V}) && !(logits.shape() == Shape{1, V}))
+      throw Error("model forward: logits must be [" + std::to_string(T) + ", " + std::to_string(V) + "] or [1, " +
+                  std::to_string(V) + "], found " + logits.str());
+
+    Tensor ids = Tensor::empty(DType::i32, {T});
+    std::copy(tokens.begin(), tokens.end(), ids.mutable_data<int32_t>());
+    Tensor x = Tensor::empty(DType::f32, {T, D});
+    embedding(ids, spec_.embedding, x);
+    if (spec_.embedding_scale != 1.f) {
+      float* p = x.mutable_data<float>();
+      for (int64_t i = 0; i < T * D; ++i) p[i] *= spec_.embedding_scale;
+    }
+    Tensor h = Tensor::empty(DType::f32, {T, D}), y = Tensor::empty(DType::f32, {T, D});
+    for (size_t l = 0; l < spec_.blocks.size(); ++l) {
+      const Block& b = spec_.blocks[l];
+      if (b.mixer) {
+        b.mixer_norm.apply(x, h);
+        b.mixer->forward(h.view({1, T, D}), *state->layers[l], y.view({1, T, D}));
+        add_into(x, y);
+      }
+      if (b.mlp) {
+        b.mlp_norm.apply(x, h);
+        b.mlp->forward(h, y);
+        add_into(x, y);
+      }
+    }
+    const Tensor rows = logits.dim(0) == T ? x : x.slice(0, T - 1, T).contiguous();
+    const Tensor normed = Tensor::empty(DType::f32, rows.shape());
+    spec_.final_norm.apply(rows, normed);
+    linear(normed, spec_.head, Tensor(), logits);
+    state->position_ += T;
+  }
+
+ private:
+  // Identifies the model a state belongs to: architecture, layer kinds and sizes.
+  std::string fingerprint() const {
+    std::string f = info_.architecture + " d=" + std::to_string(info_.d_model) + " V=" + std::to_string(info_.vocab_size) + " layers=";
+    for (const auto& k : info_.layers) f += k + ",";
+    return f;
+  }
+
+  const DecoderState& own(const ModelState& base, const char* who) const {
+    auto* state = dynamic_cast<const DecoderState*>(&base);
+    if (!state || state->layers.size() != spec_.blocks.size())
+      throw Error(std::string(who) + ": the state was not made by this model");
+    return *state;
+  }
+  DecoderState& own(ModelState& base, const char* who) const {
+    return const_cast<DecoderState&>(own(static_cast<const ModelState&>(base), who));
+  }
+
+  DecoderSpec spec_;
+  ModelInfo info_;
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_decoder(DecoderSpec spec, int64_t parameter_count, std::string weight_dtypes) {
+  if (!spec.embedding.defined() || spec.embedding.ndim() != 2) throw Error(spec.architecture + ": embedding must be [V, D]");
+  if (!spec.head.defined() || !(spec.head.shape() == spec.embedding.shape()))
+    throw Error(spec.architecture + ": head must match the embedding's shape " + spec.embedding.shape().str());
+  ModelInfo info;
+  info.architecture = spec.architecture;
+  info.vocab_size = spec.embedding.dim(0);
+  info.d_model = spec.embedding.dim(1);
+  info.parameter_count = parameter_count;
+  info.weight_dtypes = std::move(weight_dtypes);
+  info.eos_token_ids = spec.eos_token_ids;
+  for (const auto& b : spec.blocks) {
+    if (b.mixer && b.mixer->d_model() != info.d_model)
+      throw Error(spec.architecture + ": a " + b.kind + " layer has width " + std::to_string(b.mixer->d_model()) +
+                  ", the model " + std::to_string(info.d_model));
+    info.layers.push_back(b.kind);
+  }
+  return std::make_unique<Decoder>(std::move(spec), std::move(info));
+}
+
+}  // namespace subq

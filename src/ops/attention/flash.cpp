@@ -1,0 +1,496 @@
+// Flash attention forward and split-KV decode. Both run the same tile kernel: a set of
+// query rows (pre-scaled, padded to the vector width) against a list of key blocks. Per
+// block: K is transposed into a [Dh, Bk] tile so S = Q·K^T is an outer-product GEMM with
+// query values broadcast; the element rule and soft-cap are applied to S; the running max
+// and sum are updated; and O = O * alpha + P·V, broadcasting P. Accumulators stay f32.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/ops/attention/flash.cpp"
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "hwy/aligned_allocator.h"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "src/core/parallel.h"
+#include "src/ops/attention/flash.h"
+
+#ifndef SUBQ_ATTN_FLASH_SHARED
+#define SUBQ_ATTN_FLASH_SHARED
+namespace subq::attn::detail {
+
+// A zero-filled float buffer aligned for whole-vector loads.
+class AlignedFloats {
+ public:
+  void assign(size_t n, float value) {
+    p_ = hwy::AllocateAligned<float>(std::max<size_t>(n, 1));
+    std::fill_n(p_.get(), n, value);
+  }
+  float* data() { return p_.get(); }
+  const float* data() const { return p_.get(); }
+  float& operator[](size_t i) { return p_[i]; }
+
+ private:
+  hwy::AlignedFreeUniquePtr<float[]> p_;
+};
+
+// Per-thread tile buffers, allocated once per call.
+struct Tile {
+  AlignedFloats q, kt, vs, s, o;
+  std::vector<float> m, l, alpha;
+  std::vector<int64_t> qpos;
+  std::vector<int32_t> blocks;
+};
+
+// What the tile kernel needs to know about one call.
+struct TileProblem {
+  int64_t head_dim, padded_dim;        // Dh and Dh rounded up to the vector width
+  int64_t k_block, padded_k_block;     // key block and its padded width
+  int64_t kv_len;
+  float softcap;
+  const ElementRule* rule;
+  const int32_t* key_positions;
+};
+
+}  // namespace subq::attn::detail
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace subq::attn::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using detail::Tile;
+using detail::TileProblem;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+// Register tile width in vectors: AVX-512 has 32 registers, AVX2 and below 16.
+constexpr int kMaxCols = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
+constexpr int kMaxRows = 4;
+// Up to this many query rows, Q·K^T is computed as dot products over untransposed keys.
+constexpr int64_t kDirectRows = 8;
+
+// s[r, c*N..] = sum_x q[r, x] * kt[x, c*N..] for R rows and C vectors of keys.
+template <int R, int C>
+HWY_INLINE void QKMicro(const float* HWY_RESTRICT q, int64_t ldq, const float* HWY_RESTRICT kt, int64_t ldk,
+                        float* HWY_RESTRICT s, int64_t lds, int64_t depth) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  VF acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(d);
+  for (int64_t x = 0; x < depth; ++x) {
+    VF kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = hn::Load(d, kt + x * ldk + static_cast<int64_t>(c * N));
+    for (int r = 0; r < R; ++r) {
+      const VF qv = hn::Set(d, q[r * ldq + x]);
+      for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(qv, kv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) hn::Store(acc[r][c], d, s + r * lds + static_cast<int64_t>(c * N));
+}
+
+// o[r, c*N..] = o[r, c*N..] * alpha[r] + sum_{j < keys} p[r, j] * vs[j, c*N..].
+template <int R, int C>
+HWY_INLINE void PVMicro(const float* HWY_RESTRICT p, int64_t ldp, const float* HWY_RESTRICT vs, int64_t ldv,
+                        float* HWY_RESTRICT o, int64_t ldo, const float* HWY_RESTRICT alpha, int64_t keys) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  VF acc[R][C];
+  for (int r = 0; r < R; ++r) {
+    const VF a = hn::Set(d, alpha[r]);
+    for (int c = 0; c < C; ++c) acc[r][c] = hn::Mul(a, hn::Load(d, o + r * ldo + static_cast<int64_t>(c * N)));
+  }
+  for (int64_t j = 0; j < keys; ++j) {
+    VF vv[C];
+    for (int c = 0; c < C; ++c) vv[c] = hn::LoadU(d, vs + j * ldv + static_cast<int64_t>(c * N));
+    for (int r = 0; r < R; ++r) {
+      const VF pv = hn::Set(d, p[r * ldp + j]);
+      for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(pv, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) hn::Store(acc[r][c], d, o + r * ldo + static_cast<int64_t>(c * N));
+}
+
+template <int R>
+HWY_INLINE void QKRows(const float* q, int64_t ldq, const float* kt, int64_t ldk, float* s, int64_t lds,
+                       int64_t depth, int64_t cols) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  for (int64_t c0 = 0; c0 < cols; c0 += kMaxCols * N) {
+    const int64_t C = std::min<int64_t>(kMaxCols, (cols - c0) / N);
+    if (C == 4) QKMicro<R, (kMaxCols >= 4 ? 4 : 1)>(q, ldq, kt + c0, ldk, s + c0, lds, depth);
+    else if (C == 3) QKMicro<R, (kMaxCols >= 3 ? 3 : 1)>(q, ldq, kt + c0, ldk, s + c0, lds, depth);
+    else if (C == 2) QKMicro<R, 2>(q, ldq, kt + c0, ldk, s + c0, lds, depth);
+    else QKMicro<R, 1>(q, ldq, kt + c0, ldk, s + c0, lds, depth);
+  }
+}
+
+template <int R>
+HWY_INLINE void PVRows(const float* p, int64_t ldp, const float* vs, int64_t ldv, float* o, int64_t ldo,
+                       const float* alpha, int64_t keys, int64_t width) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  for (int64_t c0 = 0; c0 < width; c0 += kMaxCols * N) {
+    const int64_t C = std::min<int64_t>(kMaxCols, (width - c0) / N);
+    if (C == 4) PVMicro<R, (kMaxCols >= 4 ? 4 : 1)>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+    else if (C == 3) PVMicro<R, (kMaxCols >= 3 ? 3 : 1)>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+    else if (C == 2) PVMicro<R, 2>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+    else PVMicro<R, 1>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+  }
+}
+
+// Few query rows (decode): s[r, j] = q[r, :] · k_j read straight from the key rows, so
+// each key is loaded once for all R rows and nothing is transposed. Needs depth to be a
+// multiple of the vector width.
+template <int R>
+HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const float* HWY_RESTRICT k, int64_t k_stride,
+                         int64_t keys, float* HWY_RESTRICT s, int64_t lds, int64_t depth) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t j = 0; j < keys; ++j) {
+    const float* kj = k + j * k_stride;
+    VF acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = hn::Zero(d);
+    for (int64_t x = 0; x < depth; x += N) {
+      const VF kv = hn::LoadU(d, kj + x);
+      for (int r = 0; r < R; ++r) acc[r] = hn::MulAdd(hn::Load(d, q + r * ldq + x), kv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) s[r * lds + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
+  }
+}
+
+// Turns one row of scores into probabilities against the running max m and sum l;
+// returns alpha = exp(m_old - m_new), the factor the row's accumulator is rescaled by.
+HWY_INLINE float SoftmaxRow(float* HWY_RESTRICT s, int64_t cols, float& m, float& l) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const VF neg_inf = hn::Set(d, -std::numeric_limits<float>::infinity());
+  VF vmax = neg_inf;
+  for (int64_t j = 0; j < cols; j += N) vmax = hn::Max(vmax, hn::Load(d, s + j));
+  const float row_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  const float m_new = std::max(m, row_max);
+  if (m_new == -std::numeric_limits<float>::infinity()) {
+    std::fill_n(s, cols, 0.f);  // nothing allowed yet: keep m = -inf, l = 0
+    return 1.f;
+  }
+  const float alpha = m == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(m - m_new);
+  const VF vm = hn::Set(d, m_new);
+  const VF lowest = hn::Set(d, -100.f);
+  VF vsum = hn::Zero(d);
+  for (int64_t j = 0; j < cols; j += N) {
+    const VF x = hn::Load(d, s + j);
+    // Masked entries are -inf: their weight is exactly 0, not exp(-100).
+    const VF e = hn::IfThenZeroElse(hn::Eq(x, neg_inf), hn::Exp(d, hn::Max(hn::Sub(x, vm), lowest)));
+    hn::Store(e, d, s + j);
+    vsum = hn::Add(vsum, e);
+  }
+  l = l * alpha + hn::GetLane(hn::SumOfLanes(d, vsum));
+  m = m_new;
+  return alpha;
+}
+
+HWY_INLINE void SoftcapRow(float* HWY_RESTRICT s, int64_t cols, float cap) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const VF vc = hn::Set(d, cap), inv = hn::Set(d, 1.f / cap);
+  for (int64_t j = 0; j < cols; j += N) hn::Store(hn::Mul(vc, hn::Tanh(d, hn::Mul(hn::Load(d, s + j), inv))), d, s + j);
+}
+
+// Runs `rows` query rows already in tile.q (pre-scaled, positions in tile.qpos, running
+// state in tile.o / m / l) over the listed key blocks of one key/value head.
+// kDh > 0 fixes the head dimension at compile time (the 64 and 128 fast paths).
+template <int64_t kDh>
+void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const float* kbase, int64_t k_row_stride,
+                  const float* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
+  const int64_t Dh = kDh > 0 ? kDh : pb.head_dim;
+  const int64_t Dp = pb.padded_dim, Bk = pb.k_block, Bkp = pb.padded_k_block;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const ElementRule& rule = *pb.rule;
+  for (int64_t bi = 0; bi < nblocks; ++bi) {
+    const int64_t k0 = static_cast<int64_t>(blocks[bi]) * Bk;
+    const int64_t kn = std::min(Bk, pb.kv_len - k0);
+    // With Dh a multiple of the vector width, V rows are read in place; K is transposed
+    // into a tile for the outer-product GEMM unless there are only a few query rows.
+    const bool aligned_dim = Dh == Dp;
+    const bool direct_qk = aligned_dim && rows <= kDirectRows;
+    float* kt = t.kt.data();
+    const float* vs = aligned_dim ? vbase + k0 * v_row_stride : t.vs.data();
+    const int64_t ldv = aligned_dim ? v_row_stride : Dp;
+    for (int64_t j = 0; j < kn; ++j) {
+      if (!direct_qk) {
+        const float* krow = kbase + (k0 + j) * k_row_stride;
+        for (int64_t x = 0; x < Dh; ++x) kt[x * Bkp + j] = krow[x];
+      }
+      if (!aligned_dim)
+        std::memcpy(t.vs.data() + j * Dp, vbase + (k0 + j) * v_row_stride, static_cast<size_t>(Dh) * sizeof(float));
+    }
+
+    float* s = t.s.data();
+    if (direct_qk) {
+      for (int64_t r = 0; r < rows; ++r) std::fill(s + r * Bkp + kn, s + (r + 1) * Bkp, 0.f);
+      const float* kb = kbase + k0 * k_row_stride;
+      int64_t r0 = 0;
+      for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+        QKDirect<kMaxRows>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
+      for (; r0 < rows; ++r0) QKDirect<1>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
+    } else {
+      for (int64_t x = 0; x < Dh; ++x) std::fill(kt + x * Bkp + kn, kt + (x + 1) * Bkp, 0.f);
+      int64_t r0 = 0;
+      for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+        QKRows<kMaxRows>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
+      for (; r0 < rows; ++r0) QKRows<1>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
+    }
+
+    auto kpos = [&](int64_t j) -> int64_t { return pb.key_positions ? pb.key_positions[j] : j; };
+    const bool full = rule.covers(t.qpos[0], t.qpos[static_cast<size_t>(rows - 1)], kpos(k0), kpos(k0 + kn - 1));
+    for (int64_t r = 0; r < rows; ++r) {
+      float* srow = s + r * Bkp;
+      if (pb.softcap > 0.f) SoftcapRow(srow, Bkp, pb.softcap);
+      if (full) {
+        std::fill(srow + kn, srow + Bkp, ninf);
+      } else {
+        const int64_t qp = t.qpos[static_cast<size_t>(r)];
+        for (int64_t j = 0; j < Bkp; ++j)
+          if (j >= kn || !rule.allows(qp, kpos(k0 + j))) srow[j] = ninf;
+      }
+      t.alpha[static_cast<size_t>(r)] = SoftmaxRow(srow, Bkp, t.m[static_cast<size_t>(r)], t.l[static_cast<size_t>(r)]);
+    }
+    int64_t r0 = 0;
+    for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+      PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+    for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+  }
+}
+
+void AttendBlocksDispatch(const TileProblem& pb, Tile& t, int64_t rows, const float* kbase, int64_t k_row_stride,
+                          const float* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
+  if (pb.head_dim == 64) AttendBlocks<64>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
+  else if (pb.head_dim == 128) AttendBlocks<128>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
+  else AttendBlocks<0>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
+}
+
+int64_t VectorLanes() { return static_cast<int64_t>(hn::Lanes(DF())); }
+
+}  // namespace subq::attn::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace subq::attn {
+namespace {
+
+using detail::Tile;
+using detail::TileProblem;
+
+HWY_EXPORT(AttendBlocksDispatch);
+HWY_EXPORT(VectorLanes);
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb, int64_t max_blocks) {
+  std::vector<Tile> tiles(static_cast<size_t>(std::max(1, num_threads())));
+  for (Tile& t : tiles) {
+    const size_t rows = static_cast<size_t>(max_rows);
+    t.q.assign(rows * static_cast<size_t>(pb.padded_dim), 0.f);
+    t.kt.assign(static_cast<size_t>(pb.padded_dim * pb.padded_k_block), 0.f);
+    t.vs.assign(static_cast<size_t>(pb.padded_k_block * pb.padded_dim), 0.f);
+    t.s.assign(rows * static_cast<size_t>(pb.padded_k_block), 0.f);
+    t.o.assign(rows * static_cast<size_t>(pb.padded_dim), 0.f);
+    t.m.assign(rows, 0.f);
+    t.l.assign(rows, 0.f);
+    t.alpha.assign(rows, 0.f);
+    t.qpos.assign(rows, 0);
+    t.blocks.reserve(static_cast<size_t>(max_blocks));
+  }
+  return tiles;
+}
+
+// Loads query row r of the tile (scaled, zero-padded) and resets its running state.
+void load_query_row(Tile& t, const TileProblem& pb, int64_t r, const float* q, float scale, int64_t pos) {
+  float* dst = t.q.data() + r * pb.padded_dim;
+  for (int64_t x = 0; x < pb.head_dim; ++x) dst[x] = q[x] * scale;
+  std::fill(t.o.data() + r * pb.padded_dim, t.o.data() + (r + 1) * pb.padded_dim, 0.f);
+  t.m[static_cast<size_t>(r)] = -std::numeric_limits<float>::infinity();
+  t.l[static_cast<size_t>(r)] = 0.f;
+  t.qpos[static_cast<size_t>(r)] = pos;
+}
+
+void check_args(const AttentionArgs& a, const char* who) {
+  const std::string w = who;
+  if (!a.q || !a.k || !a.v || !a.o) throw Error(w + ": q, k, v and o must be non-null");
+  if (a.batch < 1 || a.q_len < 0 || a.kv_len < 0)
+    throw Error(w + ": batch must be >= 1 and lengths >= 0, found batch " + std::to_string(a.batch));
+  if (a.head_dim < 1 || a.head_dim > 512)
+    throw Error(w + ": head_dim must be in [1, 512], found " + std::to_string(a.head_dim));
+  if (a.kv_heads < 1 || a.q_heads < a.kv_heads || a.q_heads % a.kv_heads != 0)
+    throw Error(w + ": q_heads must be a positive multiple of kv_heads, found q_heads " + std::to_string(a.q_heads) +
+                ", kv_heads " + std::to_string(a.kv_heads));
+  if (!(a.scale > 0.f) || !std::isfinite(a.scale)) throw Error(w + ": scale must be positive and finite");
+  if (!(a.softcap >= 0.f)) throw Error(w + ": softcap must be >= 0");
+}
+
+}  // namespace
+
+void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
+  check_args(a, "flash_attention");
+  if (mask.q_len != a.q_len || mask.kv_len != a.kv_len)
+    throw Error("flash_attention: mask is for q_len " + std::to_string(mask.q_len) + ", kv_len " +
+                std::to_string(mask.kv_len) + " but the inputs have q_len " + std::to_string(a.q_len) + ", kv_len " +
+                std::to_string(a.kv_len));
+  if ((mask.batch != 1 && mask.batch != a.batch) || (mask.heads != 1 && mask.heads != a.q_heads))
+    throw Error("flash_attention: mask batch/heads must be 1 or " + std::to_string(a.batch) + "/" +
+                std::to_string(a.q_heads) + ", found " + std::to_string(mask.batch) + "/" + std::to_string(mask.heads));
+  if (mask.row_start.size() != static_cast<size_t>(mask.batch * mask.heads * mask.num_q_blocks() + 1))
+    throw Error("flash_attention: mask has an inconsistent row_start array");
+  if (a.q_len == 0) return;
+  const int64_t lanes = HWY_DYNAMIC_DISPATCH(VectorLanes)();
+  const TileProblem pb{a.head_dim,    round_up(a.head_dim, lanes), mask.k_block, round_up(mask.k_block, lanes),
+                       a.kv_len,      a.softcap,                   &mask.rule,   a.key_positions};
+  std::vector<Tile> tiles = make_tiles(mask.q_block, pb, 0);
+  const int64_t nqb = mask.num_q_blocks();
+  const int64_t group = a.q_heads / a.kv_heads;
+  const int64_t Dh = a.head_dim;
+  parallel_for_each(a.batch * a.q_heads * nqb, [&](int64_t item) {
+    Tile& t = tiles[static_cast<size_t>(omp_get_thread_num()) % tiles.size()];
+    const int64_t qb = item % nqb;
+    const int64_t h = (item / nqb) % a.q_heads;
+    const int64_t b = item / (nqb * a.q_heads);
+    const int64_t i0 = qb * mask.q_block;
+    const int64_t rows = std::min(mask.q_block, a.q_len - i0);
+    for (int64_t r = 0; r < rows; ++r)
+      load_query_row(t, pb, r, a.q + b * a.q_batch_stride + (i0 + r) * a.q_row_stride + h * Dh, a.scale,
+                     mask.q_offset + i0 + r);
+    const std::span<const int32_t> blocks = mask.row(b, h, qb);
+    const int64_t kvh = h / group;
+    HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, a.k + b * a.k_batch_stride + kvh * Dh, a.k_row_stride,
+                                               a.v + b * a.v_batch_stride + kvh * Dh, a.v_row_stride, blocks.data(),
+                                               static_cast<int64_t>(blocks.size()));
+    for (int64_t r = 0; r < rows; ++r) {
+      float* out = a.o + b * a.o_batch_stride + (i0 + r) * a.o_row_stride + h * Dh;
+      const float l = t.l[static_cast<size_t>(r)];
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float* acc = t.o.data() + r * pb.padded_dim;
+      for (int64_t x = 0; x < Dh; ++x) out[x] = acc[x] * inv;
+    }
+  });
+}
+
+void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q_offset, int64_t splits) {
+  check_args(a, "decode_attention");
+  if (a.q_len == 0) return;
+  constexpr int64_t kBlock = 64;
+  constexpr int64_t kMaxTileRows = 32;
+  const int64_t lanes = HWY_DYNAMIC_DISPATCH(VectorLanes)();
+  const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), kBlock, round_up(kBlock, lanes), a.kv_len,
+                       a.softcap,  &rule,                        a.key_positions};
+  const int64_t group = a.q_heads / a.kv_heads;
+  const int64_t Dh = a.head_dim, Tq = a.q_len;
+  // Rows of one work item: every query row of every head sharing a key/value head, so
+  // each key block is read once for the whole group.
+  const int64_t rows_total = group * Tq;
+  const int64_t row_chunks = (rows_total + kMaxTileRows - 1) / kMaxTileRows;
+  const int64_t nkb = std::max<int64_t>(1, (a.kv_len + kBlock - 1) / kBlock);
+  if (splits <= 0) {
+    const int64_t items = a.batch * a.kv_heads * row_chunks;
+    splits = (2 * num_threads() + items - 1) / items;
+  }
+  splits = std::clamp<int64_t>(splits, 1, nkb);
+  std::vector<Tile> tiles = make_tiles(kMaxTileRows, pb, nkb);
+  // Partial results per (b, hq, t, split): unnormalised output, running max and sum.
+  const size_t parts = static_cast<size_t>(a.batch * a.q_heads * Tq * splits);
+  std::vector<float> part_o(parts * static_cast<size_t>(Dh)), part_m(parts), part_l(parts);
+  auto part_index = [&](int64_t b, int64_t h, int64_t t, int64_t s) {
+    return static_cast<size_t>(((b * a.q_heads + h) * Tq + t) * splits + s);
+  };
+  parallel_for_each(a.batch * a.kv_heads * row_chunks * splits, [&](int64_t item) {
+    Tile& t = tiles[static_cast<size_t>(omp_get_thread_num()) % tiles.size()];
+    const int64_t s = item % splits;
+    const int64_t chunk = (item / splits) % row_chunks;
+    const int64_t kvh = (item / (splits * row_chunks)) % a.kv_heads;
+    const int64_t b = item / (splits * row_chunks * a.kv_heads);
+    const int64_t kb0 = nkb * s / splits, kb1 = nkb * (s + 1) / splits;
+    t.blocks.clear();
+    for (int64_t kb = kb0; kb < kb1; ++kb)
+      if (kb * kBlock < a.kv_len) t.blocks.push_back(static_cast<int32_t>(kb));
+    const int64_t r0 = chunk * kMaxTileRows;
+    const int64_t rows = std::min(kMaxTileRows, rows_total - r0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t h = kvh * group + (r0 + r) / Tq, tq = (r0 + r) % Tq;
+      load_query_row(t, pb, r, a.q + b * a.q_batch_stride + tq * a.q_row_stride + h * Dh, a.scale, q_offset + tq);
+    }
+    HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, a.k + b * a.k_batch_stride + kvh * Dh, a.k_row_stride,
+                                               a.v + b * a.v_batch_stride + kvh * Dh, a.v_row_stride,
+                                               t.blocks.data(), static_cast<int64_t>(t.blocks.size()));
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t h = kvh * group + (r0 + r) / Tq, tq = (r0 + r) % Tq;
+      const size_t p = part_index(b, h, tq, s);
+      part_m[p] = t.m[static_cast<size_t>(r)];
+      part_l[p] = t.l[static_cast<size_t>(r)];
+      std::memcpy(part_o.data() + p * static_cast<size_t>(Dh), t.o.data() + r * pb.padded_dim,
+                  static_cast<size_t>(Dh) * sizeof(float));
+    }
+  });
+  // Log-sum-exp merge of the splits: weights exp(m_s - max_s m_s).
+  parallel_for(a.batch * a.q_heads * Tq, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t tq = row % Tq, h = (row / Tq) % a.q_heads, b = row / (Tq * a.q_heads);
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < splits; ++s) m = std::max(m, part_m[part_index(b, h, tq, s)]);
+      float* out = a.o + b * a.o_batch_stride + tq * a.o_row_stride + h * Dh;
+      std::fill_n(out, Dh, 0.f);
+      if (m == -std::numeric_limits<float>::infinity()) continue;
+      float l = 0.f;
+      for (int64_t s = 0; s < splits; ++s) {
+        const size_t p = part_index(b, h, tq, s);
+        if (part_m[p] == -std::numeric_limits<float>::infinity()) continue;
+        const float w = std::exp(part_m[p] - m);
+        l += w * part_l[p];
+        const float* po = part_o.data() + p * static_cast<size_t>(Dh);
+        for (int64_t x = 0; x < Dh; ++x) out[x] += w * po[x];
+      }
+      const float inv = 1.f / l;
+      for (int64_t x = 0; x < Dh; ++x) out[x] *= inv;
+    }
+  });
+}
+
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const BlockMask& mask,
+                     const AttentionOptions& options, const Tensor& out) {
+  const char* names[] = {"flash_attention: q", "flash_attention: k", "flash_attention: v", "flash_attention: out"};
+  const Tensor* ts[] = {&q, &k, &v, &out};
+  for (int i = 0; i < 4; ++i) {
+    check_dtype(*ts[i], DType::f32, names[i]);
+    check_contiguous(*ts[i], names[i]);
+    if (ts[i]->ndim() != 4) throw Error(std::string(names[i]) + " must be 4-D [B, T, H, Dh], found " + ts[i]->str());
+  }
+  const int64_t B = q.dim(0), Tq = q.dim(1), Hq = q.dim(2), Dh = q.dim(3);
+  const int64_t Tk = k.dim(1), Hkv = k.dim(2);
+  check_shape(k, Shape{B, Tk, Hkv, Dh}, "flash_attention: k");
+  check_shape(v, Shape{B, Tk, Hkv, Dh}, "flash_attention: v");
+  check_shape(out, Shape{B, Tq, Hq, Dh}, "flash_attention: out");
+  AttentionArgs a;
+  a.q = q.data<float>();
+  a.q_batch_stride = Tq * Hq * Dh;
+  a.q_row_stride = Hq * Dh;
+  a.k = k.data<float>();
+  a.v = v.data<float>();
+  a.k_batch_stride = a.v_batch_stride = Tk * Hkv * Dh;
+  a.k_row_stride = a.v_row_stride = Hkv * Dh;
+  a.o = out.mutable_data<float>();
+  a.o_batch_stride = a.q_batch_stride;
+  a.o_row_stride = a.q_row_stride;
+  a.batch = B;
+  a.q_len = Tq;
+  a.kv_len = Tk;
+  a.q_heads = Hq;
+  a.kv_heads = Hkv;
+  a.head_dim = Dh;
+  a.scale = options.scale > 0.f ? options.scale : 1.f / std::sqrt(static_cast<float>(Dh));
+  a.softcap = options.softcap;
+  flash_attention(a, mask);
+}
+
+}  // namespace subq::attn
+#endif  // HWY_ONCE

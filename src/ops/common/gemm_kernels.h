@@ -1,0 +1,29 @@
+// The two kernels behind gemm_xwt (same contract as gemm_xwt in gemm.h, M, N, K > 0):
+// gemm_packed_xwt is the cache-blocked, packed GEMM for many rows of x; gemv_xwt streams
+// W once from memory and suits the few rows of x of a decode step.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+
+#include "subq/tensor.h"
+
+namespace subq::ops {
+
+void gemm_packed_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt,
+                     int64_t ldw, float* y, int64_t ldy, bool accumulate);
+
+void gemv_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt,
+              int64_t ldw, float* y, int64_t ldy, bool accumulate);
+
+// Scratch (packing buffers) from the global aligned operator new[], where the bench's heap
+// accounting sees it; 64-byte aligned for whole-vector loads.
+struct AlignedFloatsDelete {
+  void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+};
+using AlignedFloats = std::unique_ptr<float[], AlignedFloatsDelete>;
+inline AlignedFloats allocate_floats(size_t n) { return AlignedFloats(new (std::align_val_t{64}) float[n]); }
+
+}  // namespace subq::ops

@@ -1,0 +1,93 @@
+// Every architecture against transformers: tiny random-init checkpoints written by
+// scripts/fixtures/make_model_fixtures.py, with the logits transformers computed at every
+// prompt position and its greedy continuation. subq must load the directory unchanged,
+// match the logits, and produce the same greedy tokens whether the prompt is fed whole,
+// in chunks, or token by token.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "subq/model.h"
+#include "tests/support/random.h"
+
+namespace subq {
+namespace {
+
+const std::string kFixtures = std::string(SUBQ_TEST_DATA) + "/../fixtures/models/";
+
+struct Prompt {
+  std::vector<int32_t> ids;
+  std::vector<std::vector<double>> logits;
+  std::vector<int32_t> greedy;
+};
+
+std::vector<Prompt> expected(const std::string& name) {
+  std::ifstream f(kFixtures + name + "/expected.json");
+  const auto j = nlohmann::json::parse(f);
+  std::vector<Prompt> out;
+  for (const auto& p : j["prompts"])
+    out.push_back({p["ids"].get<std::vector<int32_t>>(), p["logits"].get<std::vector<std::vector<double>>>(),
+                   p["greedy"].get<std::vector<int32_t>>()});
+  return out;
+}
+
+int32_t argmax(const float* v, int64_t n) { return static_cast<int32_t>(std::max_element(v, v + n) - v); }
+
+class Fixture : public testing::TestWithParam<std::string> {};
+
+TEST_P(Fixture, LogitsAndGreedyMatchTransformers) {
+  const std::string name = GetParam();
+  auto model = Model::load(kFixtures + name);
+  const int64_t V = model->info().vocab_size;
+  for (const Prompt& p : expected(name)) {
+    const int64_t T = static_cast<int64_t>(p.ids.size());
+    // Whole prompt at once: logits at every position.
+    auto state = model->new_state();
+    Tensor logits = test::nan_tensor({T, V});
+    model->forward(p.ids, *state, logits);
+    std::vector<double> want;
+    double scale = 0;
+    for (const auto& row : p.logits)
+      for (double v : row) want.push_back(v), scale = std::max(scale, std::abs(v));
+    // f32 through a few layers of random weights: relative 1e-4 of the logit scale.
+    test::expect_close(logits, want, 1e-4, 1e-4 * scale, name + " logits");
+
+    // Greedy continuation, prompt fed in chunks of 3 then token by token.
+    auto s2 = model->new_state();
+    Tensor last = test::nan_tensor({1, V});
+    for (int64_t t0 = 0; t0 < T; t0 += 3) {
+      const int64_t n = std::min<int64_t>(3, T - t0);
+      model->forward(std::span<const int32_t>(p.ids.data() + t0, static_cast<size_t>(n)), *s2, last);
+    }
+    std::vector<int32_t> got;
+    for (size_t i = 0; i < p.greedy.size(); ++i) {
+      const int32_t next = argmax(last.data<float>(), V);
+      got.push_back(next);
+      model->forward(std::span<const int32_t>(&next, 1), *s2, last);
+    }
+    EXPECT_EQ(got, p.greedy) << name;
+    EXPECT_EQ(s2->position(), T + static_cast<int64_t>(p.greedy.size()));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, Fixture, testing::Values("llama", "llama_tied_bf16", "mamba", "mamba_bias_bf16", "mamba2", "nemotron_h", "bamba"));
+
+TEST(ModelLoad, ClearErrorsForBadDirectories) {
+  EXPECT_THROW(Model::load(kFixtures + "no_such_model"), Error);
+  const std::string dir = testing::TempDir() + "subq_bad_model";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << R"({"architectures": ["GPT2LMHeadModel"]})";
+  try {
+    Model::load(dir);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("GPT2LMHeadModel is not supported"), std::string::npos) << e.what();
+  }
+  std::ofstream(dir + "/config.json") << R"({"architectures": ["MambaForCausalLM"], "hidden_size": 8})";
+  EXPECT_THROW(Model::load(dir), Error);
+}
+
+}  // namespace
+}  // namespace subq

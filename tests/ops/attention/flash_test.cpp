@@ -1,0 +1,221 @@
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <random>
+
+#include "tests/ops/attention/attention_case.h"
+#include "tests/support/targets.h"
+
+namespace subq::test {
+namespace {
+
+using attn::BlockMask;
+using attn::BlockMaskBuilder;
+using attn::ElementRule;
+
+auto causal_pairs(int64_t q_offset) {
+  return [q_offset](int64_t, int64_t, int64_t i, int64_t j) { return j <= q_offset + i; };
+}
+bool all_pairs(int64_t, int64_t, int64_t, int64_t) { return true; }
+
+// A mask whose rows list a random half of the key blocks (per batch and head).
+BlockMask random_block_mask(std::mt19937_64& rng, int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t qb, int64_t kb,
+                            const ElementRule& rule, double keep = 0.5) {
+  BlockMaskBuilder b(B, H, Tq, Tk, qb, kb, 0, rule);
+  std::bernoulli_distribution coin(keep);
+  const int64_t nqb = (Tq + qb - 1) / qb, nkb = (Tk + kb - 1) / kb;
+  std::vector<int32_t> row;
+  for (int64_t r = 0; r < B * H * nqb; ++r) {
+    row.clear();
+    for (int64_t j = nkb - 1; j >= 0; --j)  // descending: the builder must sort
+      if (coin(rng)) row.push_back(static_cast<int32_t>(j));
+    b.add_row(row);
+  }
+  return b.finish();
+}
+
+TEST(FlashAttention, DenseCausalAndFullOverSizes) {
+  for_each_target([&] {
+    auto rng = rng_for_test();
+    struct Size { int64_t T, Dh, Hq, Hkv; };
+    for (const Size s : {Size{1, 64, 2, 2}, Size{17, 32, 4, 1}, Size{100, 80, 4, 4}, Size{100, 128, 8, 2},
+                         Size{61, 256, 2, 1}, Size{33, 72, 3, 3}}) {
+      for (bool causal : {true, false}) {
+        AttnProblem p(rng, 2, s.T, s.T, s.Hq, s.Hkv, s.Dh);
+        const BlockMask mask = attn::dense_mask(s.T, s.T, causal, 0, 16, 32);
+        const auto want = causal ? p.reference(causal_pairs(0)) : p.reference(all_pairs);
+        expect_close(p.run(mask), want, kAttnRtol, kAttnAtol, p.describe() + (causal ? " causal" : " full"));
+      }
+    }
+  });
+}
+
+// T ~ 1000 with the default 64-blocks (1000 = 15 * 64 + 40): the long-row path.
+TEST(FlashAttention, DenseCausalLong) {
+  auto rng = rng_for_test();
+  for (int64_t Dh : {64, 128}) {
+    AttnProblem p(rng, 1, 1000, 1000, 2, 1, Dh);
+    expect_close(p.run(attn::dense_mask(1000, 1000, true)), p.reference(causal_pairs(0)), kAttnRtol, kAttnAtol,
+                 p.describe());
+  }
+}
+
+TEST(FlashAttention, ScaleAndSoftcap) {
+  for_each_target([&] {
+    auto rng = rng_for_test();
+    AttnProblem p(rng, 1, 50, 50, 4, 2, 64);
+    p.scale = 0.7f;   // large logits, so the cap matters
+    p.softcap = 2.5f;
+    expect_close(p.run(attn::dense_mask(50, 50, true, 0, 16, 16)), p.reference(causal_pairs(0)), kAttnRtol, kAttnAtol,
+                 "softcap");
+  });
+}
+
+// Chunked prefill: queries at positions 63.. against a cache of 100 keys.
+TEST(FlashAttention, QueryOffsetAgainstCache) {
+  auto rng = rng_for_test();
+  for (int64_t Tq : {1, 7, 37}) {
+    const int64_t offset = 100 - Tq;
+    AttnProblem p(rng, 2, Tq, 100, 4, 2, 32);
+    const BlockMask mask = attn::dense_mask(Tq, 100, true, offset, 16, 32);
+    expect_close(p.run(mask), p.reference(causal_pairs(offset)), kAttnRtol, kAttnAtol, p.describe());
+  }
+}
+
+TEST(FlashAttention, SlidingWindowWithSinksRule) {
+  for_each_target([&] {
+    auto rng = rng_for_test();
+    ElementRule rule;
+    rule.causal = true;
+    rule.window_left = 9;
+    rule.sinks = 3;
+    AttnProblem p(rng, 1, 90, 90, 2, 1, 32);
+    BlockMask mask = attn::dense_mask(90, 90, true, 0, 16, 16);
+    mask.rule = rule;
+    expect_close(p.run(mask), p.reference([](int64_t, int64_t, int64_t i, int64_t j) {
+      return j <= i && (j < 3 || j >= i - 9);
+    }),
+                 kAttnRtol, kAttnAtol, "window 10 + 3 sinks");
+  });
+}
+
+// Evicted cache: key slots carry positions with a gap (sinks 0..3, then 40..79).
+TEST(FlashAttention, KeyPositionsFromAnEvictedCache) {
+  auto rng = rng_for_test();
+  std::vector<int32_t> pos;
+  for (int32_t j = 0; j < 4; ++j) pos.push_back(j);
+  for (int32_t j = 40; j < 80; ++j) pos.push_back(j);
+  const int64_t Tk = static_cast<int64_t>(pos.size()), Tq = 10;
+  AttnProblem p(rng, 1, Tq, Tk, 2, 2, 64);
+  ElementRule rule;
+  rule.causal = true;
+  rule.window_left = 15;
+  rule.sinks = 4;
+  BlockMask mask = attn::dense_mask(Tq, Tk, true, 70, 8, 16, pos.data());
+  mask.rule = rule;
+  Tensor out = nan_tensor(Shape{1, Tq, 2, 64});
+  attn::AttentionArgs a;
+  a.q = p.q.data<float>();
+  a.q_row_stride = 2 * 64;
+  a.k = p.k.data<float>();
+  a.v = p.v.data<float>();
+  a.k_row_stride = a.v_row_stride = 2 * 64;
+  a.o = out.mutable_data<float>();
+  a.o_row_stride = 2 * 64;
+  a.q_len = Tq;
+  a.kv_len = Tk;
+  a.q_heads = a.kv_heads = 2;
+  a.head_dim = 64;
+  a.scale = 0.125f;
+  a.key_positions = pos.data();
+  attn::flash_attention(a, mask);
+  expect_close(out, p.reference([&](int64_t, int64_t, int64_t i, int64_t j) {
+    const int64_t qp = 70 + i, kp = pos[static_cast<size_t>(j)];
+    return kp <= qp && (kp < 4 || kp >= qp - 15);
+  }),
+               kAttnRtol, kAttnAtol, "evicted cache");
+}
+
+// Per-(batch, head) random block masks, GQA ratios 1, 4 and H (MQA), block sizes that do
+// not divide T; rows with no listed block must come out as 0.
+TEST(FlashAttention, RandomBlockMasksPerHead) {
+  for_each_target([&] {
+    auto rng = rng_for_test();
+    for (int64_t Hkv : {8, 2, 1}) {
+      for (bool causal : {false, true}) {
+        AttnProblem p(rng, 2, 100, 130, 8, Hkv, 48);
+        ElementRule rule;
+        rule.causal = causal;
+        const BlockMask mask = random_block_mask(rng, 2, 8, 100, 130, 24, 20, rule);
+        expect_close(p.run(mask), p.reference(mask), kAttnRtol, kAttnAtol, p.describe());
+      }
+    }
+  });
+}
+
+// Unlisted key blocks hold NaN in K and V: any visit would poison the output.
+TEST(FlashAttention, NeverVisitsUnlistedBlocks) {
+  auto rng = rng_for_test();
+  const int64_t T = 160, kb = 32;
+  AttnProblem p(rng, 1, T, T, 4, 2, 64);
+  // Rows list random blocks, except one randomly chosen block that no row lists.
+  const int64_t nkb = T / kb;
+  const int32_t never = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, nkb - 1)(rng));
+  BlockMaskBuilder builder(1, 1, T, T, 32, kb, 0, ElementRule{});
+  std::bernoulli_distribution coin(0.5);
+  std::vector<int32_t> row;
+  for (int64_t qb = 0; qb < T / 32; ++qb) {
+    row.clear();
+    for (int32_t j = 0; j < nkb; ++j)
+      if (j != never && coin(rng)) row.push_back(j);
+    builder.add_row(row);
+  }
+  const BlockMask mask = builder.finish();
+  std::vector<bool> listed(static_cast<size_t>(nkb), false);
+  for (int32_t b : mask.key_blocks) listed[static_cast<size_t>(b)] = true;
+  const auto want = p.reference(mask);  // computed before the poisoning
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  int64_t poisoned = 0;
+  for (int64_t j = 0; j < T; ++j) {
+    if (listed[static_cast<size_t>(j / kb)]) continue;
+    ++poisoned;
+    std::fill_n(p.k.mutable_data<float>() + j * 2 * 64, 2 * 64, nan);
+    std::fill_n(p.v.mutable_data<float>() + j * 2 * 64, 2 * 64, nan);
+  }
+  ASSERT_GE(poisoned, kb);
+  expect_close(p.run(mask), want, kAttnRtol, kAttnAtol, "poisoned unlisted blocks");
+}
+
+TEST(FlashAttention, RejectsBadArguments) {
+  auto rng = rng_for_test();
+  AttnProblem p(rng, 1, 10, 10, 4, 2, 32);
+  const BlockMask mask = attn::dense_mask(10, 12, true);
+  EXPECT_THROW(p.run(mask), Error);  // kv_len mismatch
+  AttnProblem bad(rng, 1, 10, 10, 3, 2, 32);
+  EXPECT_THROW(bad.run(attn::dense_mask(10, 10, true)), Error);  // 3 heads over 2 kv heads
+  Tensor out = nan_tensor(Shape{1, 10, 4, 16});
+  EXPECT_THROW(attn::flash_attention(p.q, p.k, p.v, attn::dense_mask(10, 10, true), {}, out), Error);
+}
+
+TEST(BlockMask, ValidateRejectsUnsortedRows) {
+  BlockMask m = attn::dense_mask(10, 100, false, 0, 10, 10);
+  ASSERT_NO_THROW(m.validate());
+  std::swap(m.key_blocks[0], m.key_blocks[1]);
+  EXPECT_THROW(m.validate(), Error);
+  m.key_blocks[0] = 10;
+  EXPECT_THROW(m.validate(), Error);
+}
+
+TEST(BlockMask, DenseCausalListsBlocksAtOrBelowDiagonal) {
+  const BlockMask m = attn::dense_mask(100, 100, true, 0, 16, 32);
+  for (int64_t qb = 0; qb < m.num_q_blocks(); ++qb) {
+    const int64_t last_q = std::min<int64_t>(100, (qb + 1) * 16) - 1;
+    const auto row = m.row(0, 0, qb);
+    ASSERT_EQ(static_cast<int64_t>(row.size()), last_q / 32 + 1);
+    for (size_t i = 0; i < row.size(); ++i) EXPECT_EQ(row[i], static_cast<int32_t>(i));
+  }
+  EXPECT_DOUBLE_EQ(m.density(), 1.0);
+}
+
+}  // namespace
+}  // namespace subq::test
