@@ -7,7 +7,7 @@
 #include "src/mixers/linear_family_weights.h"
 #include "src/ops/common/activations.h"
 #include "src/ops/delta/delta_rule.h"
-#include "src/ops/linear/causal_conv1d.h"
+#include "src/ops/conv/causal_conv1d.h"
 #include "src/ops/linear/gated_rms_norm.h"
 #include "subq/ops.h"
 
@@ -110,7 +110,7 @@ void GatedDeltaNetMixer::forward(const Tensor& x, MixerState& state_base, const 
     });
   }
   const Tensor conv_out = Tensor::empty(DType::f32, Shape{B, T, CD});
-  ops::causal_conv1d(mixed, conv_w_, Tensor(), state->conv, conv_out, true);
+  ops::causal_conv1d(mixed, conv_w_, Tensor(), state->conv, true, conv_out);
 
   const Tensor q = Tensor::empty(DType::f32, Shape{B, T, Hk, dk});
   const Tensor k = Tensor::empty(DType::f32, Shape{B, T, Hk, dk});

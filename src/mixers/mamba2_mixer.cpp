@@ -7,7 +7,7 @@
 #include "src/core/parallel.h"
 #include "src/mixers/linear_family_weights.h"
 #include "src/ops/common/activations.h"
-#include "src/ops/linear/causal_conv1d.h"
+#include "src/ops/conv/causal_conv1d.h"
 #include "src/ops/linear/gated_rms_norm.h"
 #include "src/ops/linear/ssd.h"
 #include "subq/ops.h"
@@ -81,7 +81,7 @@ void Mamba2Mixer::forward(const Tensor& x, MixerState& state_base, const Tensor&
 
   // Short conv + SiLU over xBC, read in place from the projection.
   const Tensor xbc = Tensor::empty(DType::f32, Shape{B, T, CD});
-  ops::causal_conv1d(proj.slice(2, I, I + CD), conv_w_, conv_b_, state->conv, xbc, true);
+  ops::causal_conv1d(proj.slice(2, I, I + CD), conv_w_, conv_b_, state->conv, true, xbc);
 
   // dt = clamp(softplus(dt + dt_bias)).
   const Tensor dt = Tensor::empty(DType::f32, Shape{B, T, H});

@@ -159,15 +159,15 @@ void causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const T
                    const Tensor& y) {
   const char* who = "causal_conv1d";
   check_dtype(x, DType::f32, "causal_conv1d: x");
-  check_contiguous(x, "causal_conv1d: x");
   if (x.ndim() != 3) throw Error(std::string(who) + ": x must be [B, T, D], found " + x.str());
+  if (x.stride(2) != 1) throw Error(std::string(who) + ": x must have contiguous channels, found strides of " + x.str());
   check_dtype(y, DType::f32, "causal_conv1d: y");
   check_contiguous(y, "causal_conv1d: y");
   check_shape(y, x.shape(), "causal_conv1d: y");
   const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2);
   const int width = check_filter(w, D, who);
   check_bias_state(bias, state, B, D, width, who);
-  causal_conv1d(B, T, D, width, SeqView{x.data<float>(), T * D, D}, w.data<float>(),
+  causal_conv1d(B, T, D, width, SeqView{x.data<float>(), x.stride(0), x.stride(1)}, w.data<float>(),
                 bias.defined() ? bias.data<float>() : nullptr, state.defined() ? state.mutable_data<float>() : nullptr,
                 silu, MutSeqView{y.mutable_data<float>(), T * D, D});
 }

@@ -34,7 +34,8 @@ struct MutSeqView {
 void causal_conv1d(int64_t batch, int64_t seqlen, int64_t channels, int width, SeqView x, const float* w,
                    const float* bias, float* state, bool silu, MutSeqView y);
 
-// Tensor form with argument checks: x, y f32 [B, T, D] contiguous; w f32 [D, W] or
+// Tensor form with argument checks: x f32 [B, T, D] with contiguous channels (it may be a
+// slice of a wider projection), y f32 [B, T, D] contiguous; w f32 [D, W] or
 // [D, 1, W]; bias f32 [D] or undefined; state f32 [B, W-1, D] or undefined.
 void causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& state, bool silu,
                    const Tensor& y);

@@ -63,14 +63,14 @@ void DirectChannels(const float* u, const float* kt, int64_t taps, int64_t chann
 
 // Multiplies n complex numbers a *= b (interleaved re, im) and scales by s.
 void ComplexMulScale(float* a, const float* b, size_t n, float s) {
+  size_t i = 0;
+#if HWY_TARGET != HWY_SCALAR
   const hn::ScalableTag<float> d;
   const size_t L = hn::Lanes(d);
   const auto scale = hn::Set(d, s);
   // Even lanes hold real parts: (ar, ai)(br, bi) = (ar br - ai bi, ai br + ar bi)
   // = (ar, ai) * br + (ai, ar) * bi * (-1, +1).
   const auto signs = hn::OddEven(hn::Set(d, 1.f), hn::Set(d, -1.f));
-  size_t i = 0;
-#if HWY_TARGET != HWY_SCALAR
   for (; i + L / 2 <= n; i += L / 2) {
     const auto va = hn::LoadU(d, a + 2 * i), vb = hn::LoadU(d, b + 2 * i);
     const auto prod = hn::MulAdd(hn::Reverse2(d, va), hn::Mul(hn::DupOdd(vb), signs), hn::Mul(va, hn::DupEven(vb)));

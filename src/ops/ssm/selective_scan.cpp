@@ -191,14 +191,31 @@ void ScanChannels(const SelectiveScanArgs& a) {
   });
 }
 
-// Lane = state element. Scans up to kBlock channels [c0, c1) of batch b in group g; N is
-// padded with zeros to Np (a multiple of the lanes), which leaves padded state at zero.
+// Channels per task of the lane-per-state kernel.
 constexpr int64_t kStateBlock = 16;
 
+// Softplus(dt + bias) and silu(z) of channels [c0, c1) at one token, vectorised over
+// the channels, into deltas and gates.
+void BlockDeltasAndGates(const SelectiveScanArgs& a, int64_t c0, int64_t c1, const float* dt, const float* z,
+                         float* deltas, float* gates) {
+  const hn::ScalableTag<float> d;
+  const hn::CappedTag<float, 1> d1;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const auto run = [&](auto tag, int64_t c) {
+    const auto bias = a.dt_bias ? hn::LoadU(tag, a.dt_bias + c) : hn::Zero(tag);
+    hn::StoreU(Delta(tag, a, dt + c, bias), tag, deltas + (c - c0));
+    if (z) hn::StoreU(Silu(tag, hn::LoadU(tag, z + c)), tag, gates + (c - c0));
+  };
+  int64_t c = c0;
+  for (; c + L <= c1; c += L) run(d, c);
+  for (; c < c1; ++c) run(d1, c);
+}
+
+// Lane = state element. Scans up to kStateBlock channels [c0, c1) of batch b in group g;
+// N is padded with zeros to Np (a multiple of the lanes), which leaves padded state at zero.
 void ScanStateBlock(const SelectiveScanArgs& a, int64_t b, int64_t c0, int64_t c1, int64_t g, int64_t Np, float* hs,
                     float* as, float* bp, float* cp) {
   const hn::ScalableTag<float> d;
-  const hn::CappedTag<float, 1> d1;
   using V = hn::Vec<decltype(d)>;
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
   const int64_t N = a.state_dim, Dn = a.channels, width = c1 - c0;
@@ -211,30 +228,36 @@ void ScanStateBlock(const SelectiveScanArgs& a, int64_t b, int64_t c0, int64_t c
     for (int64_t n = 0; n < N; ++n) as[i * Np + n] = a.A[(c0 + i) * N + n] * kLog2e;
   }
   const V lo = hn::Set(d, -126.f), hi = hn::Set(d, 127.f);
+  float deltas[kStateBlock], gates[kStateBlock];
   for (int64_t t = 0; t < a.seqlen; ++t) {
-    std::memcpy(bp, a.B.data + b * a.B.batch_stride + t * a.B.token_stride + g * N, static_cast<size_t>(N) * sizeof(float));
-    std::memcpy(cp, a.C.data + b * a.C.batch_stride + t * a.C.token_stride + g * N, static_cast<size_t>(N) * sizeof(float));
+    // B and C rows are read in place when N fills whole vectors, else through the padding.
+    const float* Bt = a.B.data + b * a.B.batch_stride + t * a.B.token_stride + g * N;
+    const float* Ct = a.C.data + b * a.C.batch_stride + t * a.C.token_stride + g * N;
+    if (Np != N) {
+      std::memcpy(bp, Bt, static_cast<size_t>(N) * sizeof(float));
+      std::memcpy(cp, Ct, static_cast<size_t>(N) * sizeof(float));
+      Bt = bp;
+      Ct = cp;
+    }
     const float* x = a.x.data + b * a.x.batch_stride + t * a.x.token_stride;
     const float* dt = a.dt.data + b * a.dt.batch_stride + t * a.dt.token_stride;
+    const float* z = a.z.data ? a.z.data + b * a.z.batch_stride + t * a.z.token_stride : nullptr;
     float* y = a.y.data + b * a.y.batch_stride + t * a.y.token_stride;
+    BlockDeltasAndGates(a, c0, c1, dt, z, deltas, gates);
     for (int64_t c = c0; c < c1; ++c) {
-      const auto bias = a.dt_bias ? hn::LoadU(d1, a.dt_bias + c) : hn::Zero(d1);
-      const float delta = hn::GetLane(Delta(d1, a, dt + c, bias));
+      const float delta = deltas[c - c0];
       const V dv = hn::Set(d, delta), dx = hn::Set(d, delta * x[c]);
       float* h = hs + (c - c0) * Np;
       const float* A = as + (c - c0) * Np;
       V acc = hn::Zero(d);
       for (int64_t n = 0; n < Np; n += L) {
         const V decay = Exp2Clamped(d, hn::Min(hn::Max(hn::Mul(dv, hn::Load(d, A + n)), lo), hi));
-        const V hv = hn::MulAdd(decay, hn::Load(d, h + n), hn::Mul(dx, hn::Load(d, bp + n)));
+        const V hv = hn::MulAdd(decay, hn::Load(d, h + n), hn::Mul(dx, hn::LoadU(d, Bt + n)));
         hn::Store(hv, d, h + n);
-        acc = hn::MulAdd(hv, hn::Load(d, cp + n), acc);
+        acc = hn::MulAdd(hv, hn::LoadU(d, Ct + n), acc);
       }
       float out = hn::GetLane(hn::SumOfLanes(d, acc)) + (a.D ? a.D[c] * x[c] : 0.f);
-      if (a.z.data) {
-        const float* z = a.z.data + b * a.z.batch_stride + t * a.z.token_stride + c;
-        out *= hn::GetLane(Silu(d1, hn::LoadU(d1, z)));
-      }
+      if (z) out *= gates[c - c0];
       y[c] = out;
     }
   }
@@ -281,7 +304,10 @@ void selective_scan(const SelectiveScanArgs& a) {
     throw Error("selective_scan: groups " + std::to_string(a.groups) + " must divide channels " +
                 std::to_string(a.channels));
   if (a.batch <= 0 || a.seqlen <= 0 || a.channels <= 0) return;
-  if (a.lanes == ScanLanes::state) HWY_DYNAMIC_DISPATCH(ScanState)(a);
+  // Measured (docs/benchmarks.md): a lane per channel wins up to N = 128, a lane per
+  // state element from N = 192, where its per-channel overhead is spread over more work.
+  const bool state_lanes = a.lanes == ScanLanes::state || (a.lanes == ScanLanes::automatic && a.state_dim > 128);
+  if (state_lanes) HWY_DYNAMIC_DISPATCH(ScanState)(a);
   else HWY_DYNAMIC_DISPATCH(ScanChannels)(a);
 }
 

@@ -19,7 +19,8 @@ inline constexpr int64_t kScanMaxState = 256;
 
 // How the kernel maps lanes: one channel per lane (state n in an inner loop, no
 // horizontal sums) or one state element per lane (a horizontal sum per token and
-// channel). `automatic` picks the measured faster one (channels; see docs/benchmarks.md).
+// channel). `automatic` picks the measured faster one: channels for N <= 128, state
+// elements above (docs/benchmarks.md).
 enum class ScanLanes { automatic, channels, state };
 
 struct SelectiveScanArgs {

@@ -39,6 +39,20 @@ TEST(CausalConv1d, MatchesReferenceAllWidths) {
   });
 }
 
+// x read in place as a column slice of a wider projection (Mamba-2's xBC inside in_proj).
+TEST(CausalConv1d, ReadsASliceOfAWiderTensor) {
+  auto rng = rng_for_test();
+  const int64_t B = 2, T = 19, D = 23, W = 4;
+  const Tensor wide = random_tensor(rng, {B, T, D + 11}, -2, 2);
+  const Tensor x = wide.slice(2, 5, 5 + D);
+  ASSERT_FALSE(x.is_contiguous());
+  const Tensor w = random_tensor(rng, {D, W}), bias = random_tensor(rng, {D});
+  const Tensor y = nan_tensor({B, T, D});
+  ops::causal_conv1d(x, w, bias, Tensor(), true, y);
+  expect_close(y, ref::causal_conv1d(to_double(x), B, T, D, to_double(w), W, to_double(bias), {}, true), kRtol, kAtol,
+               "sliced x");
+}
+
 // A state carried across pieces (prefill 1, then pieces shorter and longer than W-1, then
 // token-by-token decode) equals one pass over the whole sequence.
 TEST(CausalConv1d, StateCarriesAcrossPiecesAndDecode) {
