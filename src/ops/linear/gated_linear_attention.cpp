@@ -7,7 +7,8 @@
 // chunk. For a vector gate the intra-chunk decay does not factor into a Q K^T product
 // without dividing by cumulative products, so the chunk is cut into 16-token blocks:
 // block I against all earlier tokens is one GEMM with both factors taken relative to the
-// token just before block I (each factor <= 1); the 16 x 16 diagonal blocks are direct.
+// token just before block I (each factor <= 1); inside the 16 x 16 diagonal blocks the
+// decays are running products of the per-token decays (exp of each log-gate once).
 #include "src/ops/linear/gated_linear_attention.h"
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "src/core/parallel.h"
+#include "src/ops/common/activations.h"
 #include "src/ops/linear/chunk_kernels.h"
 #include "src/ops/linear/head_layout.h"
 
@@ -71,7 +73,7 @@ void write_output(const Problem& p, const float* row, float* out) {
 
 // Per-thread buffers, allocated once per call.
 struct Workspace {
-  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, att, V, O, zeros;
+  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
     const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
@@ -83,10 +85,12 @@ struct Workspace {
     Qhat.assign(n(Lp * p.dk), 0.f);
     G.assign(n(Lp * gd), 0.f);
     Gt.assign(n(p.dk * Lp), 0.f);
+    A.assign(n(Lp * gd), 0.f);
     att.assign(n(Lp * Lp), 0.f);
     V.assign(n(Lp * p.dvp), 0.f);
     O.assign(n(Lp * p.dvp), 0.f);
     zeros.assign(n(p.dk), 0.f);
+    running_decay.assign(n(p.dk), 0.f);
   }
 };
 
@@ -137,8 +141,7 @@ void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp
     }
     for (int64_t i = s; i < e; ++i) {
       float* row = w.att.data() + i * Lp;
-      for (int64_t j = s; j <= i; ++j)
-        row[j] = decayed_dot(w.Q.data() + i * dk, w.Kr.data() + j * dk, w.G.data() + i * dk, w.G.data() + j * dk, dk);
+      decayed_dots_backward(w.Q.data() + i * dk, w.Kr.data(), w.A.data(), dk, s, i, row, w.running_decay.data());
       std::fill(row + i + 1, row + L, 0.f);
     }
   }
@@ -165,6 +168,7 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
       if (vector) {
         float* g = w.G.data() + i * dk;
         token_log_gate(p, b, t, h, g);
+        ops::exp(g, w.A.data() + i * dk, static_cast<size_t>(dk));
         if (i > 0)
           for (int64_t d = 0; d < dk; ++d) g[d] += g[d - dk];
         for (int64_t d = 0; d < dk; ++d) w.Gt[d * Lp + i] = g[d];
