@@ -118,7 +118,8 @@ class SsdRun final : public Instance {
   }
   void run() override { ops::ssd(x_, dt_, A_, B_, C_, D_, state_, y_); }
   double flops() const override {
-    const auto alg = T_ < 32 ? ops::LinearAlgorithm::recurrent : ops::LinearAlgorithm::chunked;
+    const auto alg =
+        T_ < ops::kLinearAttentionRecurrentBelow ? ops::LinearAlgorithm::recurrent : ops::LinearAlgorithm::chunked;
     return static_cast<double>(T_ * H_) * per_token_head_flops(alg, 64, T_, N_, P_);
   }
   double bytes() const override {
@@ -163,7 +164,7 @@ class DeltaRun final : public Instance {
   double flops() const override {
     const double L = static_cast<double>(std::min<int64_t>(opt_.chunk, T_));
     const bool rec = opt_.algorithm == ops::LinearAlgorithm::recurrent ||
-                     (opt_.algorithm == ops::LinearAlgorithm::automatic && T_ < 32);
+                     (opt_.algorithm == ops::LinearAlgorithm::automatic && T_ < ops::kDeltaRuleRecurrentBelow);
     const double per = rec ? 6.0 * dk_ * dv_ : 4 * L * dk_ + L * dv_ + 6.0 * dk_ * dv_;
     return static_cast<double>(T_ * Hv_) * per;
   }

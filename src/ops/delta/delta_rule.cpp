@@ -22,8 +22,6 @@
 namespace subq::ops {
 namespace {
 
-constexpr int64_t kRecurrentBelow = 32;
-
 struct Problem {
   int64_t B, T, H, dk, dv, dvp;
   HeadRows q, k, v;
@@ -189,7 +187,7 @@ void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   p.state = state.mutable_data<float>();
 
   const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
-                         (options.algorithm == LinearAlgorithm::automatic && p.T < kRecurrentBelow);
+                         (options.algorithm == LinearAlgorithm::automatic && p.T < kDeltaRuleRecurrentBelow);
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? 1 : Lp);

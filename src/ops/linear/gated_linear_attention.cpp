@@ -25,7 +25,6 @@ namespace subq::ops {
 namespace {
 
 constexpr int64_t kSubBlock = kChunkAlign;
-constexpr int64_t kRecurrentBelow = 32;  // automatic: shorter inputs run token by token
 // One chunk as long as the sequence is the quadratic (masked attention) form; the
 // workspace holds chunk^2 floats, so cap it (4096^2 floats = 64 MiB).
 constexpr int64_t kMaxChunk = 4096;
@@ -299,7 +298,7 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.state = state.mutable_data<float>();
 
   const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
-                         (options.algorithm == LinearAlgorithm::automatic && p.T < kRecurrentBelow);
+                         (options.algorithm == LinearAlgorithm::automatic && p.T < kLinearAttentionRecurrentBelow);
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? 1 : Lp);
