@@ -72,6 +72,8 @@ void write_output(const Problem& p, const float* row, float* out) {
 
 // Per-thread buffers, allocated once per call.
 struct Workspace {
+  // The state being advanced: the caller's memory when its rows need no padding, else S.
+  float* state = nullptr;
   std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
@@ -109,7 +111,7 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
   for (int64_t t = 0; t < p.T; ++t) {
     token_log_gate(p, b, t, h, decay);
     if (vector) {
-      for (int64_t d = 0; d < p.dk; ++d) decay[d] = std::exp(decay[d]);
+      ops::exp(decay, decay, static_cast<size_t>(p.dk));
     } else {
       std::fill_n(decay + 1, p.dk - 1, decay[0] = std::exp(decay[0]));
     }
@@ -120,7 +122,7 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
       q[d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
     }
     load_value_row(p, p.v.at(b, t, h), v);
-    linear_attention_step(w.S.data(), p.dk, p.dvp, decay, k, v, q, o);
+    linear_attention_step(w.state, p.dk, p.dvp, decay, k, v, q, o);
     write_output(p, o, p.o.at(b, t, h));
   }
 }
@@ -198,7 +200,7 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
       }
       qdec = w.Qhat.data();
     }
-    chunk_gemm(L, dvp, dk, qdec, dk, w.S.data(), dvp, w.O.data(), dvp, true);
+    chunk_gemm(L, dvp, dk, qdec, dk, w.state, dvp, w.O.data(), dvp, true);
     for (int64_t i = 0; i < L; ++i) write_output(p, w.O.data() + i * dvp, p.o.at(b, t0 + i, h));
     // Carry the state to the end of the chunk.
     const float* kdec = w.Kt.data();
@@ -206,21 +208,21 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
       const float* last = w.G.data() + (L - 1) * dk;
       for (int64_t d = 0; d < dk; ++d) {
         const float decay = std::exp(last[d]);
-        for (int64_t j = 0; j < dvp; ++j) w.S[d * dvp + j] *= decay;
+        for (int64_t j = 0; j < dvp; ++j) w.state[d * dvp + j] *= decay;
         mul_exp_diff_scalar(w.Kt.data() + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
       }
       kdec = w.Khat.data();
     } else if (gated) {
       const float last = w.G[L - 1];
       const float decay = std::exp(last);
-      for (auto& s : w.S) s *= decay;
+      for (int64_t i = 0; i < p.dk * p.dvp; ++i) w.state[i] *= decay;
       for (int64_t j = 0; j < L; ++j) {
         const float wj = std::exp(last - w.G[j]);
         float* row = w.V.data() + j * dvp;
         for (int64_t c = 0; c < dvp; ++c) row[c] *= wj;
       }
     }
-    chunk_gemm(dk, dvp, L, kdec, Lp, w.V.data(), dvp, w.S.data(), dvp, true);
+    chunk_gemm(dk, dvp, L, kdec, Lp, w.V.data(), dvp, w.state, dvp, true);
   }
 }
 
@@ -305,13 +307,17 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       float* st = p.state + task * p.dk * p.dvs;
-      for (int64_t d = 0; d < p.dk; ++d) {
-        std::copy_n(st + d * p.dvs, p.dvs, w.S.data() + d * p.dvp);
-        std::fill(w.S.data() + d * p.dvp + p.dvs, w.S.data() + (d + 1) * p.dvp, 0.f);
-      }
+      const bool in_place = p.dvs == p.dvp;
+      w.state = in_place ? st : w.S.data();
+      if (!in_place)
+        for (int64_t d = 0; d < p.dk; ++d) {
+          std::copy_n(st + d * p.dvs, p.dvs, w.S.data() + d * p.dvp);
+          std::fill(w.S.data() + d * p.dvp + p.dvs, w.S.data() + (d + 1) * p.dvp, 0.f);
+        }
       if (recurrent) run_recurrent(p, w, b, h);
       else run_chunked(p, w, b, h, Lp);
-      for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dvs, st + d * p.dvs);
+      if (!in_place)
+        for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dvs, st + d * p.dvs);
     }
   });
 }
