@@ -1,5 +1,5 @@
 // Highway kernels behind chunk_kernels.h. The GEMM is a register-blocked outer-product
-// loop (4 rows of C x 2 vectors of columns), vectorised over N: chunk products are small
+// loop (4 rows of C x 4 or 2 vectors of columns), vectorised over N: chunk products are small
 // (chunk x head_dim), so packing into a panel format would cost more than it saves.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/linear/chunk_kernels.cpp"
@@ -35,11 +35,17 @@ HWY_INLINE void GemmBlock(D d, int64_t kend, const float* A, int64_t lda, const 
     for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, C + r * ldc + v * NL);
 }
 
+// 4 x 4 vectors of accumulators where there are 32 vector registers (AVX-512): 8 loads
+// (4 of B, 4 broadcasts of A) feed 16 FMAs. With 16 registers, 4 x 2.
+constexpr int kWideBlock = HWY_MAX_BYTES >= 64 ? 4 : 2;
+
 template <int MR, class D>
 HWY_INLINE void GemmRows(D d, int64_t N, int64_t kend, const float* A, int64_t lda, const float* B, int64_t ldb,
                          float* C, int64_t ldc, bool accumulate) {
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
   int64_t n = 0;
+  for (; n + kWideBlock * NL <= N; n += kWideBlock * NL)
+    GemmBlock<MR, kWideBlock>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
   for (; n + 2 * NL <= N; n += 2 * NL) GemmBlock<MR, 2>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
   for (; n < N; n += NL) GemmBlock<MR, 1>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
 }
