@@ -39,6 +39,8 @@ struct Problem {
   const float* gate_per_head = nullptr;
   TokenScalars gate_per_token;
   HeadRows gate_vector;
+  TokenScalars value_scale;
+  bool scaled_values = false;
   float* state;
   LinearAttentionOptions opt;
 };
@@ -95,8 +97,14 @@ struct Workspace {
   }
 };
 
-void load_value_row(const Problem& p, const float* v, float* row) {
-  std::copy_n(v, p.dv, row);
+void load_value_row(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
+  const float* v = p.v.at(b, t, h);
+  if (p.scaled_values) {
+    const float c = p.value_scale.at(b, t, h);
+    for (int64_t j = 0; j < p.dv; ++j) row[j] = c * v[j];
+  } else {
+    std::copy_n(v, p.dv, row);
+  }
   std::fill(row + p.dv, row + p.dvp, 0.f);
   if (p.opt.normalize) row[p.dv] = 1.f;
 }
@@ -121,7 +129,7 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
       k[d] = feature(p.opt.feature_map, kt[d]);
       q[d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
     }
-    load_value_row(p, p.v.at(b, t, h), v);
+    load_value_row(p, b, t, h, v);
     linear_attention_step(w.state, p.dk, p.dvp, decay, k, v, q, o);
     write_output(p, o, p.o.at(b, t, h));
   }
@@ -165,7 +173,7 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
         w.Kr[i * dk + d] = kd;
         w.Kt[d * Lp + i] = kd;
       }
-      load_value_row(p, p.v.at(b, t, h), w.V.data() + i * dvp);
+      load_value_row(p, b, t, h, w.V.data() + i * dvp);
       if (vector) {
         float* g = w.G.data() + i * dk;
         token_log_gate(p, b, t, h, g);
@@ -264,7 +272,8 @@ void check_log_gate(const Problem& p, const Tensor& g) {
 }  // namespace
 
 void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_gate,
-                            const Tensor& state, const Tensor& o, const LinearAttentionOptions& options) {
+                            const Tensor& state, const Tensor& o, const LinearAttentionOptions& options,
+                            const Tensor& value_scale) {
   for (const auto* t : {&q, &k, &v, &o})
     if (!t->defined() || t->ndim() != 4)
       throw Error("gated_linear_attention: q, k, v, o: expected 4-d tensors [B, T, heads, d]");
@@ -282,6 +291,10 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.k = head_rows(k, "gated_linear_attention: k", p.B, p.T, p.H, p.dk);
   p.v = head_rows(v, "gated_linear_attention: v", p.B, p.T, p.H, p.dv);
   p.o = head_rows_out(o, "gated_linear_attention: o", p.B, p.T, p.H, p.dv);
+  if (value_scale.defined()) {
+    p.value_scale = token_scalars(value_scale, "gated_linear_attention: value_scale", p.B, p.T, p.H);
+    p.scaled_values = true;
+  }
   p.dvs = p.dv + (options.normalize ? 1 : 0);
   p.dvp = round_up_to_align(p.dvs);
   p.gate = options.gate;
