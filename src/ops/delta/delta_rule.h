@@ -11,7 +11,7 @@
 namespace subq::ops {
 
 // LinearAlgorithm::automatic runs shorter inputs token by token (measured crossover on
-// AVX-512, dk = dv = 128: the two tie at T = 2, chunked is 1.5x faster at T = 4).
+// AVX-512, dk = dv = 128: the two tie at T = 2, chunked is 1.3x faster at T = 3).
 inline constexpr int64_t kDeltaRuleRecurrentBelow = 3;
 
 struct DeltaRuleOptions {
