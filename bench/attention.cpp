@@ -144,7 +144,8 @@ SUBQ_BENCH_CASES(attention_prefill) {
                            return std::make_unique<MaskedPrefill>(T, Dh, attn::SelectorSpec{});
                          }});
   const char* sparse[] = {"window:window=512,sinks=4", "bigbird:global=1,window_blocks=1,random=2",
-                          "power:local=1,sink_blocks=1", "neighborhood:grid=1,kernel=511,causal=1"};
+                          "power:local=1,sink_blocks=1", "neighborhood:grid=1,kernel=511,causal=1",
+                          "moba:top_k=8", "flexprefill:gamma=0.9", "xattention:threshold=0.9", "hip:top_k=8"};
   for (const char* text : sparse) {
     attn::SelectorSpec spec = attn::parse_selector(text);
     if (spec.kind == "neighborhood") spec.nbhd.causal[0] = true;

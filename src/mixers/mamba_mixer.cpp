@@ -6,6 +6,7 @@
 
 #include "src/core/parallel.h"
 #include "src/ops/common/gemm.h"
+#include "src/ops/common/norm.h"
 #include "src/ops/conv/causal_conv1d.h"
 #include "src/ops/ssm/selective_scan.h"
 #include "subq/ops.h"
@@ -91,6 +92,9 @@ MambaMixer::MambaMixer(const MambaConfig& c, const MambaWeights& w) : config_(c)
   dt_bias_ = small_f32(w.dt_proj_bias, Shape{I}, "dt_proj_bias", true);
   D_ = small_f32(w.D, Shape{I}, "D", true);
   A_ = small_f32(w.A_log, Shape{I, N}, "A_log", true);
+  dt_norm_ = small_f32(w.dt_norm, Shape{c.dt_rank}, "dt_norm", c.inner_norms);
+  b_norm_ = small_f32(w.b_norm, Shape{N}, "b_norm", c.inner_norms);
+  c_norm_ = small_f32(w.c_norm, Shape{N}, "c_norm", c.inner_norms);
   float* a = A_.mutable_data<float>();
   for (int64_t i = 0; i < I * N; ++i) a[i] = -std::exp(a[i]);
 }
@@ -131,6 +135,16 @@ void MambaMixer::forward(const Tensor& x, MixerState& state_base, const Tensor& 
                      state->conv().mutable_data<float>(), true, ops::MutSeqView{pxc, T * I, I});
 
   ops::gemm_xwt(M, P, I, pxc, I, x_proj_.raw_data(), x_proj_.dtype(), I, pdbl, P, false);
+  if (c.inner_norms) {
+    parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        float* row = pdbl + m * P;
+        ops::rms_norm_row(row, dt_norm_.data<float>(), c.inner_norm_eps, row, static_cast<size_t>(R));
+        ops::rms_norm_row(row + R, b_norm_.data<float>(), c.inner_norm_eps, row + R, static_cast<size_t>(N));
+        ops::rms_norm_row(row + R + N, c_norm_.data<float>(), c.inner_norm_eps, row + R + N, static_cast<size_t>(N));
+      }
+    });
+  }
   ops::gemm_xwt(M, I, R, pdbl, P, dt_proj_.raw_data(), dt_proj_.dtype(), R, pdt, I, false);
 
   ops::SelectiveScanArgs a;

@@ -29,6 +29,10 @@ struct MambaConfig {
   int64_t dt_rank = 0;
   bool conv_bias = true;
   bool proj_bias = false;  // in_proj and out_proj biases
+  // Jamba's variant: RMSNorms (weights in MambaWeights, this epsilon) on dt, B and C
+  // right after x_proj. Off for Mamba.
+  bool inner_norms = false;
+  float inner_norm_eps = 1e-6f;
 };
 
 // The mixer's tensors, named after the checkpoint's `mixer.*` entries. Projection weights
@@ -46,6 +50,9 @@ struct MambaWeights {
   Tensor D;              // [d_inner]
   Tensor out_proj;       // [d_model, d_inner]
   Tensor out_proj_bias;  // [d_model], present iff proj_bias
+  Tensor dt_norm;        // [dt_rank], present iff inner_norms (Jamba's dt_layernorm)
+  Tensor b_norm;         // [d_state], present iff inner_norms
+  Tensor c_norm;         // [d_state], present iff inner_norms
 };
 
 class MambaMixer final : public Mixer {
@@ -65,6 +72,7 @@ class MambaMixer final : public Mixer {
   Tensor in_proj_, x_proj_, dt_proj_, out_proj_;                  // as given
   Tensor in_proj_bias_, out_proj_bias_, conv_weight_, conv_bias_;  // f32
   Tensor dt_bias_, A_, D_;                                         // f32; A = -exp(A_log)
+  Tensor dt_norm_, b_norm_, c_norm_;                               // f32, Jamba only
 };
 
 }  // namespace subq

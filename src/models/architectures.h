@@ -13,6 +13,7 @@ DecoderSpec build_mamba(const Config& config, const Checkpoint& weights, const L
 DecoderSpec build_mamba2(const Config& config, const Checkpoint& weights, const LoadOptions& options);
 DecoderSpec build_nemotron_h(const Config& config, const Checkpoint& weights, const LoadOptions& options);
 DecoderSpec build_bamba(const Config& config, const Checkpoint& weights, const LoadOptions& options);
+DecoderSpec build_jamba(const Config& config, const Checkpoint& weights, const LoadOptions& options);
 
 }  // namespace subq::models
 

@@ -12,6 +12,7 @@ using Builder = DecoderSpec (*)(const Config&, const Checkpoint&, const LoadOpti
 const std::map<std::string, Builder>& builders() {
   static const std::map<std::string, Builder> b = {
       {"BambaForCausalLM", models::build_bamba},
+      {"JambaForCausalLM", models::build_jamba},
       {"LlamaForCausalLM", models::build_llama},
       {"MambaForCausalLM", models::build_mamba},
       {"Mamba2ForCausalLM", models::build_mamba2},

@@ -53,6 +53,10 @@ grep -q "decode: 6 tokens" "$tmp/err" || fail "run stats: $(cat "$tmp/err")"
 "$subq" run "$models/mamba" -p "!" -n 2 --load-state "$tmp/s.st" >/dev/null 2>&1 || fail "run --load-state"
 printf 'It was the best of times, it was the worst of times.' >"$tmp/text"
 "$subq" perplexity "$models/mamba" --file "$tmp/text" --ctx 8 | grep -q "^perplexity: " || fail "perplexity"
+dense=$("$subq" perplexity "$models/llama" --file "$tmp/text" --ctx 64)
+window=$("$subq" perplexity "$models/llama" --file "$tmp/text" --ctx 64 --sparse window:window=4,block=4)
+[ "$dense" != "$window" ] || fail "--sparse window does not change the perplexity"
+expect_error "unknown sparse policy" perplexity "$models/llama" --file "$tmp/text" --sparse magic
 mkdir -p "$tmp/bad"
 cp "$models/mamba/tokenizer.json" "$tmp/bad/"
 echo '{"architectures": ["MambaForCausalLM"], "hidden_size": 40' >"$tmp/bad/config.json"

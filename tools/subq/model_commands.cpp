@@ -41,6 +41,7 @@ Command add_run_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "Generate text from a prompt with a Hugging Face model directory");
   struct Args {
     std::string dir, prompt, logits_out, save_state, load_state;
+    LoadOptions load;
     GenerateOptions o;
     bool ignore_eos = false;
   };
@@ -56,13 +57,15 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--seed", a->o.sampling.seed, "Random seed for sampling (default 0)");
   cmd->add_option("--stop", a->o.stop, "Stop when the output contains this text (repeatable)");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past the end-of-sequence token");
+  cmd->add_option("--sparse", a->load.sparse, "Sparse prefill policy for attention layers, e.g. flexprefill:gamma=0.95")
+      ->type_name("SPEC");
   cmd->add_option("--chunk", a->o.prefill_chunk, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--logits-out", a->logits_out, "Write f32 logits [tokens, vocab] of every position to FILE.npy")->type_name("FILE");
   cmd->add_option("--save-state", a->save_state, "Save the state after generation to FILE")->type_name("FILE");
   cmd->add_option("--load-state", a->load_state, "Continue from a state saved by --save-state")->type_name("FILE");
   return {cmd, [a] {
             a->o.stop_at_eos = !a->ignore_eos;
-            const auto model = Model::load(a->dir);
+            const auto model = Model::load(a->dir, a->load);
             Session session(*model, load_tokenizer(a->dir));
             if (!a->load_state.empty()) session.load(a->load_state);
             std::vector<float> logits;
@@ -130,6 +133,7 @@ Command add_perplexity_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("perplexity", "Perplexity of a text file under a model");
   struct Args {
     std::string dir, file, logits_out;
+    LoadOptions load;
     int64_t ctx = 512;
   };
   auto a = std::make_shared<Args>();
@@ -137,12 +141,14 @@ Command add_perplexity_command(CLI::App& app) {
   cmd->add_option("--file", a->file, "UTF-8 text file to score")->required();
   cmd->add_option("--ctx", a->ctx, "Context window in tokens (default 512)")->check(CLI::Range(2, 1 << 24));
   cmd->add_option("--logits-out", a->logits_out, "Write f32 logits [tokens, vocab] to FILE.npy")->type_name("FILE");
+  cmd->add_option("--sparse", a->load.sparse, "Sparse prefill policy for attention layers, e.g. window:window=256")
+      ->type_name("SPEC");
   return {cmd, [a] {
             std::ifstream f(a->file, std::ios::binary);
             if (!f) throw Error("cannot read " + a->file);
             std::stringstream ss;
             ss << f.rdbuf();
-            const auto model = Model::load(a->dir);
+            const auto model = Model::load(a->dir, a->load);
             const Tokenizer tok = load_tokenizer(a->dir);
             const std::vector<int32_t> ids = tok.encode(ss.str());
             std::vector<float> logits;

@@ -60,7 +60,14 @@ bool Neighborhood::allows(int64_t q, int64_t k) const {
 }
 
 bool ElementRule::covers(int64_t q0, int64_t q1, int64_t k0, int64_t k1) const {
-  if (neighborhood) return false;
+  if (neighborhood) {
+    // 1-D, undilated, unstrided windows start at a non-decreasing index, so the
+    // tile is inside every window iff it is inside the first query's end and the last
+    // query's start (and, causally, not after the first query).
+    if (nbhd.ndim != 1 || nbhd.dilation[0] != 1 || nbhd.stride[0] != 1) return false;
+    const int64_t first_end = nbhd.causal[0] ? q0 : nbhd.window_start(0, q0) + nbhd.kernel[0] - 1;
+    if (k0 < nbhd.window_start(0, q1) || k1 > first_end) return false;
+  }
   if (causal && k1 > q0) return false;
   if (k1 >= sinks) {
     if (window_left >= 0 && k0 < q1 - window_left) return false;

@@ -170,6 +170,22 @@ TEST(AttentionMixer, SparsePrefillPoliciesMatchTheirMask) {
   }
 }
 
+// Dynamic selectors read the layer's own q/k inside forward; at their most permissive
+// setting (every past block kept / all mass) the prompt must equal dense attention.
+TEST(AttentionMixer, DynamicPoliciesAtFullBudgetEqualDense) {
+  auto rng = rng_for_test();
+  for (const char* policy : {"moba:block=16,top_k=64", "hip:block=16,top_k=64", "xattention:block=16,threshold=1,stride=4",
+                             "flexprefill:block=16,gamma=1"}) {
+    SCOPED_TRACE(policy);
+    Fixture f = make_fixture(rng, 48, 4, 2, 32, DType::f32, policy);
+    ContractCase c = contract_for(f);
+    Fixture dense = f;
+    dense.cfg.sparse = attn::SelectorSpec{};
+    c.reference = [dense](const std::vector<double>& x, int64_t B, int64_t T) { return reference_layer(dense, x, B, T); };
+    expect_matches_reference(c, 2, 100);
+  }
+}
+
 TEST(AttentionMixer, RejectsBadConfigAndState) {
   auto rng = rng_for_test();
   Fixture f = make_fixture(rng, 48, 4, 2, 32, DType::f32, "dense");

@@ -128,6 +128,9 @@ TEST(Neighborhood, WindowsMatchNattenDefinition) {
   };
   const Case cases[] = {
       {1, {37, 1, 1}, {7, 1, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}},
+      // Wide 1-D windows: whole tiles inside every window take the executor's unmasked path.
+      {1, {100, 1, 1}, {31, 1, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}},
+      {1, {100, 1, 1}, {31, 1, 1}, {1, 1, 1}, {1, 1, 1}, {true, false, false}},
       {1, {40, 1, 1}, {5, 1, 1}, {3, 1, 1}, {1, 1, 1}, {false, false, false}},
       {1, {41, 1, 1}, {5, 1, 1}, {2, 1, 1}, {1, 1, 1}, {true, false, false}},
       {1, {30, 1, 1}, {7, 1, 1}, {1, 1, 1}, {3, 1, 1}, {false, false, false}},

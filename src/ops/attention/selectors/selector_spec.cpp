@@ -5,6 +5,7 @@
 #include <map>
 #include <sstream>
 
+#include "src/ops/attention/selectors/dynamic_selectors.h"
 #include "subq/tensor.h"
 
 namespace subq::attn {
@@ -49,11 +50,11 @@ std::string dims(const std::array<int64_t, 3>& a, int n) {
 }  // namespace
 
 bool SelectorSpec::needs_qk() const {
-  return false;
+  return kind == "moba" || kind == "flexprefill" || kind == "xattention" || kind == "hip";
 }
 
 std::vector<std::string> selector_kinds() {
-  return {"dense", "window", "bigbird", "power", "neighborhood"};
+  return {"dense", "window", "bigbird", "power", "neighborhood", "moba", "flexprefill", "xattention", "hip"};
 }
 
 SelectorSpec parse_selector(const std::string& text) {
@@ -145,7 +146,10 @@ BlockMask build_mask(const SelectorSpec& spec, const MaskGeometry& geometry, con
     return bigbird_mask(g, spec.global_blocks, spec.window_blocks, spec.random_blocks, spec.seed, spec.causal);
   if (spec.kind == "power") return power_attention_mask(g, spec.local_blocks, spec.sink_blocks, spec.causal);
   if (spec.kind == "neighborhood") return neighborhood_mask(g, spec.nbhd);
-  (void)qk;
+  if (spec.kind == "moba") return moba_mask(g, qk, spec.top_k);
+  if (spec.kind == "flexprefill") return flexprefill_mask(g, qk, spec.gamma, spec.tau);
+  if (spec.kind == "xattention") return xattention_mask(g, qk, spec.threshold, spec.stride);
+  if (spec.kind == "hip") return hip_mask(g, qk, spec.top_k);
   throw Error("selector: unknown kind '" + spec.kind + "'");
 }
 

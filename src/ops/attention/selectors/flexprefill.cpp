@@ -1,0 +1,102 @@
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "src/core/parallel.h"
+#include "src/ops/attention/selectors/dynamic_selectors.h"
+#include "src/ops/attention/selectors/selector_math.h"
+#include "subq/tensor.h"
+
+namespace subq::attn {
+namespace {
+
+// softmax over x (in place), in double.
+void softmax_in_place(std::vector<double>& x) {
+  if (x.empty()) return;
+  const double mx = *std::max_element(x.begin(), x.end());
+  double sum = 0;
+  for (double& v : x) sum += (v = std::exp(v - mx));
+  for (double& v : x) v /= sum;
+}
+
+// Jensen-Shannon distance sqrt(JS(p || q)) of two distributions (natural log).
+double js_distance(const std::vector<double>& p, const std::vector<double>& q) {
+  double js = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const double m = 0.5 * (p[i] + q[i]);
+    if (p[i] > 0) js += 0.5 * p[i] * std::log(p[i] / m);
+    if (q[i] > 0) js += 0.5 * q[i] * std::log(q[i] / m);
+  }
+  return std::sqrt(std::max(js, 0.0));
+}
+
+}  // namespace
+
+BlockMask flexprefill_mask(const MaskGeometry& g, const AttentionArgs& qk, double gamma, double tau) {
+  check_dynamic_inputs(g, qk, "flexprefill_mask");
+  if (!(gamma > 0 && gamma <= 1)) throw Error("flexprefill_mask: gamma must be in (0, 1], found " + std::to_string(gamma));
+  const int64_t B = qk.batch, Hq = qk.q_heads, Hkv = qk.kv_heads, Dh = qk.head_dim, blk = g.q_block;
+  const int64_t group = Hq / Hkv;
+  const int64_t nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk;
+  const int64_t first = g.q_offset / blk;
+  const auto qm = block_means(qk.q, qk.q_batch_stride, qk.q_row_stride, B, g.q_len, Hq, Dh, blk);
+  const auto km = block_means(qk.k, qk.k_batch_stride, qk.k_row_stride, B, g.kv_len, Hkv, Dh, blk);
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(B * Hq * nqb));
+  const double scale = qk.scale;
+  parallel_for_each(B * Hq, [&](int64_t bh) {
+    const int64_t b = bh / Hq, h = bh % Hq;
+    const float* kmean = km.data() + (b * Hkv + h / group) * nkb * Dh;
+    const float* qmean = qm.data() + bh * nqb * Dh;
+    auto pooled = [&](int64_t qb) {  // softmax over the blocks up to the diagonal
+      std::vector<double> s(static_cast<size_t>(std::min(first + qb + 1, nkb)));
+      for (size_t kb = 0; kb < s.size(); ++kb)
+        s[kb] = scale * dot(qmean + qb * Dh, kmean + static_cast<int64_t>(kb) * Dh, Dh);
+      softmax_in_place(s);
+      return s;
+    };
+    // Exact attention of the last query block's rows (the representative queries).
+    const int64_t last = nqb - 1, i0 = last * blk, i1 = g.q_len;
+    const int64_t last_pos = g.q_offset + i1 - 1;
+    std::vector<double> vertical(static_cast<size_t>(last_pos + 1), 0.0), slash(static_cast<size_t>(last_pos + 1), 0.0);
+    std::vector<double> exact_blocks(static_cast<size_t>(std::min(first + last + 1, nkb)), 0.0);
+    std::vector<double> a;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t p = g.q_offset + i;
+      const float* q = qk.q + b * qk.q_batch_stride + i * qk.q_row_stride + h * Dh;
+      a.assign(static_cast<size_t>(p + 1), 0.0);
+      for (int64_t j = 0; j <= p; ++j)
+        a[static_cast<size_t>(j)] = scale * dot(q, qk.k + b * qk.k_batch_stride + j * qk.k_row_stride + (h / group) * Dh, Dh);
+      softmax_in_place(a);
+      for (int64_t j = 0; j <= p; ++j) {
+        const double w = a[static_cast<size_t>(j)] / static_cast<double>(i1 - i0);
+        vertical[static_cast<size_t>(j)] += w;
+        slash[static_cast<size_t>(p - j)] += w;
+        exact_blocks[static_cast<size_t>(j / blk)] += w;
+      }
+    }
+    const bool query_aware = js_distance(exact_blocks, pooled(last)) < tau;
+    std::vector<int32_t> verticals, slashes;
+    if (!query_aware) {
+      verticals = keep_until_mass(vertical, gamma);
+      slashes = keep_until_mass(slash, gamma);
+    }
+    for (int64_t qb = 0; qb < nqb; ++qb) {
+      auto& row = rows[static_cast<size_t>(bh * nqb + qb)];
+      if (query_aware) {
+        row = keep_until_mass(pooled(qb), gamma);
+        continue;
+      }
+      const int64_t p0 = g.q_offset + qb * blk, p1 = g.q_offset + std::min(g.q_len, (qb + 1) * blk) - 1;
+      for (int32_t j : verticals)
+        if (j <= p1) row.push_back(static_cast<int32_t>(j / blk));
+      for (int32_t d : slashes) {
+        if (p1 - d < 0) continue;
+        for (int64_t kb = std::max<int64_t>(0, p0 - d) / blk; kb <= (p1 - d) / blk; ++kb)
+          row.push_back(static_cast<int32_t>(kb));
+      }
+    }
+  });
+  return assemble_rows(g, B, Hq, rows);
+}
+
+}  // namespace subq::attn
