@@ -38,7 +38,7 @@ struct Workspace {
   std::vector<float> S, Q, Kr, Kt, KK, att, V, R, O, G, beta, coef, scratch;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-    S.assign(n(p.dk * p.dvp), 0.f);
+    if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
     Q.assign(n(Lp * p.dk), 0.f);
     Kr.assign(n(Lp * p.dk), 0.f);
     Kt.assign(n(p.dk * Lp), 0.f);

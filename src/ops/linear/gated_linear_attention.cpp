@@ -80,7 +80,7 @@ struct Workspace {
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
     const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
-    S.assign(n(p.dk * p.dvp), 0.f);
+    if (p.dvs != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
     Q.assign(n(Lp * p.dk), 0.f);
     Kr.assign(n(Lp * p.dk), 0.f);
     Kt.assign(n(p.dk * Lp), 0.f);
