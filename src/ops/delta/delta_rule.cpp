@@ -22,8 +22,6 @@
 namespace subq::ops {
 namespace {
 
-constexpr int64_t kRecurrentBelow = 32;
-
 struct Problem {
   int64_t B, T, H, dk, dv, dvp;
   HeadRows q, k, v;
@@ -35,10 +33,12 @@ struct Problem {
 };
 
 struct Workspace {
+  // The state being advanced: the caller's memory when its rows need no padding, else S.
+  float* state = nullptr;
   std::vector<float> S, Q, Kr, Kt, KK, att, V, R, O, G, beta, coef, scratch;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-    S.assign(n(p.dk * p.dvp), 0.f);
+    if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
     Q.assign(n(Lp * p.dk), 0.f);
     Kr.assign(n(Lp * p.dk), 0.f);
     Kt.assign(n(p.dk * Lp), 0.f);
@@ -88,7 +88,7 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
   for (int64_t t = 0; t < p.T; ++t) {
     load_qk(p, b, t, h, q, k);
     load_v(p, p.v.at(b, t, h), v);
-    delta_rule_step(w.S.data(), p.dk, p.dvp, std::exp(token_log_gate(p, b, t, h)), p.beta.at(b, t, h), k, v, q, o,
+    delta_rule_step(w.state, p.dk, p.dvp, std::exp(token_log_gate(p, b, t, h)), p.beta.at(b, t, h), k, v, q, o,
                     w.scratch.data());
     std::copy_n(o, p.dv, p.o.at(b, t, h));
   }
@@ -114,7 +114,7 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
       std::fill(row + i + 1, row + L, 0.f);
     }
     // R = diag(beta) (V - diag(exp G) K S0), then D = (I + A)^{-1} R in place.
-    chunk_gemm(L, dvp, dk, w.Kr.data(), dk, w.S.data(), dvp, w.R.data(), dvp, false);
+    chunk_gemm(L, dvp, dk, w.Kr.data(), dk, w.state, dvp, w.R.data(), dvp, false);
     for (int64_t i = 0; i < L; ++i) {
       const float e = p.gated ? std::exp(w.G[i]) : 1.f;
       float* r = w.R.data() + i * dvp;
@@ -135,20 +135,20 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
         const float e = std::exp(w.G[i]);
         for (int64_t d = 0; d < dk; ++d) w.Q[i * dk + d] *= e;
       }
-    chunk_gemm(L, dvp, dk, w.Q.data(), dk, w.S.data(), dvp, w.O.data(), dvp, true);
+    chunk_gemm(L, dvp, dk, w.Q.data(), dk, w.state, dvp, w.O.data(), dvp, true);
     for (int64_t i = 0; i < L; ++i) std::copy_n(w.O.data() + i * dvp, p.dv, p.o.at(b, t0 + i, h));
     // State to the end of the chunk.
     if (p.gated) {
       const float last = w.G[L - 1];
       const float decay = std::exp(last);
-      for (auto& s : w.S) s *= decay;
+      for (int64_t i = 0; i < p.dk * p.dvp; ++i) w.state[i] *= decay;
       for (int64_t j = 0; j < L; ++j) {
         const float wj = std::exp(last - w.G[j]);
         float* row = w.R.data() + j * dvp;
         for (int64_t c = 0; c < dvp; ++c) row[c] *= wj;
       }
     }
-    chunk_gemm(dk, dvp, L, w.Kt.data(), Lp, w.R.data(), dvp, w.S.data(), dvp, true);
+    chunk_gemm(dk, dvp, L, w.Kt.data(), Lp, w.R.data(), dvp, w.state, dvp, true);
   }
 }
 
@@ -189,20 +189,24 @@ void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   p.state = state.mutable_data<float>();
 
   const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
-                         (options.algorithm == LinearAlgorithm::automatic && p.T < kRecurrentBelow);
+                         (options.algorithm == LinearAlgorithm::automatic && p.T < kDeltaRuleRecurrentBelow);
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? 1 : Lp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       float* st = p.state + task * p.dk * p.dv;
-      for (int64_t d = 0; d < p.dk; ++d) {
-        std::copy_n(st + d * p.dv, p.dv, w.S.data() + d * p.dvp);
-        std::fill(w.S.data() + d * p.dvp + p.dv, w.S.data() + (d + 1) * p.dvp, 0.f);
-      }
+      const bool in_place = p.dv == p.dvp;
+      w.state = in_place ? st : w.S.data();
+      if (!in_place)
+        for (int64_t d = 0; d < p.dk; ++d) {
+          std::copy_n(st + d * p.dv, p.dv, w.S.data() + d * p.dvp);
+          std::fill(w.S.data() + d * p.dvp + p.dv, w.S.data() + (d + 1) * p.dvp, 0.f);
+        }
       if (recurrent) run_recurrent(p, w, b, h);
       else run_chunked(p, w, b, h, Lp);
-      for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dv, st + d * p.dv);
+      if (!in_place)
+        for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dv, st + d * p.dv);
     }
   });
 }

@@ -1,5 +1,5 @@
 // Highway kernels behind chunk_kernels.h. The GEMM is a register-blocked outer-product
-// loop (4 rows of C x 2 vectors of columns), vectorised over N: chunk products are small
+// loop (4 rows of C x 4 or 2 vectors of columns), vectorised over N: chunk products are small
 // (chunk x head_dim), so packing into a panel format would cost more than it saves.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/linear/chunk_kernels.cpp"
@@ -35,11 +35,17 @@ HWY_INLINE void GemmBlock(D d, int64_t kend, const float* A, int64_t lda, const 
     for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, C + r * ldc + v * NL);
 }
 
+// 4 x 4 vectors of accumulators where there are 32 vector registers (AVX-512): 8 loads
+// (4 of B, 4 broadcasts of A) feed 16 FMAs. With 16 registers, 4 x 2.
+constexpr int kWideBlock = HWY_MAX_BYTES >= 64 ? 4 : 2;
+
 template <int MR, class D>
 HWY_INLINE void GemmRows(D d, int64_t N, int64_t kend, const float* A, int64_t lda, const float* B, int64_t ldb,
                          float* C, int64_t ldc, bool accumulate) {
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
   int64_t n = 0;
+  for (; n + kWideBlock * NL <= N; n += kWideBlock * NL)
+    GemmBlock<MR, kWideBlock>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
   for (; n + 2 * NL <= N; n += 2 * NL) GemmBlock<MR, 2>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
   for (; n < N; n += NL) GemmBlock<MR, 1>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
 }
@@ -86,22 +92,31 @@ void MulExpDiffScalar(const float* x, float c, const float* b, float* out, int64
   });
 }
 
-float DecayedDot(const float* q, const float* k, const float* bq, const float* bk, int64_t n) {
+void DecayedDotsBackward(const float* q, const float* K, const float* A, int64_t n, int64_t s, int64_t i, float* out,
+                         float* e) {
   const hn::ScalableTag<float> d;
-  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
-  auto acc = hn::Zero(d);
-  int64_t i = 0;
-  for (; i + NL <= n; i += NL) {
-    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, bq + i), hn::LoadU(d, bk + i)));
-    acc = hn::MulAdd(hn::Mul(hn::LoadU(d, q + i), hn::LoadU(d, k + i)), e, acc);
-  }
-  float sum = hn::GetLane(hn::SumOfLanes(d, acc));
   const hn::CappedTag<float, 1> d1;
-  for (; i < n; ++i) {
-    const auto e = hn::Exp(d1, hn::Sub(hn::LoadU(d1, bq + i), hn::LoadU(d1, bk + i)));
-    sum += hn::GetLane(hn::Mul(hn::Mul(hn::LoadU(d1, q + i), hn::LoadU(d1, k + i)), e));
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  std::fill(e, e + n, 1.f);
+  for (int64_t j = i; j >= s; --j) {
+    const float* k = K + j * n;
+    const float* a = A + j * n;
+    const bool advance = j > s;
+    auto acc = hn::Zero(d);
+    int64_t c = 0;
+    for (; c + NL <= n; c += NL) {
+      const auto ev = hn::LoadU(d, e + c);
+      acc = hn::MulAdd(hn::Mul(hn::LoadU(d, q + c), hn::LoadU(d, k + c)), ev, acc);
+      if (advance) hn::StoreU(hn::Mul(ev, hn::LoadU(d, a + c)), d, e + c);
+    }
+    float sum = hn::GetLane(hn::SumOfLanes(d, acc));
+    for (; c < n; ++c) {
+      const auto ev = hn::LoadU(d1, e + c);
+      sum += hn::GetLane(hn::Mul(hn::Mul(hn::LoadU(d1, q + c), hn::LoadU(d1, k + c)), ev));
+      if (advance) hn::StoreU(hn::Mul(ev, hn::LoadU(d1, a + c)), d1, e + c);
+    }
+    out[j] = sum;
   }
-  return sum;
 }
 
 void LinearAttentionStep(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
@@ -158,7 +173,7 @@ namespace subq::ops {
 HWY_EXPORT(ChunkGemm);
 HWY_EXPORT(MulExpDiff);
 HWY_EXPORT(MulExpDiffScalar);
-HWY_EXPORT(DecayedDot);
+HWY_EXPORT(DecayedDotsBackward);
 HWY_EXPORT(LinearAttentionStep);
 HWY_EXPORT(DeltaRuleStep);
 
@@ -172,8 +187,9 @@ void mul_exp_diff(const float* x, const float* a, const float* b, float* out, in
 void mul_exp_diff_scalar(const float* x, float c, const float* b, float* out, int64_t n) {
   HWY_DYNAMIC_DISPATCH(MulExpDiffScalar)(x, c, b, out, n);
 }
-float decayed_dot(const float* q, const float* k, const float* bq, const float* bk, int64_t n) {
-  return HWY_DYNAMIC_DISPATCH(DecayedDot)(q, k, bq, bk, n);
+void decayed_dots_backward(const float* q, const float* K, const float* A, int64_t n, int64_t s, int64_t i, float* out,
+                           float* scratch) {
+  HWY_DYNAMIC_DISPATCH(DecayedDotsBackward)(q, K, A, n, s, i, out, scratch);
 }
 void linear_attention_step(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
                            const float* q, float* o) {

@@ -22,8 +22,11 @@ void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
 void mul_exp_diff(const float* x, const float* a, const float* b, float* out, int64_t n);
 // out[i] = x[i] * exp(c - b[i]) (one reference log-gate against a row of them).
 void mul_exp_diff_scalar(const float* x, float c, const float* b, float* out, int64_t n);
-// sum_i q[i] * k[i] * exp(bq[i] - bk[i]).
-float decayed_dot(const float* q, const float* k, const float* bq, const float* bk, int64_t n);
+// out[j] = sum_c q[c] K[j, c] prod_{m=j+1..i} A[m, c] for j = i, i-1, ..., s: one row of
+// a vector-gated diagonal block, with the decays between tokens as running products of
+// the per-token decays A (rows of n; multiplied, never divided). scratch: n floats.
+void decayed_dots_backward(const float* q, const float* K, const float* A, int64_t n, int64_t s, int64_t i, float* out,
+                           float* scratch);
 
 // One token of S = diag(decay) S + k v^T, then o = S^T q, for S [dk, N] row-major
 // (ld = N). decay is per row of S (dk values). N % kChunkAlign == 0.

@@ -7,7 +7,8 @@
 // chunk. For a vector gate the intra-chunk decay does not factor into a Q K^T product
 // without dividing by cumulative products, so the chunk is cut into 16-token blocks:
 // block I against all earlier tokens is one GEMM with both factors taken relative to the
-// token just before block I (each factor <= 1); the 16 x 16 diagonal blocks are direct.
+// token just before block I (each factor <= 1); inside the 16 x 16 diagonal blocks the
+// decays are running products of the per-token decays (exp of each log-gate once).
 #include "src/ops/linear/gated_linear_attention.h"
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "src/core/parallel.h"
+#include "src/ops/common/activations.h"
 #include "src/ops/linear/chunk_kernels.h"
 #include "src/ops/linear/head_layout.h"
 
@@ -23,7 +25,9 @@ namespace subq::ops {
 namespace {
 
 constexpr int64_t kSubBlock = kChunkAlign;
-constexpr int64_t kRecurrentBelow = 32;  // automatic: shorter inputs run token by token
+// One chunk as long as the sequence is the quadratic (masked attention) form; the
+// workspace holds chunk^2 floats, so cap it (4096^2 floats = 64 MiB).
+constexpr int64_t kMaxChunk = 4096;
 
 struct Problem {
   int64_t B, T, H, dk, dv;
@@ -35,6 +39,8 @@ struct Problem {
   const float* gate_per_head = nullptr;
   TokenScalars gate_per_token;
   HeadRows gate_vector;
+  TokenScalars value_scale;
+  bool scaled_values = false;
   float* state;
   LinearAttentionOptions opt;
 };
@@ -68,11 +74,13 @@ void write_output(const Problem& p, const float* row, float* out) {
 
 // Per-thread buffers, allocated once per call.
 struct Workspace {
-  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, att, V, O, zeros;
+  // The state being advanced: the caller's memory when its rows need no padding, else S.
+  float* state = nullptr;
+  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
     const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
-    S.assign(n(p.dk * p.dvp), 0.f);
+    if (p.dvs != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
     Q.assign(n(Lp * p.dk), 0.f);
     Kr.assign(n(Lp * p.dk), 0.f);
     Kt.assign(n(p.dk * Lp), 0.f);
@@ -80,15 +88,23 @@ struct Workspace {
     Qhat.assign(n(Lp * p.dk), 0.f);
     G.assign(n(Lp * gd), 0.f);
     Gt.assign(n(p.dk * Lp), 0.f);
+    A.assign(n(Lp * gd), 0.f);
     att.assign(n(Lp * Lp), 0.f);
     V.assign(n(Lp * p.dvp), 0.f);
     O.assign(n(Lp * p.dvp), 0.f);
     zeros.assign(n(p.dk), 0.f);
+    running_decay.assign(n(p.dk), 0.f);
   }
 };
 
-void load_value_row(const Problem& p, const float* v, float* row) {
-  std::copy_n(v, p.dv, row);
+void load_value_row(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
+  const float* v = p.v.at(b, t, h);
+  if (p.scaled_values) {
+    const float c = p.value_scale.at(b, t, h);
+    for (int64_t j = 0; j < p.dv; ++j) row[j] = c * v[j];
+  } else {
+    std::copy_n(v, p.dv, row);
+  }
   std::fill(row + p.dv, row + p.dvp, 0.f);
   if (p.opt.normalize) row[p.dv] = 1.f;
 }
@@ -103,7 +119,7 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
   for (int64_t t = 0; t < p.T; ++t) {
     token_log_gate(p, b, t, h, decay);
     if (vector) {
-      for (int64_t d = 0; d < p.dk; ++d) decay[d] = std::exp(decay[d]);
+      ops::exp(decay, decay, static_cast<size_t>(p.dk));
     } else {
       std::fill_n(decay + 1, p.dk - 1, decay[0] = std::exp(decay[0]));
     }
@@ -113,8 +129,8 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
       k[d] = feature(p.opt.feature_map, kt[d]);
       q[d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
     }
-    load_value_row(p, p.v.at(b, t, h), v);
-    linear_attention_step(w.S.data(), p.dk, p.dvp, decay, k, v, q, o);
+    load_value_row(p, b, t, h, v);
+    linear_attention_step(w.state, p.dk, p.dvp, decay, k, v, q, o);
     write_output(p, o, p.o.at(b, t, h));
   }
 }
@@ -134,8 +150,7 @@ void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp
     }
     for (int64_t i = s; i < e; ++i) {
       float* row = w.att.data() + i * Lp;
-      for (int64_t j = s; j <= i; ++j)
-        row[j] = decayed_dot(w.Q.data() + i * dk, w.Kr.data() + j * dk, w.G.data() + i * dk, w.G.data() + j * dk, dk);
+      decayed_dots_backward(w.Q.data() + i * dk, w.Kr.data(), w.A.data(), dk, s, i, row, w.running_decay.data());
       std::fill(row + i + 1, row + L, 0.f);
     }
   }
@@ -158,10 +173,11 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
         w.Kr[i * dk + d] = kd;
         w.Kt[d * Lp + i] = kd;
       }
-      load_value_row(p, p.v.at(b, t, h), w.V.data() + i * dvp);
+      load_value_row(p, b, t, h, w.V.data() + i * dvp);
       if (vector) {
         float* g = w.G.data() + i * dk;
         token_log_gate(p, b, t, h, g);
+        ops::exp(g, w.A.data() + i * dk, static_cast<size_t>(dk));
         if (i > 0)
           for (int64_t d = 0; d < dk; ++d) g[d] += g[d - dk];
         for (int64_t d = 0; d < dk; ++d) w.Gt[d * Lp + i] = g[d];
@@ -192,7 +208,7 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
       }
       qdec = w.Qhat.data();
     }
-    chunk_gemm(L, dvp, dk, qdec, dk, w.S.data(), dvp, w.O.data(), dvp, true);
+    chunk_gemm(L, dvp, dk, qdec, dk, w.state, dvp, w.O.data(), dvp, true);
     for (int64_t i = 0; i < L; ++i) write_output(p, w.O.data() + i * dvp, p.o.at(b, t0 + i, h));
     // Carry the state to the end of the chunk.
     const float* kdec = w.Kt.data();
@@ -200,21 +216,21 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
       const float* last = w.G.data() + (L - 1) * dk;
       for (int64_t d = 0; d < dk; ++d) {
         const float decay = std::exp(last[d]);
-        for (int64_t j = 0; j < dvp; ++j) w.S[d * dvp + j] *= decay;
+        for (int64_t j = 0; j < dvp; ++j) w.state[d * dvp + j] *= decay;
         mul_exp_diff_scalar(w.Kt.data() + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
       }
       kdec = w.Khat.data();
     } else if (gated) {
       const float last = w.G[L - 1];
       const float decay = std::exp(last);
-      for (auto& s : w.S) s *= decay;
+      for (int64_t i = 0; i < p.dk * p.dvp; ++i) w.state[i] *= decay;
       for (int64_t j = 0; j < L; ++j) {
         const float wj = std::exp(last - w.G[j]);
         float* row = w.V.data() + j * dvp;
         for (int64_t c = 0; c < dvp; ++c) row[c] *= wj;
       }
     }
-    chunk_gemm(dk, dvp, L, kdec, Lp, w.V.data(), dvp, w.S.data(), dvp, true);
+    chunk_gemm(dk, dvp, L, kdec, Lp, w.V.data(), dvp, w.state, dvp, true);
   }
 }
 
@@ -256,12 +272,13 @@ void check_log_gate(const Problem& p, const Tensor& g) {
 }  // namespace
 
 void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_gate,
-                            const Tensor& state, const Tensor& o, const LinearAttentionOptions& options) {
+                            const Tensor& state, const Tensor& o, const LinearAttentionOptions& options,
+                            const Tensor& value_scale) {
   for (const auto* t : {&q, &k, &v, &o})
     if (!t->defined() || t->ndim() != 4)
       throw Error("gated_linear_attention: q, k, v, o: expected 4-d tensors [B, T, heads, d]");
-  if (options.chunk < 1 || options.chunk > 1024)
-    throw Error("gated_linear_attention: chunk: expected 1..1024, got " + std::to_string(options.chunk));
+  if (options.chunk < 1 || options.chunk > kMaxChunk)
+    throw Error("gated_linear_attention: chunk: expected 1.." + std::to_string(kMaxChunk) + ", got " + std::to_string(options.chunk));
   Problem p{};
   p.opt = options;
   p.B = q.dim(0);
@@ -274,6 +291,10 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.k = head_rows(k, "gated_linear_attention: k", p.B, p.T, p.H, p.dk);
   p.v = head_rows(v, "gated_linear_attention: v", p.B, p.T, p.H, p.dv);
   p.o = head_rows_out(o, "gated_linear_attention: o", p.B, p.T, p.H, p.dv);
+  if (value_scale.defined()) {
+    p.value_scale = token_scalars(value_scale, "gated_linear_attention: value_scale", p.B, p.T, p.H);
+    p.scaled_values = true;
+  }
   p.dvs = p.dv + (options.normalize ? 1 : 0);
   p.dvp = round_up_to_align(p.dvs);
   p.gate = options.gate;
@@ -292,20 +313,24 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.state = state.mutable_data<float>();
 
   const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
-                         (options.algorithm == LinearAlgorithm::automatic && p.T < kRecurrentBelow);
+                         (options.algorithm == LinearAlgorithm::automatic && p.T < kLinearAttentionRecurrentBelow);
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? 1 : Lp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       float* st = p.state + task * p.dk * p.dvs;
-      for (int64_t d = 0; d < p.dk; ++d) {
-        std::copy_n(st + d * p.dvs, p.dvs, w.S.data() + d * p.dvp);
-        std::fill(w.S.data() + d * p.dvp + p.dvs, w.S.data() + (d + 1) * p.dvp, 0.f);
-      }
+      const bool in_place = p.dvs == p.dvp;
+      w.state = in_place ? st : w.S.data();
+      if (!in_place)
+        for (int64_t d = 0; d < p.dk; ++d) {
+          std::copy_n(st + d * p.dvs, p.dvs, w.S.data() + d * p.dvp);
+          std::fill(w.S.data() + d * p.dvp + p.dvs, w.S.data() + (d + 1) * p.dvp, 0.f);
+        }
       if (recurrent) run_recurrent(p, w, b, h);
       else run_chunked(p, w, b, h, Lp);
-      for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dvs, st + d * p.dvs);
+      if (!in_place)
+        for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dvs, st + d * p.dvs);
     }
   });
 }

@@ -23,28 +23,16 @@ void ssd(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, c
     check_contiguous(D, "ssd: D");
   }
   const HeadRowsOut yr = head_rows_out(y, "ssd: y", B, T, H, P);
-  // v = dt x and log a = dt A, materialised once per call (the kernel reads them per chunk).
-  const Tensor v = Tensor::empty(DType::f32, Shape{B, T, H, P});
+  // log a = dt A, materialised once per call; v = dt x is scaled as the kernel reads it.
   const Tensor log_gate = Tensor::empty(DType::f32, Shape{B, T, H});
-  float* vp = v.mutable_data<float>();
   float* gp = log_gate.mutable_data<float>();
   const float* a = A.data<float>();
-  parallel_for(B * T, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t bt = begin; bt < end; ++bt) {
-      const int64_t b = bt / T, t = bt % T;
-      for (int64_t h = 0; h < H; ++h) {
-        const float d = dtr.at(b, t, h);
-        gp[bt * H + h] = d * a[h];
-        const float* xs = xr.at(b, t, h);
-        float* vs = vp + (bt * H + h) * P;
-        for (int64_t i = 0; i < P; ++i) vs[i] = d * xs[i];
-      }
-    }
-  });
+  for (int64_t bt = 0; bt < B * T; ++bt)
+    for (int64_t h = 0; h < H; ++h) gp[bt * H + h] = dtr.at(bt / T, bt % T, h) * a[h];
   LinearAttentionOptions opt;
   opt.gate = LinearGate::per_token;
   if (chunk > 0) opt.chunk = chunk;
-  gated_linear_attention(Cm, Bm, v, log_gate, state, y, opt);
+  gated_linear_attention(Cm, Bm, x, log_gate, state, y, opt, dt);
   if (!D.defined()) return;
   const float* dp = D.data<float>();
   parallel_for(B * T, 64, [&](int64_t begin, int64_t end) {
