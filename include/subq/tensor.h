@@ -35,6 +35,12 @@ template <> constexpr DType dtype_of<f16>() { return DType::f16; }
 template <> constexpr DType dtype_of<int8_t>() { return DType::i8; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
 
+// Where a storage's bytes live. CPU code reads tensors through data<T>(), CUDA kernels
+// through device_data<T>(); each refuses the other device, so a pointer is never used
+// on the wrong side. src/core/cuda/device.h allocates CUDA storage and copies across.
+enum class Device : uint8_t { cpu, cuda };
+const char* device_name(Device d);
+
 inline constexpr int kMaxDims = 6;
 
 // A shape of up to kMaxDims dimensions, each >= 0.
@@ -64,6 +70,7 @@ class Storage {
   std::byte* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   bool writable() const { return writable_; }
+  Device device() const { return device_; }
 
   static std::shared_ptr<Storage> allocate(size_t bytes);
   // Maps the whole file read-only. Throws Error naming the path if it cannot.
@@ -73,6 +80,7 @@ class Storage {
   std::byte* data_ = nullptr;
   size_t bytes_ = 0;
   bool writable_ = false;
+  Device device_ = Device::cpu;
 };
 
 // A dtype, shape and element strides over a Storage. Copies of a Tensor share storage;
@@ -97,6 +105,7 @@ class Tensor {
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
   bool is_contiguous() const;
   bool writable() const { return storage_ && storage_->writable(); }
+  Device device() const { return storage_ ? storage_->device() : Device::cpu; }
 
   // Same data, new shape; requires a contiguous tensor and equal element count.
   // One dimension may be -1 and is inferred.
@@ -107,20 +116,47 @@ class Tensor {
   // Drops dimension `dim` at `index`.
   Tensor select(int dim, int64_t index) const;
   Tensor transpose(int d0, int d1) const;
-  // A contiguous owning copy (same dtype).
+  // A contiguous owning copy (same dtype); CPU tensors only.
   Tensor contiguous() const;
 
   template <class T> const T* data() const {
     check_dtype(dtype_of<T>());
+    check_device(Device::cpu);
     return reinterpret_cast<const T*>(raw());
   }
   template <class T> T* mutable_data() const {
     check_dtype(dtype_of<T>());
+    check_device(Device::cpu);
     check_writable();
     return reinterpret_cast<T*>(raw());
   }
-  const void* raw_data() const { return raw(); }
+  const void* raw_data() const {
+    check_device(Device::cpu);
+    return raw();
+  }
   void* mutable_raw_data() const {
+    check_device(Device::cpu);
+    check_writable();
+    return raw();
+  }
+  // The same, for a tensor in GPU memory (pointers valid only in CUDA kernels and copies).
+  template <class T> const T* device_data() const {
+    check_dtype(dtype_of<T>());
+    check_device(Device::cuda);
+    return reinterpret_cast<const T*>(raw());
+  }
+  template <class T> T* mutable_device_data() const {
+    check_dtype(dtype_of<T>());
+    check_device(Device::cuda);
+    check_writable();
+    return reinterpret_cast<T*>(raw());
+  }
+  const void* device_raw_data() const {
+    check_device(Device::cuda);
+    return raw();
+  }
+  void* mutable_device_raw_data() const {
+    check_device(Device::cuda);
     check_writable();
     return raw();
   }
@@ -132,6 +168,7 @@ class Tensor {
   std::byte* raw() const { return storage_ ? storage_->data() + offset_ : nullptr; }
   void check_dtype(DType want) const;
   void check_writable() const;
+  void check_device(Device want) const;
 
   std::shared_ptr<Storage> storage_;
   size_t offset_ = 0;  // bytes
@@ -144,5 +181,6 @@ class Tensor {
 void check_dtype(const Tensor& t, DType want, const char* what);
 void check_shape(const Tensor& t, const Shape& want, const char* what);
 void check_contiguous(const Tensor& t, const char* what);
+void check_device(const Tensor& t, Device want, const char* what);
 
 }  // namespace subq

@@ -27,6 +27,14 @@ const char* dtype_name(DType t) {
   return "invalid";
 }
 
+const char* device_name(Device d) {
+  switch (d) {
+    case Device::cpu: return "cpu";
+    case Device::cuda: return "cuda";
+  }
+  return "invalid";
+}
+
 Shape::Shape(std::initializer_list<int64_t> dims) : Shape(std::span<const int64_t>(dims.begin(), dims.size())) {}
 
 Shape::Shape(std::span<const int64_t> dims) {
@@ -210,6 +218,7 @@ Tensor Tensor::transpose(int d0, int d1) const {
 }
 
 Tensor Tensor::contiguous() const {
+  check_device(Device::cpu);
   Tensor out = empty(dtype_, shape_);
   const size_t es = dtype_size(dtype_);
   const int nd = ndim();
@@ -242,6 +251,13 @@ void Tensor::check_writable() const {
   if (!storage_->writable()) throw Error("tensor " + str() + " is read-only (mapped from a file)");
 }
 
+void Tensor::check_device(Device want) const {
+  if (!storage_) throw Error("tensor is undefined");
+  if (storage_->device() != want)
+    throw Error("tensor " + str() + " lives on " + device_name(storage_->device()) + " and was accessed from " +
+                device_name(want) + "; copy it across first (src/core/cuda/device.h)");
+}
+
 void check_dtype(const Tensor& t, DType want, const char* what) {
   if (!t.defined()) throw Error(std::string(what) + ": tensor is undefined");
   if (t.dtype() != want)
@@ -252,6 +268,13 @@ void check_shape(const Tensor& t, const Shape& want, const char* what) {
   if (!t.defined()) throw Error(std::string(what) + ": tensor is undefined");
   if (!(t.shape() == want))
     throw Error(std::string(what) + ": expected shape " + want.str() + ", found " + t.str());
+}
+
+void check_device(const Tensor& t, Device want, const char* what) {
+  if (!t.defined()) throw Error(std::string(what) + ": tensor is undefined");
+  if (t.device() != want)
+    throw Error(std::string(what) + ": expected a tensor on " + device_name(want) + ", found " + t.str() + " on " +
+                device_name(t.device()));
 }
 
 void check_contiguous(const Tensor& t, const char* what) {

@@ -1,4 +1,4 @@
-#include "tools/subq/accuracy_command.h"
+#include "tools/subq/commands.h"
 
 #include <memory>
 #include <string>

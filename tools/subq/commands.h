@@ -16,5 +16,6 @@ Command add_bench_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
 Command add_perplexity_command(CLI::App& app);
+Command add_accuracy_command(CLI::App& app);
 
 }  // namespace subq::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
       subq::cli::add_info_command(app),
       subq::cli::add_perplexity_command(app),
       subq::cli::add_bench_command(app),
+      subq::cli::add_accuracy_command(app),
   };
   try {
     app.parse(argc, argv);

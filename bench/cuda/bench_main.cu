@@ -1,0 +1,138 @@
+// subq_cuda_bench: times subq's CUDA kernels on the GPU machine and prints one JSON
+// object per line (scripts/gpu-check collects them next to the PyTorch peers' lines,
+// measured in the same call). Inputs are random (never zeros); each case checks the
+// last launch's error by synchronising.
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/cuda/timing.h"
+#include "src/ops/attention/flash_attention.h"
+#include "src/ops/common/cuda_ops.h"
+#include "src/ops/conv/causal_conv1d_cuda.h"
+#include "src/ops/ssm/selective_scan_cuda.h"
+#include "subq/ops.h"
+
+namespace subq::bench::gpu {
+namespace {
+
+Tensor random_device(DType dtype, const Shape& shape, std::mt19937_64& rng) {
+  std::normal_distribution<float> dist(0.f, 1.f);
+  Tensor f = Tensor::empty(DType::f32, shape);
+  float* p = f.mutable_data<float>();
+  for (int64_t i = 0; i < f.numel(); ++i) p[i] = dist(rng);
+  if (dtype == DType::f32) return cuda::to_device(f);
+  Tensor t = Tensor::empty(dtype, shape);
+  convert(f, t);
+  return cuda::to_device(t);
+}
+
+void report(const char* op, const std::string& shape, double ms, double flops, double bytes) {
+  std::printf("{\"impl\": \"subq\", \"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.5f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
+              op, shape.c_str(), ms, flops / ms * 1e-9, bytes / ms * 1e-6);
+  std::fflush(stdout);
+}
+
+void bench_attention(std::mt19937_64& rng) {
+  const int64_t H = 16, D = 128;
+  for (int64_t T : {4096, 8192, 16384, 32768, 65536}) {
+    const int64_t B = std::max<int64_t>(1, 16384 / T);
+    const Tensor q = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor k = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor v = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor o = cuda::empty(DType::bf16, {B, T, H, D});
+    for (bool causal : {true, false}) {
+      const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, causal, 0.08838834764f); });
+      cuda::synchronize();
+      const double flops = 4.0 * B * H * T * T * D / (causal ? 2 : 1);
+      char shape[128];
+      std::snprintf(shape, sizeof shape, "B=%lld T=%lld H=%lld D=%lld %s", (long long)B, (long long)T, (long long)H,
+                    (long long)D, causal ? "causal" : "full");
+      report("attention", shape, ms, flops, 4.0 * q.nbytes());
+    }
+  }
+  // Head dim 256 (untuned path: 64 queries per CTA).
+  const int64_t B = 2, T = 8192, H8 = 8, D256 = 256;
+  const Tensor q = random_device(DType::bf16, {B, T, H8, D256}, rng);
+  const Tensor k = random_device(DType::bf16, {B, T, H8, D256}, rng);
+  const Tensor v = random_device(DType::bf16, {B, T, H8, D256}, rng);
+  const Tensor o = cuda::empty(DType::bf16, {B, T, H8, D256});
+  const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, 0.0625f); });
+  cuda::synchronize();
+  report("attention", "B=2 T=8192 H=8 D=256 causal", ms, 4.0 * B * H8 * T * T * D256 / 2, 4.0 * q.nbytes());
+}
+
+// Mamba-1 shapes (d_inner 1536 / 2048 / 4096, N = 16). Bytes: x, dt, z in, y out, B and C.
+void bench_scan(std::mt19937_64& rng) {
+  struct Shape3 { int64_t B, T, D; };
+  for (const Shape3 c : {Shape3{1, 4096, 1536}, Shape3{1, 8192, 2048}, Shape3{8, 4096, 1536}, Shape3{4, 4096, 4096}}) {
+    const int64_t N = 16;
+    cuda::SelectiveScanInputs in;
+    in.x = random_device(DType::f32, {c.B, c.T, c.D}, rng);
+    in.dt = random_device(DType::f32, {c.B, c.T, c.D}, rng);
+    in.z = random_device(DType::f32, {c.B, c.T, c.D}, rng);
+    in.A = random_device(DType::f32, {c.D, N}, rng);
+    in.B = random_device(DType::f32, {c.B, c.T, 1, N}, rng);
+    in.C = random_device(DType::f32, {c.B, c.T, 1, N}, rng);
+    in.D = random_device(DType::f32, {c.D}, rng);
+    in.dt_bias = random_device(DType::f32, {c.D}, rng);
+    const Tensor state = random_device(DType::f32, {c.B, c.D, N}, rng);
+    const Tensor y = cuda::empty(DType::f32, {c.B, c.T, c.D});
+    const double ms = median_ms([&] { cuda::selective_scan(in, state, y); });
+    cuda::synchronize();
+    char shape[128];
+    std::snprintf(shape, sizeof shape, "B=%lld T=%lld D=%lld N=%lld G=1 f32", (long long)c.B, (long long)c.T,
+                  (long long)c.D, (long long)N);
+    report("selective_scan", shape, ms, 0, 4.0 * c.B * c.T * (4 * c.D + 2 * N));
+  }
+  for (const Shape3 c : {Shape3{1, 8192, 3072}, Shape3{8, 4096, 4096}}) {
+    const int64_t W = 4;
+    const Tensor x = random_device(DType::f32, {c.B, c.T, c.D}, rng);
+    const Tensor w = random_device(DType::f32, {c.D, W}, rng);
+    const Tensor bias = random_device(DType::f32, {c.D}, rng);
+    const Tensor y = cuda::empty(DType::f32, {c.B, c.T, c.D});
+    const double ms = median_ms([&] { cuda::causal_conv1d(x, w, bias, true, Tensor{}, y); });
+    cuda::synchronize();
+    char shape[128];
+    std::snprintf(shape, sizeof shape, "B=%lld T=%lld D=%lld W=%lld silu f32", (long long)c.B, (long long)c.T,
+                  (long long)c.D, (long long)W);
+    report("causal_conv1d", shape, ms, 0, 8.0 * c.B * c.T * c.D);
+  }
+}
+
+// linear() through cuBLAS: a square product (the matmul ceiling's shape) and a decode-
+// and a prefill-sized projection with bf16 weights and f32 output.
+void bench_gemm(std::mt19937_64& rng) {
+  struct Mnk { int64_t M, N, K; };
+  for (const Mnk c : {Mnk{8192, 8192, 8192}, Mnk{4096, 4096, 4096}, Mnk{2048, 14336, 4096}, Mnk{1, 4096, 4096}}) {
+    const Tensor x = random_device(DType::bf16, {c.M, c.K}, rng);
+    const Tensor w = random_device(DType::bf16, {c.N, c.K}, rng);
+    const Tensor y = cuda::empty(DType::f32, {c.M, c.N});
+    const double ms = median_ms([&] { cuda::linear(x, w, Tensor{}, y); });
+    cuda::synchronize();
+    char shape[128];
+    std::snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld bf16->f32", (long long)c.M, (long long)c.N, (long long)c.K);
+    report("linear", shape, ms, 2.0 * c.M * c.N * c.K, 2.0 * (c.M * c.K + c.N * c.K) + 4.0 * c.M * c.N);
+  }
+}
+
+}  // namespace
+}  // namespace subq::bench::gpu
+
+int main(int argc, char** argv) {
+  using namespace subq::bench::gpu;
+  try {
+    subq::cuda::require_device();
+    std::mt19937_64 rng(20261124);
+    const std::string only = argc > 1 ? argv[1] : "";
+    if (only.empty() || only == "attention") bench_attention(rng);
+    if (only.empty() || only == "scan") bench_scan(rng);
+    if (only.empty() || only == "gemm") bench_gemm(rng);
+  } catch (const subq::Error& e) {
+    std::fprintf(stderr, "subq_cuda_bench: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

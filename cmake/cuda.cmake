@@ -1,0 +1,37 @@
+# The CUDA backend: every src/**/*.cu file, compiled for sm_80 (A100) and sm_90 (H100/H200)
+# into the subq library. Kernels run only where a GPU is present; without one, the first
+# CUDA call throws subq::Error (src/core/cuda/device.h) and tests/cuda skips.
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+  set(CMAKE_CUDA_ARCHITECTURES 80-real 90)
+endif()
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
+# CMake 3.25 does not know nvcc's C++20 flag; nvcc >= 12 has it. The headers are C++20.
+if(NOT CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+  set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION -std=c++20)
+  set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION -std=c++20)
+endif()
+set(CMAKE_CUDA_STANDARD 20)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+
+file(GLOB_RECURSE SUBQ_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/*.cu)
+# An object library so that nvcc never sees the C++ targets' GCC warning flags.
+add_library(subq_cuda OBJECT ${SUBQ_CUDA_SOURCES})
+target_include_directories(subq_cuda PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR})
+set(SUBQ_CUDA_FLAGS --expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra)
+set_target_properties(subq_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON)
+target_compile_options(subq_cuda PRIVATE ${SUBQ_CUDA_FLAGS})
+target_link_libraries(subq_cuda PRIVATE CUDA::cudart_static)
+
+target_sources(subq PRIVATE $<TARGET_OBJECTS:subq_cuda>)
+target_link_libraries(subq PRIVATE CUDA::cudart_static CUDA::cublas CUDA::cublasLt)
+
+# Kernel timings for scripts/gpu-check: one executable, run on the GPU machine.
+if(SUBQ_BUILD_TOOLS)
+  file(GLOB SUBQ_CUDA_BENCH_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/bench/cuda/*.cu)
+  add_executable(subq_cuda_bench ${SUBQ_CUDA_BENCH_SOURCES})
+  set_target_properties(subq_cuda_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
+  target_compile_options(subq_cuda_bench PRIVATE ${SUBQ_CUDA_FLAGS})
+  target_include_directories(subq_cuda_bench PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(subq_cuda_bench PRIVATE subq CUDA::cudart_static)
+endif()

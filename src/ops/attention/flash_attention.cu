@@ -1,0 +1,313 @@
+// FlashAttention-2 style forward: one CTA of 4 warps per (128 queries, head, batch);
+// each warp owns 32 query rows (two m16 tiles), so K/V shared-memory reads are spread
+// over twice the arithmetic (D = 256: 64 queries, 16 rows per warp). K/V tiles of 64 keys are double-buffered with cp.async;
+// Q, K and V sit in shared memory with an XOR swizzle (16-byte chunk ^ row % 8) so
+// every ldmatrix hits 32 distinct banks. Scores stay in registers: the S accumulator
+// fragment of QK^T is exactly the A fragment of PV once packed to bf16.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "src/core/cuda/check.cuh"
+#include "src/core/cuda/device.h"
+#include "src/core/cuda/mma.cuh"
+#include "src/ops/attention/flash_attention.h"
+
+namespace subq::cuda {
+namespace {
+
+constexpr int kBlockN = 64;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+// Query rows per CTA: 128 (32 per warp) up to D = 128; for D = 256 the f32 output
+// accumulator of 32 rows would not fit in registers, so 64 (16 per warp).
+template <int D>
+constexpr int kQueryRows = D <= 128 ? 128 : 64;
+
+struct Params {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  __nv_bfloat16* o;
+  int tq, tk, heads, kv_heads, group;
+  int causal_offset;  // Tk - Tq
+  float scale_log2;   // softmax scale * log2(e): scores go through exp2
+};
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] tile.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+// Rows [0, valid) of a [R][D] tile from global rows `ld` elements apart; rows past
+// `valid` are zero-filled so that they contribute nothing (never garbage or NaN).
+template <int R, int D>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid) {
+  constexpr int kChunks = D / 8;
+  static_assert((R * kChunks) % kThreads == 0);
+#pragma unroll
+  for (int i = 0; i < R * kChunks / kThreads; ++i) {
+    const int idx = i * kThreads + static_cast<int>(threadIdx.x);
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool ok = r < valid;
+    cp_async_16(s + swz<D>(r, c), ok ? g + r * ld + c * 8 : g, ok);
+  }
+}
+
+template <int D, bool kCausal>
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p) {
+  constexpr int kBlockM = kQueryRows<D>;
+  constexpr int kRowsPerWarp = kBlockM / kWarps;
+  constexpr int kMTiles = kRowsPerWarp / 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  auto* sQ = reinterpret_cast<__nv_bfloat16*>(smem);
+  auto* sK = sQ + kBlockM * D;      // two buffers of kBlockN x D
+  auto* sV = sK + 2 * kBlockN * D;  // two buffers of kBlockN x D
+
+  // Causal blocks with the most keys start first, so the tail of the grid is short.
+  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBlockM;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  const int64_t q_ld = static_cast<int64_t>(p.heads) * D;
+  const int64_t kv_ld = static_cast<int64_t>(p.kv_heads) * D;
+  const __nv_bfloat16* q = p.q + (static_cast<int64_t>(b) * p.tq + m0) * q_ld + h * D;
+  const __nv_bfloat16* k = p.k + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
+  const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
+
+  const int key_end = kCausal ? min(p.tk, m0 + kBlockM + p.causal_offset) : p.tk;
+  const int n_tiles = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+
+  load_tile<kBlockM, D>(sQ, q, q_ld, p.tq - m0);
+  if (n_tiles > 0) {
+    load_tile<kBlockN, D>(sK, k, kv_ld, p.tk);
+    load_tile<kBlockN, D>(sV, v, kv_ld, p.tk);
+  }
+  cp_async_commit();
+
+  float acc[kMTiles][D / 8][4];
+  float row_max[kMTiles][2], row_sum[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[mt][dt][c] = 0.f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_max[mt][r] = -INFINITY;
+      row_sum[mt][r] = 0.f;
+    }
+  }
+
+  for (int j = 0; j < n_tiles; ++j) {
+    if (j + 1 < n_tiles) {
+      const int n1 = (j + 1) * kBlockN;
+      load_tile<kBlockN, D>(sK + ((j + 1) & 1) * kBlockN * D, k + n1 * kv_ld, kv_ld, p.tk - n1);
+      load_tile<kBlockN, D>(sV + ((j + 1) & 1) * kBlockN * D, v + n1 * kv_ld, kv_ld, p.tk - n1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const __nv_bfloat16* k_s = sK + (j & 1) * kBlockN * D;
+    const __nv_bfloat16* v_s = sV + (j & 1) * kBlockN * D;
+
+    // S = Q K^T for this warp's 32 rows and the tile's 64 keys.
+    float s[kMTiles][kBlockN / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) s[mt][nt][c] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+        ldmatrix_x4(qa[mt], sQ + swz<D>(warp * kRowsPerWarp + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, k_s + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          mma_bf16_16816(s[mt][2 * np], qa[mt], kb[0], kb[1]);
+          mma_bf16_16816(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
+        }
+      }
+    }
+
+    const int n0 = j * kBlockN;
+    const bool edge = n0 + kBlockN > p.tk || (kCausal && n0 + kBlockN - 1 > m0 + p.causal_offset);
+    if (edge) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int row = m0 + warp * kRowsPerWarp + mt * 16 + (lane >> 2) + ((c >> 1) << 3);
+            const int col = n0 + nt * 8 + ((lane & 3) << 1) + (c & 1);
+            if (col >= p.tk || (kCausal && col > row + p.causal_offset)) s[mt][nt][c] = -INFINITY;
+          }
+    }
+
+    // Online softmax: rescale what was accumulated by exp2(old max - new max).
+    float corr[kMTiles][2];
+    bool max_moved = false;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float new_max = fmaxf(row_max[mt][r], mx * p.scale_log2);
+        // A row with no visible key so far keeps max -inf; exp2 then gives zeros, not NaN.
+        const float base = new_max == -INFINITY ? 0.f : new_max;
+        corr[mt][r] = fast_exp2(row_max[mt][r] - base);
+        max_moved |= new_max != row_max[mt][r];
+        row_max[mt][r] = new_max;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+          for (int c = 2 * r; c < 2 * r + 2; ++c) {
+            s[mt][nt][c] = fast_exp2(fmaf(s[mt][nt][c], p.scale_log2, -base));
+            sum += s[mt][nt][c];
+          }
+        row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;
+      }
+    // Once the running maxima settle, most tiles move none of the warp's 32 rows; the
+    // rescale (D/4 multiplies per row pair) is then skipped, exactly (corr would be 1).
+    if (__any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[mt][dt][c] *= corr[mt][c >> 1];
+    }
+
+    // O += P V, P straight from the score registers.
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t pa[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        pa[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, v_s + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          mma_bf16_16816(acc[mt][2 * dp], pa[mt], vb[0], vb[1]);
+          mma_bf16_16816(acc[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+        }
+      }
+    }
+    // The next iteration's copy overwrites this tile's buffer.
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  const int64_t o_ld = q_ld;
+  __nv_bfloat16* o = p.o + static_cast<int64_t>(b) * p.tq * o_ld + h * D;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[mt][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const int row = m0 + warp * kRowsPerWarp + mt * 16 + (lane >> 2) + r * 8;
+      if (row >= p.tq) continue;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        const int col = dt * 8 + ((lane & 3) << 1);
+        *reinterpret_cast<__nv_bfloat162*>(o + row * o_ld + col) =
+            __floats2bfloat162_rn(acc[mt][dt][2 * r] * inv, acc[mt][dt][2 * r + 1] * inv);
+      }
+    }
+}
+
+template <int D, bool kCausal>
+void launch(const Params& p, int batch) {
+  constexpr int kBlockM = kQueryRows<D>;
+  constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(__nv_bfloat16));
+  static const bool configured = [] {
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D, kCausal>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
+  flash_forward_kernel<D, kCausal><<<grid, kThreads, kSmem, stream()>>>(p);
+  SUBQ_CUDA_CHECK_LAUNCH("flash_forward_kernel");
+}
+
+void check_attention_tensor(const Tensor& t, const char* what) {
+  check_device(t, Device::cuda, what);
+  check_dtype(t, DType::bf16, what);
+  check_contiguous(t, what);
+  if (t.ndim() != 4) throw Error(std::string(what) + ": expected 4 dimensions [B, T, H, D], found " + t.str());
+}
+
+}  // namespace
+
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, bool causal,
+                     float scale) {
+  check_attention_tensor(q, "flash_attention q");
+  check_attention_tensor(k, "flash_attention k");
+  check_attention_tensor(v, "flash_attention v");
+  check_attention_tensor(o, "flash_attention o");
+  const int64_t B = q.dim(0), Tq = q.dim(1), H = q.dim(2), D = q.dim(3);
+  const int64_t Tk = k.dim(1), Hkv = k.dim(2);
+  if (D != 64 && D != 128 && D != 256)
+    throw Error("flash_attention q: head dim must be 64, 128 or 256, found " + q.str());
+  check_shape(k, Shape{B, Tk, Hkv, D}, "flash_attention k");
+  check_shape(v, Shape{B, Tk, Hkv, D}, "flash_attention v");
+  check_shape(o, q.shape(), "flash_attention o");
+  if (Hkv == 0 || H % Hkv != 0)
+    throw Error("flash_attention: query heads (" + std::to_string(H) + ") must be a multiple of kv heads (" +
+                std::to_string(Hkv) + ")");
+  if (Tk == 0) throw Error("flash_attention k: needs at least one key, found " + k.str());
+  if (Tq > (int64_t{1} << 30) || Tk > (int64_t{1} << 30) || H > 65535 || B > 65535)
+    throw Error("flash_attention: sizes exceed the kernel's grid limits: q " + q.str() + ", k " + k.str());
+  if (!(scale > 0.f) || !std::isfinite(scale))
+    throw Error("flash_attention: scale must be positive and finite, found " + std::to_string(scale));
+  if (B == 0 || Tq == 0 || H == 0) return;
+
+  Params p{};
+  p.q = reinterpret_cast<const __nv_bfloat16*>(q.device_data<bf16>());
+  p.k = reinterpret_cast<const __nv_bfloat16*>(k.device_data<bf16>());
+  p.v = reinterpret_cast<const __nv_bfloat16*>(v.device_data<bf16>());
+  p.o = reinterpret_cast<__nv_bfloat16*>(o.mutable_device_data<bf16>());
+  p.tq = static_cast<int>(Tq);
+  p.tk = static_cast<int>(Tk);
+  p.heads = static_cast<int>(H);
+  p.kv_heads = static_cast<int>(Hkv);
+  p.group = static_cast<int>(H / Hkv);
+  p.causal_offset = static_cast<int>(Tk - Tq);
+  p.scale_log2 = scale * 1.4426950408889634f;
+  const int batch = static_cast<int>(B);
+  if (D == 64) causal ? launch<64, true>(p, batch) : launch<64, false>(p, batch);
+  else if (D == 128) causal ? launch<128, true>(p, batch) : launch<128, false>(p, batch);
+  else causal ? launch<256, true>(p, batch) : launch<256, false>(p, batch);
+}
+
+}  // namespace subq::cuda

@@ -1,0 +1,91 @@
+// Row-wise RMSNorm and softmax: one block of 256 threads per row, block reductions in
+// f32, each row read twice (it stays in L1/L2 between the passes).
+#include <cmath>
+#include <string>
+
+#include "src/core/cuda/check.cuh"
+#include "src/core/cuda/device.h"
+#include "src/ops/common/cuda_ops.h"
+
+namespace subq::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Sum (or max) over the block; every thread gets the result.
+template <bool kMax>
+__device__ float block_reduce(float v) {
+  __shared__ float partial[kThreads / 32];
+  for (int off = 16; off > 0; off >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = kMax ? fmaxf(v, o) : v + o;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = partial[0];
+  for (int i = 1; i < kThreads / 32; ++i) v = kMax ? fmaxf(v, partial[i]) : v + partial[i];
+  __syncthreads();  // partial is reused by the next reduction
+  return v;
+}
+
+__global__ void rms_norm_kernel(const float* x, const float* w, float eps, float* y, int64_t n) {
+  const float* row = x + blockIdx.x * n;
+  float* out = y + blockIdx.x * n;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) ss = fmaf(row[i], row[i], ss);
+  const float inv = rsqrtf(block_reduce<false>(ss) / static_cast<float>(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) out[i] = row[i] * inv * w[i];
+}
+
+__global__ void softmax_kernel(const float* x, float* y, int64_t n) {
+  const float* row = x + blockIdx.x * n;
+  float* out = y + blockIdx.x * n;
+  float mx = -INFINITY;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) mx = fmaxf(mx, row[i]);
+  mx = block_reduce<true>(mx);
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) sum += __expf(row[i] - mx);
+  const float inv = 1.f / block_reduce<false>(sum);
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) out[i] = __expf(row[i] - mx) * inv;
+}
+
+void check_rows(const Tensor& x, const Tensor& y, const char* op) {
+  const std::string o(op);
+  check_device(x, Device::cuda, (o + " x").c_str());
+  check_dtype(x, DType::f32, (o + " x").c_str());
+  check_contiguous(x, (o + " x").c_str());
+  check_device(y, Device::cuda, (o + " y").c_str());
+  check_dtype(y, DType::f32, (o + " y").c_str());
+  check_contiguous(y, (o + " y").c_str());
+  check_shape(y, x.shape(), (o + " y").c_str());
+  if (x.ndim() < 1) throw Error(o + " x: expected at least one dimension, found " + x.str());
+  if (x.numel() / std::max<int64_t>(x.dim(-1), 1) > INT32_MAX) throw Error(o + " x: more than 2^31 - 1 rows");
+}
+
+}  // namespace
+
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y) {
+  check_rows(x, y, "rms_norm");
+  const int64_t n = x.dim(-1);
+  check_device(weight, Device::cuda, "rms_norm weight");
+  check_dtype(weight, DType::f32, "rms_norm weight");
+  check_shape(weight, Shape{n}, "rms_norm weight");
+  const int64_t rows = n ? x.numel() / n : 0;
+  if (rows == 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream()>>>(
+      x.device_data<float>(), weight.device_data<float>(), eps, y.mutable_device_data<float>(), n);
+  SUBQ_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void softmax(const Tensor& x, const Tensor& y) {
+  check_rows(x, y, "softmax");
+  const int64_t n = x.dim(-1);
+  const int64_t rows = n ? x.numel() / n : 0;
+  if (rows == 0) return;
+  softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream()>>>(x.device_data<float>(),
+                                                                          y.mutable_device_data<float>(), n);
+  SUBQ_CUDA_CHECK_LAUNCH("softmax_kernel");
+}
+
+}  // namespace subq::cuda

@@ -1,0 +1,130 @@
+// The common primitives on the GPU against the float64 references (tests/reference).
+#include <cmath>
+
+#include "src/ops/common/cuda_ops.h"
+#include "tests/cuda/cuda_test.h"
+#include "tests/reference/common.h"
+
+namespace subq::test {
+namespace {
+
+Tensor device_f32(const std::vector<float>& v, const Shape& s) { return cuda::to_device(tensor_from(v, s)); }
+
+// y = x W^T + b with bf16 operands: the reference uses the same bf16-rounded values, so
+// only f32 accumulation order differs: |err| <= 1e-5 * sqrt(K) * (1 + |y|) with margin.
+TEST(CudaCommon, LinearMatchesFloat64OnRoundedOperands) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  struct Case { int64_t M, N, K; DType dt, out; bool bias; };
+  for (const Case c : {Case{1, 7, 33, DType::bf16, DType::f32, true}, Case{17, 129, 200, DType::bf16, DType::f32, false},
+                       Case{64, 256, 512, DType::f16, DType::f32, true}, Case{5, 40, 64, DType::bf16, DType::bf16, true}}) {
+    SCOPED_TRACE("M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K));
+    const Tensor x = host_tensor(uniform(rng, static_cast<size_t>(c.M * c.K)), {c.M, c.K}, c.dt);
+    const Tensor w = host_tensor(uniform(rng, static_cast<size_t>(c.N * c.K)), {c.N, c.K}, c.dt);
+    const auto b = uniform(rng, static_cast<size_t>(c.N));
+    const Tensor y = poisoned_device_tensor(c.out, {c.M, c.N});
+    cuda::linear(cuda::to_device(x), cuda::to_device(w), c.bias ? device_f32(b, {c.N}) : Tensor{}, y);
+    const auto xv = to_double(x), wv = to_double(w);
+    std::vector<double> want(static_cast<size_t>(c.M * c.N));
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t n = 0; n < c.N; ++n) {
+        double acc = c.bias ? b[static_cast<size_t>(n)] : 0.0;
+        for (int64_t k = 0; k < c.K; ++k) acc += xv[static_cast<size_t>(m * c.K + k)] * wv[static_cast<size_t>(n * c.K + k)];
+        want[static_cast<size_t>(m * c.N + n)] = acc;
+      }
+    // A bf16 output is rounded twice, the product (|x.w| up to ~3 here, relative 2^-9)
+    // and again after the bias is added, so its bound is absolute as well as relative.
+    const bool half_out = c.out == DType::bf16;
+    expect_close(device_values(y), want, half_out ? 8e-3 : 1e-4, half_out ? 1e-2 : 1e-4, "linear");
+  }
+}
+
+TEST(CudaCommon, RmsNormSoftmaxSilu) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  for (int64_t n : {1, 7, 300, 4099}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const int64_t rows = 3;
+    const auto x = uniform(rng, static_cast<size_t>(rows * n), -4.f, 4.f);
+    const auto w = uniform(rng, static_cast<size_t>(n));
+    const std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end());
+    const Tensor dx = device_f32(x, {rows, n});
+    // f32 reductions over n <= 4099 elements, fast exp: relative 2e-5 with margin.
+    Tensor y = poisoned_device_tensor(DType::f32, {rows, n});
+    cuda::rms_norm(dx, device_f32(w, {n}), 1e-5f, y);
+    expect_close(device_values(y), ref::rms_norm(xd, wd, 1e-5, n), 2e-5, 1e-6, "rms_norm");
+    y = poisoned_device_tensor(DType::f32, {rows, n});
+    cuda::softmax(dx, y);
+    expect_close(device_values(y), ref::softmax(xd, n), 2e-5, 1e-7, "softmax");
+    y = poisoned_device_tensor(DType::f32, {rows, n});
+    cuda::silu(dx, y);
+    std::vector<double> want(xd.size());
+    for (size_t i = 0; i < xd.size(); ++i) want[i] = ref::silu(xd[i]);
+    expect_close(device_values(y), want, 2e-6, 1e-6, "silu");
+    // In place, as the CPU functions allow.
+    const Tensor inplace = device_f32(x, {rows, n});
+    cuda::softmax(inplace, inplace);
+    expect_close(device_values(inplace), ref::softmax(xd, n), 2e-5, 1e-7, "softmax in place");
+  }
+}
+
+TEST(CudaCommon, RopeMatchesReference) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t T = 37, H = 3, Dh = 64;
+  for (int64_t rot : {64, 32, 0}) {
+    const auto x = uniform(rng, static_cast<size_t>(T * H * Dh));
+    std::vector<int32_t> pos(T);
+    for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(t * 997 + 3);  // long positions
+    Tensor hp = Tensor::empty(DType::i32, {T});
+    std::copy(pos.begin(), pos.end(), hp.mutable_data<int32_t>());
+    const Tensor dx = device_f32(x, {T, H, Dh});
+    cuda::rope(dx, cuda::to_device(hp), 10000.f, rot);
+    // Angles in double; only the f32 rounding of the stored values remains.
+    expect_close(device_values(dx), ref::rope({x.begin(), x.end()}, pos, H, Dh, 10000.0, rot), 1e-6, 1e-6, "rope");
+  }
+}
+
+TEST(CudaCommon, EmbeddingGathersRowsAndRejectsBadIds) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t V = 50, D = 130, T = 9;
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    const Tensor table = host_tensor(uniform(rng, static_cast<size_t>(V * D)), {V, D}, dt);
+    Tensor ids = Tensor::empty(DType::i32, {T});
+    for (int64_t t = 0; t < T; ++t) ids.mutable_data<int32_t>()[t] = static_cast<int32_t>((t * 17 + 5) % V);
+    const Tensor out = poisoned_device_tensor(DType::f32, {T, D});
+    cuda::embedding(cuda::to_device(ids), cuda::to_device(table), out);
+    const auto tv = to_double(table);
+    std::vector<double> want;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < D; ++j) want.push_back(tv[static_cast<size_t>(ids.data<int32_t>()[t] * D + j)]);
+    expect_close(device_values(out), want, 0, 0, dtype_name(dt));
+    ids.mutable_data<int32_t>()[4] = static_cast<int32_t>(V);
+    EXPECT_THROW(cuda::embedding(cuda::to_device(ids), cuda::to_device(table), out), Error);
+  }
+}
+
+TEST(CudaCommon, ConvertRoundTripsAndRejectsBadArguments) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const auto x = uniform(rng, 1001);
+  for (DType dt : {DType::bf16, DType::f16}) {
+    const Tensor half = poisoned_device_tensor(dt, {1001});
+    cuda::convert(device_f32(x, {1001}), half);
+    expect_close(device_values(half), to_double(host_tensor(x, {1001}, dt)), 0, 0, "to half: same rounding as CPU");
+    const Tensor back = poisoned_device_tensor(DType::f32, {1001});
+    cuda::convert(half, back);
+    expect_close(device_values(back), device_values(half), 0, 0, "back to f32");
+  }
+  EXPECT_THROW(cuda::convert(device_f32(x, {1001}), cuda::empty(DType::f32, {1001})), Error);
+  EXPECT_THROW(cuda::linear(cuda::empty(DType::bf16, {2, 8}), cuda::empty(DType::f32, {4, 8}), Tensor{},
+                            cuda::empty(DType::f32, {2, 4})),
+               Error);
+  EXPECT_THROW(cuda::linear(cuda::empty(DType::bf16, {2, 8}), cuda::empty(DType::bf16, {4, 7}), Tensor{},
+                            cuda::empty(DType::f32, {2, 4})),
+               Error);
+}
+
+}  // namespace
+}  // namespace subq::test
