@@ -150,7 +150,27 @@ HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const float* 
                          int64_t keys, float* HWY_RESTRICT s, int64_t lds, int64_t depth) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t j = 0; j < keys; ++j) {
+  int64_t j = 0;
+  // Two keys per pass: 2R independent FMA chains hide the FMA latency.
+  for (; j + 2 <= keys; j += 2) {
+    const float* k0 = k + j * k_stride;
+    const float* k1 = k0 + k_stride;
+    VF acc0[R], acc1[R];
+    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = hn::Zero(d);
+    for (int64_t x = 0; x < depth; x += N) {
+      const VF kv0 = hn::LoadU(d, k0 + x), kv1 = hn::LoadU(d, k1 + x);
+      for (int r = 0; r < R; ++r) {
+        const VF qv = hn::Load(d, q + r * ldq + x);
+        acc0[r] = hn::MulAdd(qv, kv0, acc0[r]);
+        acc1[r] = hn::MulAdd(qv, kv1, acc1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      s[r * lds + j] = hn::GetLane(hn::SumOfLanes(d, acc0[r]));
+      s[r * lds + j + 1] = hn::GetLane(hn::SumOfLanes(d, acc1[r]));
+    }
+  }
+  for (; j < keys; ++j) {
     const float* kj = k + j * k_stride;
     VF acc[R];
     for (int r = 0; r < R; ++r) acc[r] = hn::Zero(d);
