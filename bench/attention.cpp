@@ -5,24 +5,15 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
-#include <random>
 
 #include "bench/harness.h"
+#include "bench/inputs.h"
 #include "src/ops/attention/flash.h"
 #include "src/ops/attention/selectors/selector_spec.h"
 #include "subq/tensor.h"
 
 namespace subq::bench {
 namespace {
-
-Tensor random_f32(const Shape& shape, uint64_t seed) {
-  Tensor t = Tensor::empty(DType::f32, shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(-1.f, 1.f);
-  float* p = t.mutable_data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = d(rng);
-  return t;
-}
 
 attn::AttentionArgs args_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) {
   attn::AttentionArgs a;
@@ -92,9 +83,9 @@ class MaskedPrefill final : public Instance {
  public:
   MaskedPrefill(int64_t T, int64_t Dh, attn::SelectorSpec spec) : spec_(std::move(spec)), T_(T), Dh_(Dh) {
     if (spec_.kind == "neighborhood") spec_.nbhd.grid[0] = T;  // 1-D over the whole sequence
-    q_ = random_f32({1, T, kHeads, Dh}, 1);
-    k_ = random_f32({1, T, kHeads, Dh}, 2);
-    v_ = random_f32({1, T, kHeads, Dh}, 3);
+    q_ = random_f32({1, T, kHeads, Dh}, -1.f, 1.f, 1);
+    k_ = random_f32({1, T, kHeads, Dh}, -1.f, 1.f, 2);
+    v_ = random_f32({1, T, kHeads, Dh}, -1.f, 1.f, 3);
     o_ = Tensor::empty(DType::f32, {1, T, kHeads, Dh});
     args_ = args_of(q_, k_, v_, o_);
     mask_ = build();
@@ -163,9 +154,9 @@ SUBQ_BENCH_CASES(attention_prefill) {
 class SplitDecode final : public Instance {
  public:
   explicit SplitDecode(int64_t T) : T_(T) {
-    q_ = random_f32({1, 1, 32, 128}, 4);
-    k_ = random_f32({1, T, 8, 128}, 5);
-    v_ = random_f32({1, T, 8, 128}, 6);
+    q_ = random_f32({1, 1, 32, 128}, -1.f, 1.f, 4);
+    k_ = random_f32({1, T, 8, 128}, -1.f, 1.f, 5);
+    v_ = random_f32({1, T, 8, 128}, -1.f, 1.f, 6);
     o_ = Tensor::empty(DType::f32, {1, 1, 32, 128});
     args_ = args_of(q_, k_, v_, o_);
     rule_.causal = true;

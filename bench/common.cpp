@@ -2,24 +2,15 @@
 // input once and writes its output once, so GB/s against the triad ceiling is the measure.
 #include <cmath>
 #include <memory>
-#include <random>
 
 #include "bench/harness.h"
+#include "bench/inputs.h"
 #include "subq/ops.h"
 
 namespace subq::bench {
 namespace {
 
 constexpr int64_t kWidth = 4096;
-
-Tensor random_f32(const Shape& shape, float lo, float hi, uint64_t seed) {
-  Tensor t = Tensor::empty(DType::f32, shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  float* p = t.mutable_data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = d(rng);
-  return t;
-}
 
 // Row-wise or element-wise op on x[T, 4096] -> y; error measured against a float64
 // evaluation of `ref_row` on the first rows.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "bench/inputs.h"
 #include "subq/ops.h"
 
 #if SUBQ_HAVE_BLAS
@@ -20,16 +21,6 @@
 namespace subq::bench {
 namespace {
 
-// Uniform in [-1, 1) from a counter hash: the weights reach 58M elements, where a
-// std:: distribution would dominate setup time.
-void fill_uniform(float* p, int64_t n, uint64_t seed) {
-  for (int64_t i = 0; i < n; ++i) {
-    uint64_t z = (static_cast<uint64_t>(i) + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 31)) * 0x94D049BB133111EBull;
-    p[i] = static_cast<float>(static_cast<double>(z >> 40) * 0x1p-23 - 1.0);
-  }
-}
-
 // x[M, K] f32, W[N, K] in wdt (and its exact f32 widening for the peer and the reference).
 struct Operands {
   int64_t M, N, K;
@@ -38,9 +29,9 @@ struct Operands {
 
   Operands(int64_t m, int64_t n, int64_t k, DType dt) : M(m), N(n), K(k), wdt(dt) {
     x = Tensor::empty(DType::f32, Shape{M, K});
-    fill_uniform(x.mutable_data<float>(), M * K, 1);
+    fill_uniform(x.mutable_data<float>(), M * K, -1.f, 1.f, 1);
     w32 = Tensor::empty(DType::f32, Shape{N, K});
-    fill_uniform(w32.mutable_data<float>(), N * K, 2);
+    fill_uniform(w32.mutable_data<float>(), N * K, -1.f, 1.f, 2);
     if (wdt == DType::f32) {
       w = w32;
     } else {

@@ -12,10 +12,10 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
-#include <random>
 #include <string>
 
 #include "bench/harness.h"
+#include "bench/inputs.h"
 #include "src/ops/delta/delta_rule.h"
 #include "src/ops/linear/gated_linear_attention.h"
 #include "src/ops/linear/ssd.h"
@@ -26,15 +26,6 @@ namespace subq::bench {
 namespace {
 
 constexpr int64_t kErrTokens = 256;
-
-Tensor random_f32(const Shape& shape, float lo, float hi, uint64_t seed) {
-  Tensor t = Tensor::empty(DType::f32, shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  float* p = t.mutable_data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = d(rng);
-  return t;
-}
 
 std::vector<double> as_double(const Tensor& t) {
   const Tensor c = t.contiguous();

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "bench/inputs.h"
 #include "src/io/writers.h"
 #include "subq/model.h"
 #include "subq/ops.h"
@@ -79,16 +80,10 @@ Spec llama_160m() {
   return s;
 }
 
-// Small uniform values from a counter hash; norm weights near 1 so activations stay O(1).
+// Small uniform weights; norm weights near 1 so activations stay O(1).
 void fill(const std::string& name, const Tensor& t32, uint64_t seed) {
-  float* p = t32.mutable_data<float>();
   const bool norm = name.find("norm") != std::string::npos;
-  for (int64_t i = 0; i < t32.numel(); ++i) {
-    uint64_t z = (static_cast<uint64_t>(i) + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 31)) * 0x94D049BB133111EBull;
-    const float u = static_cast<float>(static_cast<double>(z >> 40) * 0x1p-23 - 1.0);
-    p[i] = norm ? 1.f + 0.1f * u : 0.05f * u;
-  }
+  fill_uniform(t32.mutable_data<float>(), t32.numel(), norm ? 0.9f : -0.05f, norm ? 1.1f : 0.05f, seed);
 }
 
 // Model directories written by this process, removed at exit.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "bench/inputs.h"
 #include "src/mixers/mamba_mixer.h"
 #include "src/ops/conv/causal_conv1d.h"
 #include "src/ops/conv/long_conv.h"
@@ -20,15 +21,6 @@
 
 namespace subq::bench {
 namespace {
-
-Tensor random_f32(const Shape& shape, float lo, float hi, uint64_t seed) {
-  Tensor t = Tensor::empty(DType::f32, shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  float* p = t.mutable_data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = d(rng);
-  return t;
-}
 
 double softplus(double v) { return v > 0 ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); }
 

@@ -17,6 +17,13 @@ DecoderSpec build_jamba(const Config& config, const Checkpoint& weights, const L
 
 }  // namespace subq::models
 
+// Shared by Mamba and Jamba: the Mamba-1 mixer's tensors under `prefix`, with Jamba's
+// dt/B/C norms when config.inner_norms.
+#include "src/mixers/mamba_mixer.h"
+namespace subq::models {
+MambaWeights load_mamba_weights(const MambaConfig& config, const Checkpoint& w, const std::string& prefix);
+}  // namespace subq::models
+
 // Shared by the Mamba-2 based architectures (Mamba-2, Nemotron-H, Bamba): the mixer's
 // tensors under `prefix` (".../mixer." or ".../mamba."), checked against `config`.
 #include "src/mixers/mamba2_mixer.h"

@@ -5,7 +5,6 @@
 // whose softmax weights are not renormalised.
 #include <algorithm>
 
-#include "src/mixers/mamba_mixer.h"
 #include "src/models/architectures.h"
 #include "src/models/weights.h"
 
@@ -42,15 +41,7 @@ DecoderSpec build_jamba(const Config& c, const Checkpoint& w, const LoadOptions&
   mc.d_inner = static_cast<int64_t>(c.get_or<double>("mamba_expand", 2.0) * static_cast<double>(D));
   mc.d_state = c.has("mamba_d_state") ? positive(c, "mamba_d_state") : 16;
   mc.d_conv = c.has("mamba_d_conv") ? positive(c, "mamba_d_conv") : 4;
-  mc.dt_rank = (D + 15) / 16;  // "auto"
-  if (c.has("mamba_dt_rank")) {
-    try {
-      mc.dt_rank = positive(c, "mamba_dt_rank");
-    } catch (const Error&) {
-      if (c.get<std::string>("mamba_dt_rank") != "auto")
-        throw Error(c.path() + ": field 'mamba_dt_rank' must be a positive integer or \"auto\"");
-    }
-  }
+  mc.dt_rank = dt_rank(c, "mamba_dt_rank", D);
   mc.conv_bias = c.get_or<bool>("mamba_conv_bias", true);
   mc.proj_bias = c.get_or<bool>("mamba_proj_bias", false);
   mc.inner_norms = true;
@@ -72,26 +63,7 @@ DecoderSpec build_jamba(const Config& c, const Checkpoint& w, const LoadOptions&
     if (attention) {
       b.mixer = load_attention(ac, w, p + "self_attn.", false);
     } else {
-      const std::string m = p + "mamba.";
-      const int64_t I = mc.d_inner, N = mc.d_state, R = mc.dt_rank;
-      MambaWeights mw;
-      mw.in_proj = matrix(w, m + "in_proj.weight", 2 * I, D);
-      if (mc.proj_bias) {
-        mw.in_proj_bias = w.get_float(m + "in_proj.bias", Shape{2 * I});
-        mw.out_proj_bias = w.get_float(m + "out_proj.bias", Shape{D});
-      }
-      mw.conv_weight = w.get_float(m + "conv1d.weight", Shape{I, 1, mc.d_conv});
-      if (mc.conv_bias) mw.conv_bias = w.get_float(m + "conv1d.bias", Shape{I});
-      mw.x_proj = matrix(w, m + "x_proj.weight", R + 2 * N, I);
-      mw.dt_proj = matrix(w, m + "dt_proj.weight", I, R);
-      mw.dt_proj_bias = w.get_float(m + "dt_proj.bias", Shape{I});
-      mw.A_log = w.get_float(m + "A_log", Shape{I, N});
-      mw.D = w.get_float(m + "D", Shape{I});
-      mw.out_proj = matrix(w, m + "out_proj.weight", D, I);
-      mw.dt_norm = w.get_float(m + "dt_layernorm.weight", Shape{R});
-      mw.b_norm = w.get_float(m + "b_layernorm.weight", Shape{N});
-      mw.c_norm = w.get_float(m + "c_layernorm.weight", Shape{N});
-      b.mixer = std::make_unique<MambaMixer>(mc, mw);
+      b.mixer = std::make_unique<MambaMixer>(mc, load_mamba_weights(mc, w, p + "mamba."));
     }
     b.mlp_norm = rms_norm(w, p + "pre_ff_layernorm.weight", D, eps);
     const std::string f = p + "feed_forward.";

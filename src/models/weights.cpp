@@ -40,4 +40,15 @@ int64_t positive(const Config& c, const std::string& field) {
   return v;
 }
 
+int64_t dt_rank(const Config& c, const std::string& field, int64_t d_model) {
+  if (!c.has(field)) return (d_model + 15) / 16;
+  try {
+    return positive(c, field);
+  } catch (const Error&) {
+    if (c.get<std::string>(field) != "auto")
+      throw Error(c.path() + ": field '" + field + "' must be a positive integer or \"auto\"");
+  }
+  return (d_model + 15) / 16;
+}
+
 }  // namespace subq::models

@@ -22,5 +22,7 @@ void embedding_and_head(const Config& c, const Checkpoint& w, const std::string&
                         DecoderSpec& spec);
 // A config integer that must be positive, with a message naming the field.
 int64_t positive(const Config& c, const std::string& field);
+// Mamba's time-step rank: a positive integer or "auto" (absent too) = ceil(d_model / 16).
+int64_t dt_rank(const Config& c, const std::string& field, int64_t d_model);
 
 }  // namespace subq::models
