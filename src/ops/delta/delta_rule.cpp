@@ -195,18 +195,11 @@ void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
     Workspace w(p, recurrent ? 1 : Lp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
-      float* st = p.state + task * p.dk * p.dv;
-      const bool in_place = p.dv == p.dvp;
-      w.state = in_place ? st : w.S.data();
-      if (!in_place)
-        for (int64_t d = 0; d < p.dk; ++d) {
-          std::copy_n(st + d * p.dv, p.dv, w.S.data() + d * p.dvp);
-          std::fill(w.S.data() + d * p.dvp + p.dv, w.S.data() + (d + 1) * p.dvp, 0.f);
-        }
-      if (recurrent) run_recurrent(p, w, b, h);
-      else run_chunked(p, w, b, h, Lp);
-      if (!in_place)
-        for (int64_t d = 0; d < p.dk; ++d) std::copy_n(w.S.data() + d * p.dvp, p.dv, st + d * p.dv);
+      with_padded_state(p.state + task * p.dk * p.dv, p.dk, p.dv, p.dvp, w.S.data(), [&](float* state) {
+        w.state = state;
+        if (recurrent) run_recurrent(p, w, b, h);
+        else run_chunked(p, w, b, h, Lp);
+      });
     }
   });
 }

@@ -3,6 +3,7 @@
 // kernels read q/k/v straight out of a projection's output without copies.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "subq/tensor.h"
@@ -34,5 +35,22 @@ struct TokenScalars {
   float at(int64_t b, int64_t t, int64_t h) const { return base[b * sb + t * st + h * sh]; }
 };
 TokenScalars token_scalars(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H);
+
+// Runs fn(state) on one head's state [dk, cols] as rows of `padded` >= cols floats (the
+// kernels' aligned layout): in place when cols == padded, else through `scratch`
+// (dk * padded floats), copied in zero-padded and copied back after.
+template <class F>
+void with_padded_state(float* st, int64_t dk, int64_t cols, int64_t padded, float* scratch, F&& fn) {
+  if (cols == padded) {
+    fn(st);
+    return;
+  }
+  for (int64_t d = 0; d < dk; ++d) {
+    std::copy_n(st + d * cols, cols, scratch + d * padded);
+    std::fill(scratch + d * padded + cols, scratch + (d + 1) * padded, 0.f);
+  }
+  fn(scratch);
+  for (int64_t d = 0; d < dk; ++d) std::copy_n(scratch + d * padded, cols, st + d * cols);
+}
 
 }  // namespace subq::ops
