@@ -112,7 +112,9 @@ TEST(BigBird, RandomBlocksAreDistinctOutsideTheWindowAndSeeded) {
   ASSERT_EQ(a.size(), 3u);
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_TRUE(a[i] >= 1 && a[i] < 40 && (a[i] < 18 || a[i] > 22)) << a[i];
-    if (i) EXPECT_LT(a[i - 1], a[i]);
+    if (i) {
+      EXPECT_LT(a[i - 1], a[i]);
+    }
   }
   EXPECT_EQ(a, attn::bigbird_random_blocks(7, 0, 20, 3, 40, 1, 18, 22));
   std::set<std::vector<int32_t>> draws;
