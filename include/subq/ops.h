@@ -15,7 +15,7 @@ namespace subq {
 // Threads used by every op. Default: SUBQ_THREADS if set, else the number of cores.
 int num_threads();
 void set_num_threads(int n);
-// The SIMD target chosen at runtime for this CPU ("AVX3" = AVX-512, "AVX2", "EMU128").
+// The SIMD target chosen at runtime for this CPU ("AVX3" = AVX-512, "AVX2", "SCALAR").
 std::string cpu_target();
 
 // ---- Conversion ---------------------------------------------------------------------
