@@ -260,35 +260,6 @@ def variant_goldens():
     return out
 
 
-# Variants of the fixtures with one top-level component replaced, to cover pipeline
-# options the two tokenizers do not use: (base file, {component: replacement}).
-VARIANTS = {
-    "split_removed": ("tokenizer_llama3.json", {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "Removed", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}}),
-    "split_string": ("tokenizer_llama3.json", {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"String": "o"}, "behavior": "Isolated", "invert": False},
-        {"type": "Split", "pattern": {"String": "."}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False}]}}),
-    "bytelevel_no_regex": ("tokenizer_neox.json", {"pre_tokenizer": {
-        "type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}}),
-    "nfc_sequence": ("tokenizer_llama3.json", {"normalizer": {"type": "Sequence", "normalizers": [
-        {"type": "NFC"}, {"type": "Sequence", "normalizers": []}]}}),
-    "no_post_processor": ("tokenizer_llama3.json", {"post_processor": None}),
-}
-
-
-def variant_goldens():
-    out = {}
-    for name, (base, replace) in VARIANTS.items():
-        with open(os.path.join(OUT, base), encoding="utf-8") as f:
-            doc = json.load(f)
-        doc.update(replace)
-        tok = Tokenizer.from_str(json.dumps(doc))
-        texts = TEXTS[:60]
-        out[name] = {"base": base, "replace": replace,
-                     "encodings": [{"text": t, "ids": tok.encode(t, add_special_tokens=True).ids} for t in texts]}
-    return out
 
 
 def main():
