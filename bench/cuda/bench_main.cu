@@ -2,6 +2,7 @@
 // object per line (scripts/gpu-check collects them next to the PyTorch peers' lines,
 // measured in the same call). Inputs are random (never zeros); each case checks the
 // last launch's error by synchronising.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -10,6 +11,7 @@
 
 #include "bench/cuda/timing.h"
 #include "src/ops/attention/flash_attention.h"
+#include "src/ops/attention/selectors/static_selectors.h"
 #include "src/ops/common/cuda_ops.h"
 #include "src/ops/conv/causal_conv1d_cuda.h"
 #include "src/ops/ssm/selective_scan_cuda.h"
@@ -62,6 +64,88 @@ void bench_attention(std::mt19937_64& rng) {
   const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, 0.0625f); });
   cuda::synchronize();
   report("attention", "B=2 T=8192 H=8 D=256 causal", ms, 4.0 * B * H8 * T * T * D256 / 2, 4.0 * q.nbytes());
+}
+
+// Whether random block pair (qb, kb) is kept, from a hash that bench/gpu/peers.py
+// repeats bit for bit, so FlexAttention runs exactly this mask.
+bool random_block_kept(int64_t qb, int64_t kb) {
+  const uint32_t h = static_cast<uint32_t>(qb) * 2654435761u + static_cast<uint32_t>(kb) * 40503u;
+  return kb == qb || kb == 0 || (h >> 7) % 10 == 0;
+}
+
+// Block-sparse attention over 128 x 128 blocks (FlexAttention's default), causal, beside
+// the dense causal kernel on the same inputs: the speedup over dense against the ideal
+// 1 / density. FLOPs counted are the ones the mask keeps (4 D per allowed pair).
+void bench_sparse(std::mt19937_64& rng) {
+  const int64_t B = 1, H = 16, D = 128, blk = 128;
+  for (int64_t T : {8192, 32768}) {
+    const Tensor q = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor k = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor v = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor o = cuda::empty(DType::bf16, {B, T, H, D});
+    const float scale = 0.08838834764f;
+    const double dense_ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, scale); });
+    cuda::synchronize();
+    const double dense_pairs = 0.5 * static_cast<double>(T) * static_cast<double>(T + 1);
+
+    attn::ElementRule causal;
+    causal.causal = true;
+    attn::BlockMaskBuilder builder(1, 1, T, T, blk, blk, 0, causal);
+    for (int64_t qb = 0; qb < T / blk; ++qb) {
+      std::vector<int32_t> row;
+      for (int64_t kb = 0; kb <= qb; ++kb)
+        if (random_block_kept(qb, kb)) row.push_back(static_cast<int32_t>(kb));
+      builder.add_row(row);
+    }
+    const int64_t window = 2048;
+    const attn::BlockMask masks[] = {
+        attn::sliding_window_mask(attn::MaskGeometry{T, T, 0, blk, blk, 1, nullptr}, window, 0, true),
+        builder.finish()};
+    const char* names[] = {"window=2048", "random10%"};
+    for (int i = 0; i < 2; ++i) {
+      const attn::BlockMask& m = masks[i];
+      const cuda::DeviceBlockMask dm = cuda::upload(m);
+      const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, dm, scale); });
+      cuda::synchronize();
+      double pairs = 0;  // allowed (query, key) pairs
+      if (i == 0) {
+        for (int64_t t = 0; t < T; ++t) pairs += static_cast<double>(std::min(t + 1, window));
+      } else {
+        for (int64_t qb = 0; qb < m.num_q_blocks(); ++qb)
+          for (int32_t kb : m.row(0, 0, qb)) pairs += kb == qb ? 0.5 * blk * (blk + 1) : double(blk) * blk;
+      }
+      char shape[160];
+      std::snprintf(shape, sizeof shape, "B=%lld T=%lld H=%lld D=%lld %s", (long long)B, (long long)T, (long long)H,
+                    (long long)D, names[i]);
+      std::printf(
+          "{\"impl\": \"subq\", \"op\": \"sparse_attention\", \"shape\": \"%s\", \"ms\": %.5f, \"tflops\": %.2f, "
+          "\"gbps\": 0, \"density\": %.4f, \"pair_density\": %.4f, \"dense_ms\": %.5f, \"speedup\": %.2f, "
+          "\"ideal\": %.2f}\n",
+          shape, ms, 4.0 * B * H * pairs * D / ms * 1e-9, m.density(), pairs / dense_pairs, dense_ms, dense_ms / ms,
+          1.0 / m.density());
+      std::fflush(stdout);
+    }
+  }
+}
+
+// Split-KV decode: one query token per sequence against kv_len cached keys; the bytes
+// are the K and V cache read once (q and o are negligible).
+void bench_decode(std::mt19937_64& rng) {
+  struct Case { int64_t B, H, Hkv, D, kv_len; };
+  for (const Case c : {Case{1, 32, 8, 128, 8192}, Case{1, 32, 8, 128, 32768}, Case{1, 32, 8, 128, 131072},
+                       Case{1, 32, 8, 128, 262144}, Case{8, 32, 8, 128, 32768}, Case{1, 32, 32, 128, 32768},
+                       Case{4, 16, 2, 64, 65536}}) {
+    const Tensor q = random_device(DType::bf16, {c.B, 1, c.H, c.D}, rng);
+    const Tensor k = random_device(DType::bf16, {c.B, c.kv_len, c.Hkv, c.D}, rng);
+    const Tensor v = random_device(DType::bf16, {c.B, c.kv_len, c.Hkv, c.D}, rng);
+    const Tensor o = cuda::empty(DType::bf16, {c.B, 1, c.H, c.D});
+    const double ms = median_ms([&] { cuda::decode_attention(q, k, v, o, c.kv_len, 0.08838834764f); });
+    cuda::synchronize();
+    char shape[128];
+    std::snprintf(shape, sizeof shape, "B=%lld H=%lld Hkv=%lld D=%lld kv=%lld", (long long)c.B, (long long)c.H,
+                  (long long)c.Hkv, (long long)c.D, (long long)c.kv_len);
+    report("decode_attention", shape, ms, 4.0 * c.B * c.H * c.kv_len * c.D, 2.0 * k.nbytes());
+  }
 }
 
 // Mamba-1 shapes (d_inner 1536 / 2048 / 4096, N = 16). Bytes: x, dt, z in, y out, B and C.
@@ -128,6 +212,8 @@ int main(int argc, char** argv) {
     std::mt19937_64 rng(20261124);
     const std::string only = argc > 1 ? argv[1] : "";
     if (only.empty() || only == "attention") bench_attention(rng);
+    if (only.empty() || only == "sparse") bench_sparse(rng);
+    if (only.empty() || only == "decode") bench_decode(rng);
     if (only.empty() || only == "scan") bench_scan(rng);
     if (only.empty() || only == "gemm") bench_gemm(rng);
   } catch (const subq::Error& e) {

@@ -5,6 +5,8 @@ subq_cuda_bench, so the two can be joined by (op, shape).
 
   ceilings   bf16 matmul rate (8192^3, random data) and device-to-device copy bandwidth
   attention  PyTorch SDPA with only the flash backend enabled (FlashAttention-2)
+  sparse     FlexAttention (torch.compile'd) on the block masks subq_cuda_bench sparse runs
+  decode     PyTorch SDPA (its fastest backend for one query token, GQA) on decode shapes
   scan       mamba_ssm's selective_scan_fn / causal_conv1d_fn, when installed
 """
 import json
@@ -76,6 +78,52 @@ def attention():
          flops=4.0 * B * H * T * T * D / 2, nbytes=4.0 * B * T * H * D * 2)
 
 
+def random_block_kept(qb, kb):
+    """bench/cuda/bench_main.cu's random_block_kept, bit for bit (uint32 arithmetic)."""
+    h = (qb * 2654435761 + kb * 40503) & 0xFFFFFFFF
+    return kb == qb or kb == 0 or (h >> 7) % 10 == 0
+
+
+def sparse():
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except Exception as e:  # noqa: BLE001 - report whatever stops the import
+        print(json.dumps({"impl": "torch-flex", "op": "sparse_attention", "missing": repr(e)}), flush=True)
+        return
+    flex = torch.compile(flex_attention, dynamic=False)
+    B, H, D, blk, window = 1, 16, 128, 128, 2048
+    for T in (8192, 32768):
+        q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
+        nb = T // blk
+        keep = torch.tensor([[kb <= qb and random_block_kept(qb, kb) for kb in range(nb)] for qb in range(nb)],
+                            device="cuda")
+
+        def window_mod(b, h, qi, ki):
+            return (ki <= qi) & (qi - ki < window)
+
+        def random_mod(b, h, qi, ki):
+            return (ki <= qi) & keep[qi // blk, ki // blk]
+
+        for name, mod in (("window=2048", window_mod), ("random10%", random_mod)):
+            mask = create_block_mask(mod, None, None, T, T, device="cuda", BLOCK_SIZE=blk)
+            ms = median_ms(lambda: flex(q, k, v, block_mask=mask))
+            emit("torch-flex", "sparse_attention", f"B={B} T={T} H={H} D={D} {name}", ms)
+        del q, k, v
+
+
+def decode():
+    import torch.nn.functional as F
+    for B, H, Hkv, D, kv in ((1, 32, 8, 128, 8192), (1, 32, 8, 128, 32768), (1, 32, 8, 128, 131072),
+                             (1, 32, 8, 128, 262144), (8, 32, 8, 128, 32768), (1, 32, 32, 128, 32768),
+                             (4, 16, 2, 64, 65536)):
+        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k, v = (torch.randn(B, kv, Hkv, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(2))
+        ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=Hkv != H))
+        emit("torch-sdpa", "decode_attention", f"B={B} H={H} Hkv={Hkv} D={D} kv={kv}", ms,
+             flops=4.0 * B * H * kv * D, nbytes=2.0 * k.numel() * 2)
+        del q, k, v
+
+
 def scan():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -99,5 +147,6 @@ def scan():
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    for what in sys.argv[1:] or ["ceilings", "attention", "scan"]:
-        {"ceilings": ceilings, "attention": attention, "scan": scan}[what]()
+    jobs = {"ceilings": ceilings, "attention": attention, "sparse": sparse, "decode": decode, "scan": scan}
+    for what in sys.argv[1:] or list(jobs):
+        jobs[what]()

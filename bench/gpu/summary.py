@@ -38,6 +38,9 @@ def main():
             frac = f"{100 * r['tflops'] / tf_ceiling:.0f}% of matmul"
         elif r["gbps"] > 0 and bw_ceiling:
             frac = f"{100 * r['gbps'] / bw_ceiling:.0f}% of copy"
+        if "speedup" in r:
+            frac += (f"; density {r['density']:.3f}, {r['speedup']:.2f}x over dense causal "
+                     f"(ideal {r['ideal']:.2f}x: {100 * r['speedup'] / r['ideal']:.0f}%)")
         pname, pms, ratio = (peer["impl"], f"{peer['ms']:.4f}", f"{peer['ms'] / r['ms']:.2f}x") if peer else ("-", "-", "-")
         print(f"| {r['op']} | {r['shape']} | {r['ms']:.4f} | {r['tflops']} | {r['gbps']} | {frac} | {pname} | {pms} | {ratio} |")
 

@@ -1,11 +1,16 @@
 // FlashAttention-2 style forward: one CTA of 4 warps per (128 queries, head, batch);
 // each warp owns 32 query rows (two m16 tiles), so K/V shared-memory reads are spread
-// over twice the arithmetic (D = 256: 64 queries, 16 rows per warp). K/V tiles of 64 keys are double-buffered with cp.async;
+// over twice the arithmetic (D = 256, or a BlockMask with 64-query blocks: 64 queries,
+// 16 rows per warp). K/V tiles of 64 keys are double-buffered with cp.async;
 // Q, K and V sit in shared memory with an XOR swizzle (16-byte chunk ^ row % 8) so
 // every ldmatrix hits 32 distinct banks. Scores stay in registers: the S accumulator
 // fragment of QK^T is exactly the A fragment of PV once packed to bf16.
+// Dense, causal and block-sparse are one kernel: they differ only in which key tiles a
+// CTA visits (all, those at or below the diagonal, or those its BlockMask row lists)
+// and in the element test applied to tiles that are not wholly allowed.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -21,10 +26,22 @@ namespace {
 constexpr int kBlockN = 64;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-// Query rows per CTA: 128 (32 per warp) up to D = 128; for D = 256 the f32 output
-// accumulator of 32 rows would not fit in registers, so 64 (16 per warp).
+// Query rows per CTA for dense attention: 128 (32 per warp) up to D = 128; for D = 256
+// the f32 output accumulator of 32 rows would not fit in registers, so 64 (16 per warp).
 template <int D>
 constexpr int kQueryRows = D <= 128 ? 128 : 64;
+
+enum class Keys { all, causal, listed };
+
+// ElementRule and Neighborhood (block_mask.h) flattened for the device; positions fit
+// in int (sizes are checked below 2^30).
+struct DeviceRule {
+  bool causal, neighborhood;
+  int window_left, window_right, sinks;  // < 0: no such bound
+  int ndim;
+  int grid[3], kernel[3], dilation[3], stride[3];
+  bool dim_causal[3];
+};
 
 struct Params {
   const __nv_bfloat16* q;
@@ -32,9 +49,57 @@ struct Params {
   const __nv_bfloat16* v;
   __nv_bfloat16* o;
   int tq, tk, heads, kv_heads, group;
-  int causal_offset;  // Tk - Tq
+  int causal_offset;  // Tk - Tq (dense causal)
   float scale_log2;   // softmax scale * log2(e): scores go through exp2
+  // Keys::listed: the BlockMask's CSR rows on the GPU and its rule.
+  const int* row_start;
+  const int* key_blocks;
+  int mask_batch, mask_heads, num_q_blocks;
+  int sub_tiles;  // k_block / kBlockN
+  int q_offset;
+  DeviceRule rule;
 };
+
+// Neighborhood::window_start / allows (block_mask.cpp) on the device.
+__device__ int nbhd_window_start(const DeviceRule& r, int d, int c) {
+  const int L = r.grid[d], k = r.kernel[d], dil = r.dilation[d], s = r.stride[d];
+  if (s > 1) c = min((c / s) * s + s / 2, L - 1);
+  const int res = c % dil;
+  const int sub_len = (L - res + dil - 1) / dil;
+  const int sub_c = c / dil;
+  const int start = r.dim_causal[d] ? max(sub_c - k + 1, 0) : min(max(sub_c - k / 2, 0), sub_len - k);
+  return res + start * dil;
+}
+
+__device__ bool rule_allows(const DeviceRule& r, int qp, int kp) {
+  if (r.causal && kp > qp) return false;
+  if (kp >= r.sinks) {
+    if (r.window_left >= 0 && kp < qp - r.window_left) return false;
+    if (r.window_right >= 0 && kp > qp + r.window_right) return false;
+  }
+  if (!r.neighborhood) return true;
+  for (int d = r.ndim - 1; d >= 0; --d) {
+    const int qc = qp % r.grid[d], kc = kp % r.grid[d];
+    qp /= r.grid[d];
+    kp /= r.grid[d];
+    const int off = kc - nbhd_window_start(r, d, qc);
+    if (off < 0 || off % r.dilation[d] != 0 || off / r.dilation[d] >= r.kernel[d]) return false;
+    if (r.dim_causal[d] && kc > qc) return false;
+  }
+  return true;
+}
+
+// True only if the rule allows every pair of [q0, q1] x [k0, k1] (false is always safe:
+// the tile is then tested element by element).
+__device__ bool rule_covers(const DeviceRule& r, int q0, int q1, int k0, int k1) {
+  if (r.neighborhood) return false;
+  if (r.causal && k1 > q0) return false;
+  if (k1 >= r.sinks) {
+    if (r.window_left >= 0 && k0 < q1 - r.window_left) return false;
+    if (r.window_right >= 0 && k1 > q0 + r.window_right) return false;
+  }
+  return true;
+}
 
 // Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] tile.
 template <int D>
@@ -43,9 +108,11 @@ __device__ __forceinline__ int swz(int row, int chunk) {
 }
 
 // Rows [0, valid) of a [R][D] tile from global rows `ld` elements apart; rows past
-// `valid` are zero-filled so that they contribute nothing (never garbage or NaN).
+// `valid` are zero-filled so that they contribute nothing (never garbage or NaN), and
+// their copies read from `safe`, a valid address, instead of past the end.
 template <int R, int D>
-__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid) {
+__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid,
+                                          const __nv_bfloat16* safe) {
   constexpr int kChunks = D / 8;
   static_assert((R * kChunks) % kThreads == 0);
 #pragma unroll
@@ -53,13 +120,12 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16*
     const int idx = i * kThreads + static_cast<int>(threadIdx.x);
     const int r = idx / kChunks, c = idx % kChunks;
     const bool ok = r < valid;
-    cp_async_16(s + swz<D>(r, c), ok ? g + r * ld + c * 8 : g, ok);
+    cp_async_16(s + swz<D>(r, c), ok ? g + r * ld + c * 8 : safe, ok);
   }
 }
 
-template <int D, bool kCausal>
+template <int D, int kBlockM, Keys kKeys>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p) {
-  constexpr int kBlockM = kQueryRows<D>;
   constexpr int kRowsPerWarp = kBlockM / kWarps;
   constexpr int kMTiles = kRowsPerWarp / 16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -68,7 +134,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
   auto* sV = sK + 2 * kBlockN * D;  // two buffers of kBlockN x D
 
   // Causal blocks with the most keys start first, so the tail of the grid is short.
-  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBlockM;
+  const int qb = gridDim.x - 1 - blockIdx.x;
+  const int m0 = qb * kBlockM;
   const int h = blockIdx.y, b = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
@@ -78,13 +145,30 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
   const __nv_bfloat16* k = p.k + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
   const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
 
-  const int key_end = kCausal ? min(p.tk, m0 + kBlockM + p.causal_offset) : p.tk;
-  const int n_tiles = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+  // The key tiles this CTA visits, in ascending key order: tile j starts at key_start(j).
+  int n_tiles, list_begin = 0;
+  if constexpr (kKeys == Keys::listed) {
+    const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + qb;
+    list_begin = p.row_start[r];
+    n_tiles = (p.row_start[r + 1] - list_begin) * p.sub_tiles;
+  } else {
+    const int key_end = kKeys == Keys::causal ? min(p.tk, m0 + kBlockM + p.causal_offset) : p.tk;
+    n_tiles = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+  }
+  const auto key_start = [&](int j) {
+    if constexpr (kKeys == Keys::listed)
+      return p.key_blocks[list_begin + j / p.sub_tiles] * (p.sub_tiles * kBlockN) + (j % p.sub_tiles) * kBlockN;
+    else
+      return j * kBlockN;
+  };
+  // Query positions of this CTA's first and last real row (for the mask rule).
+  const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
 
-  load_tile<kBlockM, D>(sQ, q, q_ld, p.tq - m0);
+  load_tile<kBlockM, D>(sQ, q, q_ld, p.tq - m0, p.q);
   if (n_tiles > 0) {
-    load_tile<kBlockN, D>(sK, k, kv_ld, p.tk);
-    load_tile<kBlockN, D>(sV, v, kv_ld, p.tk);
+    const int n0 = key_start(0);
+    load_tile<kBlockN, D>(sK, k + n0 * kv_ld, kv_ld, p.tk - n0, k);
+    load_tile<kBlockN, D>(sV, v + n0 * kv_ld, kv_ld, p.tk - n0, v);
   }
   cp_async_commit();
 
@@ -105,9 +189,9 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
 
   for (int j = 0; j < n_tiles; ++j) {
     if (j + 1 < n_tiles) {
-      const int n1 = (j + 1) * kBlockN;
-      load_tile<kBlockN, D>(sK + ((j + 1) & 1) * kBlockN * D, k + n1 * kv_ld, kv_ld, p.tk - n1);
-      load_tile<kBlockN, D>(sV + ((j + 1) & 1) * kBlockN * D, v + n1 * kv_ld, kv_ld, p.tk - n1);
+      const int n1 = key_start(j + 1);
+      load_tile<kBlockN, D>(sK + ((j + 1) & 1) * kBlockN * D, k + n1 * kv_ld, kv_ld, p.tk - n1, k);
+      load_tile<kBlockN, D>(sV + ((j + 1) & 1) * kBlockN * D, v + n1 * kv_ld, kv_ld, p.tk - n1, v);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -117,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
     const __nv_bfloat16* k_s = sK + (j & 1) * kBlockN * D;
     const __nv_bfloat16* v_s = sV + (j & 1) * kBlockN * D;
 
-    // S = Q K^T for this warp's 32 rows and the tile's 64 keys.
+    // S = Q K^T for this warp's rows and the tile's 64 keys.
     float s[kMTiles][kBlockN / 8][4];
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
@@ -143,8 +227,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
       }
     }
 
-    const int n0 = j * kBlockN;
-    const bool edge = n0 + kBlockN > p.tk || (kCausal && n0 + kBlockN - 1 > m0 + p.causal_offset);
+    const int n0 = key_start(j);
+    bool edge = n0 + kBlockN > p.tk;
+    if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
+    if constexpr (kKeys == Keys::listed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
     if (edge) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
@@ -154,7 +240,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
           for (int c = 0; c < 4; ++c) {
             const int row = m0 + warp * kRowsPerWarp + mt * 16 + (lane >> 2) + ((c >> 1) << 3);
             const int col = n0 + nt * 8 + ((lane & 3) << 1) + (c & 1);
-            if (col >= p.tk || (kCausal && col > row + p.causal_offset)) s[mt][nt][c] = -INFINITY;
+            bool masked = col >= p.tk;
+            if constexpr (kKeys == Keys::causal) masked |= col > row + p.causal_offset;
+            if constexpr (kKeys == Keys::listed) masked |= !rule_allows(p.rule, p.q_offset + row, col);
+            if (masked) s[mt][nt][c] = -INFINITY;
           }
     }
 
@@ -186,7 +275,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
           }
         row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;
       }
-    // Once the running maxima settle, most tiles move none of the warp's 32 rows; the
+    // Once the running maxima settle, most tiles move none of the warp's rows; the
     // rescale (D/4 multiplies per row pair) is then skipped, exactly (corr would be 1).
     if (__any_sync(0xffffffffu, max_moved)) {
 #pragma unroll
@@ -245,18 +334,17 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
     }
 }
 
-template <int D, bool kCausal>
+template <int D, int kBlockM, Keys kKeys>
 void launch(const Params& p, int batch) {
-  constexpr int kBlockM = kQueryRows<D>;
   constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(__nv_bfloat16));
   static const bool configured = [] {
-    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D, kCausal>,
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D, kBlockM, kKeys>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
   }();
   (void)configured;
   const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
-  flash_forward_kernel<D, kCausal><<<grid, kThreads, kSmem, stream()>>>(p);
+  flash_forward_kernel<D, kBlockM, kKeys><<<grid, kThreads, kSmem, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
@@ -267,10 +355,8 @@ void check_attention_tensor(const Tensor& t, const char* what) {
   if (t.ndim() != 4) throw Error(std::string(what) + ": expected 4 dimensions [B, T, H, D], found " + t.str());
 }
 
-}  // namespace
-
-void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, bool causal,
-                     float scale) {
+// Checks q, k, v, o and fills the Params fields shared by every mode.
+Params check_and_describe(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, float scale) {
   check_attention_tensor(q, "flash_attention q");
   check_attention_tensor(k, "flash_attention k");
   check_attention_tensor(v, "flash_attention v");
@@ -290,8 +376,6 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
     throw Error("flash_attention: sizes exceed the kernel's grid limits: q " + q.str() + ", k " + k.str());
   if (!(scale > 0.f) || !std::isfinite(scale))
     throw Error("flash_attention: scale must be positive and finite, found " + std::to_string(scale));
-  if (B == 0 || Tq == 0 || H == 0) return;
-
   Params p{};
   p.q = reinterpret_cast<const __nv_bfloat16*>(q.device_data<bf16>());
   p.k = reinterpret_cast<const __nv_bfloat16*>(k.device_data<bf16>());
@@ -304,10 +388,102 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.group = static_cast<int>(H / Hkv);
   p.causal_offset = static_cast<int>(Tk - Tq);
   p.scale_log2 = scale * 1.4426950408889634f;
+  return p;
+}
+
+DeviceRule device_rule(const attn::ElementRule& r) {
+  const auto bound = [](int64_t x) { return x < 0 ? -1 : static_cast<int>(std::min<int64_t>(x, int64_t{1} << 30)); };
+  DeviceRule d{};
+  d.causal = r.causal;
+  d.window_left = bound(r.window_left);
+  d.window_right = bound(r.window_right);
+  d.sinks = static_cast<int>(std::clamp<int64_t>(r.sinks, 0, int64_t{1} << 30));
+  d.neighborhood = r.neighborhood;
+  d.ndim = r.nbhd.ndim;
+  for (int i = 0; i < 3; ++i) {
+    d.grid[i] = static_cast<int>(r.nbhd.grid[static_cast<size_t>(i)]);
+    d.kernel[i] = static_cast<int>(r.nbhd.kernel[static_cast<size_t>(i)]);
+    d.dilation[i] = static_cast<int>(r.nbhd.dilation[static_cast<size_t>(i)]);
+    d.stride[i] = static_cast<int>(r.nbhd.stride[static_cast<size_t>(i)]);
+    d.dim_causal[i] = r.nbhd.causal[static_cast<size_t>(i)];
+  }
+  return d;
+}
+
+}  // namespace
+
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, bool causal,
+                     float scale) {
+  const Params p = check_and_describe(q, k, v, o, scale);
+  const int64_t D = q.dim(3);
+  if (q.dim(0) == 0 || p.tq == 0 || p.heads == 0) return;
+  const int batch = static_cast<int>(q.dim(0));
+  if (D == 64) causal ? launch<64, 128, Keys::causal>(p, batch) : launch<64, 128, Keys::all>(p, batch);
+  else if (D == 128) causal ? launch<128, 128, Keys::causal>(p, batch) : launch<128, 128, Keys::all>(p, batch);
+  else causal ? launch<256, 64, Keys::causal>(p, batch) : launch<256, 64, Keys::all>(p, batch);
+}
+
+DeviceBlockMask upload(const attn::BlockMask& mask) {
+  mask.validate();
+  if (mask.q_block != 64 && mask.q_block != 128)
+    throw Error("cuda block mask: q_block must be 64 or 128 on the GPU, found " + std::to_string(mask.q_block));
+  if (mask.k_block <= 0 || mask.k_block % kBlockN != 0 || mask.k_block > 1024)
+    throw Error("cuda block mask: k_block must be a multiple of 64 (at most 1024) on the GPU, found " +
+                std::to_string(mask.k_block));
+  if (mask.q_len > (int64_t{1} << 30) || mask.kv_len > (int64_t{1} << 30) || mask.q_offset < 0 ||
+      mask.q_offset > (int64_t{1} << 30) || mask.key_blocks.size() >= (size_t{1} << 31))
+    throw Error("cuda block mask: sizes exceed the GPU kernel's 32-bit positions (q_len " +
+                std::to_string(mask.q_len) + ", kv_len " + std::to_string(mask.kv_len) + ", q_offset " +
+                std::to_string(mask.q_offset) + ", " + std::to_string(mask.key_blocks.size()) + " blocks)");
+  if (mask.rule.neighborhood) mask.rule.nbhd.validate();
+  DeviceBlockMask d;
+  d.host = mask;
+  Tensor starts = Tensor::empty(DType::i32, {static_cast<int64_t>(mask.row_start.size())});
+  int32_t* s = starts.mutable_data<int32_t>();
+  for (size_t i = 0; i < mask.row_start.size(); ++i) s[i] = static_cast<int32_t>(mask.row_start[i]);
+  d.row_start = to_device(starts);
+  // An empty mask still gets a one-element array, so the kernel's pointer is valid.
+  Tensor blocks = Tensor::empty(DType::i32, {std::max<int64_t>(1, static_cast<int64_t>(mask.key_blocks.size()))});
+  int32_t* kb = blocks.mutable_data<int32_t>();
+  kb[0] = 0;
+  std::copy(mask.key_blocks.begin(), mask.key_blocks.end(), kb);
+  d.key_blocks = to_device(blocks);
+  return d;
+}
+
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                     const DeviceBlockMask& mask, float scale) {
+  Params p = check_and_describe(q, k, v, o, scale);
+  const attn::BlockMask& m = mask.host;
+  const int64_t B = q.dim(0), H = q.dim(2), D = q.dim(3);
+  if (m.q_len != p.tq || m.kv_len != p.tk)
+    throw Error("flash_attention mask: built for q_len " + std::to_string(m.q_len) + ", kv_len " +
+                std::to_string(m.kv_len) + ", found q " + q.str() + ", k " + k.str());
+  if ((m.batch != 1 && m.batch != B) || (m.heads != 1 && m.heads != H))
+    throw Error("flash_attention mask: batch " + std::to_string(m.batch) + " and heads " + std::to_string(m.heads) +
+                " must be 1 or match q " + q.str());
+  if (D == 256 && m.q_block != 64)
+    throw Error("flash_attention mask: head dim 256 needs q_block 64, found " + std::to_string(m.q_block));
+  if (mask.row_start.numel() != static_cast<int64_t>(m.row_start.size()) || mask.row_start.device() != Device::cuda)
+    throw Error("flash_attention mask: not uploaded (use cuda::upload)");
+  if (B == 0 || p.tq == 0 || H == 0) return;
+  p.row_start = mask.row_start.device_data<int32_t>();
+  p.key_blocks = mask.key_blocks.device_data<int32_t>();
+  p.mask_batch = static_cast<int>(m.batch);
+  p.mask_heads = static_cast<int>(m.heads);
+  p.num_q_blocks = static_cast<int>(m.num_q_blocks());
+  p.sub_tiles = static_cast<int>(m.k_block / kBlockN);
+  p.q_offset = static_cast<int>(m.q_offset);
+  p.rule = device_rule(m.rule);
   const int batch = static_cast<int>(B);
-  if (D == 64) causal ? launch<64, true>(p, batch) : launch<64, false>(p, batch);
-  else if (D == 128) causal ? launch<128, true>(p, batch) : launch<128, false>(p, batch);
-  else causal ? launch<256, true>(p, batch) : launch<256, false>(p, batch);
+  if (m.q_block == 128) {
+    if (D == 64) launch<64, 128, Keys::listed>(p, batch);
+    else launch<128, 128, Keys::listed>(p, batch);
+  } else {
+    if (D == 64) launch<64, 64, Keys::listed>(p, batch);
+    else if (D == 128) launch<128, 64, Keys::listed>(p, batch);
+    else launch<256, 64, Keys::listed>(p, batch);
+  }
 }
 
 }  // namespace subq::cuda

@@ -1,7 +1,11 @@
-// Flash attention forward on NVIDIA tensor cores (sm_80+): bf16 q/k/v/o, f32 scores,
+// The attention executor (family A) on NVIDIA tensor cores (sm_80+): flash attention
+// forward, dense or over a BlockMask, and split-KV decode. bf16 q/k/v/o, f32 scores,
 // online softmax and accumulation; O(T) memory.
 #pragma once
 
+#include <cstdint>
+
+#include "src/ops/attention/block_mask.h"
 #include "subq/tensor.h"
 
 namespace subq::cuda {
@@ -13,5 +17,32 @@ namespace subq::cuda {
 // positions of the keys' sequence; a query that sees no key gets a zero output.
 void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, bool causal,
                      float scale);
+
+// A BlockMask copied to the GPU once, reusable by every launch over the same mask. The
+// CPU selectors (src/ops/attention/selectors) build the mask; its element rule (causal,
+// window with sinks, neighborhood windows) is evaluated on the GPU inside partially
+// covered tiles. Needs q_block 64 or 128 and k_block a multiple of 64.
+struct DeviceBlockMask {
+  attn::BlockMask host;  // the mask as built (its key_blocks/row_start also on the GPU)
+  Tensor row_start;      // i32 [rows + 1] on the GPU
+  Tensor key_blocks;     // i32 [listed blocks] on the GPU
+};
+DeviceBlockMask upload(const attn::BlockMask& mask);
+
+// Block-sparse flash attention: visits exactly the key blocks `mask` lists for each
+// (batch, head, query block) and applies its rule inside them; query row i has position
+// mask.q_offset + i, key slot j position j. Shapes as above with Tq == mask.q_len and
+// Tk == mask.kv_len; the mask's batch/heads are 1 (shared) or equal to B / H. D = 256
+// needs q_block 64. A row with no allowed key gets a zero output.
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                     const DeviceBlockMask& mask, float scale);
+
+// Split-KV decode (FlashDecoding): one query token per sequence, q and o [B, 1, H, D],
+// attends to the first kv_len slots of the caches k, v [B, capacity, Hkv, D] (bf16,
+// contiguous, kv_len <= capacity, D 64/128/256, H / Hkv <= 16). The keys are split into
+// ranges processed in parallel (splits <= 0: enough to fill the GPU) and merged by
+// log-sum-exp; the partial results use f32 scratch from the caching allocator.
+void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, int64_t kv_len,
+                      float scale, int64_t splits = 0);
 
 }  // namespace subq::cuda
