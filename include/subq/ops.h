@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "subq/tensor.h"
 
@@ -50,6 +51,31 @@ void exp(const Tensor& x, const Tensor& y);
 // the first rotary_dim channels of each head (rotary_dim even, <= Dh); position of row t
 // is positions[t] (i32[T]); inv_freq[i] = theta^(-2i / rotary_dim).
 void rope(const Tensor& x, const Tensor& positions, float theta, int64_t rotary_dim);
+
+// The rotary frequencies of Hugging Face's rope types (transformers' modeling_rope_utils),
+// for context extension: linear position interpolation, Llama 3's wavelength-banded
+// scaling and YaRN (NTK-by-parts interpolation with a cos/sin attention factor).
+struct RopeSpec {
+  enum class Type { standard, linear, llama3, yarn };
+  Type type = Type::standard;
+  double theta = 10000.0;
+  int64_t rotary_dim = -1;  // -1: the head dim; 0: no rotary embedding
+  double factor = 1.0;                                   // linear, llama3, yarn
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  double original_max_positions = 0;                     // llama3, yarn (pretraining context)
+  double beta_fast = 32.0, beta_slow = 1.0;              // yarn: the ramp's rotation counts
+  bool truncate = true;                                  // yarn: integer ramp ends
+  double attention_factor = 1.0;                         // multiplies cos and sin
+};
+struct RopeTable {
+  std::vector<double> inv_freq;  // rotary_dim / 2 frequencies
+  double attention_factor = 1.0;
+};
+// Throws Error for a rotary_dim that is not even and positive or parameters outside their
+// domain (theta, factor > 0; llama3 high_freq_factor > low_freq_factor; ...).
+RopeTable rope_table(const RopeSpec& spec);
+// rope() with the table's frequencies over its 2 * inv_freq.size() leading channels.
+void rope(const Tensor& x, const Tensor& positions, const RopeTable& table);
 // out[T, D] (f32) = table[ids[t], :] for ids i32[T]; table [V, D] f32/bf16/f16.
 // Throws if an id is outside [0, V).
 void embedding(const Tensor& ids, const Tensor& table, const Tensor& out);

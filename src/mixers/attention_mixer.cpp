@@ -101,9 +101,11 @@ AttentionMixer::AttentionMixer(const AttentionConfig& config, AttentionWeights w
   if (D < 1 || Hq < 1 || Hkv < 1 || Dh < 1 || Hq % Hkv != 0)
     throw Error("AttentionMixer: need d_model, heads, kv heads, head_dim >= 1 with heads a multiple of kv heads, found " +
                 std::to_string(D) + ", " + std::to_string(Hq) + ", " + std::to_string(Hkv) + ", " + std::to_string(Dh));
-  if (cfg_.rotary_dim < 0) cfg_.rotary_dim = Dh;
-  if (cfg_.rotary_dim % 2 != 0 || cfg_.rotary_dim > Dh)
-    throw Error("AttentionMixer: rotary_dim must be even and <= head_dim, found " + std::to_string(cfg_.rotary_dim));
+  if (cfg_.rope.rotary_dim < 0) cfg_.rope.rotary_dim = Dh;
+  if (cfg_.rope.rotary_dim % 2 != 0 || cfg_.rope.rotary_dim > Dh)
+    throw Error("AttentionMixer: rotary_dim must be even and <= head_dim, found " +
+                std::to_string(cfg_.rope.rotary_dim));
+  if (cfg_.rope.rotary_dim > 0) rope_ = rope_table(cfg_.rope);
   const attn::SelectorSpec& s = cfg_.sparse;
   bool causal = s.causal;
   if (s.kind == "neighborhood")
@@ -153,11 +155,11 @@ void AttentionMixer::forward(const Tensor& x, MixerState& state, const Tensor& y
   for (int64_t b = 0; b < B; ++b) {
     attn::KVCache& cache = st->caches[static_cast<size_t>(b)];
     const int64_t q_offset = cache.next_position();
-    if (cfg_.rotary_dim > 0) {
+    if (cfg_.rope.rotary_dim > 0) {
       int32_t* p = positions.mutable_data<int32_t>();
       for (int64_t t = 0; t < T; ++t) p[t] = static_cast<int32_t>(q_offset + t);
-      rope(q.select(0, b), positions, cfg_.rope_theta, cfg_.rotary_dim);
-      rope(k.select(0, b), positions, cfg_.rope_theta, cfg_.rotary_dim);
+      rope(q.select(0, b), positions, rope_);
+      rope(k.select(0, b), positions, rope_);
     }
     cache.append(k.data<float>() + b * T * Hkv * Dh, v.data<float>() + b * T * Hkv * Dh, Hkv * Dh, T);
 

@@ -15,6 +15,7 @@
 
 #include "src/ops/attention/selectors/selector_spec.h"
 #include "subq/mixer.h"
+#include "subq/ops.h"
 #include "subq/tensor.h"
 
 namespace subq {
@@ -24,8 +25,7 @@ struct AttentionConfig {
   int64_t n_heads = 0;
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
-  float rope_theta = 10000.f;
-  int64_t rotary_dim = -1;  // -1: head_dim; 0: no rotary embedding
+  RopeSpec rope;  // rope.rotary_dim -1: head_dim; 0: no rotary embedding
   bool qk_norm = false;
   float norm_eps = 1e-6f;
   float scale = 0.f;    // 0: 1 / sqrt(head_dim)
@@ -57,6 +57,7 @@ class AttentionMixer : public Mixer {
  private:
   AttentionConfig cfg_;
   AttentionWeights w_;
+  RopeTable rope_;  // empty when rope.rotary_dim == 0
 };
 
 }  // namespace subq

@@ -43,7 +43,7 @@ std::unique_ptr<Mixer> load_attention(const AttentionConfig& config, const Check
 // The head count, kv heads, head_dim and sparse policy of a Llama-style config; rotary
 // settings are the caller's (they differ per architecture).
 AttentionConfig attention_config(const Config& c, const LoadOptions& options);
-// rope_parameters (transformers >= 4.5x) or the older rope_theta / rope_scaling fields;
-// only the default (unscaled) rotary embedding is supported, anything else is an Error.
+// rope_parameters (transformers >= 5) or the older rope_theta / rope_scaling fields:
+// rope types default, linear, llama3 and yarn; any other type is an Error naming it.
 void read_rope(const Config& c, AttentionConfig& ac);
 }  // namespace subq::models

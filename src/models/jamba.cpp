@@ -48,7 +48,7 @@ DecoderSpec build_jamba(const Config& c, const Checkpoint& w, const LoadOptions&
   mc.inner_norm_eps = static_cast<float>(eps);
 
   AttentionConfig ac = attention_config(c, options);
-  ac.rotary_dim = 0;  // Jamba's attention has no positional embedding
+  ac.rope.rotary_dim = 0;  // Jamba's attention has no positional embedding
 
   DecoderSpec spec;
   spec.architecture = "JambaForCausalLM";

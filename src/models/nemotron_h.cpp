@@ -62,7 +62,7 @@ DecoderSpec build_nemotron_h(const Config& c, const Checkpoint& w, const LoadOpt
   const bool proj_bias = c.get_or<bool>("use_bias", false), conv_bias = c.get_or<bool>("use_conv_bias", true);
 
   AttentionConfig ac = attention_config(c, options);
-  ac.rotary_dim = 0;  // Nemotron-H attention has no positional embedding
+  ac.rope.rotary_dim = 0;  // Nemotron-H attention has no positional embedding
   const bool attn_bias = c.get_or<bool>("attention_bias", false);
   const int64_t F = types.end() != std::find(types.begin(), types.end(), "mlp") ? positive(c, "intermediate_size") : 0;
   if (c.get_or<bool>("mlp_bias", false)) throw Error(c.path() + ": mlp_bias = true is not supported");

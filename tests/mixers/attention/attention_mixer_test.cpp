@@ -31,8 +31,8 @@ Fixture make_fixture(std::mt19937_64& rng, int64_t D, int64_t Hq, int64_t Hkv, i
   f.cfg.n_heads = Hq;
   f.cfg.n_kv_heads = Hkv;
   f.cfg.head_dim = Dh;
-  f.cfg.rope_theta = 500.f;  // fast rotation, so positions matter within short tests
-  f.cfg.rotary_dim = rotary_dim;
+  f.cfg.rope.theta = 500.0;  // fast rotation, so positions matter within short tests
+  f.cfg.rope.rotary_dim = rotary_dim;
   f.cfg.qk_norm = qk_norm;
   f.cfg.sparse = attn::parse_selector(policy);
   // Weights ~ U(-2/sqrt(D), 2/sqrt(D)): logits of order 1, so softmax is neither flat nor one-hot.
@@ -71,7 +71,7 @@ std::vector<double> project(const std::vector<double>& x, int64_t n, int64_t in,
 // In place on rows [B*T, H, Dh]: RMSNorm per head (optional), then NeoX rotary at position t.
 void norm_and_rotate(std::vector<double>& x, int64_t B, int64_t T, int64_t H, const Fixture& f, const Tensor& norm) {
   const int64_t Dh = f.cfg.head_dim;
-  const int64_t rot = f.cfg.rotary_dim < 0 ? Dh : f.cfg.rotary_dim;
+  const int64_t rot = f.cfg.rope.rotary_dim < 0 ? Dh : f.cfg.rope.rotary_dim;
   const auto nw = norm.defined() ? to_double(norm) : std::vector<double>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
@@ -84,7 +84,7 @@ void norm_and_rotate(std::vector<double>& x, int64_t B, int64_t T, int64_t H, co
           for (int64_t i = 0; i < Dh; ++i) v[i] *= inv * nw[static_cast<size_t>(i)];
         }
         for (int64_t i = 0; i < rot / 2; ++i) {
-          const double angle = static_cast<double>(t) * std::pow(static_cast<double>(f.cfg.rope_theta), -2.0 * i / rot);
+          const double angle = static_cast<double>(t) * std::pow(f.cfg.rope.theta, -2.0 * i / rot);
           const double c = std::cos(angle), s = std::sin(angle);
           const double x0 = v[i], x1 = v[i + rot / 2];
           v[i] = x0 * c - x1 * s;
