@@ -6,8 +6,8 @@
 //   output      o_i = scale (2^{G_i} q_i^T S_c + sum_{j<=i} 2^{G_i - G_j} w_j (q_i . k_j) v_j)
 // Every exponent is <= 0: nothing overflows however long the decay runs.
 // Kernel 1 (chunk_state_kernel): one CTA per (64 x 64 tile of S, head, batch) walks the
-// chunks in order, keeps its tile in f32 mma accumulators, stores each S_c as bf16 to a
-// workspace, and writes the final state in f32. K^T arrives through ldmatrix.trans from
+// chunks in order (the tiles of S evolve independently), keeps its tile in f32 mma
+// accumulators, stores each S_c as bf16 to a workspace, and writes the final state in f32. K^T arrives through ldmatrix.trans from
 // the token-major K tile, and the per-token factor 2^{G_last - G_j} w_j is applied to
 // those A fragments in registers (the factor belongs to the k index of the product).
 // Kernel 2 (chunk_output_kernel): one CTA per (chunk, head, batch), fully parallel; warp w
@@ -61,13 +61,13 @@ __device__ __forceinline__ int swz(int row, int chunk) {
 
 // Rows [0, valid) of an [R][W] bf16 tile from global rows `ld` elements apart; the other
 // rows are zero-filled, so padded tokens contribute nothing.
-template <int R, int W>
+template <int R, int W, int kCopiers = kThreads>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid) {
   constexpr int kChunks = W / 8;
-  static_assert((R * kChunks) % kThreads == 0);
+  static_assert((R * kChunks) % kCopiers == 0);
 #pragma unroll
-  for (int i = 0; i < R * kChunks / kThreads; ++i) {
-    const int idx = i * kThreads + static_cast<int>(threadIdx.x);
+  for (int i = 0; i < R * kChunks / kCopiers; ++i) {
+    const int idx = i * kCopiers + static_cast<int>(threadIdx.x);
     const int r = idx / kChunks, c = idx % kChunks;
     const bool ok = r < valid;
     cp_async_16(s + swz<W>(r, c), ok ? g + r * ld + c * 8 : g, ok);
@@ -121,7 +121,11 @@ __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi)
   return pack_bf16x2(f.x * lo, f.y * hi);
 }
 
-// Kernel 1's pipeline: chunk c + kStages - 1 is being copied while chunk c is used.
+// Kernel 1: 8 warps, warp w owning rows 16 (w % 4).. of the tile and columns 32 (w / 4)..,
+// so that each chunk's step of the sequential walk is short. Its pipeline: chunk
+// c + kStages - 1 is being copied while chunk c is used.
+constexpr int kStateWarps = 8;
+constexpr int kStateThreads = kStateWarps * 32;
 constexpr int kStages = 4;
 constexpr int kStageTile = kChunk * kTile;  // elements of one K or V tile
 constexpr int kStateSmem =
@@ -141,18 +145,20 @@ __device__ __forceinline__ void stage_chunk(const Params& p, const StateSmem& sm
                                             int c) {
   if (c < p.nc) {
     const int t0 = c * kChunk, st = c % kStages;
-    load_tile<kChunk, kTile>(sm.k + st * kStageTile, k + t0 * k_ld, k_ld, p.T - t0);
-    load_tile<kChunk, kTile>(sm.v + st * kStageTile, v + t0 * v_ld, v_ld, p.T - t0);
-    const int i = threadIdx.x & (kChunk - 1), t = t0 + i;
-    const int64_t at = (static_cast<int64_t>(b) * p.T + min(t, p.T - 1)) * p.H + h;
-    const float* src = threadIdx.x < kChunk ? p.gate_tok : p.value_scale;
-    float* dst = (threadIdx.x < kChunk ? sm.gate : sm.scale) + st * kChunk + i;
-    if (src) cp_async_4(dst, src + at, t < p.T);
+    load_tile<kChunk, kTile, kStateThreads>(sm.k + st * kStageTile, k + t0 * k_ld, k_ld, p.T - t0);
+    load_tile<kChunk, kTile, kStateThreads>(sm.v + st * kStageTile, v + t0 * v_ld, v_ld, p.T - t0);
+    if (threadIdx.x < 2 * kChunk) {  // threads 0-63 copy the gates, 64-127 the value scales
+      const int i = threadIdx.x & (kChunk - 1), t = t0 + i;
+      const int64_t at = (static_cast<int64_t>(b) * p.T + min(t, p.T - 1)) * p.H + h;
+      const float* src = threadIdx.x < kChunk ? p.gate_tok : p.value_scale;
+      float* dst = (threadIdx.x < kChunk ? sm.gate : sm.scale) + st * kChunk + i;
+      if (src) cp_async_4(dst, src + at, t < p.T);
+    }
   }
   cp_async_commit();
 }
 
-__global__ void __launch_bounds__(kThreads) chunk_state_kernel(const Params p) {
+__global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params p) {
   extern __shared__ __align__(128) unsigned char smem[];
   StateSmem sm;
   sm.k = reinterpret_cast<__nv_bfloat16*>(smem);
@@ -168,14 +174,16 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(const Params p) {
   const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.T * v_ld + (h / p.v_group) * p.dv + vt * kTile;
   const float head_gate = p.gate_head ? p.gate_head[h] : 0.f;
 
-  // acc[nt][c] is S[row0 + 8 (c >> 1)][col0 + 8 nt + (c & 1)] (the m16n8 C fragment);
-  // warp w holds dk rows 16w..16w+15 of the tile, all 64 columns.
-  const int row0 = kt * kTile + warp * 16 + (lane >> 2);
-  const int col0 = vt * kTile + ((lane & 3) << 1);
+  // acc[nt][c] is S[row0 + 8 (c >> 1)][col0 + 8 nt + (c & 1)] (the m16n8 C fragment) of
+  // this warp's 16 x 32 piece: rows 16 wr.., columns 32 wc.. of the tile.
+  constexpr int kCols = kTile / 2;
+  const int wr = warp & 3, wc = warp >> 2;
+  const int row0 = kt * kTile + wr * 16 + (lane >> 2);
+  const int col0 = vt * kTile + wc * kCols + ((lane & 3) << 1);
   float* state = p.state + (static_cast<int64_t>(b) * p.H + h) * p.dk * p.dv;
-  float acc[kTile / 8][4];
+  float acc[kCols / 8][4];
 #pragma unroll
-  for (int nt = 0; nt < kTile / 8; ++nt)
+  for (int nt = 0; nt < kCols / 8; ++nt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float2 s = *reinterpret_cast<const float2*>(state + (row0 + 8 * r) * p.dv + col0 + nt * 8);
@@ -190,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(const Params p) {
     const int t0 = c * kChunk, st = c % kStages;
     __nv_bfloat16* start = ws + static_cast<int64_t>(c) * p.dk * p.dv;
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt)
+    for (int nt = 0; nt < kCols / 8; ++nt)
 #pragma unroll
       for (int r = 0; r < 2; ++r)
         *reinterpret_cast<__nv_bfloat162*>(start + (row0 + 8 * r) * p.dv + col0 + nt * 8) =
@@ -209,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(const Params p) {
     const float wx = fast_exp2(g.G_last - g.G.x) * g.scale.x, wy = fast_exp2(g.G_last - g.G.y) * g.scale.y;
     const float decay = fast_exp2(g.G_last);
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt)
+    for (int nt = 0; nt < kCols / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] *= decay;
 
@@ -220,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(const Params p) {
       // A = K^T (m = dk row, k = token): the four 8x8 matrices are (rows 0-7 | 8-15) x
       // (tokens 0-7 | 8-15) of this warp's 16 rows, read transposed from token rows.
       uint32_t a[4];
-      ldmatrix_x4_trans(a, ks + swz<kTile>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), warp * 2 + ((lane >> 3) & 1)));
+      ldmatrix_x4_trans(a, ks + swz<kTile>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), wr * 2 + ((lane >> 3) & 1)));
       // a[0], a[1] hold tokens 16kk + 2(lane & 3) + {0, 1}, a[2], a[3] those + 8; lane s
       // holds the factors of tokens 2s and 2s + 1.
       const int src = kk * 8 + (lane & 3);
@@ -231,9 +239,10 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(const Params p) {
       a[2] = scale_bf16x2(a[2], w8, w9);
       a[3] = scale_bf16x2(a[3], w8, w9);
 #pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
+      for (int np = 0; np < kCols / 16; ++np) {
         uint32_t vb[4];
-        ldmatrix_x4_trans(vb, vs + swz<kTile>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), np * 2 + (lane >> 4)));
+        ldmatrix_x4_trans(vb, vs + swz<kTile>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                              wc * (kCols / 8) + np * 2 + (lane >> 4)));
         mma_bf16_16816(acc[2 * np], a, vb[0], vb[1]);
         mma_bf16_16816(acc[2 * np + 1], a, vb[2], vb[3]);
       }
@@ -241,7 +250,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(const Params p) {
   }
   cp_async_wait<0>();
 #pragma unroll
-  for (int nt = 0; nt < kTile / 8; ++nt)
+  for (int nt = 0; nt < kCols / 8; ++nt)
 #pragma unroll
     for (int r = 0; r < 2; ++r)
       *reinterpret_cast<float2*>(state + (row0 + 8 * r) * p.dv + col0 + nt * 8) =
@@ -427,7 +436,7 @@ void run(Params p, int batch, bool f32_out) {
   (void)configured;
   const dim3 grid1(static_cast<unsigned>((p.dk / kTile) * (p.dv / kTile)), static_cast<unsigned>(p.H),
                    static_cast<unsigned>(batch));
-  chunk_state_kernel<<<grid1, kThreads, kStateSmem, stream()>>>(p);
+  chunk_state_kernel<<<grid1, kStateThreads, kStateSmem, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("chunk_state_kernel");
   if (p.dk == 64) {
     p.dv == 64 ? launch_output<64, 64>(p, batch, f32_out) : launch_output<64, 128>(p, batch, f32_out);
