@@ -8,10 +8,15 @@ subq_cuda_bench, so the two can be joined by (op, shape).
   sparse     FlexAttention (torch.compile'd) on the block masks subq_cuda_bench sparse runs
   decode     PyTorch SDPA (its fastest backend for one query token, GQA) on decode shapes
   scan       mamba_ssm's selective_scan_fn / causal_conv1d_fn, when installed
+  linear     mamba_ssm's Triton mamba_chunk_scan_combined (Mamba-2 SSD) and fla's
+             chunk_simple_gla, from the sources at .peers/mamba_src and .peers/fla
 """
+import importlib
 import json
+import os
 import statistics
 import sys
+import types
 
 import torch
 
@@ -145,8 +150,87 @@ def scan():
         emit("mamba_ssm", "selective_scan", f"B={B} T={T} D={D} N={N} G=1 f32", ms, nbytes=nbytes)
 
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def import_from_source(module, packages):
+    """Imports `module` from peer sources without running the __init__ of `packages`
+    ({name: directory under the repository root}): mamba_ssm's imports a compiled extension that is absent here,
+    fla's imports every op. Each package becomes a bare module whose __path__ is its
+    source directory, so only the submodules `module` needs are executed."""
+    for name, path in packages.items():
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            stub.__path__ = [os.path.join(ROOT, path)]
+            sys.modules[name] = stub
+    return importlib.import_module(module)
+
+
+def chunked_flops(B, T, H, dk, dv):
+    """subq_cuda_bench's count (bench/cuda/linear.cu): the useful matmul work of the
+    chunked algorithm with 64-token chunks, whatever chunk the peer uses."""
+    C, chunks = 64, (T + 63) // 64
+    return (2 * (C * (C + 1) / 2) * (dk + dv) + 4 * C * dk * dv) * chunks * B * H
+
+
+def linear():
+    tokens = 32768
+    try:
+        ssd = import_from_source("mamba_ssm.ops.triton.ssd_combined", {"mamba_ssm": ".peers/mamba_src/mamba_ssm"})
+        mamba_chunk_scan_combined = ssd.mamba_chunk_scan_combined
+    except Exception as e:  # noqa: BLE001 - report whatever stops the import
+        print(json.dumps({"impl": "mamba_ssm", "op": "ssd", "missing": repr(e)}), flush=True)
+    else:
+        P, N, G = 64, 128, 1
+        for H in (24, 48):
+            for T in (4096, 16384):
+                B = max(1, tokens // T)
+                x = torch.randn(B, T, H, P, device="cuda", dtype=torch.bfloat16)
+                dt = torch.empty(B, T, H, device="cuda").uniform_(0.001, 0.1)
+                A = torch.empty(H, device="cuda").uniform_(-8.0, -1.0)
+                Bm = torch.randn(B, T, G, N, device="cuda", dtype=torch.bfloat16)
+                Cm = torch.randn(B, T, G, N, device="cuda", dtype=torch.bfloat16)
+                D = torch.randn(H, device="cuda")
+                h0 = torch.empty(B, H, P, N, device="cuda").uniform_(-1.0, 1.0)  # mamba's [B, H, P, N]
+                shape = f"B={B} T={T} H={H} P={P} N={N} G={G} bf16"
+                nbytes = 2.0 * x.numel() + 4.0 * dt.numel() + 2.0 * (Bm.numel() + Cm.numel()) + 8.0 * h0.numel() + 2.0 * x.numel()
+                # Mamba-2 layers run with chunk_size 256 (the module default); 64 is subq's chunk.
+                for chunk, impl in ((256, "mamba_ssm"), (64, "mamba_ssm-chunk64")):
+                    try:
+                        ms = median_ms(lambda: mamba_chunk_scan_combined(x, dt, A, Bm, Cm, chunk, D=D, initial_states=h0,
+                                                                         return_final_states=True))
+                    except Exception as e:  # noqa: BLE001
+                        print(json.dumps({"impl": impl, "op": "ssd", "shape": shape, "missing": repr(e)}), flush=True)
+                        continue
+                    emit(impl, "ssd", shape, ms, flops=chunked_flops(B, T, H, N, P), nbytes=nbytes, chunk=chunk)
+                del x, dt, Bm, Cm, h0
+    try:
+        simple_gla = import_from_source("fla.ops.simple_gla", {"fla": ".peers/fla", "fla.ops": ".peers/fla/ops"})
+        chunk_simple_gla = simple_gla.chunk_simple_gla
+    except Exception as e:  # noqa: BLE001
+        print(json.dumps({"impl": "fla", "op": "simple_gla", "missing": repr(e)}), flush=True)
+        return
+    H, dk, dv = 16, 128, 128
+    for T in (4096, 16384):
+        B = max(1, tokens // T)
+        q, k = (torch.randn(B, T, H, dk, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        v = torch.randn(B, T, H, dv, device="cuda", dtype=torch.bfloat16)
+        g = torch.empty(B, T, H, device="cuda").uniform_(-0.1, 0.0)  # natural-log decay per token
+        h0 = torch.empty(B, H, dk, dv, device="cuda").uniform_(-1.0, 1.0)
+        shape = f"B={B} T={T} H={H} dk={dk} dv={dv} per_token bf16"
+        nbytes = 2.0 * (q.numel() + k.numel() + v.numel()) + 4.0 * g.numel() + 8.0 * h0.numel() + 2.0 * v.numel()
+        try:
+            ms = median_ms(lambda: chunk_simple_gla(q, k, v, g=g, scale=dk ** -0.5, initial_state=h0,
+                                                    output_final_state=True))
+        except Exception as e:  # noqa: BLE001
+            print(json.dumps({"impl": "fla", "op": "simple_gla", "shape": shape, "missing": repr(e)}), flush=True)
+            continue
+        emit("fla", "simple_gla", shape, ms, flops=chunked_flops(B, T, H, dk, dv), nbytes=nbytes)
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
-    jobs = {"ceilings": ceilings, "attention": attention, "sparse": sparse, "decode": decode, "scan": scan}
+    jobs = {"ceilings": ceilings, "attention": attention, "sparse": sparse, "decode": decode, "scan": scan,
+            "linear": linear}
     for what in sys.argv[1:] or list(jobs):
         jobs[what]()
