@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/common.h"
 #include "bench/cuda/timing.h"
 #include "src/ops/attention/flash_attention.h"
 #include "src/ops/common/cuda_ops.h"
@@ -17,23 +18,6 @@
 
 namespace subq::bench::gpu {
 namespace {
-
-Tensor random_device(DType dtype, const Shape& shape, std::mt19937_64& rng) {
-  std::normal_distribution<float> dist(0.f, 1.f);
-  Tensor f = Tensor::empty(DType::f32, shape);
-  float* p = f.mutable_data<float>();
-  for (int64_t i = 0; i < f.numel(); ++i) p[i] = dist(rng);
-  if (dtype == DType::f32) return cuda::to_device(f);
-  Tensor t = Tensor::empty(dtype, shape);
-  convert(f, t);
-  return cuda::to_device(t);
-}
-
-void report(const char* op, const std::string& shape, double ms, double flops, double bytes) {
-  std::printf("{\"impl\": \"subq\", \"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.5f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
-              op, shape.c_str(), ms, flops / ms * 1e-9, bytes / ms * 1e-6);
-  std::fflush(stdout);
-}
 
 void bench_attention(std::mt19937_64& rng) {
   const int64_t H = 16, D = 128;
@@ -130,6 +114,7 @@ int main(int argc, char** argv) {
     if (only.empty() || only == "attention") bench_attention(rng);
     if (only.empty() || only == "scan") bench_scan(rng);
     if (only.empty() || only == "gemm") bench_gemm(rng);
+    if (only.empty() || only == "delta") bench_delta(rng);
   } catch (const subq::Error& e) {
     std::fprintf(stderr, "subq_cuda_bench: error: %s\n", e.what());
     return 1;

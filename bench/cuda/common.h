@@ -1,0 +1,35 @@
+// Shared by the subq_cuda_bench case files: random GPU inputs and the JSON row format
+// that scripts/gpu-check joins with bench/gpu/peers.py's rows on (op, shape).
+#pragma once
+
+#include <cstdio>
+#include <random>
+#include <string>
+
+#include "src/core/cuda/device.h"
+#include "subq/ops.h"
+
+namespace subq::bench::gpu {
+
+// Normal(0, 1) values (never zeros) of `dtype` in GPU memory.
+inline Tensor random_device(DType dtype, const Shape& shape, std::mt19937_64& rng) {
+  std::normal_distribution<float> dist(0.f, 1.f);
+  Tensor f = Tensor::empty(DType::f32, shape);
+  float* p = f.mutable_data<float>();
+  for (int64_t i = 0; i < f.numel(); ++i) p[i] = dist(rng);
+  if (dtype == DType::f32) return cuda::to_device(f);
+  Tensor t = Tensor::empty(dtype, shape);
+  convert(f, t);
+  return cuda::to_device(t);
+}
+
+inline void report(const char* op, const std::string& shape, double ms, double flops, double bytes) {
+  std::printf("{\"impl\": \"subq\", \"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.5f, \"tflops\": %.2f, \"gbps\": %.1f}\n",
+              op, shape.c_str(), ms, flops / ms * 1e-9, bytes / ms * 1e-6);
+  std::fflush(stdout);
+}
+
+// Case groups defined in their own files, run by bench_main.cu's main.
+void bench_delta(std::mt19937_64& rng);
+
+}  // namespace subq::bench::gpu
