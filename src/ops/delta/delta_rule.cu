@@ -159,25 +159,25 @@ __global__ void __launch_bounds__(kPrepThreads) delta_prepare_kernel(const Param
   cp_async_wait<0>();
   __syncthreads();
 
-  // Row factors in f32 from the bf16 rows (the reference normalises the same values).
-  for (int rr = 0; rr < 16; ++rr) {
-    const int r = warp * 16 + rr;
-    float sk = 0.f, sq = 0.f;
+  // Row factors in f32 from the bf16 rows (the reference normalises the same values):
+  // threads 0..63 take the key rows, 64..127 the query rows.
+  {
+    const int r = tid & (kChunk - 1);
+    const bf16_t* row = (tid < kChunk ? sK : sQ) + r * LD;
+    float ss = 0.f;
 #pragma unroll
-    for (int d = lane; d < DK; d += 32) {
-      const float x = __bfloat162float(sK[r * LD + d]), y = __bfloat162float(sQ[r * LD + d]);
-      sk = fmaf(x, x, sk);
-      sq = fmaf(y, y, sq);
-    }
+    for (int d = 0; d < DK; d += 8) {
+      const uint4 u = *reinterpret_cast<const uint4*>(row + d);
+      const uint32_t words[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      sk += __shfl_xor_sync(0xffffffffu, sk, off);
-      sq += __shfl_xor_sync(0xffffffffu, sq, off);
+      for (const uint32_t& w : words) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+        ss = fmaf(f.x, f.x, fmaf(f.y, f.y, ss));
+      }
     }
-    if (lane == 0) {
-      sRk[r] = r < L ? (p.l2 ? 1.f / sqrtf(sk + p.eps) : 1.f) : 0.f;
-      sQc[r] = r < L ? p.scale * (p.l2 ? 1.f / sqrtf(sq + p.eps) : 1.f) : 0.f;
-    }
+    const float inv = p.l2 ? 1.f / sqrtf(ss + p.eps) : 1.f;
+    if (tid < kChunk) sRk[r] = r < L ? inv : 0.f;
+    else sQc[r] = r < L ? p.scale * inv : 0.f;
   }
   __syncthreads();
 
