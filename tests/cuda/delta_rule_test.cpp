@@ -164,6 +164,22 @@ TEST(CudaDeltaRule, HeadSharingAndBatch) {
   }
 }
 
+// Grids of many heads take the 64-column scan tile (scan_tile() in delta_rule.cu), the
+// small cases above the 32-column one.
+TEST(CudaDeltaRule, ManyHeadsTakeTheWideStateTile) {
+  SUBQ_REQUIRE_GPU();
+  Case c = base(130, 128, 128, true);
+  c.s.B = 4;
+  c.s.Hq = c.s.Hk = 8;
+  c.s.Hv = 32;
+  check_case(c);
+  c = base(100, 64, 64, false);
+  c.s.B = 4;
+  c.s.Hq = c.s.Hk = c.s.Hv = 32;
+  c.out = DType::bf16;
+  check_case(c);
+}
+
 TEST(CudaDeltaRule, StrongDecayAndNoDecay) {
   SUBQ_REQUIRE_GPU();
   Case strong = base(200, 128, 128, true);

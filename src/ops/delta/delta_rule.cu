@@ -14,7 +14,7 @@
 // from the tensor-core products K K^T and Q K^T, inverts I + M in f32 (16x16 diagonal
 // blocks by forward substitution, then block rows), and writes Ainv, P (bf16) and the
 // per-token factors (G, rk, qc, beta). delta_scan_kernel (one CTA per batch, head and 32
-// state columns) walks the chunks in order with S in f32 registers and does the five
+// or 64 state columns) walks the chunks in order with S in f32 registers and does the five
 // products above on tensor cores; the per-chunk state never goes to memory (fla stores
 // it for a separate output pass).
 //
@@ -44,7 +44,9 @@ namespace {
 using bf16_t = __nv_bfloat16;
 
 constexpr int kChunk = 64;
-constexpr int kTile = 32;  // state columns per scan CTA
+// State columns per scan CTA: 64 halves the L2 reads of K, Q, Ainv and P (shared by the
+// column tiles of a head) where the grid still fills the GPU, else 32 (scan_tile()).
+constexpr int kMinTile = 32;
 // Row paddings (in bf16 elements, 16 bytes) that make every ldmatrix phase touch 8
 // distinct 16-byte bank groups: rows of 64 + 8, 128 + 8, 32 + 8 elements are 9, 17, 5
 // groups long, all odd.
@@ -278,10 +280,10 @@ __global__ void __launch_bounds__(kPrepThreads) delta_prepare_kernel(const Param
   if (tid < kChunk) p.coef[blk * kChunk + tid] = make_float4(sG[tid], sRk[tid], sQc[tid], sBeta[tid]);
 }
 
-// ---- delta_scan_kernel: the chunks of one (32 state columns, head, batch) in order ----
-template <int DK>
+// ---- delta_scan_kernel: the chunks of one (BV state columns, head, batch) in order ----
+template <int DK, int BV>
 struct ScanLayout {
-  static constexpr int kLdK = DK + kPad, kLdT = kTile + kPad, kLdC = kChunk + kPad;
+  static constexpr int kLdK = DK + kPad, kLdT = BV + kPad, kLdC = kChunk + kPad;
   static constexpr int kK = kChunk * kLdK * 2;  // sK, sQ
   static constexpr int kV = kChunk * kLdT * 2;
   static constexpr int kA = kChunk * kLdC * 2;  // sA, sP
@@ -296,9 +298,9 @@ struct Stage {
   bf16_t *k, *q, *v, *a, *p;
   float4* c;
 };
-template <int DK>
+template <int DK, int BV>
 __device__ __forceinline__ Stage stage_at(unsigned char* smem, int st) {
-  using Lay = ScanLayout<DK>;
+  using Lay = ScanLayout<DK, BV>;
   unsigned char* s = smem + st * Lay::kStage;
   Stage out;
   out.k = reinterpret_cast<bf16_t*>(s);
@@ -310,12 +312,13 @@ __device__ __forceinline__ Stage stage_at(unsigned char* smem, int st) {
   return out;
 }
 
-template <int DK, bool kF32Out>
+template <int DK, int BV, bool kF32Out>
 __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p) {
-  using Lay = ScanLayout<DK>;
+  using Lay = ScanLayout<DK, BV>;
   constexpr int LDK = Lay::kLdK, LDT = Lay::kLdT, LDC = Lay::kLdC;
-  constexpr int kMS = DK / 16;   // m16 tiles of the state's rows
-  constexpr int kSNT = DK / 32;  // n8 tiles of the state per warp (8 warps, 4 n8 tiles)
+  constexpr int kMS = DK / 16;          // m16 tiles of the state's rows
+  constexpr int kSNT = DK * BV / 1024;  // n8 tiles of the state per warp (8 warps)
+  constexpr int kTN = BV / 16;          // n8 tiles per warp of the token-side products
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* common = smem + 2 * Lay::kStage;
   bf16_t* sS = reinterpret_cast<bf16_t*>(common);
@@ -333,13 +336,13 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
 
   auto load_chunk = [&](int c, int st) {
     const int t0 = c * kChunk, L = min(kChunk, p.T - t0);
-    const Stage sb = stage_at<DK>(smem, st);
+    const Stage sb = stage_at<DK, BV>(smem, st);
     bf16_t *sK = sb.k, *sQ = sb.q, *sV = sb.v, *sA = sb.a, *sP = sb.p;
     float4* sC = sb.c;
     const int64_t row0 = static_cast<int64_t>(b) * p.T + t0;
     const bf16_t* kg = p.k + row0 * k_ld + hk * DK;
     const bf16_t* qg = p.q + row0 * q_ld + hq * DK;
-    const bf16_t* vg = p.v + row0 * v_ld + static_cast<int64_t>(hv) * p.dv + tile * kTile;
+    const bf16_t* vg = p.v + row0 * v_ld + static_cast<int64_t>(hv) * p.dv + tile * BV;
     constexpr int kRowChunks = DK / 8;
 #pragma unroll
     for (int i = 0; i < kChunk * kRowChunks / kScanThreads; ++i) {
@@ -349,8 +352,10 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
       cp_async_16(sK + r * LDK + ch * 8, ok ? kg + r * k_ld + ch * 8 : kg, ok);
       cp_async_16(sQ + r * LDK + ch * 8, ok ? qg + r * q_ld + ch * 8 : qg, ok);
     }
-    {
-      const int r = tid >> 2, ch = tid & 3;  // 64 rows x 4 chunks of 8 columns
+#pragma unroll
+    for (int i = 0; i < kChunk * (BV / 8) / kScanThreads; ++i) {
+      const int idx = i * kScanThreads + tid;
+      const int r = idx / (BV / 8), ch = idx % (BV / 8);
       const bool ok = r < L;
       cp_async_16(sV + r * LDT + ch * 8, ok ? vg + r * v_ld + ch * 8 : vg, ok);
     }
@@ -370,7 +375,7 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
 
   // This thread's state elements: m16 tile ms, n8 tiles nb .. nb + kSNT - 1.
   const int ms = warp % kMS, nb = (warp / kMS) * kSNT;
-  float* sg = p.state + bh * DK * p.dv + tile * kTile;
+  float* sg = p.state + bh * DK * p.dv + tile * BV;
   float s[kSNT][4];
 #pragma unroll
   for (int j = 0; j < kSNT; ++j)
@@ -382,8 +387,8 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
       s[j][2 * hf + 1] = x.y;
     }
 
-  // Token-side work (X, Y, R, V', O): warp rows 16 mx.., columns nx..nx+15 of the tile.
-  const int mx = warp & 3, nx = (warp >> 2) * 16;
+  // Token-side work (X, Y, R, V', O): warp rows 16 mx.., columns nx..nx+BV/2-1 of the tile.
+  const int mx = warp & 3, nx = (warp >> 2) * (BV / 2);
   const int r0 = 16 * mx + g;
 
   load_chunk(0, 0);
@@ -395,7 +400,7 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
     } else {
       cp_async_wait<0>();
     }
-    const Stage sb = stage_at<DK>(smem, st);
+    const Stage sb = stage_at<DK, BV>(smem, st);
     const bf16_t *sK = sb.k, *sQ = sb.q, *sV = sb.v, *sA = sb.a, *sP = sb.p;
     const float4* sC = sb.c;
 
@@ -408,24 +413,28 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
     __syncthreads();
 
     // X = K S0, Y = Q S0.
-    float x[2][4] = {}, y[2][4] = {};
+    float x[kTN][4] = {}, y[kTN][4] = {};
 #pragma unroll
     for (int ks = 0; ks < DK / 16; ++ks) {
-      uint32_t ak[4], aq[4], bs[4];
+      uint32_t ak[4], aq[4];
       frag_a(ak, sK, LDK, 16 * mx, 16 * ks, lane);
       frag_a(aq, sQ, LDK, 16 * mx, 16 * ks, lane);
-      frag_b(bs, sS, LDT, 16 * ks, nx, lane);
-      mma_bf16_16816(x[0], ak, bs[0], bs[1]);
-      mma_bf16_16816(x[1], ak, bs[2], bs[3]);
-      mma_bf16_16816(y[0], aq, bs[0], bs[1]);
-      mma_bf16_16816(y[1], aq, bs[2], bs[3]);
+#pragma unroll
+      for (int jp = 0; jp < kTN / 2; ++jp) {
+        uint32_t bs[4];
+        frag_b(bs, sS, LDT, 16 * ks, nx + 16 * jp, lane);
+        mma_bf16_16816(x[2 * jp], ak, bs[0], bs[1]);
+        mma_bf16_16816(x[2 * jp + 1], ak, bs[2], bs[3]);
+        mma_bf16_16816(y[2 * jp], aq, bs[0], bs[1]);
+        mma_bf16_16816(y[2 * jp + 1], aq, bs[2], bs[3]);
+      }
     }
 
     // R = beta (V - exp(G) rk X) for rows r0 and r0 + 8.
     const float4 c0 = sC[r0], c1 = sC[r0 + 8];
     const float e0 = expf(c0.x), e1 = expf(c1.x);
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < kTN; ++j) {
       const int col = nx + 8 * j + 2 * t4;
       const float2 v0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sV + r0 * LDT + col));
       const float2 v1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sV + (r0 + 8) * LDT + col));
@@ -436,20 +445,24 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
     __syncthreads();
 
     // V' = Ainv R (Ainv is lower triangular: token blocks 0..mx).
-    float vp[2][4] = {};
+    float vp[kTN][4] = {};
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
       if (ks > mx) continue;
-      uint32_t aa[4], br[4];
+      uint32_t aa[4];
       frag_a(aa, sA, LDC, 16 * mx, 16 * ks, lane);
-      frag_b(br, sR, LDT, 16 * ks, nx, lane);
-      mma_bf16_16816(vp[0], aa, br[0], br[1]);
-      mma_bf16_16816(vp[1], aa, br[2], br[3]);
+#pragma unroll
+      for (int jp = 0; jp < kTN / 2; ++jp) {
+        uint32_t br[4];
+        frag_b(br, sR, LDT, 16 * ks, nx + 16 * jp, lane);
+        mma_bf16_16816(vp[2 * jp], aa, br[0], br[1]);
+        mma_bf16_16816(vp[2 * jp + 1], aa, br[2], br[3]);
+      }
     }
     const float g_last = sC[kChunk - 1].x;  // padding tokens carry G_last
     const float w0 = c0.y * expf(g_last - c0.x), w1 = c1.y * expf(g_last - c1.x);
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < kTN; ++j) {
       const int col = nx + 8 * j + 2 * t4;
       store_bf16x2(sVn + r0 * LDT + col, vp[j][0], vp[j][1]);
       store_bf16x2(sVn + (r0 + 8) * LDT + col, vp[j][2], vp[j][3]);
@@ -459,15 +472,19 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
     __syncthreads();
 
     // O = qc exp(G) Y + P V'.
-    float oo[2][4] = {};
+    float oo[kTN][4] = {};
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
       if (ks > mx) continue;
-      uint32_t ap[4], bv[4];
+      uint32_t ap[4];
       frag_a(ap, sP, LDC, 16 * mx, 16 * ks, lane);
-      frag_b(bv, sVn, LDT, 16 * ks, nx, lane);
-      mma_bf16_16816(oo[0], ap, bv[0], bv[1]);
-      mma_bf16_16816(oo[1], ap, bv[2], bv[3]);
+#pragma unroll
+      for (int jp = 0; jp < kTN / 2; ++jp) {
+        uint32_t bv[4];
+        frag_b(bv, sVn, LDT, 16 * ks, nx + 16 * jp, lane);
+        mma_bf16_16816(oo[2 * jp], ap, bv[0], bv[1]);
+        mma_bf16_16816(oo[2 * jp + 1], ap, bv[2], bv[3]);
+      }
     }
     {
       const int t0 = c * kChunk, L = min(kChunk, p.T - t0);
@@ -477,9 +494,9 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
         const int row = r0 + 8 * hf;
         if (row >= L) continue;
         const float yf = hf ? y1 : y0;
-        const int64_t off = ((static_cast<int64_t>(b) * p.T + t0 + row) * p.H + h) * p.dv + tile * kTile;
+        const int64_t off = ((static_cast<int64_t>(b) * p.T + t0 + row) * p.H + h) * p.dv + tile * BV;
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < kTN; ++j) {
           const int col = nx + 8 * j + 2 * t4;
           const float lo = fmaf(yf, y[j][2 * hf], oo[j][2 * hf]), hi = fmaf(yf, y[j][2 * hf + 1], oo[j][2 * hf + 1]);
           if constexpr (kF32Out) {
@@ -527,22 +544,42 @@ void allow_smem(Kernel kernel, int bytes) {
   SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+template <int DK, int BV>
+void launch_scan(const Params& p, int B, bool f32_out) {
+  constexpr int kScan = ScanLayout<DK, BV>::kBytes;
+  static const bool configured = [] {
+    allow_smem(delta_scan_kernel<DK, BV, true>, kScan);
+    allow_smem(delta_scan_kernel<DK, BV, false>, kScan);
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(p.dv / BV, p.H, B);
+  if (f32_out) delta_scan_kernel<DK, BV, true><<<grid, kScanThreads, kScan, stream()>>>(p);
+  else delta_scan_kernel<DK, BV, false><<<grid, kScanThreads, kScan, stream()>>>(p);
+  SUBQ_CUDA_CHECK_LAUNCH("delta_scan_kernel");
+}
+
+// 64 columns per scan CTA when dv allows it, the device has the shared memory, and
+// the grid still gives most multiprocessors a sequence; else 32.
+template <int DK>
+int scan_tile(int64_t B, int64_t H, int64_t dv) {
+  const DeviceInfo& dev = device_info();
+  const bool fits = dev.shared_memory_optin >= static_cast<size_t>(ScanLayout<DK, 64>::kBytes);
+  return fits && dv % 64 == 0 && 4 * B * H * (dv / 64) >= 3 * static_cast<int64_t>(dev.multiprocessors) ? 64 : 32;
+}
+
 template <int DK>
 void launch(const Params& p, int B, bool f32_out) {
-  constexpr int kPrep = PrepLayout<DK>::kBytes, kScan = ScanLayout<DK>::kBytes;
+  constexpr int kPrep = PrepLayout<DK>::kBytes;
   static const bool configured = [] {
     allow_smem(delta_prepare_kernel<DK>, kPrep);
-    allow_smem(delta_scan_kernel<DK, true>, kScan);
-    allow_smem(delta_scan_kernel<DK, false>, kScan);
     return true;
   }();
   (void)configured;
   delta_prepare_kernel<DK><<<dim3(p.nc, p.H, B), kPrepThreads, kPrep, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("delta_prepare_kernel");
-  const dim3 grid(p.dv / kTile, p.H, B);
-  if (f32_out) delta_scan_kernel<DK, true><<<grid, kScanThreads, kScan, stream()>>>(p);
-  else delta_scan_kernel<DK, false><<<grid, kScanThreads, kScan, stream()>>>(p);
-  SUBQ_CUDA_CHECK_LAUNCH("delta_scan_kernel");
+  if (scan_tile<DK>(B, p.H, p.dv) == 64) launch_scan<DK, 64>(p, B, f32_out);
+  else launch_scan<DK, 32>(p, B, f32_out);
 }
 
 void check_gpu_tensor(const Tensor& t, DType dtype, const char* what) {
@@ -584,7 +621,7 @@ void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   const int64_t B = q.dim(0), T = q.dim(1), Hq = q.dim(2), dk = q.dim(3);
   const int64_t Hk = k.dim(2), Hv = v.dim(2), dv = v.dim(3);
   if (dk != 64 && dk != 128) throw Error("delta_rule q: key dim dk must be 64 or 128, found " + q.str());
-  if (dv % kTile != 0 || dv < kTile || dv > 512)
+  if (dv % kMinTile != 0 || dv < kMinTile || dv > 512)
     throw Error("delta_rule v: value dim dv must be a multiple of 32 in 32..512, found " + v.str());
   if (T < 1) throw Error("delta_rule q: expected T >= 1, found " + q.str());
   check_shape(k, Shape{B, T, Hk, dk}, "delta_rule k");
