@@ -613,7 +613,9 @@ void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   check_gpu_tensor(k, DType::bf16, "delta_rule k");
   check_gpu_tensor(v, DType::bf16, "delta_rule v");
   if (!o.defined()) throw Error("delta_rule o: expected a tensor, found none");
-  check_gpu_tensor(o, o.dtype() == DType::f32 ? DType::f32 : DType::bf16, "delta_rule o");
+  if (o.dtype() != DType::f32 && o.dtype() != DType::bf16)
+    throw Error("delta_rule o: expected dtype bf16 or f32, found " + o.str());
+  check_gpu_tensor(o, o.dtype(), "delta_rule o");
   check_ndim(q, 4, "delta_rule q", "[B, T, Hq, dk]");
   check_ndim(k, 4, "delta_rule k", "[B, T, Hk, dk]");
   check_ndim(v, 4, "delta_rule v", "[B, T, Hv, dv]");
