@@ -201,6 +201,7 @@ int main(int argc, char** argv) {
     if (only.empty() || only == "scan") bench_scan(rng);
     if (only.empty() || only == "gemm") bench_gemm(rng);
     if (only.empty() || only == "linear") bench_linear(rng);
+    if (only.empty() || only == "delta") bench_delta(rng);
   } catch (const subq::Error& e) {
     std::fprintf(stderr, "subq_cuda_bench: error: %s\n", e.what());
     return 1;

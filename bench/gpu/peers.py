@@ -10,6 +10,7 @@ subq_cuda_bench, so the two can be joined by (op, shape).
   scan       mamba_ssm's selective_scan_fn / causal_conv1d_fn, when installed
   linear     mamba_ssm's Triton mamba_chunk_scan_combined (Mamba-2 SSD) and fla's
              chunk_simple_gla, from the sources at .peers/mamba_src and .peers/fla
+  delta      flash-linear-attention's chunk_gated_delta_rule (Triton), from .peers/fla
 """
 import importlib
 import json
@@ -228,9 +229,48 @@ def linear():
         emit("fla", "simple_gla", shape, ms, flops=chunked_flops(B, T, H, dk, dv), nbytes=nbytes)
 
 
+def delta():
+    try:
+        chunk_gated_delta_rule = import_from_source("fla.ops.gated_delta_rule", {
+            "fla": ".peers/fla", "fla.ops": ".peers/fla/ops"}).chunk_gated_delta_rule
+    except Exception as e:  # noqa: BLE001 - report whatever stops the import
+        print(json.dumps({"impl": "fla", "op": "delta", "missing": repr(e)}), flush=True)
+        return
+    # The shapes, inputs and counts of bench/cuda/delta.cu: [B, T, H, D] bf16 q, k, v with
+    # l2 normalisation in the kernel, f32 log gates and betas, f32 state in and out.
+    dk = dv = 128
+    C = 64
+    Hk = 16
+    for T in (4096, 16384):
+        B = 32768 // T
+        for Hv in (16, 32):
+            q = torch.randn(B, T, Hk, dk, device="cuda", dtype=torch.bfloat16)
+            k = torch.randn(B, T, Hk, dk, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn(B, T, Hv, dv, device="cuda", dtype=torch.bfloat16)
+            beta = torch.rand(B, T, Hv, device="cuda", dtype=torch.float32) * 0.95 + 0.05
+            g = -0.1 * torch.rand(B, T, Hv, device="cuda", dtype=torch.float32)
+            h0 = 0.1 * (2 * torch.rand(B, Hv, dk, dv, device="cuda", dtype=torch.float32) - 1)
+
+            def run():
+                chunk_gated_delta_rule(q, k, v, g, beta, scale=dk ** -0.5, initial_state=h0,
+                                       output_final_state=True, use_qk_l2norm_in_kernel=True)
+            try:
+                with torch.no_grad():
+                    ms = median_ms(run)
+            except Exception as e:  # noqa: BLE001 - a failing peer must not stop the others
+                print(json.dumps({"impl": "fla", "op": "delta", "missing": repr(e)}), flush=True)
+                return
+            chunks = B * Hv * ((T + C - 1) // C)
+            tri = 10.0 / 16.0
+            flops = chunks * (4.0 * tri * C * C * dk + 6.0 * C * dk * dv + 4.0 * tri * C * C * dv)
+            nbytes = 2.0 * (2 * B * T * Hk * dk + 2 * B * T * Hv * dv) + 4.0 * 2 * B * T * Hv + 4.0 * 2 * B * Hv * dk * dv
+            emit("fla", "delta", f"B={B} T={T} Hk={Hk} Hv={Hv} dk={dk} dv={dv} gated l2 bf16", ms,
+                 flops=flops, nbytes=nbytes)
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     jobs = {"ceilings": ceilings, "attention": attention, "sparse": sparse, "decode": decode, "scan": scan,
-            "linear": linear}
+            "linear": linear, "delta": delta}
     for what in sys.argv[1:] or list(jobs):
         jobs[what]()
