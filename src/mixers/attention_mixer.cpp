@@ -119,6 +119,7 @@ AttentionMixer::AttentionMixer(const AttentionConfig& config, AttentionWeights w
   check_optional(w_.bq, Hq * Dh, "bq");
   check_optional(w_.bk, Hkv * Dh, "bk");
   check_optional(w_.bv, Hkv * Dh, "bv");
+  check_optional(w_.bo, D, "bo");
   if (cfg_.qk_norm) {
     if (!w_.q_norm.defined() || !w_.k_norm.defined()) throw Error("AttentionMixer: qk_norm needs q_norm and k_norm");
     check_optional(w_.q_norm, Dh, "q_norm");
@@ -201,7 +202,7 @@ void AttentionMixer::forward(const Tensor& x, MixerState& state, const Tensor& y
     }
     cache.evict();
   }
-  linear(o.view({B * T, Hq * Dh}), w_.wo, Tensor(), y.view({B * T, D}));
+  linear(o.view({B * T, Hq * Dh}), w_.wo, w_.bo, y.view({B * T, D}));
 }
 
 }  // namespace subq

@@ -38,7 +38,7 @@ struct AttentionConfig {
 // config.qk_norm.
 struct AttentionWeights {
   Tensor wq, wk, wv, wo;
-  Tensor bq, bk, bv;
+  Tensor bq, bk, bv, bo;
   Tensor q_norm, k_norm;
 };
 

@@ -35,7 +35,7 @@ void read_time_step_limit(const Config& c, const std::string& field, mixers::Mam
 }  // namespace subq::models
 
 // Shared by the architectures with softmax attention: q/k/v/o under `prefix`
-// (".../self_attn." or ".../mixer."), no biases unless `bias`.
+// (".../self_attn." or ".../mixer."); with `bias`, q/k/v/o_proj.bias too.
 #include "src/mixers/attention_mixer.h"
 namespace subq::models {
 std::unique_ptr<Mixer> load_attention(const AttentionConfig& config, const Checkpoint& w, const std::string& prefix,

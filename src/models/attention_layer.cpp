@@ -101,13 +101,18 @@ void read_rope(const Config& c, AttentionConfig& ac) {
 }
 
 std::unique_ptr<Mixer> load_attention(const AttentionConfig& ac, const Checkpoint& w, const std::string& p, bool bias) {
-  if (bias) throw Error(w.path() + ": attention with biases (attention_bias = true) is not supported");
   const int64_t D = ac.d_model, q = ac.n_heads * ac.head_dim, kv = ac.n_kv_heads * ac.head_dim;
   AttentionWeights aw;
   aw.wq = matrix(w, p + "q_proj.weight", q, D);
   aw.wk = matrix(w, p + "k_proj.weight", kv, D);
   aw.wv = matrix(w, p + "v_proj.weight", kv, D);
   aw.wo = matrix(w, p + "o_proj.weight", D, q);
+  if (bias) {  // attention_bias: all four projections (Llama, Bamba, Nemotron-H)
+    aw.bq = f32(w, p + "q_proj.bias", {q});
+    aw.bk = f32(w, p + "k_proj.bias", {kv});
+    aw.bv = f32(w, p + "v_proj.bias", {kv});
+    aw.bo = f32(w, p + "o_proj.bias", {D});
+  }
   return std::make_unique<AttentionMixer>(ac, std::move(aw));
 }
 

@@ -36,8 +36,15 @@ void activate(Activation act, float* v, int64_t n) {
 
 int64_t numel_sum(std::initializer_list<const Tensor*> ts) {
   int64_t n = 0;
-  for (const Tensor* t : ts) n += t->numel();
+  for (const Tensor* t : ts) n += t->defined() ? t->numel() : 0;
   return n;
+}
+
+// An optional f32 bias of n elements.
+void check_bias(const Tensor& b, int64_t n, const char* what) {
+  if (!b.defined()) return;
+  check_dtype(b, DType::f32, what);
+  check_shape(b, Shape{n}, what);
 }
 
 void check_matrix(const Tensor& w, int64_t rows, int64_t cols, const char* what) {
@@ -60,20 +67,25 @@ class GatedMlp final : public FeedForward {
     D_ = w_.gate.dim(1);
     check_matrix(w_.up, F_, D_, "gated MLP: up weight");
     check_matrix(w_.down, D_, F_, "gated MLP: down weight");
+    check_bias(w_.gate_bias, F_, "gated MLP: gate bias");
+    check_bias(w_.up_bias, F_, "gated MLP: up bias");
+    check_bias(w_.down_bias, D_, "gated MLP: down bias");
   }
   void forward(const Tensor& x, const Tensor& y) const override {
     check_io(x, y, D_);
     const int64_t T = x.dim(0);
     Tensor g = Tensor::empty(DType::f32, {T, F_}), u = Tensor::empty(DType::f32, {T, F_});
-    linear(x, w_.gate, Tensor(), g);
-    linear(x, w_.up, Tensor(), u);
+    linear(x, w_.gate, w_.gate_bias, g);
+    linear(x, w_.up, w_.up_bias, u);
     float* gp = g.mutable_data<float>();
     const float* up = u.data<float>();
     activate(act_, gp, T * F_);
     for (int64_t i = 0; i < T * F_; ++i) gp[i] *= up[i];
-    linear(g, w_.down, Tensor(), y);
+    linear(g, w_.down, w_.down_bias, y);
   }
-  int64_t parameter_count() const override { return numel_sum({&w_.gate, &w_.up, &w_.down}); }
+  int64_t parameter_count() const override {
+    return numel_sum({&w_.gate, &w_.up, &w_.down, &w_.gate_bias, &w_.up_bias, &w_.down_bias});
+  }
   int64_t width() const { return D_; }
 
  private:

@@ -8,7 +8,7 @@ namespace subq::models {
 DecoderSpec build_llama(const Config& c, const Checkpoint& w, const LoadOptions& options) {
   const int64_t D = positive(c, "hidden_size"), F = positive(c, "intermediate_size");
   const double eps = c.get_or<double>("rms_norm_eps", 1e-6);
-  if (c.get_or<bool>("mlp_bias", false)) throw Error(c.path() + ": mlp_bias = true is not supported");
+  const bool mlp_bias = c.get_or<bool>("mlp_bias", false);
   const Activation act = parse_activation(c.get_or<std::string>("hidden_act", "silu"));
   AttentionConfig ac = attention_config(c, options);
   read_rope(c, ac);
@@ -24,9 +24,14 @@ DecoderSpec build_llama(const Config& c, const Checkpoint& w, const LoadOptions&
     b.mixer_norm = rms_norm(w, p + "input_layernorm.weight", D, eps);
     b.mixer = load_attention(ac, w, p + "self_attn.", attn_bias);
     b.mlp_norm = rms_norm(w, p + "post_attention_layernorm.weight", D, eps);
-    b.mlp = make_gated_mlp({matrix(w, p + "mlp.gate_proj.weight", F, D), matrix(w, p + "mlp.up_proj.weight", F, D),
-                            matrix(w, p + "mlp.down_proj.weight", D, F)},
-                           act);
+    GatedWeights mlp{matrix(w, p + "mlp.gate_proj.weight", F, D), matrix(w, p + "mlp.up_proj.weight", F, D),
+                     matrix(w, p + "mlp.down_proj.weight", D, F)};
+    if (mlp_bias) {
+      mlp.gate_bias = f32(w, p + "mlp.gate_proj.bias", {F});
+      mlp.up_bias = f32(w, p + "mlp.up_proj.bias", {F});
+      mlp.down_bias = f32(w, p + "mlp.down_proj.bias", {D});
+    }
+    b.mlp = make_gated_mlp(std::move(mlp), act);
     spec.blocks.push_back(std::move(b));
   }
   spec.final_norm = rms_norm(w, "model.norm.weight", D, eps);
