@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <numeric>
 
@@ -32,12 +33,6 @@ void activate(Activation act, float* v, int64_t n) {
       }
       return;
   }
-}
-
-int64_t numel_sum(std::initializer_list<const Tensor*> ts) {
-  int64_t n = 0;
-  for (const Tensor* t : ts) n += t->defined() ? t->numel() : 0;
-  return n;
 }
 
 // An optional f32 bias of n elements.
@@ -83,10 +78,7 @@ class GatedMlp final : public FeedForward {
     for (int64_t i = 0; i < T * F_; ++i) gp[i] *= up[i];
     linear(g, w_.down, w_.down_bias, y);
   }
-  int64_t parameter_count() const override {
-    return numel_sum({&w_.gate, &w_.up, &w_.down, &w_.gate_bias, &w_.up_bias, &w_.down_bias});
-  }
-  int64_t width() const { return D_; }
+  int64_t width() const override { return D_; }
 
  private:
   GatedWeights w_;
@@ -109,7 +101,7 @@ class PlainMlp final : public FeedForward {
     activate(act_, h.mutable_data<float>(), h.numel());
     linear(h, down_, Tensor(), y);
   }
-  int64_t parameter_count() const override { return numel_sum({&up_, &down_}); }
+  int64_t width() const override { return D_; }
 
  private:
   Tensor up_, down_;
@@ -117,20 +109,67 @@ class PlainMlp final : public FeedForward {
   int64_t F_ = 0, D_ = 0;
 };
 
-class Moe final : public FeedForward {
+// The k largest of v[0, n), ties to the lower index (torch.topk leaves their order unspecified).
+void top_k(const float* v, int64_t n, int64_t k, std::vector<int64_t>& order) {
+  order.resize(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [v](int64_t a, int64_t b) { return v[a] != v[b] ? v[a] > v[b] : a < b; });
+  order.resize(static_cast<size_t>(k));
+}
+
+// routes[e]: the (token, weight) pairs sent to expert e.
+using Routes = std::vector<std::vector<std::pair<int64_t, float>>>;
+
+// What every mixture shares once its router has spoken: each expert runs once, on its
+// tokens' rows gathered together, and y[t] = sum over t's routes of weight * output.
+// x and y are [T, W], W the experts' width.
+void run_experts(const std::vector<std::unique_ptr<FeedForward>>& experts, const Routes& routes, const Tensor& x,
+                 const Tensor& y) {
+  const int64_t W = x.dim(1);
+  float* out = y.mutable_data<float>();
+  std::fill_n(out, y.numel(), 0.f);
+  for (size_t e = 0; e < experts.size(); ++e) {
+    const auto& rows = routes[e];
+    if (rows.empty()) continue;
+    const int64_t n = static_cast<int64_t>(rows.size());
+    Tensor xe = Tensor::empty(DType::f32, {n, W}), ye = Tensor::empty(DType::f32, {n, W});
+    for (int64_t i = 0; i < n; ++i)
+      std::copy_n(x.data<float>() + rows[static_cast<size_t>(i)].first * W, W, xe.mutable_data<float>() + i * W);
+    experts[e]->forward(xe, ye);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto [t, w] = rows[static_cast<size_t>(i)];
+      const float* src = ye.data<float>() + i * W;
+      for (int64_t d = 0; d < W; ++d) out[t * W + d] += w * src[d];
+    }
+  }
+}
+
+void check_experts(const std::vector<std::unique_ptr<FeedForward>>& experts, int64_t E, int64_t width) {
+  if (static_cast<int64_t>(experts.size()) != E)
+    throw Error("MoE: router has " + std::to_string(E) + " experts but " + std::to_string(experts.size()) +
+                " experts were given");
+  for (size_t e = 0; e < experts.size(); ++e)
+    if (!experts[e] || experts[e]->width() != width)
+      throw Error("MoE: expert " + std::to_string(e) + " must have width " + std::to_string(width) +
+                  (experts[e] ? ", found " + std::to_string(experts[e]->width()) : std::string(", found none")));
+}
+
+void check_router(const Tensor& w) {
+  if (!w.defined() || w.ndim() != 2)
+    throw Error("MoE: router weight must be [E, D], found " + (w.defined() ? w.str() : std::string("nothing")));
+}
+
+class SoftmaxMoe final : public FeedForward {
  public:
-  Moe(Tensor router, std::vector<GatedWeights> experts, int64_t top_k, bool normalize, Activation act)
+  SoftmaxMoe(Tensor router, std::vector<GatedWeights> experts, int64_t top_k, bool normalize, Activation act)
       : router_(std::move(router)), top_k_(top_k), normalize_(normalize) {
-    if (!router_.defined() || router_.ndim() != 2) throw Error("MoE: router weight must be [E, D]");
+    check_router(router_);
     const int64_t E = router_.dim(0);
     D_ = router_.dim(1);
-    if (static_cast<int64_t>(experts.size()) != E)
-      throw Error("MoE: router has " + std::to_string(E) + " experts but " + std::to_string(experts.size()) +
-                  " expert weight sets were given");
     if (top_k_ < 1 || top_k_ > E) throw Error("MoE: top-k must be in [1, " + std::to_string(E) + "], found " + std::to_string(top_k_));
     for (auto& e : experts) experts_.push_back(std::make_unique<GatedMlp>(std::move(e), act));
-    for (const auto& e : experts_)
-      if (e->width() != D_) throw Error("MoE: an expert's width differs from the router's");
+    check_experts(experts_, E, D_);
   }
   void forward(const Tensor& x, const Tensor& y) const override {
     check_io(x, y, D_);
@@ -138,53 +177,124 @@ class Moe final : public FeedForward {
     Tensor logits = Tensor::empty(DType::f32, {T, E});
     linear(x, router_, Tensor(), logits);
     softmax(logits, logits);
-    // Tokens routed to each expert, with their weights; each expert runs once on its rows.
-    std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(E));
-    std::vector<int64_t> order(static_cast<size_t>(E));
+    Routes routes(static_cast<size_t>(E));
+    std::vector<int64_t> order;
     for (int64_t t = 0; t < T; ++t) {
       const float* p = logits.data<float>() + t * E;
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + top_k_, order.end(),
-                        [p](int64_t a, int64_t b) { return p[a] != p[b] ? p[a] > p[b] : a < b; });
+      top_k(p, E, top_k_, order);
       float norm = 1.f;
       if (normalize_) {
         norm = 0.f;
-        for (int64_t k = 0; k < top_k_; ++k) norm += p[order[static_cast<size_t>(k)]];
+        for (int64_t e : order) norm += p[e];
       }
-      for (int64_t k = 0; k < top_k_; ++k) {
-        const int64_t e = order[static_cast<size_t>(k)];
-        routed[static_cast<size_t>(e)].push_back({t, p[e] / norm});
-      }
+      for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, p[e] / norm});
     }
-    float* out = y.mutable_data<float>();
-    std::fill_n(out, T * D_, 0.f);
-    for (int64_t e = 0; e < E; ++e) {
-      const auto& rows = routed[static_cast<size_t>(e)];
-      if (rows.empty()) continue;
-      const int64_t n = static_cast<int64_t>(rows.size());
-      Tensor xe = Tensor::empty(DType::f32, {n, D_}), ye = Tensor::empty(DType::f32, {n, D_});
-      for (int64_t i = 0; i < n; ++i)
-        std::copy_n(x.data<float>() + rows[static_cast<size_t>(i)].first * D_, D_, xe.mutable_data<float>() + i * D_);
-      experts_[static_cast<size_t>(e)]->forward(xe, ye);
-      for (int64_t i = 0; i < n; ++i) {
-        const auto [t, w] = rows[static_cast<size_t>(i)];
-        const float* src = ye.data<float>() + i * D_;
-        for (int64_t d = 0; d < D_; ++d) out[t * D_ + d] += w * src[d];
-      }
-    }
+    run_experts(experts_, routes, x, y);
   }
-  int64_t parameter_count() const override {
-    int64_t n = router_.numel();
-    for (const auto& e : experts_) n += e->parameter_count();
-    return n;
-  }
+  int64_t width() const override { return D_; }
 
  private:
   Tensor router_;
-  std::vector<std::unique_ptr<GatedMlp>> experts_;
+  std::vector<std::unique_ptr<FeedForward>> experts_;
   int64_t top_k_;
   bool normalize_;
   int64_t D_ = 0;
+};
+
+class GroupLimitedMoe final : public FeedForward {
+ public:
+  GroupLimitedMoe(GroupLimitedRouter router, std::vector<std::unique_ptr<FeedForward>> experts, Tensor latent_in,
+                  Tensor latent_out, std::unique_ptr<FeedForward> shared)
+      : r_(std::move(router)),
+        experts_(std::move(experts)),
+        latent_in_(std::move(latent_in)),
+        latent_out_(std::move(latent_out)),
+        shared_(std::move(shared)) {
+    check_router(r_.weight);
+    const int64_t E = r_.weight.dim(0);
+    D_ = r_.weight.dim(1);
+    if (!r_.correction_bias.defined()) throw Error("MoE: e_score_correction_bias is missing");
+    check_bias(r_.correction_bias, E, "MoE: e_score_correction_bias");
+    const auto n = [](int64_t v) { return std::to_string(v); };
+    if (r_.n_group < 1 || E % r_.n_group != 0)
+      throw Error("MoE: n_group = " + n(r_.n_group) + " must divide the " + n(E) + " experts");
+    const int64_t G = E / r_.n_group;
+    // A group is ranked by its two best experts.
+    if (G < 2) throw Error("MoE: n_group = " + n(r_.n_group) + " leaves fewer than 2 of the " + n(E) + " experts per group");
+    if (r_.topk_group < 1 || r_.topk_group > r_.n_group)
+      throw Error("MoE: topk_group must be in [1, n_group = " + n(r_.n_group) + "], found " + n(r_.topk_group));
+    if (r_.num_experts_per_tok < 1 || r_.num_experts_per_tok > r_.topk_group * G)
+      throw Error("MoE: num_experts_per_tok must be in [1, " + n(r_.topk_group * G) + "] (the experts of topk_group = " +
+                  n(r_.topk_group) + " groups), found " + n(r_.num_experts_per_tok));
+    if (latent_in_.defined() != latent_out_.defined())
+      throw Error("MoE: the latent projections come in pairs; only one of them was given");
+    L_ = D_;
+    if (latent_in_.defined()) {
+      if (latent_in_.ndim() != 2) throw Error("MoE: latent input projection must be [L, D], found " + latent_in_.str());
+      L_ = latent_in_.dim(0);
+      check_matrix(latent_in_, L_, D_, "MoE: latent input projection");
+      check_matrix(latent_out_, D_, L_, "MoE: latent output projection");
+    }
+    check_experts(experts_, E, L_);
+    if (!shared_ || shared_->width() != D_) throw Error("MoE: the shared expert must have width " + n(D_));
+  }
+
+  void forward(const Tensor& x, const Tensor& y) const override {
+    check_io(x, y, D_);
+    const int64_t T = x.dim(0), E = r_.weight.dim(0), G = E / r_.n_group;
+    Tensor scores = Tensor::empty(DType::f32, {T, E});
+    linear(x, r_.weight, Tensor(), scores);
+    float* s = scores.mutable_data<float>();
+    for (int64_t i = 0; i < T * E; ++i) s[i] = 1.f / (1.f + std::exp(-s[i]));
+    const float* bias = r_.correction_bias.data<float>();
+    Routes routes(static_cast<size_t>(E));
+    std::vector<float> choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(r_.n_group));
+    std::vector<int64_t> order;
+    std::vector<char> kept(static_cast<size_t>(r_.n_group));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* st = s + t * E;
+      for (int64_t e = 0; e < E; ++e) choice[static_cast<size_t>(e)] = st[e] + bias[e];
+      for (int64_t g = 0; g < r_.n_group; ++g) {
+        const float* c = choice.data() + g * G;
+        top_k(c, G, 2, order);
+        group_score[static_cast<size_t>(g)] = c[order[0]] + c[order[1]];
+      }
+      top_k(group_score.data(), r_.n_group, r_.topk_group, order);
+      std::fill(kept.begin(), kept.end(), 0);
+      for (int64_t g : order) kept[static_cast<size_t>(g)] = 1;
+      for (int64_t e = 0; e < E; ++e)
+        if (!kept[static_cast<size_t>(e / G)]) choice[static_cast<size_t>(e)] = -std::numeric_limits<float>::infinity();
+      top_k(choice.data(), E, r_.num_experts_per_tok, order);
+      float norm = 1.f;
+      if (r_.norm_topk_prob) {
+        norm = 0.f;
+        for (int64_t e : order) norm += st[e];
+        norm += 1e-20f;
+      }
+      for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, st[e] / norm * r_.routed_scaling_factor});
+    }
+    if (latent_in_.defined()) {
+      Tensor h = Tensor::empty(DType::f32, {T, L_}), routed = Tensor::empty(DType::f32, {T, L_});
+      linear(x, latent_in_, Tensor(), h);
+      run_experts(experts_, routes, h, routed);
+      linear(routed, latent_out_, Tensor(), y);
+    } else {
+      run_experts(experts_, routes, x, y);
+    }
+    Tensor sh = Tensor::empty(DType::f32, {T, D_});
+    shared_->forward(x, sh);
+    float* out = y.mutable_data<float>();
+    const float* add = sh.data<float>();
+    for (int64_t i = 0; i < T * D_; ++i) out[i] += add[i];
+  }
+  int64_t width() const override { return D_; }
+
+ private:
+  GroupLimitedRouter r_;
+  std::vector<std::unique_ptr<FeedForward>> experts_;
+  Tensor latent_in_, latent_out_;
+  std::unique_ptr<FeedForward> shared_;
+  int64_t D_ = 0, L_ = 0;
 };
 
 }  // namespace
@@ -197,7 +307,14 @@ std::unique_ptr<FeedForward> make_plain_mlp(Tensor up, Tensor down, Activation a
 }
 std::unique_ptr<FeedForward> make_moe(Tensor router, std::vector<GatedWeights> experts, int64_t top_k,
                                       bool normalize_top_k, Activation act) {
-  return std::make_unique<Moe>(std::move(router), std::move(experts), top_k, normalize_top_k, act);
+  return std::make_unique<SoftmaxMoe>(std::move(router), std::move(experts), top_k, normalize_top_k, act);
+}
+std::unique_ptr<FeedForward> make_group_limited_moe(GroupLimitedRouter router,
+                                                    std::vector<std::unique_ptr<FeedForward>> experts,
+                                                    Tensor latent_in, Tensor latent_out,
+                                                    std::unique_ptr<FeedForward> shared) {
+  return std::make_unique<GroupLimitedMoe>(std::move(router), std::move(experts), std::move(latent_in),
+                                           std::move(latent_out), std::move(shared));
 }
 
 }  // namespace subq

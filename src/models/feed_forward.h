@@ -1,10 +1,12 @@
-// The channel-mixing half of a block: x -> MLP(x) per token. Three kinds cover the
+// The channel-mixing half of a block: x -> MLP(x) per token. Four kinds cover the
 // architectures subq loads: gated (SwiGLU: down(act(gate x) * up x), Llama, Bamba,
-// Jamba), plain (down(act(up x)), Nemotron-H with relu^2), and a top-k mixture of gated
-// experts (Jamba).
+// Jamba), plain (down(act(up x)), Nemotron-H with relu^2), a softmax top-k mixture of
+// gated experts (Jamba), and a sigmoid, group-limited mixture of plain experts with a
+// shared expert (Nemotron-H).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,7 +23,7 @@ class FeedForward {
   virtual ~FeedForward() = default;
   // y[T, D] = MLP(x[T, D]); x and y f32, contiguous, must not alias.
   virtual void forward(const Tensor& x, const Tensor& y) const = 0;
-  virtual int64_t parameter_count() const = 0;
+  virtual int64_t width() const = 0;  // D
 };
 
 struct GatedWeights {
@@ -36,5 +38,26 @@ std::unique_ptr<FeedForward> make_plain_mlp(Tensor up, Tensor down, Activation a
 // normalize_top_k (as each architecture does).
 std::unique_ptr<FeedForward> make_moe(Tensor router, std::vector<GatedWeights> experts, int64_t top_k,
                                       bool normalize_top_k, Activation act);
+
+// Routing of DeepSeek-V3's "noaux_tc" kind, as Nemotron-H uses it. scores =
+// sigmoid(x · weight^T) in f32; experts are *chosen* by score + correction_bias: the E
+// experts form n_group equal groups, each group ranked by the sum of its two best choice
+// values, the topk_group best groups kept, and the num_experts_per_tok best experts among
+// them taken. Their weights are their *scores*, divided by (their sum + 1e-20) when
+// norm_topk_prob, times routed_scaling_factor. Fields are named as in the HF config.
+struct GroupLimitedRouter {
+  Tensor weight;                // [E, D], f32/bf16/f16
+  Tensor correction_bias;       // f32 [E] (e_score_correction_bias)
+  int64_t num_experts_per_tok = 1, n_group = 1, topk_group = 1;
+  bool norm_topk_prob = true;
+  float routed_scaling_factor = 1.f;
+};
+// y = latent_out(sum of the routed experts' weighted outputs on latent_in(x)) + shared(x).
+// latent_in [L, D] and latent_out [D, L] are both undefined when the experts work at
+// width D; every expert has width L, the shared expert width D.
+std::unique_ptr<FeedForward> make_group_limited_moe(GroupLimitedRouter router,
+                                                    std::vector<std::unique_ptr<FeedForward>> experts,
+                                                    Tensor latent_in, Tensor latent_out,
+                                                    std::unique_ptr<FeedForward> shared);
 
 }  // namespace subq

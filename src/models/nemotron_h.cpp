@@ -1,9 +1,12 @@
 // NemotronHForCausalLM (transformers/models/nemotron_h): every layer is one of Mamba-2,
-// attention (no rotary embedding) or a plain MLP (relu^2), each as x + op(RMSNorm(x)).
+// attention (no rotary embedding), a plain MLP (relu^2) or a mixture of plain experts
+// (group-limited sigmoid routing, optional latent projection, one shared expert), each as
+// x + op(RMSNorm(x)).
 // The schedule is `layers_block_type` (current transformers: "linear_attention" /
 // "full_attention" / "mlp" / "moe", older: "mamba" / "attention") or the hub's
 // `hybrid_override_pattern` string ("M" Mamba-2, "*" attention, "-" MLP, "E" MoE).
 #include <algorithm>
+#include <optional>
 
 #include "src/models/architectures.h"
 #include "src/models/weights.h"
@@ -33,11 +36,68 @@ std::vector<std::string> layer_types(const Config& c) {
   for (auto& t : types) {
     if (t == "linear_attention") t = "mamba";
     if (t == "full_attention") t = "attention";
-    if (t == "moe") throw Error(c.path() + ": Nemotron-H mixture-of-experts layers are not supported");
-    if (t != "mamba" && t != "attention" && t != "mlp")
+    if (t != "mamba" && t != "attention" && t != "mlp" && t != "moe")
       throw Error(c.path() + ": unknown Nemotron-H layer type \"" + t + "\"");
   }
   return types;
+}
+
+int64_t positive_or(const Config& c, const std::string& field, int64_t fallback) {
+  return c.has(field) ? positive(c, field) : fallback;
+}
+
+struct MoeConfig {
+  GroupLimitedRouter router;  // weights unset
+  int64_t experts, intermediate, shared_intermediate, latent;
+  bool latent_projection;
+};
+
+// Defaults are NemotronHConfig's. transformers builds one shared expert whatever
+// n_shared_experts says, and moe_shared_expert_overlap only schedules training.
+MoeConfig moe_config(const Config& c, int64_t D) {
+  MoeConfig m;
+  m.experts = positive_or(c, "n_routed_experts", 8);
+  m.intermediate = positive_or(c, "moe_intermediate_size", 7688);
+  m.shared_intermediate = positive_or(c, "moe_shared_expert_intermediate_size", 7688);
+  m.latent_projection = c.has("moe_latent_size");
+  m.latent = positive_or(c, "moe_latent_size", D);
+  m.router.num_experts_per_tok = positive_or(c, "num_experts_per_tok", 2);
+  m.router.n_group = positive_or(c, "n_group", 1);
+  m.router.topk_group = positive_or(c, "topk_group", 1);
+  m.router.norm_topk_prob = c.get_or<bool>("norm_topk_prob", true);
+  m.router.routed_scaling_factor = static_cast<float>(c.get_or<double>("routed_scaling_factor", 1.0));
+  return m;
+}
+
+std::unique_ptr<FeedForward> load_moe(const MoeConfig& mc, const Checkpoint& w, const std::string& p, int64_t D,
+                                      Activation act) {
+  const int64_t E = mc.experts, I = mc.intermediate, S = mc.shared_intermediate, L = mc.latent;
+  GroupLimitedRouter r = mc.router;
+  r.weight = matrix(w, p + "gate.weight", E, D);
+  r.correction_bias = f32(w, p + "gate.e_score_correction_bias", Shape{E});
+  Tensor latent_in, latent_out;
+  if (mc.latent_projection) {
+    latent_in = matrix(w, p + "fc1_latent_proj.weight", L, D);
+    latent_out = matrix(w, p + "fc2_latent_proj.weight", D, L);
+  }
+  // The routed experts, each [I, L] up and [L, I] down: the hub's tensor per expert
+  // (experts.K.up_proj.weight), or the 3-D [E, I, L] / [E, L, I] tensors transformers
+  // keeps in memory (experts.up_proj), sliced per expert without a copy.
+  const std::string x = p + "experts.";
+  std::vector<std::unique_ptr<FeedForward>> experts;
+  if (w.contains(x + "up_proj") || w.contains(x + "down_proj")) {
+    const Tensor up = w.get_float(x + "up_proj", Shape{E, I, L}), down = w.get_float(x + "down_proj", Shape{E, L, I});
+    for (int64_t e = 0; e < E; ++e) experts.push_back(make_plain_mlp(up.select(0, e), down.select(0, e), act));
+  } else {
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string q = x + std::to_string(e) + ".";
+      experts.push_back(make_plain_mlp(matrix(w, q + "up_proj.weight", I, L), matrix(w, q + "down_proj.weight", L, I), act));
+    }
+  }
+  auto shared = make_plain_mlp(matrix(w, p + "shared_experts.up_proj.weight", S, D),
+                               matrix(w, p + "shared_experts.down_proj.weight", D, S), act);
+  return make_group_limited_moe(std::move(r), std::move(experts), std::move(latent_in), std::move(latent_out),
+                                std::move(shared));
 }
 
 }  // namespace
@@ -67,18 +127,27 @@ DecoderSpec build_nemotron_h(const Config& c, const Checkpoint& w, const LoadOpt
   const int64_t F = types.end() != std::find(types.begin(), types.end(), "mlp") ? positive(c, "intermediate_size") : 0;
   if (c.get_or<bool>("mlp_bias", false)) throw Error(c.path() + ": mlp_bias = true is not supported");
   const Activation act = parse_activation(c.get_or<std::string>("mlp_hidden_act", "relu2"));
+  const std::optional<MoeConfig> moe =
+      types.end() != std::find(types.begin(), types.end(), "moe") ? std::optional(moe_config(c, D)) : std::nullopt;
 
+  // save_pretrained writes the hub's names (backbone., one tensor per expert); with
+  // save_original_format=False, transformers' own (model., experts fused).
+  const std::string root =
+      w.contains("model.embeddings.weight") && !w.contains("backbone.embeddings.weight") ? "model." : "backbone.";
   DecoderSpec spec;
   spec.architecture = "NemotronHForCausalLM";
-  embedding_and_head(c, w, "backbone.embeddings.weight", /*tied_default=*/false, spec);
+  embedding_and_head(c, w, root + "embeddings.weight", /*tied_default=*/false, spec);
   for (size_t l = 0; l < types.size(); ++l) {
-    const std::string p = "backbone.layers." + std::to_string(l) + ".";
+    const std::string p = root + "layers." + std::to_string(l) + ".";
     Block b;
     b.kind = types[l] == "mamba" ? "mamba2" : types[l];
     const Norm norm = rms_norm(w, p + "norm.weight", D, eps);
     if (types[l] == "mlp") {
       b.mlp_norm = norm;
       b.mlp = make_plain_mlp(matrix(w, p + "mixer.up_proj.weight", F, D), matrix(w, p + "mixer.down_proj.weight", D, F), act);
+    } else if (types[l] == "moe") {
+      b.mlp_norm = norm;
+      b.mlp = load_moe(*moe, w, p + "mixer.", D, act);
     } else {
       b.mixer_norm = norm;
       b.mixer = types[l] == "mamba" ? load_mamba2_mixer(mc, w, p + "mixer.", proj_bias, conv_bias)
@@ -86,7 +155,7 @@ DecoderSpec build_nemotron_h(const Config& c, const Checkpoint& w, const LoadOpt
     }
     spec.blocks.push_back(std::move(b));
   }
-  spec.final_norm = rms_norm(w, "backbone.norm_f.weight", D, eps);
+  spec.final_norm = rms_norm(w, root + "norm_f.weight", D, eps);
   return spec;
 }
 

@@ -72,7 +72,7 @@ TEST_P(Fixture, LogitsAndGreedyMatchTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, Fixture, testing::Values("llama", "llama_tied_bf16", "llama_rope_llama3", "llama_rope_yarn", "llama_rope_linear", "llama_bias", "mamba", "mamba_bias_bf16", "mamba2", "nemotron_h", "bamba", "jamba"));
+INSTANTIATE_TEST_SUITE_P(Models, Fixture, testing::Values("llama", "llama_tied_bf16", "llama_rope_llama3", "llama_rope_yarn", "llama_rope_linear", "llama_bias", "mamba", "mamba_bias_bf16", "mamba2", "nemotron_h", "bamba", "jamba", "nemotron_h_moe"));
 
 TEST(ModelLoad, ClearErrorsForBadDirectories) {
   EXPECT_THROW(Model::load(kFixtures + "no_such_model"), Error);
