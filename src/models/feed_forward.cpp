@@ -220,12 +220,14 @@ class GroupLimitedMoe final : public FeedForward {
       throw Error("MoE: n_group = " + n(r_.n_group) + " must divide the " + n(E) + " experts");
     const int64_t G = E / r_.n_group;
     // A group is ranked by its two best experts.
-    if (G < 2) throw Error("MoE: n_group = " + n(r_.n_group) + " leaves fewer than 2 of the " + n(E) + " experts per group");
+    if (G < 2)
+      throw Error("MoE: n_group = " + n(r_.n_group) + " leaves fewer than 2 of the " + n(E) + " experts per group");
     if (r_.topk_group < 1 || r_.topk_group > r_.n_group)
       throw Error("MoE: topk_group must be in [1, n_group = " + n(r_.n_group) + "], found " + n(r_.topk_group));
     if (r_.num_experts_per_tok < 1 || r_.num_experts_per_tok > r_.topk_group * G)
-      throw Error("MoE: num_experts_per_tok must be in [1, " + n(r_.topk_group * G) + "] (the experts of topk_group = " +
-                  n(r_.topk_group) + " groups), found " + n(r_.num_experts_per_tok));
+      throw Error("MoE: num_experts_per_tok must be in [1, " + n(r_.topk_group * G) +
+                  "] (the experts of topk_group = " + n(r_.topk_group) + " groups), found " +
+                  n(r_.num_experts_per_tok));
     if (latent_in_.defined() != latent_out_.defined())
       throw Error("MoE: the latent projections come in pairs; only one of them was given");
     L_ = D_;

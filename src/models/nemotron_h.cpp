@@ -91,7 +91,8 @@ std::unique_ptr<FeedForward> load_moe(const MoeConfig& mc, const Checkpoint& w, 
   } else {
     for (int64_t e = 0; e < E; ++e) {
       const std::string q = x + std::to_string(e) + ".";
-      experts.push_back(make_plain_mlp(matrix(w, q + "up_proj.weight", I, L), matrix(w, q + "down_proj.weight", L, I), act));
+      experts.push_back(
+          make_plain_mlp(matrix(w, q + "up_proj.weight", I, L), matrix(w, q + "down_proj.weight", L, I), act));
     }
   }
   auto shared = make_plain_mlp(matrix(w, p + "shared_experts.up_proj.weight", S, D),

@@ -104,8 +104,8 @@ TEST(FeedForward, GroupLimitedMoeMatchesFloat64) {
   };
   for (const Case c : {Case{3, 2, 3, 19, true, 2.5f}, Case{4, 3, 5, 0, false, 1.f}, Case{1, 1, 2, 0, true, 1.f},
                        Case{6, 2, 3, 17, false, 0.5f}, Case{2, 1, 6, 0, true, 1.5f}}) {
-    SCOPED_TRACE("n_group " + std::to_string(c.n_group) + ", topk_group " + std::to_string(c.topk_group) +
-                 ", top_k " + std::to_string(c.top_k) + ", latent " + std::to_string(c.latent) +
+    SCOPED_TRACE("n_group " + std::to_string(c.n_group) + ", topk_group " + std::to_string(c.topk_group) + ", top_k " +
+                 std::to_string(c.top_k) + ", latent " + std::to_string(c.latent) +
                  (c.normalize ? ", normalised" : ""));
     const int64_t L = c.latent ? c.latent : D;
     GroupLimitedRouter r;
@@ -124,8 +124,10 @@ TEST(FeedForward, GroupLimitedMoeMatchesFloat64) {
       experts.push_back(make_plain_mlp(up.back(), down.back(), Activation::relu2));
     }
     Tensor latent_in, latent_out;
-    if (c.latent) latent_in = random_tensor(rng, {L, D}, -0.3f, 0.3f), latent_out = random_tensor(rng, {D, L}, -0.3f, 0.3f);
-    const Tensor shared_up = random_tensor(rng, {S, D}, -0.3f, 0.3f), shared_down = random_tensor(rng, {D, S}, -0.3f, 0.3f);
+    if (c.latent)
+      latent_in = random_tensor(rng, {L, D}, -0.3f, 0.3f), latent_out = random_tensor(rng, {D, L}, -0.3f, 0.3f);
+    const Tensor shared_up = random_tensor(rng, {S, D}, -0.3f, 0.3f),
+                 shared_down = random_tensor(rng, {D, S}, -0.3f, 0.3f);
     auto moe = make_group_limited_moe(r, std::move(experts), latent_in, latent_out,
                                       make_plain_mlp(shared_up, shared_down, Activation::relu2));
 
@@ -147,8 +149,9 @@ TEST(FeedForward, GroupLimitedMoeMatchesFloat64) {
       const std::vector<double> xt(xd.begin() + t * D, xd.begin() + (t + 1) * D);
       const auto h = c.latent ? ref::matmul_t(xt, to_double(latent_in), 1, L, D) : xt;
       std::vector<double> routed(static_cast<size_t>(L), 0.0);
-      const auto routes = ref::group_limited_routes(std::vector<double>(logits.begin() + t * E, logits.begin() + (t + 1) * E),
-                                                    bias, c.n_group, c.topk_group, c.top_k, c.normalize, c.scale);
+      const auto routes =
+          ref::group_limited_routes(std::vector<double>(logits.begin() + t * E, logits.begin() + (t + 1) * E), bias,
+                                    c.n_group, c.topk_group, c.top_k, c.normalize, c.scale);
       for (const auto& [e, weight] : routes) {
         const auto out = ref::plain_mlp(h, to_double(up[e]), to_double(down[e]), 1, L, I, 2);
         for (int64_t d = 0; d < L; ++d) routed[d] += weight * out[d];
@@ -166,7 +169,8 @@ TEST(FeedForward, GroupLimitedMoeRejectsBadRouting) {
   const auto experts = [](int64_t n, int64_t width) {
     std::vector<std::unique_ptr<FeedForward>> v;
     for (int64_t e = 0; e < n; ++e)
-      v.push_back(make_plain_mlp(Tensor::zeros(DType::f32, {4, width}), Tensor::zeros(DType::f32, {width, 4}), Activation::relu2));
+      v.push_back(make_plain_mlp(Tensor::zeros(DType::f32, {4, width}), Tensor::zeros(DType::f32, {width, 4}),
+                                 Activation::relu2));
     return v;
   };
   const auto shared = [&] { return std::move(experts(1, D)[0]); };
@@ -192,11 +196,14 @@ TEST(FeedForward, GroupLimitedMoeRejectsBadRouting) {
   EXPECT_NE(with([](auto& r) { r.n_group = 4; }).find("n_group = 4 must divide"), std::string::npos);
   EXPECT_NE(with([](auto& r) { r.n_group = 6; }).find("fewer than 2"), std::string::npos);
   EXPECT_NE(with([](auto& r) { r.n_group = 2, r.topk_group = 3; }).find("topk_group"), std::string::npos);
-  EXPECT_NE(with([](auto& r) { r.n_group = 2, r.num_experts_per_tok = 4; }).find("num_experts_per_tok"), std::string::npos);
-  EXPECT_NE(with([](auto& r) { r.correction_bias = Tensor(); }).find("e_score_correction_bias"), std::string::npos);
-  EXPECT_NE(with([](auto& r) { r.correction_bias = Tensor::zeros(DType::f32, {E + 1}); }).find("e_score_correction_bias"),
+  EXPECT_NE(with([](auto& r) { r.n_group = 2, r.num_experts_per_tok = 4; }).find("num_experts_per_tok"),
             std::string::npos);
-  EXPECT_NE(message(good, experts(E - 1, D), Tensor(), Tensor(), shared()).find("experts were given"), std::string::npos);
+  EXPECT_NE(with([](auto& r) { r.correction_bias = Tensor(); }).find("e_score_correction_bias"), std::string::npos);
+  EXPECT_NE(
+      with([](auto& r) { r.correction_bias = Tensor::zeros(DType::f32, {E + 1}); }).find("e_score_correction_bias"),
+      std::string::npos);
+  EXPECT_NE(message(good, experts(E - 1, D), Tensor(), Tensor(), shared()).find("experts were given"),
+            std::string::npos);
   EXPECT_NE(message(good, experts(E, D + 1), Tensor(), Tensor(), shared()).find("expert 0 must have width 8"),
             std::string::npos);
   EXPECT_NE(message(good, experts(E, 5), Tensor::zeros(DType::f32, {5, D}), Tensor(), shared()).find("pairs"),

@@ -5,10 +5,15 @@
 // in chunks, or token by token.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 
+#include "src/io/writers.h"
+#include "subq/io.h"
 #include "subq/model.h"
 #include "tests/support/random.h"
 
@@ -73,6 +78,71 @@ TEST_P(Fixture, LogitsAndGreedyMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, Fixture, testing::Values("llama", "llama_tied_bf16", "llama_rope_llama3", "llama_rope_yarn", "llama_rope_linear", "llama_bias", "mamba", "mamba_bias_bf16", "mamba2", "nemotron_h", "bamba", "jamba", "nemotron_h_moe"));
+
+// nemotron_h_moe holds what save_pretrained writes by default, the hub's layout: backbone.*
+// names and a tensor per expert. With save_original_format=False transformers writes its
+// own instead: model.* names and each layer's experts fused into [E, I, L] / [E, L, I]
+// tensors; and the hub's config.json files give the schedule as hybrid_override_pattern.
+// Rewritten that way, the fixture must load to the same model.
+TEST(ModelLoad, NemotronHTransformersLayoutAndPatternLoadAlike) {
+  const std::string src = kFixtures + "nemotron_h_moe", dir = testing::TempDir() + "subq_nemotron_h_moe_fused";
+  std::filesystem::create_directories(dir);
+  const Checkpoint hub = Checkpoint::open(src);
+  const std::regex per_expert(R"((.*\.experts\.)(\d+)\.((up|down)_proj)\.weight)");
+  std::map<std::string, std::map<int64_t, Tensor>> experts;  // fused name -> expert -> [rows, cols]
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& name : hub.names()) {
+    const std::string renamed = name.rfind("backbone.", 0) == 0 ? "model." + name.substr(9) : name;
+    std::smatch m;
+    if (std::regex_match(renamed, m, per_expert))
+      experts[m[1].str() + m[3].str()][std::stoll(m[2].str())] = hub.get(name);
+    else
+      tensors.push_back({renamed, hub.get(name)});
+  }
+  ASSERT_EQ(experts.size(), 4u);  // up and down of two MoE layers
+  for (const auto& [name, parts] : experts) {
+    const Tensor& first = parts.begin()->second;
+    Tensor fused = Tensor::empty(DType::f32, {static_cast<int64_t>(parts.size()), first.dim(0), first.dim(1)});
+    for (const auto& [e, t] : parts)
+      std::memcpy(static_cast<std::byte*>(fused.mutable_raw_data()) + e * t.nbytes(), t.raw_data(), t.nbytes());
+    tensors.push_back({name, fused});
+  }
+  io::write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(src + "/config.json"));
+  std::string pattern;
+  for (const std::string t : config["layers_block_type"])
+    pattern += t == "linear_attention" ? 'M' : t == "full_attention" ? '*' : t == "moe" ? 'E' : '-';
+  EXPECT_EQ(pattern, "ME*E");
+  config.erase("layers_block_type");
+  config["hybrid_override_pattern"] = pattern;
+  std::ofstream(dir + "/config.json") << config.dump();
+
+  auto want = Model::load(src), got = Model::load(dir);
+  const std::vector<int32_t> ids = expected("nemotron_h_moe")[0].ids;
+  const int64_t T = static_cast<int64_t>(ids.size()), V = want->info().vocab_size;
+  Tensor a = test::nan_tensor({T, V}), b = test::nan_tensor({T, V});
+  want->forward(ids, *want->new_state(), a);
+  got->forward(ids, *got->new_state(), b);
+  EXPECT_EQ(0, std::memcmp(a.data<float>(), b.data<float>(), a.nbytes()));
+
+  // Without any one of an MoE layer's tensors, loading fails naming it.
+  for (const std::string missing :
+       {"model.layers.3.mixer.experts.down_proj", "model.layers.1.mixer.gate.e_score_correction_bias",
+        "model.layers.1.mixer.fc2_latent_proj.weight", "model.layers.3.mixer.shared_experts.up_proj.weight"}) {
+    std::vector<std::pair<std::string, Tensor>> fewer;
+    for (const auto& t : tensors)
+      if (t.first != missing) fewer.push_back(t);
+    ASSERT_EQ(fewer.size() + 1, tensors.size()) << missing;
+    io::write_safetensors(dir + "/model.safetensors", fewer, {{"format", "pt"}});
+    try {
+      Model::load(dir);
+      ADD_FAILURE() << "loaded without " << missing;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+    }
+  }
+}
 
 TEST(ModelLoad, ClearErrorsForBadDirectories) {
   EXPECT_THROW(Model::load(kFixtures + "no_such_model"), Error);
