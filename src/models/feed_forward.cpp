@@ -215,6 +215,7 @@ class GroupLimitedMoe final : public FeedForward {
     D_ = r_.weight.dim(1);
     if (!r_.correction_bias.defined()) throw Error("MoE: e_score_correction_bias is missing");
     check_bias(r_.correction_bias, E, "MoE: e_score_correction_bias");
+    check_contiguous(r_.correction_bias, "MoE: e_score_correction_bias");
     const auto n = [](int64_t v) { return std::to_string(v); };
     if (r_.n_group < 1 || E % r_.n_group != 0)
       throw Error("MoE: n_group = " + n(r_.n_group) + " must divide the " + n(E) + " experts");
@@ -243,6 +244,26 @@ class GroupLimitedMoe final : public FeedForward {
 
   void forward(const Tensor& x, const Tensor& y) const override {
     check_io(x, y, D_);
+    const int64_t T = x.dim(0);
+    const Routes routes = route(x);
+    if (latent_in_.defined()) {
+      Tensor h = Tensor::empty(DType::f32, {T, L_}), routed = Tensor::empty(DType::f32, {T, L_});
+      linear(x, latent_in_, Tensor(), h);
+      run_experts(experts_, routes, h, routed);
+      linear(routed, latent_out_, Tensor(), y);
+    } else {
+      run_experts(experts_, routes, x, y);
+    }
+    Tensor sh = Tensor::empty(DType::f32, {T, D_});
+    shared_->forward(x, sh);
+    float* out = y.mutable_data<float>();
+    const float* add = sh.data<float>();
+    for (int64_t i = 0; i < T * D_; ++i) out[i] += add[i];
+  }
+  int64_t width() const override { return D_; }
+
+ private:
+  Routes route(const Tensor& x) const {
     const int64_t T = x.dim(0), E = r_.weight.dim(0), G = E / r_.n_group;
     Tensor scores = Tensor::empty(DType::f32, {T, E});
     linear(x, r_.weight, Tensor(), scores);
@@ -275,23 +296,9 @@ class GroupLimitedMoe final : public FeedForward {
       }
       for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, st[e] / norm * r_.routed_scaling_factor});
     }
-    if (latent_in_.defined()) {
-      Tensor h = Tensor::empty(DType::f32, {T, L_}), routed = Tensor::empty(DType::f32, {T, L_});
-      linear(x, latent_in_, Tensor(), h);
-      run_experts(experts_, routes, h, routed);
-      linear(routed, latent_out_, Tensor(), y);
-    } else {
-      run_experts(experts_, routes, x, y);
-    }
-    Tensor sh = Tensor::empty(DType::f32, {T, D_});
-    shared_->forward(x, sh);
-    float* out = y.mutable_data<float>();
-    const float* add = sh.data<float>();
-    for (int64_t i = 0; i < T * D_; ++i) out[i] += add[i];
+    return routes;
   }
-  int64_t width() const override { return D_; }
 
- private:
   GroupLimitedRouter r_;
   std::vector<std::unique_ptr<FeedForward>> experts_;
   Tensor latent_in_, latent_out_;
