@@ -16,7 +16,7 @@ DecoderSpec build_bamba(const Config& c, const Checkpoint& w, const LoadOptions&
   for (int64_t i : attn_layers)
     if (i < 0 || i >= layers) throw Error(c.path() + ": attn_layer_indices has " + std::to_string(i) + ", out of range");
   if (c.get_or<bool>("mlp_bias", false)) throw Error(c.path() + ": mlp_bias = true is not supported");
-  const Activation act = parse_activation(c.get_or<std::string>("hidden_act", "silu"));
+  const Activation act = activation(c, "hidden_act", "silu");
 
   mixers::Mamba2Config mc;
   mc.hidden_size = D;

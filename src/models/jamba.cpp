@@ -34,7 +34,7 @@ DecoderSpec build_jamba(const Config& c, const Checkpoint& w, const LoadOptions&
   const int64_t expert_offset = period_field(c, "expert_layer_offset", 1);
   const int64_t experts = c.has("num_experts") ? positive(c, "num_experts") : 16;
   const int64_t top_k = c.has("num_experts_per_tok") ? positive(c, "num_experts_per_tok") : 2;
-  const Activation act = parse_activation(c.get_or<std::string>("hidden_act", "silu"));
+  const Activation act = activation(c, "hidden_act", "silu");
 
   MambaConfig mc;
   mc.d_model = D;

@@ -9,7 +9,7 @@ DecoderSpec build_llama(const Config& c, const Checkpoint& w, const LoadOptions&
   const int64_t D = positive(c, "hidden_size"), F = positive(c, "intermediate_size");
   const double eps = c.get_or<double>("rms_norm_eps", 1e-6);
   const bool mlp_bias = c.get_or<bool>("mlp_bias", false);
-  const Activation act = parse_activation(c.get_or<std::string>("hidden_act", "silu"));
+  const Activation act = activation(c, "hidden_act", "silu");
   AttentionConfig ac = attention_config(c, options);
   read_rope(c, ac);
   const bool attn_bias = c.get_or<bool>("attention_bias", false);

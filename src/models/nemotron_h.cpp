@@ -69,8 +69,8 @@ MoeConfig moe_config(const Config& c, int64_t D) {
   return m;
 }
 
-std::unique_ptr<FeedForward> load_moe(const MoeConfig& mc, const Checkpoint& w, const std::string& p, int64_t D,
-                                      Activation act) {
+std::unique_ptr<FeedForward> load_moe(const Config& c, const MoeConfig& mc, const Checkpoint& w,
+                                      const std::string& p, int64_t D, Activation act) {
   const int64_t E = mc.experts, I = mc.intermediate, S = mc.shared_intermediate, L = mc.latent;
   GroupLimitedRouter r = mc.router;
   r.weight = matrix(w, p + "gate.weight", E, D);
@@ -97,8 +97,12 @@ std::unique_ptr<FeedForward> load_moe(const MoeConfig& mc, const Checkpoint& w, 
   }
   auto shared = make_plain_mlp(matrix(w, p + "shared_experts.up_proj.weight", S, D),
                                matrix(w, p + "shared_experts.down_proj.weight", D, S), act);
-  return make_group_limited_moe(std::move(r), std::move(experts), std::move(latent_in), std::move(latent_out),
-                                std::move(shared));
+  try {
+    return make_group_limited_moe(std::move(r), std::move(experts), std::move(latent_in), std::move(latent_out),
+                                  std::move(shared));
+  } catch (const Error& e) {
+    throw Error(c.path() + ": " + e.what());  // the tensors' shapes were checked: it is the routing fields
+  }
 }
 
 }  // namespace
@@ -127,7 +131,7 @@ DecoderSpec build_nemotron_h(const Config& c, const Checkpoint& w, const LoadOpt
   const bool attn_bias = c.get_or<bool>("attention_bias", false);
   const int64_t F = types.end() != std::find(types.begin(), types.end(), "mlp") ? positive(c, "intermediate_size") : 0;
   if (c.get_or<bool>("mlp_bias", false)) throw Error(c.path() + ": mlp_bias = true is not supported");
-  const Activation act = parse_activation(c.get_or<std::string>("mlp_hidden_act", "relu2"));
+  const Activation act = activation(c, "mlp_hidden_act", "relu2");
   const std::optional<MoeConfig> moe =
       types.end() != std::find(types.begin(), types.end(), "moe") ? std::optional(moe_config(c, D)) : std::nullopt;
 
@@ -148,7 +152,7 @@ DecoderSpec build_nemotron_h(const Config& c, const Checkpoint& w, const LoadOpt
       b.mlp = make_plain_mlp(matrix(w, p + "mixer.up_proj.weight", F, D), matrix(w, p + "mixer.down_proj.weight", D, F), act);
     } else if (types[l] == "moe") {
       b.mlp_norm = norm;
-      b.mlp = load_moe(*moe, w, p + "mixer.", D, act);
+      b.mlp = load_moe(c, *moe, w, p + "mixer.", D, act);
     } else {
       b.mixer_norm = norm;
       b.mixer = types[l] == "mamba" ? load_mamba2_mixer(mc, w, p + "mixer.", proj_bias, conv_bias)

@@ -40,6 +40,14 @@ int64_t positive(const Config& c, const std::string& field) {
   return v;
 }
 
+Activation activation(const Config& c, const std::string& field, const std::string& fallback) {
+  try {
+    return parse_activation(c.get_or<std::string>(field, fallback));
+  } catch (const Error& e) {
+    throw Error(c.path() + ": field '" + field + "': " + e.what());
+  }
+}
+
 int64_t dt_rank(const Config& c, const std::string& field, int64_t d_model) {
   if (!c.has(field)) return (d_model + 15) / 16;
   try {

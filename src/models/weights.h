@@ -22,6 +22,9 @@ void embedding_and_head(const Config& c, const Checkpoint& w, const std::string&
                         DecoderSpec& spec);
 // A config integer that must be positive, with a message naming the field.
 int64_t positive(const Config& c, const std::string& field);
+// The activation named by config field `field` (or `fallback` when absent); an unknown
+// name is an Error naming the field.
+Activation activation(const Config& c, const std::string& field, const std::string& fallback);
 // Mamba's time-step rank: a positive integer or "auto" (absent too) = ceil(d_model / 16).
 int64_t dt_rank(const Config& c, const std::string& field, int64_t d_model);
 

@@ -11,6 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <tuple>
 
 #include "src/io/writers.h"
 #include "subq/io.h"
@@ -140,6 +141,38 @@ TEST(ModelLoad, NemotronHTransformersLayoutAndPatternLoadAlike) {
       ADD_FAILURE() << "loaded without " << missing;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+    }
+  }
+}
+
+// A config field that changes the math and cannot be honoured, or that disagrees with the
+// checkpoint, is an Error naming the field or the tensor.
+TEST(ModelLoad, NemotronHMoeConfigErrorsNameTheCulprit) {
+  const std::string src = kFixtures + "nemotron_h_moe", dir = testing::TempDir() + "subq_nemotron_h_moe_config";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(src + "/model.safetensors", dir + "/model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  const nlohmann::json good = nlohmann::json::parse(std::ifstream(src + "/config.json"));
+  const std::vector<std::tuple<std::string, nlohmann::json, std::string>> cases = {
+      {"n_group", 5, "n_group = 5 must divide the 12 experts"},
+      {"topk_group", 4, "topk_group must be in [1, n_group = 3]"},
+      {"num_experts_per_tok", 9, "num_experts_per_tok must be in [1, 8]"},
+      {"mlp_hidden_act", "tanh", "field 'mlp_hidden_act'"},
+      {"mlp_bias", true, "mlp_bias"},
+      {"n_routed_experts", 0, "field 'n_routed_experts' must be positive"},
+      {"n_routed_experts", 10, "backbone.layers.1.mixer.gate.weight"},
+      {"moe_latent_size", 16, "backbone.layers.1.mixer.fc1_latent_proj.weight"},
+      {"moe_intermediate_size", 25, "tensor 'backbone.layers.1.mixer.experts.0."},
+  };
+  for (const auto& [field, value, want] : cases) {
+    nlohmann::json config = good;
+    config[field] = value;
+    std::ofstream(dir + "/config.json") << config.dump();
+    try {
+      Model::load(dir);
+      ADD_FAILURE() << "loaded with " << field << " = " << value.dump();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
     }
   }
 }
