@@ -28,7 +28,7 @@ class FeedForward {
 
 struct GatedWeights {
   Tensor gate, up, down;                 // [F, D], [F, D], [D, F]; f32/bf16/f16
-  Tensor gate_bias, up_bias, down_bias;  // [F], [F], [D] f32, or undefined (mlp_bias)
+  Tensor gate_bias{}, up_bias{}, down_bias{};  // [F], [F], [D] f32, or undefined (mlp_bias)
 };
 
 std::unique_ptr<FeedForward> make_gated_mlp(GatedWeights w, Activation act);
