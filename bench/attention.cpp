@@ -114,7 +114,8 @@ class MaskedPrefill final : public Instance {
 
  private:
   attn::BlockMask build() const {
-    return attn::build_mask(spec_, attn::MaskGeometry{T_, T_, 0, 64, 64, kHeads, nullptr}, args_);
+    const int64_t q_block = spec_.is_dense() ? attn::dense_query_block(T_, Dh_) : 64;
+    return attn::build_mask(spec_, attn::MaskGeometry{T_, T_, 0, q_block, 64, kHeads, nullptr}, args_);
   }
   attn::SelectorSpec spec_;
   int64_t T_, Dh_;

@@ -197,7 +197,8 @@ void AttentionMixer::forward(const Tensor& x, MixerState& state, const Tensor& y
     } else if (policy.bounds_cache()) {
       attn::flash_attention(a, attn::sliding_window_mask(geom, policy.window, policy.sinks, true));
     } else {
-      attn::flash_attention(a, attn::dense_mask(T, cache.slots(), true, q_offset, kPrefillBlock, kPrefillBlock,
+      attn::flash_attention(a, attn::dense_mask(T, cache.slots(), true, q_offset,
+                                                attn::dense_query_block(cache.slots(), Dh), kPrefillBlock,
                                                 cache.positions()));
     }
     cache.evict();

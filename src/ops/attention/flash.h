@@ -30,6 +30,14 @@ struct AttentionArgs {
   const int32_t* key_positions = nullptr;
 };
 
+// Query rows per block for dense (causal) prefill over kv_len keys. While one head's K and
+// V fit in ~1 MiB (L2) the diagonal waste of big query blocks costs more than it saves;
+// beyond that, 256-row blocks stream each K/V block a quarter as often (measured on one
+// AVX-512 thread: 1.3-1.75x at T = 16K, Dh = 128; equal at 2K; 64 rows better at 1K).
+inline int64_t dense_query_block(int64_t kv_len, int64_t head_dim) {
+  return kv_len * head_dim * 8 > (int64_t{1} << 20) ? 256 : 64;
+}
+
 // Checks sizes and runs the flash forward over `mask` (whose q_len, kv_len must match and
 // whose batch/heads are 1 or equal to the args'). Parallel over (batch, head, query block).
 // Rows with no allowed key get 0.

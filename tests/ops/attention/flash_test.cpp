@@ -57,7 +57,12 @@ TEST(FlashAttention, DenseCausalLong) {
     AttnProblem p(rng, 1, 1000, 1000, 2, 1, Dh);
     expect_close(p.run(attn::dense_mask(1000, 1000, true)), p.reference(causal_pairs(0)), kAttnRtol, kAttnAtol,
                  p.describe());
+    // The long-context dense prefill shape: 256-query blocks over 64-key blocks.
+    expect_close(p.run(attn::dense_mask(1000, 1000, true, 0, 256, 64)), p.reference(causal_pairs(0)), kAttnRtol,
+                 kAttnAtol, p.describe() + " 256-query blocks");
   }
+  EXPECT_EQ(attn::dense_query_block(1024, 128), 64);
+  EXPECT_EQ(attn::dense_query_block(2048, 128), 256);
 }
 
 TEST(FlashAttention, ScaleAndSoftcap) {
