@@ -1,5 +1,6 @@
 // The one thread pool: OpenMP. parallel_for splits [0, n) into contiguous ranges, one
-// per thread, and runs fn(begin, end) on each; it returns when all are done.
+// per thread, and runs fn(begin, end) on each; it returns when all are done. Every range
+// runs with denormals flushed (see DenormalsFlushed), on the pool's threads and inline.
 #pragma once
 
 #include <omp.h>
@@ -7,9 +8,32 @@
 #include <algorithm>
 #include <cstdint>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace subq {
 
 int num_threads();
+
+// Flush-to-zero and denormals-are-zero for the calling thread while it lives, then the
+// thread's previous mode again. Decays exp(G_i - G_j) of strongly gated recurrences pass
+// through the denormal range, where every x86 FMA on such an operand takes a microcode
+// assist: measured 1.45x slower Mamba-2 prefill on AVX-512 without this. Values below
+// 1.2e-38 become 0, far under every tolerance subq works to. No-op off x86.
+class DenormalsFlushed {
+ public:
+#if defined(__x86_64__) || defined(__i386__)
+  DenormalsFlushed() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero); }
+  ~DenormalsFlushed() { _mm_setcsr(saved_); }
+
+ private:
+  static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
+  unsigned saved_;
+#endif
+  DenormalsFlushed(const DenormalsFlushed&) = delete;
+  DenormalsFlushed& operator=(const DenormalsFlushed&) = delete;
+};
 
 // Runs fn(begin, end) over [0, n) in at most num_threads() ranges of at least `grain`
 // items each. Runs inline when one range suffices (small n, one thread, or nested).
@@ -19,14 +43,19 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
   const int64_t max_ranges = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
   const int ranges = static_cast<int>(std::min<int64_t>(num_threads(), max_ranges));
   if (ranges <= 1 || omp_in_parallel()) {
+    const DenormalsFlushed flushed;
     fn(int64_t{0}, n);
     return;
   }
-#pragma omp parallel for num_threads(ranges) schedule(static, 1)
-  for (int r = 0; r < ranges; ++r) {
-    const int64_t begin = n * r / ranges;
-    const int64_t end = n * (r + 1) / ranges;
-    fn(begin, end);
+#pragma omp parallel num_threads(ranges)
+  {
+    const DenormalsFlushed flushed;
+#pragma omp for schedule(static, 1)
+    for (int r = 0; r < ranges; ++r) {
+      const int64_t begin = n * r / ranges;
+      const int64_t end = n * (r + 1) / ranges;
+      fn(begin, end);
+    }
   }
 }
 
@@ -36,11 +65,16 @@ void parallel_for_each(int64_t n, F&& fn) {
   if (n <= 0) return;
   const int threads = static_cast<int>(std::min<int64_t>(num_threads(), n));
   if (threads <= 1 || omp_in_parallel()) {
+    const DenormalsFlushed flushed;
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t i = 0; i < n; ++i) fn(i);
+#pragma omp parallel num_threads(threads)
+  {
+    const DenormalsFlushed flushed;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  }
 }
 
 }  // namespace subq
