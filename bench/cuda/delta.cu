@@ -8,17 +8,6 @@
 #include "src/ops/delta/delta_rule_cuda.h"
 
 namespace subq::bench::gpu {
-namespace {
-
-Tensor uniform_device(const Shape& shape, float lo, float hi, std::mt19937_64& rng) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Tensor f = Tensor::empty(DType::f32, shape);
-  float* p = f.mutable_data<float>();
-  for (int64_t i = 0; i < f.numel(); ++i) p[i] = dist(rng);
-  return cuda::to_device(f);
-}
-
-}  // namespace
 
 // FLOPs: the tensor-core products of the chunked algorithm as run, 2 per multiply-add,
 // per chunk of C = 64 tokens and head: K K^T and Q K^T over the 10 lower 16x16 blocks of
@@ -35,9 +24,9 @@ void bench_delta(std::mt19937_64& rng) {
       const Tensor q = random_device(DType::bf16, {B, T, Hk, dk}, rng);
       const Tensor k = random_device(DType::bf16, {B, T, Hk, dk}, rng);
       const Tensor v = random_device(DType::bf16, {B, T, Hv, dv}, rng);
-      const Tensor beta = uniform_device({B, T, H}, 0.05f, 1.f, rng);
-      const Tensor g = uniform_device({B, T, H}, -0.1f, 0.f, rng);
-      const Tensor state = uniform_device({B, H, dk, dv}, -0.1f, 0.1f, rng);
+      const Tensor beta = uniform_device(DType::f32, {B, T, H}, 0.05f, 1.f, rng);
+      const Tensor g = uniform_device(DType::f32, {B, T, H}, -0.1f, 0.f, rng);
+      const Tensor state = uniform_device(DType::f32, {B, H, dk, dv}, -0.1f, 0.1f, rng);
       const Tensor o = cuda::empty(DType::bf16, {B, T, H, dv});
       ops::DeltaRuleOptions opt;
       opt.l2_normalize_qk = true;

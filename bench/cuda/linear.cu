@@ -24,17 +24,6 @@ namespace {
 
 constexpr int64_t kTokens = 32768;  // B T per case
 
-Tensor uniform_device(DType dtype, const Shape& shape, float lo, float hi, std::mt19937_64& rng) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Tensor f = Tensor::empty(DType::f32, shape);
-  float* p = f.mutable_data<float>();
-  for (int64_t i = 0; i < f.numel(); ++i) p[i] = dist(rng);
-  if (dtype == DType::f32) return cuda::to_device(f);
-  Tensor t = Tensor::empty(dtype, shape);
-  convert(f, t);
-  return cuda::to_device(t);
-}
-
 double chunked_flops(int64_t B, int64_t T, int64_t H, int64_t dk, int64_t dv) {
   const double C = 64, chunks = static_cast<double>((T + 63) / 64);
   const double per_chunk = 2 * (C * (C + 1) / 2) * (dk + dv) + 4 * C * dk * dv;
