@@ -28,8 +28,9 @@ attn::AttentionArgs args_of(const Tensor& q, const Tensor& k, const Tensor& v, c
   a.q = q.data<float>();
   a.q_batch_stride = a.q_len * a.q_heads * a.head_dim;
   a.q_row_stride = a.q_heads * a.head_dim;
-  a.k = k.data<float>();
-  a.v = v.data<float>();
+  a.k = k.raw_data();
+  a.v = v.raw_data();
+  a.kv_dtype = k.dtype();
   a.k_batch_stride = a.v_batch_stride = a.kv_len * a.kv_heads * a.head_dim;
   a.k_row_stride = a.v_row_stride = a.kv_heads * a.head_dim;
   a.o = o.mutable_data<float>();
@@ -167,9 +168,6 @@ class SplitDecode final : public Instance {
     v_ = as_cache(random_f32({1, T, 8, 128}, -1.f, 1.f, 6));
     o_ = Tensor::empty(DType::f32, {1, 1, 32, 128});
     args_ = args_of(q_, k_, v_, o_);
-    args_.k = k_.raw_data();
-    args_.v = v_.raw_data();
-    args_.kv_dtype = cache;
     rule_.causal = true;
   }
   void run() override { attn::decode_attention(args_, rule_, T_ - 1); }
