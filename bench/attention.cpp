@@ -1,15 +1,17 @@
 // Bench cases for the attention family: dense causal flash prefill (head dims 64, 128),
 // every sparse selector at equal T (the selector's mask building is part of the timed
 // work; flops count only the visited blocks, so GFLOP/s compares kernels and time
-// compares methods), and split-KV decode over long caches.
+// compares methods), and split-KV decode over long f32 and bf16 caches.
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
 
 #include "bench/harness.h"
 #include "bench/inputs.h"
 #include "src/ops/attention/flash.h"
 #include "src/ops/attention/selectors/selector_spec.h"
+#include "subq/ops.h"
 #include "subq/tensor.h"
 
 namespace subq::bench {
@@ -26,8 +28,9 @@ attn::AttentionArgs args_of(const Tensor& q, const Tensor& k, const Tensor& v, c
   a.q = q.data<float>();
   a.q_batch_stride = a.q_len * a.q_heads * a.head_dim;
   a.q_row_stride = a.q_heads * a.head_dim;
-  a.k = k.data<float>();
-  a.v = v.data<float>();
+  a.k = k.raw_data();
+  a.v = v.raw_data();
+  a.kv_dtype = k.dtype();
   a.k_batch_stride = a.v_batch_stride = a.kv_len * a.kv_heads * a.head_dim;
   a.k_row_stride = a.v_row_stride = a.kv_heads * a.head_dim;
   a.o = o.mutable_data<float>();
@@ -35,6 +38,12 @@ attn::AttentionArgs args_of(const Tensor& q, const Tensor& k, const Tensor& v, c
   a.o_row_stride = a.q_row_stride;
   a.scale = 1.f / std::sqrt(static_cast<float>(a.head_dim));
   return a;
+}
+
+// Element i of a key or value array of the args' kv_dtype.
+double kv_element(const attn::AttentionArgs& a, const void* base, int64_t i) {
+  if (a.kv_dtype == DType::bf16) return to_float(static_cast<const bf16*>(base)[i]);
+  return static_cast<const float*>(base)[i];
 }
 
 // Worst relative error (max-norm over the row) of a few output rows against a float64
@@ -50,9 +59,9 @@ double sampled_rel_err(const attn::AttentionArgs& a, Allowed allowed) {
       double mx = -INFINITY;
       for (int64_t j = 0; j < a.kv_len; ++j) {
         if (!allowed(h, i, j)) continue;
-        const float* k = a.k + j * a.k_row_stride + (h / group) * Dh;
+        const int64_t k0 = j * a.k_row_stride + (h / group) * Dh;
         double s = 0;
-        for (int64_t x = 0; x < Dh; ++x) s += static_cast<double>(q[x]) * k[x];
+        for (int64_t x = 0; x < Dh; ++x) s += static_cast<double>(q[x]) * kv_element(a, a.k, k0 + x);
         logit[static_cast<size_t>(j)] = s * a.scale;
         mx = std::max(mx, logit[static_cast<size_t>(j)]);
       }
@@ -61,8 +70,8 @@ double sampled_rel_err(const attn::AttentionArgs& a, Allowed allowed) {
         const double p = std::exp(logit[static_cast<size_t>(j)] - mx);
         if (!(p > 0)) continue;
         sum += p;
-        const float* v = a.v + j * a.v_row_stride + (h / group) * Dh;
-        for (int64_t x = 0; x < Dh; ++x) out[static_cast<size_t>(x)] += p * v[x];
+        const int64_t v0 = j * a.v_row_stride + (h / group) * Dh;
+        for (int64_t x = 0; x < Dh; ++x) out[static_cast<size_t>(x)] += p * kv_element(a, a.v, v0 + x);
       }
       double err = 0, norm = 0;
       const float* got = a.o + i * a.o_row_stride + h * Dh;
@@ -150,21 +159,23 @@ SUBQ_BENCH_CASES(attention_prefill) {
   return cases;
 }
 
-// One decode token for 32 query heads over T cached keys of 8 KV heads, Dh = 128:
-// memory-bound, every K/V byte read once.
+// One decode token for 32 query heads over T cached keys of 8 KV heads, Dh = 128, the
+// cache in f32 or bf16: memory-bound, every K/V byte read once.
 class SplitDecode final : public Instance {
  public:
-  explicit SplitDecode(int64_t T) : T_(T) {
+  SplitDecode(int64_t T, DType cache) : T_(T), cache_(cache) {
     q_ = random_f32({1, 1, 32, 128}, -1.f, 1.f, 4);
-    k_ = random_f32({1, T, 8, 128}, -1.f, 1.f, 5);
-    v_ = random_f32({1, T, 8, 128}, -1.f, 1.f, 6);
+    k_ = as_cache(random_f32({1, T, 8, 128}, -1.f, 1.f, 5));
+    v_ = as_cache(random_f32({1, T, 8, 128}, -1.f, 1.f, 6));
     o_ = Tensor::empty(DType::f32, {1, 1, 32, 128});
     args_ = args_of(q_, k_, v_, o_);
     rule_.causal = true;
   }
   void run() override { attn::decode_attention(args_, rule_, T_ - 1); }
   double flops() const override { return 4.0 * static_cast<double>(T_) * 32 * 128; }
-  double bytes() const override { return 2.0 * 4.0 * static_cast<double>(T_) * 8 * 128; }
+  double bytes() const override {
+    return 2.0 * static_cast<double>(dtype_size(cache_)) * static_cast<double>(T_) * 8 * 128;
+  }
   int64_t tokens() const override { return 1; }
   std::optional<double> max_rel_err() override {
     run();
@@ -172,18 +183,30 @@ class SplitDecode final : public Instance {
   }
 
  private:
+  Tensor as_cache(const Tensor& f) const {
+    if (cache_ == DType::f32) return f;
+    Tensor t = Tensor::empty(cache_, f.shape());
+    convert(f, t);
+    return t;
+  }
   int64_t T_;
+  DType cache_;
   Tensor q_, k_, v_, o_;
   attn::AttentionArgs args_;
   attn::ElementRule rule_;
 };
 
-SUBQ_BENCH_CASE(attention_decode) {
-  return Case{.name = "attention.decode.splitkv",
-              .family = "attention",
-              .shape = "Hq=32 Hkv=8 Dh=128 f32 cache, 1 token",
-              .seq = {16384, 32768},
-              .make = [](int64_t T) { return std::make_unique<SplitDecode>(T); }};
+SUBQ_BENCH_CASES(attention_decode) {
+  std::vector<Case> cases;
+  for (DType cache : {DType::f32, DType::bf16}) {
+    const std::string dt = dtype_name(cache);
+    cases.push_back(Case{.name = cache == DType::f32 ? "attention.decode.splitkv" : "attention.decode.splitkv." + dt,
+                         .family = "attention",
+                         .shape = "Hq=32 Hkv=8 Dh=128 " + dt + " cache, 1 token",
+                         .seq = {16384, 32768},
+                         .make = [cache](int64_t T) { return std::make_unique<SplitDecode>(T, cache); }});
+  }
+  return cases;
 }
 
 }  // namespace

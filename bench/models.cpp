@@ -151,7 +151,8 @@ class Prefill final : public Instance {
 class Decode final : public Instance {
  public:
   static constexpr int64_t kSteps = 16;
-  Decode(const Spec& spec, int64_t T) : model_(Model::load(checkpoint(spec))) {
+  Decode(const Spec& spec, int64_t T, const LoadOptions& options = {})
+      : model_(Model::load(checkpoint(spec), options)) {
     std::vector<int32_t> prompt(static_cast<size_t>(T), 1);
     state_ = model_->new_state();
     logits_ = Tensor::empty(DType::f32, {1, model_->info().vocab_size});
@@ -184,6 +185,12 @@ SUBQ_BENCH_CASES(models) {
                      .seq = {512}, .in_default = true,
                      .make = [spec](int64_t T) { return std::make_unique<Decode>(spec, T); }});
   }
+  // The bf16 checkpoint's default bf16 KV cache against an f32 one: what the cache dtype
+  // is worth at this context.
+  const Spec llama = llama_160m();
+  cases.push_back({.name = "model." + llama.name + ".decode.f32kv", .family = "model",
+                   .shape = llama.name + " bf16, f32 KV cache, 16 tokens", .seq = {512}, .in_default = false,
+                   .make = [llama](int64_t T) { return std::make_unique<Decode>(llama, T, LoadOptions{.kv_cache = "f32"}); }});
   return cases;
 }
 

@@ -41,6 +41,10 @@ struct LoadOptions {
   // Sparse prefill policy for every attention layer, e.g. "flexprefill:gamma=0.95",
   // "window:window=1024,sinks=4" (see `subq bench --list`); empty: dense.
   std::string sparse;
+  // KV cache element type of every attention layer: "f32", "bf16", or "auto"/empty: bf16
+  // for layers whose q/k/v/o weights are bf16 (as transformers keeps K/V in the model
+  // dtype; half the bytes decode reads), f32 otherwise.
+  std::string kv_cache;
 };
 
 class Model {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -19,11 +20,13 @@ constexpr int64_t kPrefillBlock = 64;
 
 class AttentionState : public MixerState {
  public:
-  AttentionState(int64_t batch, const AttentionConfig& c) : kv_heads_(c.n_kv_heads), head_dim_(c.head_dim) {
+  AttentionState(int64_t batch, const AttentionConfig& c)
+      : kv_heads_(c.n_kv_heads), head_dim_(c.head_dim), dtype_(c.kv_dtype) {
     const bool bounded = c.sparse.bounds_cache();
     caches.reserve(static_cast<size_t>(batch));
     for (int64_t b = 0; b < batch; ++b)
-      caches.emplace_back(c.n_kv_heads, c.head_dim, bounded ? c.sparse.window : 0, bounded ? c.sparse.sinks : 0);
+      caches.emplace_back(c.n_kv_heads, c.head_dim, bounded ? c.sparse.window : 0, bounded ? c.sparse.sinks : 0,
+                          c.kv_dtype);
   }
   int64_t batch() const override { return static_cast<int64_t>(caches.size()); }
   size_t state_bytes() const override {
@@ -31,19 +34,19 @@ class AttentionState : public MixerState {
     for (const auto& c : caches) n += c.bytes();
     return n;
   }
-  // Per sequence: keys [slots, Hkv, Dh], values, positions i32 [slots], next position i32 [1].
+  // Per sequence: keys [slots, Hkv, Dh] in the cache dtype, values, positions i32
+  // [slots], next position i32 [1].
   std::vector<Tensor> snapshot() const override {
     std::vector<Tensor> out;
     for (const auto& c : caches) {
       const int64_t slots = c.slots();
-      Tensor k = Tensor::empty(DType::f32, Shape{slots, kv_heads_, head_dim_});
-      Tensor v = Tensor::empty(DType::f32, Shape{slots, kv_heads_, head_dim_});
+      Tensor k = Tensor::empty(dtype_, Shape{slots, kv_heads_, head_dim_});
+      Tensor v = Tensor::empty(dtype_, Shape{slots, kv_heads_, head_dim_});
       Tensor p = Tensor::empty(DType::i32, Shape{slots});
       Tensor next = Tensor::empty(DType::i32, Shape{1});
-      const size_t n = static_cast<size_t>(slots * kv_heads_ * head_dim_);
       if (slots > 0) {
-        std::copy_n(c.keys(), n, k.mutable_data<float>());
-        std::copy_n(c.values(), n, v.mutable_data<float>());
+        std::memcpy(k.mutable_raw_data(), c.keys(), k.nbytes());
+        std::memcpy(v.mutable_raw_data(), c.values(), v.nbytes());
         std::copy_n(c.positions(), slots, p.mutable_data<int32_t>());
       }
       next.mutable_data<int32_t>()[0] = static_cast<int32_t>(c.next_position());
@@ -60,16 +63,18 @@ class AttentionState : public MixerState {
       const std::string who = "attention state restore: sequence " + std::to_string(b);
       if (k.ndim() != 3) throw Error(who + " keys must be [slots, Hkv, Dh], found " + k.str());
       const int64_t slots = k.dim(0);
-      check_dtype(k, DType::f32, (who + " keys").c_str());
+      for (const Tensor* x : {&k, &v})
+        if (x->dtype() != dtype_)
+          throw Error(who + (x == &k ? " keys" : " values") + ": this layer's KV cache is " + dtype_name(dtype_) +
+                      ", the saved state holds " + x->str() + " (saved with another KV cache dtype)");
       check_shape(k, Shape{slots, kv_heads_, head_dim_}, (who + " keys").c_str());
-      check_dtype(v, DType::f32, (who + " values").c_str());
       check_shape(v, Shape{slots, kv_heads_, head_dim_}, (who + " values").c_str());
       check_dtype(p, DType::i32, (who + " positions").c_str());
       check_shape(p, Shape{slots}, (who + " positions").c_str());
       check_dtype(next, DType::i32, (who + " next position").c_str());
       check_shape(next, Shape{1}, (who + " next position").c_str());
       for (const Tensor* x : {&k, &v, &p}) check_contiguous(*x, who.c_str());
-      caches[b].assign(slots ? k.data<float>() : nullptr, slots ? v.data<float>() : nullptr,
+      caches[b].assign(slots ? k.raw_data() : nullptr, slots ? v.raw_data() : nullptr,
                        slots ? p.data<int32_t>() : nullptr, slots, next.data<int32_t>()[0]);
     }
   }
@@ -78,6 +83,7 @@ class AttentionState : public MixerState {
 
  private:
   int64_t kv_heads_, head_dim_;
+  DType dtype_;
 };
 
 void check_weight(const Tensor& w, const Shape& want, const char* name) {
@@ -112,6 +118,8 @@ AttentionMixer::AttentionMixer(const AttentionConfig& config, AttentionWeights w
     for (int d = 0; d < s.nbhd.ndim; ++d) causal = causal && s.nbhd.causal[static_cast<size_t>(d)];
   if (!causal) throw Error("AttentionMixer: the sparse policy must be causal, found " + attn::to_string(s));
   if (s.bounds_cache() && s.window < 1) throw Error("AttentionMixer: window must be >= 1");
+  if (cfg_.kv_dtype != DType::f32 && cfg_.kv_dtype != DType::bf16)
+    throw Error(std::string("AttentionMixer: kv_dtype must be f32 or bf16, found ") + dtype_name(cfg_.kv_dtype));
   check_weight(w_.wq, Shape{Hq * Dh, D}, "wq");
   check_weight(w_.wk, Shape{Hkv * Dh, D}, "wk");
   check_weight(w_.wv, Shape{Hkv * Dh, D}, "wv");
@@ -162,13 +170,16 @@ void AttentionMixer::forward(const Tensor& x, MixerState& state, const Tensor& y
       rope(q.select(0, b), positions, rope_);
       rope(k.select(0, b), positions, rope_);
     }
-    cache.append(k.data<float>() + b * T * Hkv * Dh, v.data<float>() + b * T * Hkv * Dh, Hkv * Dh, T);
+    const float* k_new = k.data<float>() + b * T * Hkv * Dh;
+    const float* v_new = v.data<float>() + b * T * Hkv * Dh;
+    cache.append(k_new, v_new, Hkv * Dh, T);
 
     attn::AttentionArgs a;
     a.q = q.data<float>() + b * T * Hq * Dh;
     a.q_row_stride = Hq * Dh;
     a.k = cache.keys();
     a.v = cache.values();
+    a.kv_dtype = cache.dtype();
     a.k_row_stride = a.v_row_stride = cache.row_stride();
     a.o = o.mutable_data<float>() + b * T * Hq * Dh;
     a.o_row_stride = Hq * Dh;
@@ -191,7 +202,12 @@ void AttentionMixer::forward(const Tensor& x, MixerState& state, const Tensor& y
     if (!policy.is_dense() && !policy.bounds_cache() && q_offset == 0) {
       attn::MaskGeometry g = geom;
       g.key_positions = nullptr;  // a fresh sequence: slot j holds position j
-      attn::flash_attention(a, attn::build_mask(policy, g, a));
+      // ... so the cache holds exactly this forward's rows; selectors read them in f32.
+      attn::AttentionArgs qk = a;
+      qk.k = k_new;
+      qk.v = v_new;
+      qk.kv_dtype = DType::f32;
+      attn::flash_attention(a, attn::build_mask(policy, g, qk));
     } else if (T * (Hq / Hkv) <= kDecodeRows) {
       attn::decode_attention(a, rule, q_offset);
     } else if (policy.bounds_cache()) {

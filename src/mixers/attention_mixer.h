@@ -7,6 +7,8 @@
 //     cache keeps only sinks + window - 1 keys (bounded state);
 //   * any other selector builds the mask for the first forward of a sequence (the
 //     prompt); later forwards (decode, continued prefill) are exact over the kept cache.
+// Attention always reads K/V from the cache (so a bf16 cache rounds the prompt's keys
+// exactly as it rounds decode's); dynamic selectors score the unrounded f32 keys.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +32,9 @@ struct AttentionConfig {
   float norm_eps = 1e-6f;
   float scale = 0.f;    // 0: 1 / sqrt(head_dim)
   float softcap = 0.f;  // > 0: logit soft-cap (Gemma 2)
+  // Element type of the KV cache: f32, or bf16 (half the bytes decode reads per key, K/V
+  // rounded to nearest even as transformers keeps them for a bf16 checkpoint).
+  DType kv_dtype = DType::f32;
   attn::SelectorSpec sparse;
 };
 

@@ -35,11 +35,12 @@ void read_time_step_limit(const Config& c, const std::string& field, mixers::Mam
 }  // namespace subq::models
 
 // Shared by the architectures with softmax attention: q/k/v/o under `prefix`
-// (".../self_attn." or ".../mixer."); with `bias`, q/k/v/o_proj.bias too.
+// (".../self_attn." or ".../mixer."); with `bias`, q/k/v/o_proj.bias too. The KV cache
+// dtype is options.kv_cache, or by default bf16 when q/k/v/o are bf16 and f32 otherwise.
 #include "src/mixers/attention_mixer.h"
 namespace subq::models {
 std::unique_ptr<Mixer> load_attention(const AttentionConfig& config, const Checkpoint& w, const std::string& prefix,
-                                      bool bias);
+                                      bool bias, const LoadOptions& options);
 // The head count, kv heads, head_dim and sparse policy of a Llama-style config; rotary
 // settings are the caller's (they differ per architecture).
 AttentionConfig attention_config(const Config& c, const LoadOptions& options);

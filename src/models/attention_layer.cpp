@@ -100,7 +100,9 @@ void read_rope(const Config& c, AttentionConfig& ac) {
   }
 }
 
-std::unique_ptr<Mixer> load_attention(const AttentionConfig& ac, const Checkpoint& w, const std::string& p, bool bias) {
+std::unique_ptr<Mixer> load_attention(const AttentionConfig& config, const Checkpoint& w, const std::string& p,
+                                      bool bias, const LoadOptions& options) {
+  AttentionConfig ac = config;
   const int64_t D = ac.d_model, q = ac.n_heads * ac.head_dim, kv = ac.n_kv_heads * ac.head_dim;
   AttentionWeights aw;
   aw.wq = matrix(w, p + "q_proj.weight", q, D);
@@ -113,6 +115,14 @@ std::unique_ptr<Mixer> load_attention(const AttentionConfig& ac, const Checkpoin
     aw.bv = f32(w, p + "v_proj.bias", {kv});
     aw.bo = f32(w, p + "o_proj.bias", {D});
   }
+  // By default K/V keep the checkpoint's precision, as transformers keeps them: a bf16
+  // checkpoint gets a bf16 cache (half the bytes per decoded key). f32 and f16 checkpoints
+  // keep f32: a bf16 cache would hold K/V less precisely than an f16 model computes them.
+  const bool bf16_weights = aw.wq.dtype() == DType::bf16 && aw.wk.dtype() == DType::bf16 &&
+                            aw.wv.dtype() == DType::bf16 && aw.wo.dtype() == DType::bf16;
+  if (options.kv_cache == "f32") ac.kv_dtype = DType::f32;  // Model::load checked the value
+  else if (options.kv_cache == "bf16") ac.kv_dtype = DType::bf16;
+  else ac.kv_dtype = bf16_weights ? DType::bf16 : DType::f32;
   return std::make_unique<AttentionMixer>(ac, std::move(aw));
 }
 

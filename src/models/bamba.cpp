@@ -46,7 +46,7 @@ DecoderSpec build_bamba(const Config& c, const Checkpoint& w, const LoadOptions&
     Block b;
     b.kind = attention ? "attention+mlp" : "mamba2+mlp";
     b.mixer_norm = rms_norm(w, p + "input_layernorm.weight", D, eps);
-    b.mixer = attention ? load_attention(ac, w, p + "self_attn.", attn_bias)
+    b.mixer = attention ? load_attention(ac, w, p + "self_attn.", attn_bias, options)
                         : load_mamba2_mixer(mc, w, p + "mamba.", proj_bias, conv_bias);
     b.mlp_norm = rms_norm(w, p + "pre_ff_layernorm.weight", D, eps);
     b.mlp = make_gated_mlp({matrix(w, p + "feed_forward.gate_proj.weight", F, D),

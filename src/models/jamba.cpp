@@ -61,7 +61,7 @@ DecoderSpec build_jamba(const Config& c, const Checkpoint& w, const LoadOptions&
     b.kind = std::string(attention ? "attention" : "mamba") + (moe ? "+moe" : "+mlp");
     b.mixer_norm = rms_norm(w, p + "input_layernorm.weight", D, eps);
     if (attention) {
-      b.mixer = load_attention(ac, w, p + "self_attn.", false);
+      b.mixer = load_attention(ac, w, p + "self_attn.", false, options);
     } else {
       b.mixer = std::make_unique<MambaMixer>(mc, load_mamba_weights(mc, w, p + "mamba."));
     }

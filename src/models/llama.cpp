@@ -22,7 +22,7 @@ DecoderSpec build_llama(const Config& c, const Checkpoint& w, const LoadOptions&
     Block b;
     b.kind = "attention+mlp";
     b.mixer_norm = rms_norm(w, p + "input_layernorm.weight", D, eps);
-    b.mixer = load_attention(ac, w, p + "self_attn.", attn_bias);
+    b.mixer = load_attention(ac, w, p + "self_attn.", attn_bias, options);
     b.mlp_norm = rms_norm(w, p + "post_attention_layernorm.weight", D, eps);
     GatedWeights mlp{matrix(w, p + "mlp.gate_proj.weight", F, D), matrix(w, p + "mlp.up_proj.weight", F, D),
                      matrix(w, p + "mlp.down_proj.weight", D, F)};

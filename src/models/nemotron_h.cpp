@@ -156,7 +156,7 @@ DecoderSpec build_nemotron_h(const Config& c, const Checkpoint& w, const LoadOpt
     } else {
       b.mixer_norm = norm;
       b.mixer = types[l] == "mamba" ? load_mamba2_mixer(mc, w, p + "mixer.", proj_bias, conv_bias)
-                                    : load_attention(ac, w, p + "mixer.", attn_bias);
+                                    : load_attention(ac, w, p + "mixer.", attn_bias, options);
     }
     spec.blocks.push_back(std::move(b));
   }

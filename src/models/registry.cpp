@@ -56,6 +56,8 @@ std::vector<int32_t> eos_ids(const Config& c) {
 
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& options) {
   if (!std::filesystem::is_directory(dir)) throw Error(dir + ": not a model directory");
+  if (!options.kv_cache.empty() && options.kv_cache != "auto" && options.kv_cache != "f32" && options.kv_cache != "bf16")
+    throw Error("load options: kv_cache must be auto, f32 or bf16, found \"" + options.kv_cache + "\"");
   const Config config = Config::load((std::filesystem::path(dir) / "config.json").string());
   const auto archs = config.get<std::vector<std::string>>("architectures");
   if (archs.empty()) throw Error(config.path() + ": field 'architectures' is empty");

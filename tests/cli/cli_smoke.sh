@@ -57,6 +57,10 @@ dense=$("$subq" perplexity "$models/llama" --file "$tmp/text" --ctx 64)
 window=$("$subq" perplexity "$models/llama" --file "$tmp/text" --ctx 64 --sparse window:window=4,block=4)
 [ "$dense" != "$window" ] || fail "--sparse window does not change the perplexity"
 expect_error "unknown sparse policy" perplexity "$models/llama" --file "$tmp/text" --sparse magic
+bf16kv=$("$subq" perplexity "$models/llama_tied_bf16" --file "$tmp/text" --ctx 64)
+f32kv=$("$subq" perplexity "$models/llama_tied_bf16" --file "$tmp/text" --ctx 64 --kv-cache f32)
+[ "$bf16kv" != "$f32kv" ] || fail "--kv-cache f32 does not change a bf16 checkpoint's perplexity"
+expect_error "unknown KV cache dtype" perplexity "$models/llama" --file "$tmp/text" --kv-cache f16
 mkdir -p "$tmp/bad"
 cp "$models/mamba/tokenizer.json" "$tmp/bad/"
 echo '{"architectures": ["MambaForCausalLM"], "hidden_size": 40' >"$tmp/bad/config.json"

@@ -119,7 +119,27 @@ TEST_P(SessionTest, PerplexityMatchesDefinition) {
   EXPECT_THROW(perplexity(*model, ids, 1), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, SessionTest, testing::Values("mamba", "mamba2"));
+// llama_tied_bf16 saves and restores a bf16 KV cache, llama an f32 one.
+INSTANTIATE_TEST_SUITE_P(Models, SessionTest, testing::Values("mamba", "mamba2", "llama", "llama_tied_bf16"));
+
+// A state holding a bf16 KV cache is refused by the same model loaded with an f32 cache.
+TEST(Session, RefusesAStateOfAnotherKVCacheDtype) {
+  auto [model, tok] = load("llama_tied_bf16");
+  auto f32_cache = Model::load(kFixtures + "llama_tied_bf16", {.kv_cache = "f32"});
+  const std::string path = testing::TempDir() + "subq_state_kv.safetensors";
+  Session a(*model, tok);
+  a.feed(tok.encode("hello"), 8);
+  a.save(path);
+  Session b(*f32_cache, tok);
+  try {
+    b.load(path);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("KV cache is f32"), std::string::npos) << e.what();
+  }
+  std::remove(path.c_str());
+  EXPECT_THROW(Model::load(kFixtures + "llama", {.kv_cache = "f16"}), Error);
+}
 
 TEST(Session, RefusesAnotherModelsState) {
   auto m1 = load("mamba"), m2 = load("mamba2");

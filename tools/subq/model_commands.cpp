@@ -59,6 +59,9 @@ Command add_run_command(CLI::App& app) {
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past the end-of-sequence token");
   cmd->add_option("--sparse", a->load.sparse, "Sparse prefill policy for attention layers, e.g. flexprefill:gamma=0.95")
       ->type_name("SPEC");
+  cmd->add_option("--kv-cache", a->load.kv_cache, "KV cache dtype: auto (bf16 for bf16 checkpoints, else f32), f32, bf16")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+      ->type_name("DTYPE");
   cmd->add_option("--chunk", a->o.prefill_chunk, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--logits-out", a->logits_out, "Write f32 logits [tokens, vocab] of every position to FILE.npy")->type_name("FILE");
   cmd->add_option("--save-state", a->save_state, "Save the state after generation to FILE")->type_name("FILE");
@@ -143,6 +146,9 @@ Command add_perplexity_command(CLI::App& app) {
   cmd->add_option("--logits-out", a->logits_out, "Write f32 logits [tokens, vocab] to FILE.npy")->type_name("FILE");
   cmd->add_option("--sparse", a->load.sparse, "Sparse prefill policy for attention layers, e.g. window:window=256")
       ->type_name("SPEC");
+  cmd->add_option("--kv-cache", a->load.kv_cache, "KV cache dtype: auto (bf16 for bf16 checkpoints, else f32), f32, bf16")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+      ->type_name("DTYPE");
   return {cmd, [a] {
             std::ifstream f(a->file, std::ios::binary);
             if (!f) throw Error("cannot read " + a->file);

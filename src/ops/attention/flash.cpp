@@ -3,6 +3,9 @@
 // block: K is transposed into a [Dh, Bk] tile so S = Q·K^T is an outer-product GEMM with
 // query values broadcast; the element rule and soft-cap are applied to S; the running max
 // and sum are updated; and O = O * alpha + P·V, broadcasting P. Accumulators stay f32.
+// K and V may be bf16 (a bf16 KV cache): they are widened where they are read (while K
+// is transposed into its tile, in the direct Q·K loop, in the P·V loop), so the cache is
+// never copied to f32 and decode reads half the bytes.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/attention/flash.cpp"
 #include <algorithm>
@@ -53,6 +56,7 @@ struct TileProblem {
   float softcap;
   const ElementRule* rule;
   const int32_t* key_positions;
+  DType kv_dtype;                      // f32 or bf16
 };
 
 }  // namespace subq::attn::detail
@@ -71,6 +75,18 @@ constexpr int kMaxCols = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
 constexpr int kMaxRows = 4;
 // Up to this many query rows, Q·K^T is computed as dot products over untransposed keys.
 constexpr int64_t kDirectRows = 8;
+
+// One vector of keys or values as stored (f32 or bf16), widened to f32: bf16 is the high
+// half of an f32, so widening is a zero-extension and a shift.
+HWY_INLINE VF LoadKV(DF d, const float* HWY_RESTRICT p) { return hn::LoadU(d, p); }
+HWY_INLINE VF LoadKV(DF d, const hwy::bfloat16_t* HWY_RESTRICT p) {
+  const hn::Rebind<uint16_t, DF> du16;
+  const hn::Rebind<uint32_t, DF> du32;
+  const auto bits = hn::PromoteTo(du32, hn::LoadU(du16, reinterpret_cast<const uint16_t*>(p)));
+  return hn::BitCast(d, hn::ShiftLeft<16>(bits));
+}
+HWY_INLINE float KVScalar(float x) { return x; }
+HWY_INLINE float KVScalar(hwy::bfloat16_t x) { return hwy::F32FromBF16(x); }
 
 // s[r, c*N..] = sum_x q[r, x] * kt[x, c*N..] for R rows and C vectors of keys.
 template <int R, int C>
@@ -94,8 +110,8 @@ HWY_INLINE void QKMicro(const float* HWY_RESTRICT q, int64_t ldq, const float* H
 }
 
 // o[r, c*N..] = o[r, c*N..] * alpha[r] + sum_{j < keys} p[r, j] * vs[j, c*N..].
-template <int R, int C>
-HWY_INLINE void PVMicro(const float* HWY_RESTRICT p, int64_t ldp, const float* HWY_RESTRICT vs, int64_t ldv,
+template <int R, int C, class T>
+HWY_INLINE void PVMicro(const float* HWY_RESTRICT p, int64_t ldp, const T* HWY_RESTRICT vs, int64_t ldv,
                         float* HWY_RESTRICT o, int64_t ldo, const float* HWY_RESTRICT alpha, int64_t keys) {
   const DF d;
   const size_t N = hn::Lanes(d);
@@ -106,7 +122,7 @@ HWY_INLINE void PVMicro(const float* HWY_RESTRICT p, int64_t ldp, const float* H
   }
   for (int64_t j = 0; j < keys; ++j) {
     VF vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = hn::LoadU(d, vs + j * ldv + static_cast<int64_t>(c * N));
+    for (int c = 0; c < C; ++c) vv[c] = LoadKV(d, vs + j * ldv + static_cast<int64_t>(c * N));
     for (int r = 0; r < R; ++r) {
       const VF pv = hn::Set(d, p[r * ldp + j]);
       for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(pv, vv[c], acc[r][c]);
@@ -129,36 +145,36 @@ HWY_INLINE void QKRows(const float* q, int64_t ldq, const float* kt, int64_t ldk
   }
 }
 
-template <int R>
-HWY_INLINE void PVRows(const float* p, int64_t ldp, const float* vs, int64_t ldv, float* o, int64_t ldo,
+template <int R, class T>
+HWY_INLINE void PVRows(const float* p, int64_t ldp, const T* vs, int64_t ldv, float* o, int64_t ldo,
                        const float* alpha, int64_t keys, int64_t width) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   for (int64_t c0 = 0; c0 < width; c0 += kMaxCols * N) {
     const int64_t C = std::min<int64_t>(kMaxCols, (width - c0) / N);
-    if (C == 4) PVMicro<R, (kMaxCols >= 4 ? 4 : 1)>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
-    else if (C == 3) PVMicro<R, (kMaxCols >= 3 ? 3 : 1)>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
-    else if (C == 2) PVMicro<R, 2>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
-    else PVMicro<R, 1>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+    if (C == 4) PVMicro<R, (kMaxCols >= 4 ? 4 : 1), T>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+    else if (C == 3) PVMicro<R, (kMaxCols >= 3 ? 3 : 1), T>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+    else if (C == 2) PVMicro<R, 2, T>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
+    else PVMicro<R, 1, T>(p, ldp, vs + c0, ldv, o + c0, ldo, alpha, keys);
   }
 }
 
 // Few query rows (decode): s[r, j] = q[r, :] · k_j read straight from the key rows, so
 // each key is loaded once for all R rows and nothing is transposed. Needs depth to be a
 // multiple of the vector width.
-template <int R>
-HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const float* HWY_RESTRICT k, int64_t k_stride,
+template <int R, class T>
+HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const T* HWY_RESTRICT k, int64_t k_stride,
                          int64_t keys, float* HWY_RESTRICT s, int64_t lds, int64_t depth) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   int64_t j = 0;
   // Two keys per pass: 2R independent FMA chains hide the FMA latency.
   for (; j + 2 <= keys; j += 2) {
-    const float* k0 = k + j * k_stride;
-    const float* k1 = k0 + k_stride;
+    const T* k0 = k + j * k_stride;
+    const T* k1 = k0 + k_stride;
     VF acc0[R], acc1[R];
     for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = hn::Zero(d);
     for (int64_t x = 0; x < depth; x += N) {
-      const VF kv0 = hn::LoadU(d, k0 + x), kv1 = hn::LoadU(d, k1 + x);
+      const VF kv0 = LoadKV(d, k0 + x), kv1 = LoadKV(d, k1 + x);
       for (int r = 0; r < R; ++r) {
         const VF qv = hn::Load(d, q + r * ldq + x);
         acc0[r] = hn::MulAdd(qv, kv0, acc0[r]);
@@ -171,11 +187,11 @@ HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const float* 
     }
   }
   for (; j < keys; ++j) {
-    const float* kj = k + j * k_stride;
+    const T* kj = k + j * k_stride;
     VF acc[R];
     for (int r = 0; r < R; ++r) acc[r] = hn::Zero(d);
     for (int64_t x = 0; x < depth; x += N) {
-      const VF kv = hn::LoadU(d, kj + x);
+      const VF kv = LoadKV(d, kj + x);
       for (int r = 0; r < R; ++r) acc[r] = hn::MulAdd(hn::Load(d, q + r * ldq + x), kv, acc[r]);
     }
     for (int r = 0; r < R; ++r) s[r * lds + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
@@ -221,10 +237,11 @@ HWY_INLINE void SoftcapRow(float* HWY_RESTRICT s, int64_t cols, float cap) {
 
 // Runs `rows` query rows already in tile.q (pre-scaled, positions in tile.qpos, running
 // state in tile.o / m / l) over the listed key blocks of one key/value head.
-// kDh > 0 fixes the head dimension at compile time (the 64 and 128 fast paths).
-template <int64_t kDh>
-void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const float* kbase, int64_t k_row_stride,
-                  const float* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
+// kDh > 0 fixes the head dimension at compile time (the 64 and 128 fast paths); T is the
+// stored key/value element (float or bf16).
+template <int64_t kDh, class T>
+void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, int64_t k_row_stride,
+                  const T* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
   const int64_t Dh = kDh > 0 ? kDh : pb.head_dim;
   const int64_t Dp = pb.padded_dim, Bk = pb.k_block, Bkp = pb.padded_k_block;
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -232,26 +249,28 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const float* kba
   for (int64_t bi = 0; bi < nblocks; ++bi) {
     const int64_t k0 = static_cast<int64_t>(blocks[bi]) * Bk;
     const int64_t kn = std::min(Bk, pb.kv_len - k0);
-    // With Dh a multiple of the vector width, V rows are read in place; K is transposed
-    // into a tile for the outer-product GEMM unless there are only a few query rows.
+    // With Dh a multiple of the vector width, V rows are read in place (else widened into
+    // a zero-padded f32 copy); K is transposed into a tile for the outer-product GEMM
+    // unless there are only a few query rows.
     const bool aligned_dim = Dh == Dp;
     const bool direct_qk = aligned_dim && rows <= kDirectRows;
     float* kt = t.kt.data();
-    const float* vs = aligned_dim ? vbase + k0 * v_row_stride : t.vs.data();
-    const int64_t ldv = aligned_dim ? v_row_stride : Dp;
     for (int64_t j = 0; j < kn; ++j) {
       if (!direct_qk) {
-        const float* krow = kbase + (k0 + j) * k_row_stride;
-        for (int64_t x = 0; x < Dh; ++x) kt[x * Bkp + j] = krow[x];
+        const T* krow = kbase + (k0 + j) * k_row_stride;
+        for (int64_t x = 0; x < Dh; ++x) kt[x * Bkp + j] = KVScalar(krow[x]);
       }
-      if (!aligned_dim)
-        std::memcpy(t.vs.data() + j * Dp, vbase + (k0 + j) * v_row_stride, static_cast<size_t>(Dh) * sizeof(float));
+      if (!aligned_dim) {
+        const T* vrow = vbase + (k0 + j) * v_row_stride;
+        float* dst = t.vs.data() + j * Dp;
+        for (int64_t x = 0; x < Dh; ++x) dst[x] = KVScalar(vrow[x]);
+      }
     }
 
     float* s = t.s.data();
     if (direct_qk) {
       for (int64_t r = 0; r < rows; ++r) std::fill(s + r * Bkp + kn, s + (r + 1) * Bkp, 0.f);
-      const float* kb = kbase + k0 * k_row_stride;
+      const T* kb = kbase + k0 * k_row_stride;
       int64_t r0 = 0;
       for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
         QKDirect<kMaxRows>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
@@ -278,18 +297,34 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const float* kba
       }
       t.alpha[static_cast<size_t>(r)] = SoftmaxRow(srow, Bkp, t.m[static_cast<size_t>(r)], t.l[static_cast<size_t>(r)]);
     }
-    int64_t r0 = 0;
-    for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
-      PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
-    for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+    auto pv = [&](const auto* vs, int64_t ldv) {
+      int64_t r0 = 0;
+      for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+        PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+      for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+    };
+    if (aligned_dim) pv(vbase + k0 * v_row_stride, v_row_stride);
+    else pv(static_cast<const float*>(t.vs.data()), Dp);
   }
 }
 
-void AttendBlocksDispatch(const TileProblem& pb, Tile& t, int64_t rows, const float* kbase, int64_t k_row_stride,
-                          const float* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
+template <class T>
+void AttendBlocksTyped(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, int64_t k_row_stride,
+                       const T* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
   if (pb.head_dim == 64) AttendBlocks<64>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
   else if (pb.head_dim == 128) AttendBlocks<128>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
   else AttendBlocks<0>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
+}
+
+// kbase/vbase point at elements of pb.kv_dtype.
+void AttendBlocksDispatch(const TileProblem& pb, Tile& t, int64_t rows, const void* kbase, int64_t k_row_stride,
+                          const void* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
+  if (pb.kv_dtype == DType::bf16)
+    AttendBlocksTyped(pb, t, rows, static_cast<const hwy::bfloat16_t*>(kbase), k_row_stride,
+                      static_cast<const hwy::bfloat16_t*>(vbase), v_row_stride, blocks, nblocks);
+  else
+    AttendBlocksTyped(pb, t, rows, static_cast<const float*>(kbase), k_row_stride, static_cast<const float*>(vbase),
+                      v_row_stride, blocks, nblocks);
 }
 
 int64_t VectorLanes() { return static_cast<int64_t>(hn::Lanes(DF())); }
@@ -308,6 +343,11 @@ HWY_EXPORT(AttendBlocksDispatch);
 HWY_EXPORT(VectorLanes);
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// p advanced by `elements` of `dtype`.
+const void* advance(const void* p, int64_t elements, DType dtype) {
+  return static_cast<const std::byte*>(p) + elements * static_cast<int64_t>(dtype_size(dtype));
+}
 
 std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb, int64_t max_blocks) {
   std::vector<Tile> tiles(static_cast<size_t>(std::max(1, num_threads())));
@@ -349,9 +389,18 @@ void check_args(const AttentionArgs& a, const char* who) {
                 ", kv_heads " + std::to_string(a.kv_heads));
   if (!(a.scale > 0.f) || !std::isfinite(a.scale)) throw Error(w + ": scale must be positive and finite");
   if (!(a.softcap >= 0.f)) throw Error(w + ": softcap must be >= 0");
+  if (a.kv_dtype != DType::f32 && a.kv_dtype != DType::bf16)
+    throw Error(w + ": k and v must be f32 or bf16, found " + dtype_name(a.kv_dtype));
 }
 
 }  // namespace
+
+const float* AttentionArgs::f32_keys(const char* who) const {
+  if (kv_dtype != DType::f32)
+    throw Error(std::string(who) + ": needs f32 keys, found " + dtype_name(kv_dtype) +
+                " (pass the freshly projected keys, not a bf16 cache)");
+  return static_cast<const float*>(k);
+}
 
 void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   check_args(a, "flash_attention");
@@ -366,8 +415,9 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
     throw Error("flash_attention: mask has an inconsistent row_start array");
   if (a.q_len == 0) return;
   const int64_t lanes = HWY_DYNAMIC_DISPATCH(VectorLanes)();
-  const TileProblem pb{a.head_dim,    round_up(a.head_dim, lanes), mask.k_block, round_up(mask.k_block, lanes),
-                       a.kv_len,      a.softcap,                   &mask.rule,   a.key_positions};
+  const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), mask.k_block,    round_up(mask.k_block, lanes),
+                       a.kv_len,   a.softcap,                   &mask.rule,      a.key_positions,
+                       a.kv_dtype};
   std::vector<Tile> tiles = make_tiles(mask.q_block, pb, 0);
   const int64_t nqb = mask.num_q_blocks();
   const int64_t group = a.q_heads / a.kv_heads;
@@ -384,9 +434,9 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
                      mask.q_offset + i0 + r);
     const std::span<const int32_t> blocks = mask.row(b, h, qb);
     const int64_t kvh = h / group;
-    HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, a.k + b * a.k_batch_stride + kvh * Dh, a.k_row_stride,
-                                               a.v + b * a.v_batch_stride + kvh * Dh, a.v_row_stride, blocks.data(),
-                                               static_cast<int64_t>(blocks.size()));
+    HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, advance(a.k, b * a.k_batch_stride + kvh * Dh, a.kv_dtype),
+                                               a.k_row_stride, advance(a.v, b * a.v_batch_stride + kvh * Dh, a.kv_dtype),
+                                               a.v_row_stride, blocks.data(), static_cast<int64_t>(blocks.size()));
     for (int64_t r = 0; r < rows; ++r) {
       float* out = a.o + b * a.o_batch_stride + (i0 + r) * a.o_row_stride + h * Dh;
       const float l = t.l[static_cast<size_t>(r)];
@@ -403,8 +453,8 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
   constexpr int64_t kBlock = 64;
   constexpr int64_t kMaxTileRows = 32;
   const int64_t lanes = HWY_DYNAMIC_DISPATCH(VectorLanes)();
-  const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), kBlock, round_up(kBlock, lanes), a.kv_len,
-                       a.softcap,  &rule,                        a.key_positions};
+  const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), kBlock,         round_up(kBlock, lanes), a.kv_len,
+                       a.softcap,  &rule,                        a.key_positions, a.kv_dtype};
   const int64_t group = a.q_heads / a.kv_heads;
   const int64_t Dh = a.head_dim, Tq = a.q_len;
   // Rows of one work item: every query row of every head sharing a key/value head, so
@@ -440,9 +490,9 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
       const int64_t h = kvh * group + (r0 + r) / Tq, tq = (r0 + r) % Tq;
       load_query_row(t, pb, r, a.q + b * a.q_batch_stride + tq * a.q_row_stride + h * Dh, a.scale, q_offset + tq);
     }
-    HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, a.k + b * a.k_batch_stride + kvh * Dh, a.k_row_stride,
-                                               a.v + b * a.v_batch_stride + kvh * Dh, a.v_row_stride,
-                                               t.blocks.data(), static_cast<int64_t>(t.blocks.size()));
+    HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, advance(a.k, b * a.k_batch_stride + kvh * Dh, a.kv_dtype),
+                                               a.k_row_stride, advance(a.v, b * a.v_batch_stride + kvh * Dh, a.kv_dtype),
+                                               a.v_row_stride, t.blocks.data(), static_cast<int64_t>(t.blocks.size()));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t h = kvh * group + (r0 + r) / Tq, tq = (r0 + r) % Tq;
       const size_t p = part_index(b, h, tq, s);
@@ -481,7 +531,12 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Bl
   const char* names[] = {"flash_attention: q", "flash_attention: k", "flash_attention: v", "flash_attention: out"};
   const Tensor* ts[] = {&q, &k, &v, &out};
   for (int i = 0; i < 4; ++i) {
-    check_dtype(*ts[i], DType::f32, names[i]);
+    if (i == 1 || i == 2) {
+      if (ts[i]->dtype() != DType::f32 && ts[i]->dtype() != DType::bf16)
+        throw Error(std::string(names[i]) + " must be f32 or bf16, found " + ts[i]->str());
+    } else {
+      check_dtype(*ts[i], DType::f32, names[i]);
+    }
     check_contiguous(*ts[i], names[i]);
     if (ts[i]->ndim() != 4) throw Error(std::string(names[i]) + " must be 4-D [B, T, H, Dh], found " + ts[i]->str());
   }
@@ -489,13 +544,16 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Bl
   const int64_t Tk = k.dim(1), Hkv = k.dim(2);
   check_shape(k, Shape{B, Tk, Hkv, Dh}, "flash_attention: k");
   check_shape(v, Shape{B, Tk, Hkv, Dh}, "flash_attention: v");
+  if (v.dtype() != k.dtype())
+    throw Error("flash_attention: k and v must have one dtype, found " + k.str() + " and " + v.str());
   check_shape(out, Shape{B, Tq, Hq, Dh}, "flash_attention: out");
   AttentionArgs a;
   a.q = q.data<float>();
   a.q_batch_stride = Tq * Hq * Dh;
   a.q_row_stride = Hq * Dh;
-  a.k = k.data<float>();
-  a.v = v.data<float>();
+  a.k = k.raw_data();
+  a.v = v.raw_data();
+  a.kv_dtype = k.dtype();
   a.k_batch_stride = a.v_batch_stride = Tk * Hkv * Dh;
   a.k_row_stride = a.v_row_stride = Hkv * Dh;
   a.o = out.mutable_data<float>();

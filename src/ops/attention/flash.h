@@ -11,23 +11,30 @@
 namespace subq::attn {
 
 // Raw-pointer view of one attention problem. Rows are tokens; inside a row the heads are
-// contiguous with stride head_dim: q/o are [B, Tq, Hq, Dh], k/v are [B, Tk, Hkv, Dh] with
-// the given batch and row strides (elements). Query head h reads key/value head
-// h / (Hq / Hkv) (GQA/MQA). Query row i has position q_offset + i; key slot j has
-// position key_positions[j] (shared by the batch) or j when key_positions is null.
+// contiguous with stride head_dim: q/o are [B, Tq, Hq, Dh] f32, k/v are [B, Tk, Hkv, Dh]
+// of kv_dtype (f32, or bf16 as a bf16 KV cache holds them: the executor widens them as
+// it reads, accumulating in f32) with the given batch and row strides (elements). Query
+// head h reads key/value head h / (Hq / Hkv) (GQA/MQA). Query row i has position
+// q_offset + i; key slot j has position key_positions[j] (shared by the batch) or j when
+// key_positions is null.
 struct AttentionArgs {
   const float* q = nullptr;
   int64_t q_batch_stride = 0, q_row_stride = 0;
-  const float* k = nullptr;
+  const void* k = nullptr;
   int64_t k_batch_stride = 0, k_row_stride = 0;
-  const float* v = nullptr;
+  const void* v = nullptr;
   int64_t v_batch_stride = 0, v_row_stride = 0;
+  DType kv_dtype = DType::f32;
   float* o = nullptr;
   int64_t o_batch_stride = 0, o_row_stride = 0;
   int64_t batch = 1, q_len = 0, kv_len = 0, q_heads = 1, kv_heads = 1, head_dim = 0;
   float scale = 1.f;
   float softcap = 0.f;  // > 0: logits become softcap * tanh(logits / softcap)
   const int32_t* key_positions = nullptr;
+
+  // k as f32, for readers other than the executor (the dynamic selectors); throws Error
+  // naming `who` when kv_dtype is not f32.
+  const float* f32_keys(const char* who) const;
 };
 
 // Query rows per block for dense (causal) prefill over kv_len keys. While one head's K and
@@ -49,8 +56,8 @@ void flash_attention(const AttentionArgs& args, const BlockMask& mask);
 // Meant for few query rows (decode, Tq small) against many keys.
 void decode_attention(const AttentionArgs& args, const ElementRule& rule, int64_t q_offset, int64_t splits = 0);
 
-// Tensor entry: q [B, Tq, Hq, Dh], k/v [B, Tk, Hkv, Dh], out [B, Tq, Hq, Dh], all f32 and
-// contiguous. scale <= 0 means 1 / sqrt(Dh).
+// Tensor entry: q [B, Tq, Hq, Dh], k/v [B, Tk, Hkv, Dh], out [B, Tq, Hq, Dh], all
+// contiguous; q and out f32, k and v both f32 or both bf16. scale <= 0 means 1 / sqrt(Dh).
 struct AttentionOptions {
   float scale = 0.f;
   float softcap = 0.f;

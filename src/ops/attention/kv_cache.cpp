@@ -5,25 +5,28 @@
 #include <limits>
 #include <string>
 
-#include "subq/tensor.h"
+#include "src/ops/common/convert.h"
 
 namespace subq::attn {
 
-KVCache::KVCache(int64_t kv_heads, int64_t head_dim, int64_t window, int64_t sinks)
-    : heads_(kv_heads), dim_(head_dim), window_(std::max<int64_t>(window, 0)), sinks_(window > 0 ? sinks : 0) {
+KVCache::KVCache(int64_t kv_heads, int64_t head_dim, int64_t window, int64_t sinks, DType dtype)
+    : heads_(kv_heads), dim_(head_dim), window_(std::max<int64_t>(window, 0)), sinks_(window > 0 ? sinks : 0),
+      dtype_(dtype) {
   if (kv_heads < 1 || head_dim < 1)
     throw Error("KVCache: kv_heads and head_dim must be >= 1, found " + std::to_string(kv_heads) + ", " +
                 std::to_string(head_dim));
   if (sinks < 0) throw Error("KVCache: sinks must be >= 0, found " + std::to_string(sinks));
+  if (dtype != DType::f32 && dtype != DType::bf16)
+    throw Error(std::string("KVCache: dtype must be f32 or bf16, found ") + dtype_name(dtype));
   // A window cache keeps sinks + window - 1 slots between calls and one more for the
   // decode token, so decoding never reallocates.
   if (bounded()) reserve(sinks_ + window_);
 }
 
 void KVCache::reserve(int64_t slots) {
-  const size_t row = static_cast<size_t>(row_stride());
-  k_.resize(static_cast<size_t>(slots) * row);
-  v_.resize(static_cast<size_t>(slots) * row);
+  const size_t n = static_cast<size_t>(slots) * row_bytes();
+  k_.resize(n);
+  v_.resize(n);
   pos_.resize(static_cast<size_t>(slots));
   k_.shrink_to_fit();
   v_.shrink_to_fit();
@@ -36,11 +39,18 @@ void KVCache::append(const float* k, const float* v, int64_t src_stride, int64_t
   if (next_pos_ + tokens > std::numeric_limits<int32_t>::max())
     throw Error("KVCache: sequence longer than 2^31 - 1 positions");
   if (len_ + tokens > capacity_) reserve(std::max(len_ + tokens, bounded() ? len_ + tokens : 2 * capacity_));
-  const size_t row = static_cast<size_t>(row_stride());
+  const size_t row = static_cast<size_t>(row_stride()), rb = row_bytes();
   for (int64_t t = 0; t < tokens; ++t) {
     const size_t slot = static_cast<size_t>(len_ + t);
-    std::memcpy(k_.data() + slot * row, k + t * src_stride, row * sizeof(float));
-    std::memcpy(v_.data() + slot * row, v + t * src_stride, row * sizeof(float));
+    std::byte* kd = k_.data() + slot * rb;
+    std::byte* vd = v_.data() + slot * rb;
+    if (dtype_ == DType::bf16) {
+      ops::f32_to_bf16(k + t * src_stride, reinterpret_cast<bf16*>(kd), row);
+      ops::f32_to_bf16(v + t * src_stride, reinterpret_cast<bf16*>(vd), row);
+    } else {
+      std::memcpy(kd, k + t * src_stride, rb);
+      std::memcpy(vd, v + t * src_stride, rb);
+    }
     pos_[slot] = static_cast<int32_t>(next_pos_ + t);
   }
   len_ += tokens;
@@ -50,16 +60,14 @@ void KVCache::append(const float* k, const float* v, int64_t src_stride, int64_t
 void KVCache::evict() {
   if (!bounded()) return;
   const int64_t oldest = next_pos_ - (window_ - 1);  // first position still in someone's window
-  const size_t row = static_cast<size_t>(row_stride());
+  const size_t rb = row_bytes();
   int64_t kept = 0;
   for (int64_t s = 0; s < len_; ++s) {
     const int32_t p = pos_[static_cast<size_t>(s)];
     if (p >= sinks_ && p < oldest) continue;
     if (kept != s) {
-      std::memmove(k_.data() + static_cast<size_t>(kept) * row, k_.data() + static_cast<size_t>(s) * row,
-                   row * sizeof(float));
-      std::memmove(v_.data() + static_cast<size_t>(kept) * row, v_.data() + static_cast<size_t>(s) * row,
-                   row * sizeof(float));
+      std::memmove(k_.data() + static_cast<size_t>(kept) * rb, k_.data() + static_cast<size_t>(s) * rb, rb);
+      std::memmove(v_.data() + static_cast<size_t>(kept) * rb, v_.data() + static_cast<size_t>(s) * rb, rb);
       pos_[static_cast<size_t>(kept)] = p;
     }
     ++kept;
@@ -68,7 +76,7 @@ void KVCache::evict() {
   if (capacity_ > sinks_ + window_) reserve(sinks_ + window_);
 }
 
-void KVCache::assign(const float* k, const float* v, const int32_t* positions, int64_t slots, int64_t next_pos) {
+void KVCache::assign(const void* k, const void* v, const int32_t* positions, int64_t slots, int64_t next_pos) {
   if (slots < 0 || (bounded() && slots > sinks_ + window_ - 1))
     throw Error("KVCache: cannot hold " + std::to_string(slots) + " restored slots (window " + std::to_string(window_) +
                 ", sinks " + std::to_string(sinks_) + ")");
@@ -76,16 +84,18 @@ void KVCache::assign(const float* k, const float* v, const int32_t* positions, i
     if (positions[s] < 0 || positions[s] >= next_pos || (s > 0 && positions[s] <= positions[s - 1]))
       throw Error("KVCache: restored positions must increase and stay below " + std::to_string(next_pos));
   if (slots > capacity_) reserve(slots);
-  const size_t n = static_cast<size_t>(slots * row_stride());
-  std::copy_n(k, n, k_.data());
-  std::copy_n(v, n, v_.data());
-  std::copy_n(positions, slots, pos_.data());
+  const size_t n = static_cast<size_t>(slots) * row_bytes();
+  if (n > 0) {
+    std::memcpy(k_.data(), k, n);
+    std::memcpy(v_.data(), v, n);
+    std::copy_n(positions, slots, pos_.data());
+  }
   len_ = slots;
   next_pos_ = next_pos;
 }
 
 size_t KVCache::bytes() const {
-  return static_cast<size_t>(bounded() ? capacity_ : len_) * (2 * static_cast<size_t>(row_stride()) * sizeof(float) + sizeof(int32_t));
+  return static_cast<size_t>(bounded() ? capacity_ : len_) * (2 * row_bytes() + sizeof(int32_t));
 }
 
 }  // namespace subq::attn

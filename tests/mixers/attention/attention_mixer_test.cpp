@@ -93,14 +93,18 @@ void norm_and_rotate(std::vector<double>& x, int64_t B, int64_t T, int64_t H, co
       }
 }
 
-// The float64 layer; `allowed(h, i, j)` is the policy's mask for a fresh sequence.
+// The float64 layer; `allowed(h, i, j)` is the policy's mask for a fresh sequence. With a
+// bf16 KV cache the keys (after rotation) and values are rounded to bf16, as it stores them.
 std::vector<double> reference_layer(const Fixture& f, const std::vector<double>& x, int64_t B, int64_t T) {
   const int64_t D = f.cfg.d_model, Hq = f.cfg.n_heads, Hkv = f.cfg.n_kv_heads, Dh = f.cfg.head_dim;
   auto q = project(x, B * T, D, f.w.wq, f.w.bq);
   auto k = project(x, B * T, D, f.w.wk, f.w.bk);
-  const auto v = project(x, B * T, D, f.w.wv, f.w.bv);
+  auto v = project(x, B * T, D, f.w.wv, f.w.bv);
   norm_and_rotate(q, B, T, Hq, f, f.w.q_norm);
   norm_and_rotate(k, B, T, Hkv, f, f.w.k_norm);
+  if (f.cfg.kv_dtype == DType::bf16)
+    for (auto* kv : {&k, &v})
+      for (double& e : *kv) e = to_float(to_bf16(static_cast<float>(e)));
   const attn::SelectorSpec& s = f.cfg.sparse;
   ref::PairMask allowed;
   if (s.is_dense()) {
@@ -124,6 +128,14 @@ ContractCase contract_for(const Fixture& f) {
   // to their dtype on both sides, so bf16/f16 weights need no looser bound.
   c.rtol = 2e-4;
   c.atol = 2e-5;
+  // A bf16 cache rounds K/V on both sides too, but the layer's f32 K/V differ from the
+  // float64 ones (and a GEMV-projected token from a GEMM-projected one) by ~1e-6 relative:
+  // the rare element that close to a rounding midpoint lands one bf16 ulp (<= 2^-7 |x|)
+  // away, and a test's ~10^4 K/V elements hold a few. One such value element at attention
+  // weight <= 1 moves an output by <= |wo| 2^-7 |v| <= (1 / sqrt(Hq Dh)) * 2^-7 * 2 ~ 1.4e-3
+  // (|v| < 2 here); a key element by far less. 3e-3 covers two in one row and stays below
+  // a dropped or misread key (~1e-2 at these T).
+  if (f.cfg.kv_dtype == DType::bf16) c.atol = 3e-3;
   return c;
 }
 
@@ -149,6 +161,56 @@ TEST(AttentionMixer, F16WeightsHeadDim128) {
   expect_split_invariant(c, 1, 12);
 }
 
+// A bf16 KV cache (bf16 weights, as a bf16 checkpoint loads), head dims on and off the
+// vector width: reference, split invariance, exact save/restore, and half the bytes.
+TEST(AttentionMixer, Bf16CacheMatchesReferenceSplitsAndRestores) {
+  auto rng = rng_for_test();
+  for (int64_t Dh : {64, 40}) {
+    SCOPED_TRACE("Dh=" + std::to_string(Dh));
+    Fixture f = make_fixture(rng, 64, 4, 2, Dh, DType::bf16, "dense");
+    f.cfg.kv_dtype = DType::bf16;
+    const auto c = contract_for(f);
+    for (int64_t T : {1, 17, 70}) expect_matches_reference(c, 2, T);
+    expect_split_invariant(c, 2, 23);
+    expect_snapshot_roundtrip(c, 2, 9, 5);
+
+    const AttentionMixer m(f.cfg, f.w);
+    auto state = m.new_state(2);
+    m.forward(random_tensor(rng, Shape{2, 30, 64}), *state, nan_tensor(Shape{2, 30, 64}));
+    // Per sequence and token: keys and values of 2 heads x Dh bf16, one i32 position.
+    EXPECT_EQ(state->state_bytes(), static_cast<size_t>(2 * 30 * (2 * 2 * Dh * 2 + 4)));
+    for (const Tensor& t : state->snapshot()) {
+      if (t.ndim() == 3) {
+        EXPECT_EQ(t.dtype(), DType::bf16);
+      }
+    }
+  }
+}
+
+// A state saved with one KV cache dtype is refused by a layer with the other.
+TEST(AttentionMixer, RestoreRejectsAnotherCacheDtype) {
+  auto rng = rng_for_test();
+  Fixture f = make_fixture(rng, 48, 4, 2, 32, DType::bf16, "dense");
+  const AttentionMixer m32(f.cfg, f.w);
+  f.cfg.kv_dtype = DType::bf16;
+  const AttentionMixer m16(f.cfg, f.w);
+  auto s32 = m32.new_state(1), s16 = m16.new_state(1);
+  const Tensor x = random_tensor(rng, Shape{1, 6, 48});
+  m32.forward(x, *s32, nan_tensor(Shape{1, 6, 48}));
+  m16.forward(x, *s16, nan_tensor(Shape{1, 6, 48}));
+  for (auto [from, to] : {std::pair{s32.get(), s16.get()}, std::pair{s16.get(), s32.get()}}) {
+    try {
+      to->restore(from->snapshot());
+      ADD_FAILURE() << "restore accepted another KV cache dtype";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("KV cache is"), std::string::npos) << e.what();
+    }
+  }
+  AttentionConfig bad = f.cfg;
+  bad.kv_dtype = DType::f16;
+  EXPECT_THROW(AttentionMixer(bad, f.w), Error);
+}
+
 // StreamingLLM policy: exact window + sinks at every split, bounded state.
 TEST(AttentionMixer, WindowSinkPolicyIsExactAndBounded) {
   auto rng = rng_for_test();
@@ -157,6 +219,13 @@ TEST(AttentionMixer, WindowSinkPolicyIsExactAndBounded) {
   expect_split_invariant(c, 2, 40);
   expect_constant_state(c, 2, 20, 35);
   expect_snapshot_roundtrip(c, 1, 30, 4);
+  Fixture f16 = make_fixture(rng, 48, 4, 2, 32, DType::bf16, "window:window=9,sinks=2");
+  f16.cfg.kv_dtype = DType::bf16;
+  const auto c16 = contract_for(f16);
+  for (int64_t T : {8, 150}) expect_matches_reference(c16, 2, T);
+  expect_split_invariant(c16, 1, 40);
+  expect_constant_state(c16, 2, 20, 35);
+  expect_snapshot_roundtrip(c16, 1, 30, 4);
 }
 
 // A block-sparse prompt (BigBird, PowerAttention) equals the same mask on the float64
@@ -175,9 +244,11 @@ TEST(AttentionMixer, SparsePrefillPoliciesMatchTheirMask) {
 TEST(AttentionMixer, DynamicPoliciesAtFullBudgetEqualDense) {
   auto rng = rng_for_test();
   for (const char* policy : {"moba:block=16,top_k=64", "hip:block=16,top_k=64", "xattention:block=16,threshold=1,stride=4",
-                             "flexprefill:block=16,gamma=1"}) {
-    SCOPED_TRACE(policy);
+                             "flexprefill:block=16,gamma=1"})
+  for (DType kv : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(std::string(policy) + " " + dtype_name(kv) + " cache");
     Fixture f = make_fixture(rng, 48, 4, 2, 32, DType::f32, policy);
+    f.cfg.kv_dtype = kv;  // selectors read the f32 keys whatever the cache holds
     ContractCase c = contract_for(f);
     Fixture dense = f;
     dense.cfg.sparse = attn::SelectorSpec{};

@@ -19,17 +19,29 @@ namespace subq::test {
 inline constexpr double kAttnRtol = 2e-4;
 inline constexpr double kAttnAtol = 2e-5;
 
+// k and v are f32 or bf16 (as a bf16 KV cache holds them); the reference reads the same
+// rounded values exactly, so bf16 K/V need no looser tolerance.
 struct AttnProblem {
   int64_t B = 1, Tq = 1, Tk = 1, Hq = 1, Hkv = 1, Dh = 64;
   float scale = 0.f;  // 0: 1/sqrt(Dh)
   float softcap = 0.f;
   Tensor q, k, v;
 
-  AttnProblem(std::mt19937_64& rng, int64_t b, int64_t tq, int64_t tk, int64_t hq, int64_t hkv, int64_t dh)
+  AttnProblem(std::mt19937_64& rng, int64_t b, int64_t tq, int64_t tk, int64_t hq, int64_t hkv, int64_t dh,
+              DType kv = DType::f32)
       : B(b), Tq(tq), Tk(tk), Hq(hq), Hkv(hkv), Dh(dh) {
     q = random_tensor(rng, Shape{B, Tq, Hq, Dh});
     k = random_tensor(rng, Shape{B, Tk, Hkv, Dh});
     v = random_tensor(rng, Shape{B, Tk, Hkv, Dh});
+    if (kv != DType::f32) {
+      k = converted(k, kv);
+      v = converted(v, kv);
+    }
+  }
+  static Tensor converted(const Tensor& t, DType dtype) {
+    Tensor out = Tensor::empty(dtype, t.shape());
+    convert(t, out);
+    return out;
   }
   double used_scale() const { return scale > 0.f ? scale : 1.0 / std::sqrt(static_cast<double>(Dh)); }
 
@@ -48,7 +60,7 @@ struct AttnProblem {
     });
   }
   std::string describe() const {
-    return "B=" + std::to_string(B) + " Tq=" + std::to_string(Tq) + " Tk=" + std::to_string(Tk) +
+    return std::string(dtype_name(k.dtype())) + " K/V B=" + std::to_string(B) + " Tq=" + std::to_string(Tq) + " Tk=" + std::to_string(Tk) +
            " Hq=" + std::to_string(Hq) + " Hkv=" + std::to_string(Hkv) + " Dh=" + std::to_string(Dh);
   }
 };

@@ -1,5 +1,8 @@
-// Split-KV decode against float64 attention, and the KV cache's window eviction.
+// Split-KV decode against float64 attention (f32 and bf16 K/V), and the KV cache: window
+// eviction, bf16 rounding, restore.
 #include <gtest/gtest.h>
+
+#include <cstring>
 
 #include "src/ops/attention/kv_cache.h"
 #include "tests/ops/attention/attention_case.h"
@@ -13,8 +16,9 @@ attn::AttentionArgs args_for(const AttnProblem& p, const Tensor& out) {
   a.q = p.q.data<float>();
   a.q_batch_stride = p.Tq * p.Hq * p.Dh;
   a.q_row_stride = p.Hq * p.Dh;
-  a.k = p.k.data<float>();
-  a.v = p.v.data<float>();
+  a.k = p.k.raw_data();
+  a.v = p.v.raw_data();
+  a.kv_dtype = p.k.dtype();
   a.k_batch_stride = a.v_batch_stride = p.Tk * p.Hkv * p.Dh;
   a.k_row_stride = a.v_row_stride = p.Hkv * p.Dh;
   a.o = out.mutable_data<float>();
@@ -38,8 +42,8 @@ TEST(SplitKVDecode, MatchesReferenceForAnySplitCount) {
   for (const Size s : {Size{1, 1, 2, 1, 64}, Size{1, 1000, 8, 2, 128}, Size{3, 700, 4, 4, 80}, Size{1, 333, 6, 1, 32},
                        Size{2, 129, 16, 2, 64}}) {
     for (int64_t splits : {1, 3, 7, 0}) {
-      auto check = [&] {
-        AttnProblem p(rng, 2, s.Tq, s.Tk, s.Hq, s.Hkv, s.Dh);
+      auto check = [&](DType kv) {
+        AttnProblem p(rng, 2, s.Tq, s.Tk, s.Hq, s.Hkv, s.Dh, kv);
         p.softcap = splits == 3 ? 4.f : 0.f;
         Tensor out = nan_tensor(Shape{p.B, p.Tq, p.Hq, p.Dh});
         attn::ElementRule rule;
@@ -50,8 +54,10 @@ TEST(SplitKVDecode, MatchesReferenceForAnySplitCount) {
                      kAttnRtol, kAttnAtol, p.describe() + " splits=" + std::to_string(splits));
       };
       // Every SIMD target for one split count; the others on the best target.
-      if (splits == 3) for_each_target(check);
-      else check();
+      for (DType kv : {DType::f32, DType::bf16}) {
+        if (splits == 3) for_each_target([&] { check(kv); });
+        else check(kv);
+      }
     }
   }
 }
@@ -64,7 +70,7 @@ TEST(SplitKVDecode, WindowRuleOverCachePositions) {
   for (int32_t p = 0; p < 2; ++p) pos.push_back(p);
   for (int32_t p = 500; p < 800; ++p) pos.push_back(p);
   const int64_t Tk = static_cast<int64_t>(pos.size());
-  AttnProblem p(rng, 1, 1, Tk, 4, 2, 64);
+  AttnProblem p(rng, 1, 1, Tk, 4, 2, 64, DType::bf16);
   Tensor out = nan_tensor(Shape{1, 1, 4, 64});
   attn::ElementRule rule;
   rule.causal = true;
@@ -91,8 +97,8 @@ TEST(KVCache, UnboundedKeepsEverything) {
   EXPECT_EQ(c.next_position(), 50);
   for (int64_t s = 0; s < 50; ++s) {
     EXPECT_EQ(c.positions()[s], s);
-    EXPECT_EQ(c.keys()[s * 16 + 5], k[static_cast<size_t>(s * 16 + 5)]);
-    EXPECT_EQ(c.values()[s * 16 + 15], v[static_cast<size_t>(s * 16 + 15)]);
+    EXPECT_EQ(static_cast<const float*>(c.keys())[s * 16 + 5], k[static_cast<size_t>(s * 16 + 5)]);
+    EXPECT_EQ(static_cast<const float*>(c.values())[s * 16 + 15], v[static_cast<size_t>(s * 16 + 15)]);
   }
   EXPECT_GE(c.bytes(), 50u * 2 * 16 * 4);
 }
@@ -116,11 +122,79 @@ TEST(KVCache, WindowEvictionKeepsSinksAndRecentKeys) {
     ASSERT_EQ(c.slots(), static_cast<int64_t>(want.size())) << "after " << seen;
     for (size_t s = 0; s < want.size(); ++s) {
       EXPECT_EQ(c.positions()[s], want[s]);
-      EXPECT_EQ(c.keys()[s * 4 + 3], k[static_cast<size_t>(want[s]) * 4 + 3]);
-      EXPECT_EQ(c.values()[s * 4], v[static_cast<size_t>(want[s]) * 4]);
+      EXPECT_EQ(static_cast<const float*>(c.keys())[s * 4 + 3], k[static_cast<size_t>(want[s]) * 4 + 3]);
+      EXPECT_EQ(static_cast<const float*>(c.values())[s * 4], v[static_cast<size_t>(want[s]) * 4]);
     }
     EXPECT_EQ(c.bytes(), bound) << "after " << seen;
   }
+}
+
+// bf16 round to nearest even, ties to even, written out on the bits.
+uint16_t bf16_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  const uint32_t rest = b & 0xFFFFu, hi = b >> 16;
+  return static_cast<uint16_t>(rest > 0x8000u || (rest == 0x8000u && (hi & 1u)) ? hi + 1 : hi);
+}
+
+// A window cache in bf16 keeps the same slots as in f32, each row rounded to nearest even
+// (ties included), and holds half the key/value bytes.
+TEST(KVCache, Bf16RoundsOnAppendAndEvictsLikeF32) {
+  auto rng = rng_for_test();
+  const int64_t row = 2 * 8;
+  attn::KVCache c32(2, 8, 12, 2), c16(2, 8, 12, 2, DType::bf16);
+  EXPECT_EQ(c16.dtype(), DType::bf16);
+  EXPECT_EQ(c16.bytes(), static_cast<size_t>(14 * (2 * row * 2 + 4)));
+  EXPECT_EQ(c32.bytes(), static_cast<size_t>(14 * (2 * row * 4 + 4)));
+  auto k = uniform(rng, 120 * row), v = uniform(rng, 120 * row);
+  // Exact ties: 1 + 2^-8 rounds down to 1 (even), 1 + 3 * 2^-8 up to 1 + 2^-6.
+  k[3] = 1.00390625f;
+  k[4] = 1.01171875f;
+  v[5] = -1.00390625f;
+  int64_t seen = 0;
+  for (int64_t chunk : {5, 1, 30, 1, 17, 66}) {
+    for (attn::KVCache* c : {&c32, &c16}) {
+      c->append(k.data() + seen * row, v.data() + seen * row, row, chunk);
+      c->evict();
+    }
+    seen += chunk;
+    ASSERT_EQ(c16.slots(), c32.slots());
+    ASSERT_EQ(c16.next_position(), seen);
+    const auto* k16 = static_cast<const uint16_t*>(c16.keys());
+    const auto* v16 = static_cast<const uint16_t*>(c16.values());
+    const auto* k32 = static_cast<const float*>(c32.keys());
+    const auto* v32 = static_cast<const float*>(c32.values());
+    for (int64_t s = 0; s < c16.slots(); ++s) {
+      ASSERT_EQ(c16.positions()[s], c32.positions()[s]);
+      for (int64_t x = 0; x < row; ++x) {
+        ASSERT_EQ(k16[s * row + x], bf16_bits(k32[s * row + x])) << "slot " << s << " element " << x;
+        ASSERT_EQ(v16[s * row + x], bf16_bits(v32[s * row + x])) << "slot " << s << " element " << x;
+      }
+    }
+  }
+  EXPECT_EQ(bf16_bits(k[3]), 0x3F80u);
+  EXPECT_EQ(bf16_bits(k[4]), 0x3F82u);
+}
+
+// assign() restores bf16 rows bit for bit and keeps the bound; unbounded bf16 caches
+// report the bytes they hold.
+TEST(KVCache, Bf16AssignRestoresRows) {
+  auto rng = rng_for_test();
+  const int64_t row = 3 * 4;
+  attn::KVCache a(3, 4, 0, 0, DType::bf16);
+  const auto k = uniform(rng, 40 * row), v = uniform(rng, 40 * row);
+  a.append(k.data(), v.data(), row, 40);
+  EXPECT_EQ(a.bytes(), static_cast<size_t>(40 * (2 * row * 2 + 4)));
+  attn::KVCache b(3, 4, 0, 0, DType::bf16);
+  b.assign(a.keys(), a.values(), a.positions(), a.slots(), a.next_position());
+  ASSERT_EQ(b.slots(), 40);
+  EXPECT_EQ(b.next_position(), 40);
+  EXPECT_EQ(b.bytes(), a.bytes());
+  EXPECT_EQ(std::memcmp(b.keys(), a.keys(), 40 * row * 2), 0);
+  EXPECT_EQ(std::memcmp(b.values(), a.values(), 40 * row * 2), 0);
+  attn::KVCache w(3, 4, 8, 1, DType::bf16);
+  EXPECT_THROW(w.assign(a.keys(), a.values(), a.positions(), 40, 40), Error);  // more than the window keeps
+  EXPECT_THROW(attn::KVCache(3, 4, 0, 0, DType::f16), Error);
 }
 
 }  // namespace

@@ -34,6 +34,8 @@ BlockMask random_block_mask(std::mt19937_64& rng, int64_t B, int64_t H, int64_t 
   return b.finish();
 }
 
+constexpr DType kKVTypes[] = {DType::f32, DType::bf16};
+
 TEST(FlashAttention, DenseCausalAndFullOverSizes) {
   for_each_target([&] {
     auto rng = rng_for_test();
@@ -41,7 +43,8 @@ TEST(FlashAttention, DenseCausalAndFullOverSizes) {
     for (const Size s : {Size{1, 64, 2, 2}, Size{17, 32, 4, 1}, Size{100, 80, 4, 4}, Size{100, 128, 8, 2},
                          Size{61, 256, 2, 1}, Size{33, 72, 3, 3}}) {
       for (bool causal : {true, false}) {
-        AttnProblem p(rng, 2, s.T, s.T, s.Hq, s.Hkv, s.Dh);
+        const DType kv = kKVTypes[causal];  // each size with both K/V dtypes
+        AttnProblem p(rng, 2, s.T, s.T, s.Hq, s.Hkv, s.Dh, kv);
         const BlockMask mask = attn::dense_mask(s.T, s.T, causal, 0, 16, 32);
         const auto want = causal ? p.reference(causal_pairs(0)) : p.reference(all_pairs);
         expect_close(p.run(mask), want, kAttnRtol, kAttnAtol, p.describe() + (causal ? " causal" : " full"));
@@ -54,7 +57,7 @@ TEST(FlashAttention, DenseCausalAndFullOverSizes) {
 TEST(FlashAttention, DenseCausalLong) {
   auto rng = rng_for_test();
   for (int64_t Dh : {64, 128}) {
-    AttnProblem p(rng, 1, 1000, 1000, 2, 1, Dh);
+    AttnProblem p(rng, 1, 1000, 1000, 2, 1, Dh, Dh == 64 ? DType::f32 : DType::bf16);
     expect_close(p.run(attn::dense_mask(1000, 1000, true)), p.reference(causal_pairs(0)), kAttnRtol, kAttnAtol,
                  p.describe());
     // The long-context dense prefill shape: 256-query blocks over 64-key blocks.
@@ -106,39 +109,42 @@ TEST(FlashAttention, SlidingWindowWithSinksRule) {
 
 // Evicted cache: key slots carry positions with a gap (sinks 0..3, then 40..79).
 TEST(FlashAttention, KeyPositionsFromAnEvictedCache) {
-  auto rng = rng_for_test();
-  std::vector<int32_t> pos;
-  for (int32_t j = 0; j < 4; ++j) pos.push_back(j);
-  for (int32_t j = 40; j < 80; ++j) pos.push_back(j);
-  const int64_t Tk = static_cast<int64_t>(pos.size()), Tq = 10;
-  AttnProblem p(rng, 1, Tq, Tk, 2, 2, 64);
-  ElementRule rule;
-  rule.causal = true;
-  rule.window_left = 15;
-  rule.sinks = 4;
-  BlockMask mask = attn::dense_mask(Tq, Tk, true, 70, 8, 16, pos.data());
-  mask.rule = rule;
-  Tensor out = nan_tensor(Shape{1, Tq, 2, 64});
-  attn::AttentionArgs a;
-  a.q = p.q.data<float>();
-  a.q_row_stride = 2 * 64;
-  a.k = p.k.data<float>();
-  a.v = p.v.data<float>();
-  a.k_row_stride = a.v_row_stride = 2 * 64;
-  a.o = out.mutable_data<float>();
-  a.o_row_stride = 2 * 64;
-  a.q_len = Tq;
-  a.kv_len = Tk;
-  a.q_heads = a.kv_heads = 2;
-  a.head_dim = 64;
-  a.scale = 0.125f;
-  a.key_positions = pos.data();
-  attn::flash_attention(a, mask);
-  expect_close(out, p.reference([&](int64_t, int64_t, int64_t i, int64_t j) {
-    const int64_t qp = 70 + i, kp = pos[static_cast<size_t>(j)];
-    return kp <= qp && (kp < 4 || kp >= qp - 15);
-  }),
-               kAttnRtol, kAttnAtol, "evicted cache");
+  for (DType kv : kKVTypes) {
+    auto rng = rng_for_test();
+    std::vector<int32_t> pos;
+    for (int32_t j = 0; j < 4; ++j) pos.push_back(j);
+    for (int32_t j = 40; j < 80; ++j) pos.push_back(j);
+    const int64_t Tk = static_cast<int64_t>(pos.size()), Tq = 10;
+    AttnProblem p(rng, 1, Tq, Tk, 2, 2, 64, kv);
+    ElementRule rule;
+    rule.causal = true;
+    rule.window_left = 15;
+    rule.sinks = 4;
+    BlockMask mask = attn::dense_mask(Tq, Tk, true, 70, 8, 16, pos.data());
+    mask.rule = rule;
+    Tensor out = nan_tensor(Shape{1, Tq, 2, 64});
+    attn::AttentionArgs a;
+    a.q = p.q.data<float>();
+    a.q_row_stride = 2 * 64;
+    a.k = p.k.raw_data();
+    a.v = p.v.raw_data();
+    a.kv_dtype = kv;
+    a.k_row_stride = a.v_row_stride = 2 * 64;
+    a.o = out.mutable_data<float>();
+    a.o_row_stride = 2 * 64;
+    a.q_len = Tq;
+    a.kv_len = Tk;
+    a.q_heads = a.kv_heads = 2;
+    a.head_dim = 64;
+    a.scale = 0.125f;
+    a.key_positions = pos.data();
+    attn::flash_attention(a, mask);
+    expect_close(out, p.reference([&](int64_t, int64_t, int64_t i, int64_t j) {
+      const int64_t qp = 70 + i, kp = pos[static_cast<size_t>(j)];
+      return kp <= qp && (kp < 4 || kp >= qp - 15);
+    }),
+                 kAttnRtol, kAttnAtol, p.describe() + " evicted cache");
+  }
 }
 
 // Per-(batch, head) random block masks, GQA ratios 1, 4 and H (MQA), block sizes that do
@@ -148,7 +154,7 @@ TEST(FlashAttention, RandomBlockMasksPerHead) {
     auto rng = rng_for_test();
     for (int64_t Hkv : {8, 2, 1}) {
       for (bool causal : {false, true}) {
-        AttnProblem p(rng, 2, 100, 130, 8, Hkv, 48);
+        AttnProblem p(rng, 2, 100, 130, 8, Hkv, 48, kKVTypes[Hkv == 2]);
         ElementRule rule;
         rule.causal = causal;
         const BlockMask mask = random_block_mask(rng, 2, 8, 100, 130, 24, 20, rule);
@@ -160,35 +166,39 @@ TEST(FlashAttention, RandomBlockMasksPerHead) {
 
 // Unlisted key blocks hold NaN in K and V: any visit would poison the output.
 TEST(FlashAttention, NeverVisitsUnlistedBlocks) {
-  auto rng = rng_for_test();
-  const int64_t T = 160, kb = 32;
-  AttnProblem p(rng, 1, T, T, 4, 2, 64);
-  // Rows list random blocks, except one randomly chosen block that no row lists.
-  const int64_t nkb = T / kb;
-  const int32_t never = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, nkb - 1)(rng));
-  BlockMaskBuilder builder(1, 1, T, T, 32, kb, 0, ElementRule{});
-  std::bernoulli_distribution coin(0.5);
-  std::vector<int32_t> row;
-  for (int64_t qb = 0; qb < T / 32; ++qb) {
-    row.clear();
-    for (int32_t j = 0; j < nkb; ++j)
-      if (j != never && coin(rng)) row.push_back(j);
-    builder.add_row(row);
+  for (DType kv : kKVTypes) {
+    auto rng = rng_for_test();
+    const int64_t T = 160, kb = 32;
+    AttnProblem p(rng, 1, T, T, 4, 2, 64, kv);
+    // Rows list random blocks, except one randomly chosen block that no row lists.
+    const int64_t nkb = T / kb;
+    const int32_t never = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, nkb - 1)(rng));
+    BlockMaskBuilder builder(1, 1, T, T, 32, kb, 0, ElementRule{});
+    std::bernoulli_distribution coin(0.5);
+    std::vector<int32_t> row;
+    for (int64_t qb = 0; qb < T / 32; ++qb) {
+      row.clear();
+      for (int32_t j = 0; j < nkb; ++j)
+        if (j != never && coin(rng)) row.push_back(j);
+      builder.add_row(row);
+    }
+    const BlockMask mask = builder.finish();
+    std::vector<bool> listed(static_cast<size_t>(nkb), false);
+    for (int32_t b : mask.key_blocks) listed[static_cast<size_t>(b)] = true;
+    const auto want = p.reference(mask);  // computed before the poisoning
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    int64_t poisoned = 0;
+    for (int64_t j = 0; j < T; ++j) {
+      if (listed[static_cast<size_t>(j / kb)]) continue;
+      ++poisoned;
+      for (Tensor* t : {&p.k, &p.v}) {
+        if (kv == DType::f32) std::fill_n(t->mutable_data<float>() + j * 2 * 64, 2 * 64, nan);
+        else std::fill_n(t->mutable_data<bf16>() + j * 2 * 64, 2 * 64, to_bf16(nan));
+      }
+    }
+    ASSERT_GE(poisoned, kb);
+    expect_close(p.run(mask), want, kAttnRtol, kAttnAtol, p.describe() + " poisoned unlisted blocks");
   }
-  const BlockMask mask = builder.finish();
-  std::vector<bool> listed(static_cast<size_t>(nkb), false);
-  for (int32_t b : mask.key_blocks) listed[static_cast<size_t>(b)] = true;
-  const auto want = p.reference(mask);  // computed before the poisoning
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  int64_t poisoned = 0;
-  for (int64_t j = 0; j < T; ++j) {
-    if (listed[static_cast<size_t>(j / kb)]) continue;
-    ++poisoned;
-    std::fill_n(p.k.mutable_data<float>() + j * 2 * 64, 2 * 64, nan);
-    std::fill_n(p.v.mutable_data<float>() + j * 2 * 64, 2 * 64, nan);
-  }
-  ASSERT_GE(poisoned, kb);
-  expect_close(p.run(mask), want, kAttnRtol, kAttnAtol, "poisoned unlisted blocks");
 }
 
 TEST(FlashAttention, RejectsBadArguments) {
@@ -200,6 +210,15 @@ TEST(FlashAttention, RejectsBadArguments) {
   EXPECT_THROW(bad.run(attn::dense_mask(10, 10, true)), Error);  // 3 heads over 2 kv heads
   Tensor out = nan_tensor(Shape{1, 10, 4, 16});
   EXPECT_THROW(attn::flash_attention(p.q, p.k, p.v, attn::dense_mask(10, 10, true), {}, out), Error);
+  out = nan_tensor(Shape{1, 10, 4, 32});
+  const Tensor k16 = AttnProblem::converted(p.k, DType::bf16), k_f16 = AttnProblem::converted(p.k, DType::f16);
+  EXPECT_THROW(attn::flash_attention(p.q, k16, p.v, attn::dense_mask(10, 10, true), {}, out), Error);  // mixed K/V
+  EXPECT_THROW(attn::flash_attention(p.q, k_f16, AttnProblem::converted(p.v, DType::f16), attn::dense_mask(10, 10, true),
+                                     {}, out),
+               Error);  // f16 K/V
+  attn::AttentionArgs a;
+  a.kv_dtype = DType::bf16;
+  EXPECT_THROW(a.f32_keys("selector"), Error);
 }
 
 TEST(BlockMask, ValidateRejectsUnsortedRows) {

@@ -1,6 +1,6 @@
 // Dynamic, training-free sparse-prefill selectors: each reads the queries and keys of
 // `qk` (an AttentionArgs: q, k pointers with their strides, batch, heads, head_dim,
-// scale) and returns a causal per-(batch, head) BlockMask. Every mask keeps each query
+// scale; the keys f32, else Error) and returns a causal per-(batch, head) BlockMask. Every mask keeps each query
 // block's diagonal block, so no row is ever empty. All need q_block == k_block and
 // q_offset on a block boundary (g gives q_len, kv_len and the block size).
 #pragma once

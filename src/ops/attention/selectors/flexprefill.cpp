@@ -34,13 +34,14 @@ double js_distance(const std::vector<double>& p, const std::vector<double>& q) {
 
 BlockMask flexprefill_mask(const MaskGeometry& g, const AttentionArgs& qk, double gamma, double tau) {
   check_dynamic_inputs(g, qk, "flexprefill_mask");
+  const float* keys = qk.f32_keys("flexprefill_mask");
   if (!(gamma > 0 && gamma <= 1)) throw Error("flexprefill_mask: gamma must be in (0, 1], found " + std::to_string(gamma));
   const int64_t B = qk.batch, Hq = qk.q_heads, Hkv = qk.kv_heads, Dh = qk.head_dim, blk = g.q_block;
   const int64_t group = Hq / Hkv;
   const int64_t nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk;
   const int64_t first = g.q_offset / blk;
   const auto qm = block_means(qk.q, qk.q_batch_stride, qk.q_row_stride, B, g.q_len, Hq, Dh, blk);
-  const auto km = block_means(qk.k, qk.k_batch_stride, qk.k_row_stride, B, g.kv_len, Hkv, Dh, blk);
+  const auto km = block_means(keys, qk.k_batch_stride, qk.k_row_stride, B, g.kv_len, Hkv, Dh, blk);
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(B * Hq * nqb));
   const double scale = qk.scale;
   parallel_for_each(B * Hq, [&](int64_t bh) {
@@ -65,7 +66,7 @@ BlockMask flexprefill_mask(const MaskGeometry& g, const AttentionArgs& qk, doubl
       const float* q = qk.q + b * qk.q_batch_stride + i * qk.q_row_stride + h * Dh;
       a.assign(static_cast<size_t>(p + 1), 0.0);
       for (int64_t j = 0; j <= p; ++j)
-        a[static_cast<size_t>(j)] = scale * dot(q, qk.k + b * qk.k_batch_stride + j * qk.k_row_stride + (h / group) * Dh, Dh);
+        a[static_cast<size_t>(j)] = scale * dot(q, keys + b * qk.k_batch_stride + j * qk.k_row_stride + (h / group) * Dh, Dh);
       softmax_in_place(a);
       for (int64_t j = 0; j <= p; ++j) {
         const double w = a[static_cast<size_t>(j)] / static_cast<double>(i1 - i0);

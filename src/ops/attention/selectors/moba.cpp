@@ -13,11 +13,12 @@ namespace subq::attn {
 // query stands for its tokens.
 BlockMask moba_mask(const MaskGeometry& g, const AttentionArgs& qk, int64_t top_k) {
   check_dynamic_inputs(g, qk, "moba_mask");
+  const float* keys = qk.f32_keys("moba_mask");
   if (top_k < 0) throw Error("moba_mask: top_k must be >= 0, found " + std::to_string(top_k));
   const int64_t B = qk.batch, Hq = qk.q_heads, Hkv = qk.kv_heads, Dh = qk.head_dim, blk = g.q_block;
   const int64_t nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk;
   const auto qm = block_means(qk.q, qk.q_batch_stride, qk.q_row_stride, B, g.q_len, Hq, Dh, blk);
-  const auto km = block_means(qk.k, qk.k_batch_stride, qk.k_row_stride, B, g.kv_len, Hkv, Dh, blk);
+  const auto km = block_means(keys, qk.k_batch_stride, qk.k_row_stride, B, g.kv_len, Hkv, Dh, blk);
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(B * Hq * nqb));
   const int64_t first = g.q_offset / blk;
   parallel_for_each(B * Hq * nqb, [&](int64_t r) {

@@ -15,6 +15,7 @@ namespace subq::attn {
 // antidiagonal of the s x s tile (r, c), so one GEMM scores every tile's antidiagonal.
 BlockMask xattention_mask(const MaskGeometry& g, const AttentionArgs& qk, double threshold, int64_t stride) {
   check_dynamic_inputs(g, qk, "xattention_mask");
+  const float* keys = qk.f32_keys("xattention_mask");
   const int64_t blk = g.q_block, s = stride;
   if (s < 1 || blk % s != 0)
     throw Error("xattention_mask: stride must divide the block size " + std::to_string(blk) + ", found " +
@@ -43,7 +44,7 @@ BlockMask xattention_mask(const MaskGeometry& g, const AttentionArgs& qk, double
         for (int64_t t = 0; t < s; ++t) {
           const int64_t j = c * s + t;
           float* dst = ks.data() + c * width + t * Dh;
-          if (j < g.kv_len) std::copy_n(qk.k + b * qk.k_batch_stride + j * qk.k_row_stride + (h / group) * Dh, Dh, dst);
+          if (j < g.kv_len) std::copy_n(keys + b * qk.k_batch_stride + j * qk.k_row_stride + (h / group) * Dh, Dh, dst);
           else std::fill_n(dst, Dh, 0.f);
         }
       for (int64_t qb0 = 0; qb0 < nqb; qb0 += chunk_blocks) {
