@@ -88,6 +88,26 @@ __device__ __forceinline__ void frag_b_t(uint32_t (&b)[4], const bf16_t* s, int 
   ldmatrix_x4(b, s + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + (((lane >> 3) & 1) << 3));
 }
 
+// acc += row block mx (16 tokens) of a lower-triangular [64][64] A times the 16 * kTN
+// columns from nx of B [64][...]: only A's token blocks 0..mx are non-zero.
+template <int kTN>
+__device__ __forceinline__ void lower_row_product(float (&acc)[kTN][4], const bf16_t* A, int lda, const bf16_t* B,
+                                                  int ldb, int mx, int nx, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    if (ks > mx) continue;
+    uint32_t a[4];
+    frag_a(a, A, lda, 16 * mx, 16 * ks, lane);
+#pragma unroll
+    for (int jp = 0; jp < kTN / 2; ++jp) {
+      uint32_t b[4];
+      frag_b(b, B, ldb, 16 * ks, nx + 16 * jp, lane);
+      mma_bf16_16816(acc[2 * jp], a, b[0], b[1]);
+      mma_bf16_16816(acc[2 * jp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 __device__ __forceinline__ void store_bf16x2(bf16_t* s, float lo, float hi) {
   *reinterpret_cast<uint32_t*>(s) = pack_bf16x2(lo, hi);
 }
@@ -446,19 +466,7 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
 
     // V' = Ainv R (Ainv is lower triangular: token blocks 0..mx).
     float vp[kTN][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      if (ks > mx) continue;
-      uint32_t aa[4];
-      frag_a(aa, sA, LDC, 16 * mx, 16 * ks, lane);
-#pragma unroll
-      for (int jp = 0; jp < kTN / 2; ++jp) {
-        uint32_t br[4];
-        frag_b(br, sR, LDT, 16 * ks, nx + 16 * jp, lane);
-        mma_bf16_16816(vp[2 * jp], aa, br[0], br[1]);
-        mma_bf16_16816(vp[2 * jp + 1], aa, br[2], br[3]);
-      }
-    }
+    lower_row_product<kTN>(vp, sA, LDC, sR, LDT, mx, nx, lane);
     const float g_last = sC[kChunk - 1].x;  // padding tokens carry G_last
     const float w0 = c0.y * expf(g_last - c0.x), w1 = c1.y * expf(g_last - c1.x);
 #pragma unroll
@@ -473,19 +481,7 @@ __global__ void __launch_bounds__(kScanThreads) delta_scan_kernel(const Params p
 
     // O = qc exp(G) Y + P V'.
     float oo[kTN][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      if (ks > mx) continue;
-      uint32_t ap[4];
-      frag_a(ap, sP, LDC, 16 * mx, 16 * ks, lane);
-#pragma unroll
-      for (int jp = 0; jp < kTN / 2; ++jp) {
-        uint32_t bv[4];
-        frag_b(bv, sVn, LDT, 16 * ks, nx + 16 * jp, lane);
-        mma_bf16_16816(oo[2 * jp], ap, bv[0], bv[1]);
-        mma_bf16_16816(oo[2 * jp + 1], ap, bv[2], bv[3]);
-      }
-    }
+    lower_row_product<kTN>(oo, sP, LDC, sVn, LDT, mx, nx, lane);
     {
       const int t0 = c * kChunk, L = min(kChunk, p.T - t0);
       const float y0 = c0.z * e0, y1 = c1.z * e1;
