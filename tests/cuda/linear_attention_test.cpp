@@ -18,6 +18,21 @@
 namespace subq::test {
 namespace {
 
+// [B, t, ...] and [B, T - t, ...] (rows of `row` values) joined into [B, T, ...]: the
+// outputs of two consecutive calls as one call over T tokens would give them.
+std::vector<double> join_in_time(const std::vector<double>& first, const std::vector<double>& second, int64_t B,
+                                 int64_t t, int64_t T, int64_t row) {
+  std::vector<double> all(static_cast<size_t>(B * T * row));
+  const size_t r = static_cast<size_t>(row);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < T; ++i) {
+      const double* src = i < t ? &first[static_cast<size_t>(b * t + i) * r]
+                                : &second[static_cast<size_t>(b * (T - t) + i - t) * r];
+      std::copy_n(src, r, &all[static_cast<size_t>(b * T + i) * r]);
+    }
+  return all;
+}
+
 using ops::LinearGate;
 
 double rms(const std::vector<double>& v) {
@@ -158,15 +173,7 @@ TEST(CudaLinearAttention, ConsecutiveCallsContinueTheSequence) {
       const Tensor dev_state = cuda::to_device(d.state);
       const auto first = run_gla_part(d, c, dev_state, 0, t);
       const auto second = run_gla_part(d, c, dev_state, t, c.T);
-      // Stitch [B, t, H, dv] and [B, T - t, H, dv] back into [B, T, H, dv].
-      std::vector<double> got(want.size());
-      const size_t row = static_cast<size_t>(d.H * c.dv);
-      for (int64_t b = 0; b < c.B; ++b)
-        for (int64_t i = 0; i < c.T; ++i) {
-          const double* src = i < t ? &first[static_cast<size_t>(b * t + i) * row]
-                                    : &second[static_cast<size_t>(b * (c.T - t) + i - t) * row];
-          std::copy_n(src, row, &got[static_cast<size_t>(b * c.T + i) * row]);
-        }
+      const auto got = join_in_time(first, second, c.B, t, c.T, d.H * c.dv);
       expect_output_close(got, want, "o over two calls");
       expect_output_close(got, one, "o over two calls against one call");
       expect_state_close(device_values(dev_state), want_state, "final state over two calls");
@@ -213,16 +220,7 @@ void run_ssd(const SsdCase& c, bool split = false) {
       got = part;
       continue;
     }
-    // Stitch the second call's [B, T - cut, H, P] after the first's [B, cut, H, P].
-    std::vector<double> all(want.size());
-    const size_t row = static_cast<size_t>(c.H * c.P);
-    for (int64_t b = 0; b < c.B; ++b)
-      for (int64_t i = 0; i < c.T; ++i) {
-        const double* src = i < t0 ? &got[static_cast<size_t>(b * t0 + i) * row]
-                                   : &part[static_cast<size_t>(b * (c.T - t0) + i - t0) * row];
-        std::copy_n(src, row, &all[static_cast<size_t>(b * c.T + i) * row]);
-      }
-    got = std::move(all);
+    got = join_in_time(got, part, c.B, t0, c.T, c.H * c.P);
   }
   expect_output_close(got, want, "y");
   expect_state_close(device_values(dev_state), want_state, "final state");
