@@ -1,7 +1,8 @@
 # The CUDA backend: every src/**/*.cu file, compiled for sm_80 (A100) and sm_90 (H100/H200)
 # into the subq library. Kernels run only where a GPU is present; without one, the first
 # CUDA call throws subq::Error (src/core/cuda/device.h) and tests/cuda skips.
-if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+# CUDAARCHS in the environment (CMake's own variable) picks others, e.g. CI's 90-real.
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS})
   set(CMAKE_CUDA_ARCHITECTURES 80-real 90)
 endif()
 enable_language(CUDA)
