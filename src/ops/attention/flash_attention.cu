@@ -33,6 +33,9 @@ constexpr int kQueryRows = D <= 128 ? 128 : 64;
 
 enum class Keys { all, causal, listed };
 
+// How far (log2) a score may exceed a row's reference max before the reference moves.
+constexpr float kHeadroomLog2 = 8.f;
+
 // ElementRule and Neighborhood (block_mask.h) flattened for the device; positions fit
 // in int (sizes are checked below 2^30).
 struct DeviceRule {
@@ -164,11 +167,14 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
   // Query positions of this CTA's first and last real row (for the mask rule).
   const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
 
+  // Starts of tiles j and j + 1; a listed row's block index is read from global memory
+  // a tile before its copy is issued, so that load's latency hides behind the math.
+  int cur_n = n_tiles > 0 ? key_start(0) : 0;
+  int next_n = n_tiles > 1 ? key_start(1) : 0;
   load_tile<kBlockM, D>(sQ, q, q_ld, p.tq - m0, p.q);
   if (n_tiles > 0) {
-    const int n0 = key_start(0);
-    load_tile<kBlockN, D>(sK, k + n0 * kv_ld, kv_ld, p.tk - n0, k);
-    load_tile<kBlockN, D>(sV, v + n0 * kv_ld, kv_ld, p.tk - n0, v);
+    load_tile<kBlockN, D>(sK, k + cur_n * kv_ld, kv_ld, p.tk - cur_n, k);
+    load_tile<kBlockN, D>(sV, v + cur_n * kv_ld, kv_ld, p.tk - cur_n, v);
   }
   cp_async_commit();
 
@@ -189,14 +195,14 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
 
   for (int j = 0; j < n_tiles; ++j) {
     if (j + 1 < n_tiles) {
-      const int n1 = key_start(j + 1);
-      load_tile<kBlockN, D>(sK + ((j + 1) & 1) * kBlockN * D, k + n1 * kv_ld, kv_ld, p.tk - n1, k);
-      load_tile<kBlockN, D>(sV + ((j + 1) & 1) * kBlockN * D, v + n1 * kv_ld, kv_ld, p.tk - n1, v);
+      load_tile<kBlockN, D>(sK + ((j + 1) & 1) * kBlockN * D, k + next_n * kv_ld, kv_ld, p.tk - next_n, k);
+      load_tile<kBlockN, D>(sV + ((j + 1) & 1) * kBlockN * D, v + next_n * kv_ld, kv_ld, p.tk - next_n, v);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
+    const int n_after = j + 2 < n_tiles ? key_start(j + 2) : 0;
     __syncthreads();
     const __nv_bfloat16* k_s = sK + (j & 1) * kBlockN * D;
     const __nv_bfloat16* v_s = sV + (j & 1) * kBlockN * D;
@@ -227,7 +233,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
       }
     }
 
-    const int n0 = key_start(j);
+    const int n0 = cur_n;
     bool edge = n0 + kBlockN > p.tk;
     if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
     if constexpr (kKeys == Keys::listed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
@@ -259,11 +265,16 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
         for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float new_max = fmaxf(row_max[mt][r], mx * p.scale_log2);
+        // The reference max moves only when a score would exceed it by more than
+        // 2^kHeadroom: softmax is exact for any reference, P stays below 2^8, and most
+        // tiles, early ones included, then need no rescale of the accumulator.
+        const float tile_max = mx * p.scale_log2;
+        const bool move = tile_max > row_max[mt][r] + kHeadroomLog2;
+        const float new_max = move ? tile_max : row_max[mt][r];
         // A row with no visible key so far keeps max -inf; exp2 then gives zeros, not NaN.
         const float base = new_max == -INFINITY ? 0.f : new_max;
-        corr[mt][r] = fast_exp2(row_max[mt][r] - base);
-        max_moved |= new_max != row_max[mt][r];
+        corr[mt][r] = move ? fast_exp2(row_max[mt][r] - base) : 1.f;
+        max_moved |= move;
         row_max[mt][r] = new_max;
         float sum = 0.f;
 #pragma unroll
@@ -275,8 +286,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
           }
         row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;
       }
-    // Once the running maxima settle, most tiles move none of the warp's rows; the
-    // rescale (D/4 multiplies per row pair) is then skipped, exactly (corr would be 1).
+    // A tile that moves none of the warp's reference maxima skips the rescale (D/4
+    // multiplies per row pair), exactly (corr is 1).
     if (__any_sync(0xffffffffu, max_moved)) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
@@ -310,6 +321,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
     }
     // The next iteration's copy overwrites this tile's buffer.
     __syncthreads();
+    cur_n = next_n;
+    next_n = n_after;
   }
   cp_async_wait<0>();
 
