@@ -45,8 +45,13 @@ void expect_output_close(const std::vector<double>& got, const std::vector<doubl
   expect_close(got, want, 1e-2, 2e-2 * rms(want) + 1e-6, what);
 }
 
+// The state pass rounds each decay-weighted key to bf16 before its tensor-core product
+// (as mamba_ssm's and fla's kernels do): up to 2^-9 relative per term. A float64
+// emulation of exactly that rounding (T = 1000, the largest case here) put the worst of
+// 65536 elements at 1.06% of the state's rms on average and 1.5% at most over 200
+// draws, so the bound is 3% of the rms; a wrong decay or a lost chunk is off by ~100%.
 void expect_state_close(const std::vector<double>& got, const std::vector<double>& want, const std::string& what) {
-  expect_close(got, want, 1e-2, 1e-2 * rms(want) + 1e-6, what);
+  expect_close(got, want, 1e-2, 3e-2 * rms(want) + 1e-6, what);
 }
 
 struct GlaCase {
