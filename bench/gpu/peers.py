@@ -15,6 +15,7 @@ subq_cuda_bench, so the two can be joined by (op, shape).
 import importlib
 import json
 import os
+import re
 import statistics
 import sys
 import types
@@ -154,6 +155,16 @@ def scan():
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+def package_version(init_py):
+    """The `__version__ = "..."` a package's __init__ declares (fla's submodules import it)."""
+    try:
+        with open(init_py) as f:
+            found = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", f.read(), re.M)
+    except OSError:
+        return "0"
+    return found.group(1) if found else "0"
+
+
 def import_from_source(module, packages):
     """Imports `module` from peer sources without running the __init__ of `packages`
     ({name: directory under the repository root}): mamba_ssm's imports a compiled extension that is absent here,
@@ -163,6 +174,7 @@ def import_from_source(module, packages):
         if name not in sys.modules:
             stub = types.ModuleType(name)
             stub.__path__ = [os.path.join(ROOT, path)]
+            stub.__version__ = package_version(os.path.join(ROOT, path, "__init__.py"))
             sys.modules[name] = stub
     return importlib.import_module(module)
 
