@@ -1,6 +1,7 @@
 // subq: run, inspect and benchmark sub-quadratic sequence models.
 #include <cstdio>
 #include <exception>
+#include <string>
 #include <vector>
 
 #include "subq/ops.h"
@@ -15,6 +16,12 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads, "Threads to use (default: SUBQ_THREADS or all cores)")
       ->check(CLI::Range(1, 4096));
+  std::string matmul = "exact";
+  app.add_option("--matmul", matmul,
+                 "Matrix products against bf16 weights: exact (x stays f32; default) or bf16 (x rounded to bf16 as "
+                 "PyTorch and llama.cpp do; AMX tiles where the CPU has them)")
+      ->check(CLI::IsMember({"exact", "bf16"}))
+      ->type_name("PRECISION");
   const std::vector<subq::cli::Command> commands = {
       subq::cli::add_run_command(app),
       subq::cli::add_info_command(app),
@@ -31,6 +38,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (threads > 0) subq::set_num_threads(threads);
+    subq::set_matmul_precision(matmul == "bf16" ? subq::MatmulPrecision::bf16 : subq::MatmulPrecision::exact);
     for (const auto& c : commands)
       if (c.app->parsed()) c.run();
   } catch (const std::exception& e) {

@@ -3,8 +3,10 @@
 #include "src/ops/common/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "src/ops/common/gemm_kernels.h"
+#include "subq/ops.h"
 
 namespace subq::ops {
 
@@ -13,6 +15,10 @@ namespace subq::ops {
 // W costs about as much as streaming W through GEMV once per 4 rows of x); see
 // docs/benchmarks.md.
 constexpr int64_t kMaxGemvRows = 32;
+
+namespace {
+std::atomic<MatmulPrecision> g_precision{MatmulPrecision::exact};
+}  // namespace
 
 void gemm_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt,
               int64_t ldw, float* y, int64_t ldy, bool accumulate) {
@@ -24,8 +30,17 @@ void gemm_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, cons
   }
   if (M <= kMaxGemvRows)
     gemv_xwt(M, N, K, x, ldx, w, wdt, ldw, y, ldy, accumulate);
+  else if (wdt == DType::bf16 && matmul_precision() == MatmulPrecision::bf16 && amx_available())
+    gemm_amx_bf16_xwt(M, N, K, x, ldx, static_cast<const bf16*>(w), ldw, y, ldy, accumulate);
   else
     gemm_packed_xwt(M, N, K, x, ldx, w, wdt, ldw, y, ldy, accumulate);
 }
 
 }  // namespace subq::ops
+
+namespace subq {
+
+void set_matmul_precision(MatmulPrecision precision) { ops::g_precision.store(precision); }
+MatmulPrecision matmul_precision() { return ops::g_precision.load(); }
+
+}  // namespace subq

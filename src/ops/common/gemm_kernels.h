@@ -18,6 +18,13 @@ void gemm_packed_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ld
 void gemv_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt,
               int64_t ldw, float* y, int64_t ldy, bool accumulate);
 
+// y (+)= bf16(x) · W^T on Intel AMX tiles (gemm_amx.cpp): x rounded to bf16, products
+// exact, f32 accumulation. Only where amx_available(): the CPU has AMX-BF16 and the OS
+// granted this process the tile state.
+bool amx_available();
+void gemm_amx_bf16_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const bf16* w, int64_t ldw,
+                       float* y, int64_t ldy, bool accumulate);
+
 // Scratch (packing buffers) from the global aligned operator new[], where the bench's heap
 // accounting sees it; 64-byte aligned for whole-vector loads.
 struct AlignedFloatsDelete {

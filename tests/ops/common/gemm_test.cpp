@@ -67,14 +67,20 @@ Tensor make_weights(std::mt19937_64& rng, DType dtype, int64_t N, int64_t ldw, s
 
 // Runs one kernel on strided operands (ldx > K, ldw > K, ldy > N) and checks every output
 // against the reference and that y's padding columns stayed untouched (NaN).
+// x_as_bf16: the kernel rounds x to bf16 first (MatmulPrecision::bf16), so the reference
+// is the product of the rounded x; the products of bf16 pairs are exact in f32, so the
+// bound is the same.
 void check_case(const NamedKernel& kernel, const Dims& dims, DType dtype, bool accumulate, std::mt19937_64& rng,
-                const std::string& where) {
+                const std::string& where, bool x_as_bf16 = false) {
   const auto [M, N, K] = dims;
   const int64_t ldx = K + 3, ldw = K + 5, ldy = N + 2;
   const Tensor x = test::random_tensor(rng, Shape{M, ldx});
+  std::vector<double> xv = test::to_double(x);
+  if (x_as_bf16)
+    for (double& v : xv) v = to_float(to_bf16(static_cast<float>(v)));
   std::vector<double> wv;
   const Tensor w = make_weights(rng, dtype, N, ldw, wv);
-  const auto ref = ref::linear(test::to_double(x), ldx, wv, ldw, {}, M, N, K);
+  const auto ref = ref::linear(xv, ldx, wv, ldw, {}, M, N, K);
 
   const float nan = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> y(static_cast<size_t>(M * ldy), nan);
@@ -148,6 +154,67 @@ TEST(Gemm, ZeroKOverwritesOrKeepsY) {
   y.assign(6, 2.f);
   ops::gemm_xwt(2, 3, 0, &x, 1, &w, DType::f32, 1, y.data(), 3, true);
   for (float v : y) EXPECT_EQ(v, 2.f);
+}
+
+// ---- MatmulPrecision::bf16 on AMX ----------------------------------------------------
+
+const NamedKernel kAmx{"gemm_amx", [](int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w,
+                                      DType, int64_t ldw, float* y, int64_t ldy, bool accumulate) {
+                         ops::gemm_amx_bf16_xwt(M, N, K, x, ldx, static_cast<const bf16*>(w), ldw, y, ldy,
+                                                accumulate);
+                       }};
+
+// Sizes at and across the kernel's edges: 32-row and 32-column blocks, 32-wide k blocks,
+// the 128-column packed block, and the ragged ends of each.
+TEST(GemmAmx, MatchesFloat64ProductOfBf16RoundedX) {
+  if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
+  auto rng = rng_for_test();
+  std::vector<Dims> dims = kDims;
+  for (const Dims d : {Dims{32, 32, 32}, Dims{33, 129, 31}, Dims{64, 128, 64}, Dims{65, 161, 1000},
+                       Dims{1000, 300, 77}, Dims{31, 17, 5000}, Dims{97, 257, 33}})
+    dims.push_back(d);
+  const int saved = num_threads();
+  for (const int threads : {saved, 1, 3}) {
+    set_num_threads(threads);
+    for (size_t c = 0; c < dims.size(); ++c)
+      check_case(kAmx, dims[c], DType::bf16, c % 2 == 1, rng, "threads " + std::to_string(threads), true);
+  }
+  set_num_threads(saved);
+}
+
+// linear() rounds x only when asked to, and only against bf16 weights.
+TEST(GemmAmx, LinearRoundsXOnlyUnderBf16Precision) {
+  if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
+  auto rng = rng_for_test();
+  const int64_t M = 100, K = 300, N = 70;
+  const Tensor x = test::random_tensor(rng, Shape{M, K});
+  std::vector<double> wv;
+  const Tensor w = make_weights(rng, DType::bf16, N, K, wv);
+  const Tensor w32 = Tensor::empty(DType::f32, Shape{N, K});
+  convert(w, w32);
+  const auto product = [&](const Tensor& weights, MatmulPrecision precision) {
+    set_matmul_precision(precision);
+    const Tensor y = test::nan_tensor(Shape{M, N});
+    linear(x, weights, Tensor(), y);
+    set_matmul_precision(MatmulPrecision::exact);
+    return test::to_double(y);
+  };
+  const auto exact = product(w, MatmulPrecision::exact), rounded = product(w, MatmulPrecision::bf16);
+  std::vector<double> xr = test::to_double(x);
+  for (double& v : xr) v = to_float(to_bf16(static_cast<float>(v)));
+  const auto want_exact = ref::linear(test::to_double(x), K, wv, K, {}, M, N, K);
+  const auto want_rounded = ref::linear(xr, K, wv, K, {}, M, N, K);
+  double scale = 0, moved = 0;
+  for (double v : want_exact.abs_sum) scale = std::max(scale, v);
+  for (size_t i = 0; i < exact.size(); ++i) moved = std::max(moved, std::abs(exact[i] - rounded[i]));
+  const double bound = 2.0 * K * std::ldexp(1.0, -24) * scale;
+  test::expect_close(exact, want_exact.y, 0.0, bound, "linear, exact precision");
+  test::expect_close(rounded, want_rounded.y, 0.0, bound, "linear, bf16 precision");
+  // Rounding x moves the product by ~2^-9 sqrt(K) |x w| per element, several times the
+  // f32 bound: the two checks above could not both pass with the wrong rounding.
+  EXPECT_GT(moved, 3 * bound) << "bf16 precision left x unrounded";
+  // f32 weights are never rounded: the bf16 setting gives the exact result, bit for bit.
+  EXPECT_EQ(product(w32, MatmulPrecision::bf16), product(w32, MatmulPrecision::exact));
 }
 
 // ---- subq::linear -------------------------------------------------------------------
