@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "hwy/aligned_allocator.h"
@@ -20,6 +21,7 @@
 #include "hwy/contrib/math/math-inl.h"
 #include "src/core/parallel.h"
 #include "src/ops/attention/flash.h"
+#include "src/ops/attention/flash_amx.h"
 
 #ifndef SUBQ_ATTN_FLASH_SHARED
 #define SUBQ_ATTN_FLASH_SHARED
@@ -46,6 +48,7 @@ struct Tile {
   std::vector<float> m, l, alpha;
   std::vector<int64_t> qpos;
   std::vector<int32_t> blocks;
+  AmxTile amx;  // sized only when the call takes the AMX path
 };
 
 // What the tile kernel needs to know about one call.
@@ -57,6 +60,7 @@ struct TileProblem {
   const ElementRule* rule;
   const int32_t* key_positions;
   DType kv_dtype;                      // f32 or bf16
+  bool amx = false;                    // Q·K^T and P·V on AMX tiles (flash_amx.h)
 };
 
 }  // namespace subq::attn::detail
@@ -246,6 +250,9 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
   const int64_t Dp = pb.padded_dim, Bk = pb.k_block, Bkp = pb.padded_k_block;
   const float ninf = -std::numeric_limits<float>::infinity();
   const ElementRule& rule = *pb.rule;
+  // A bf16 cache under MatmulPrecision::bf16: both products on AMX tiles (Dh % 32 == 0).
+  const bool amx = std::is_same_v<T, hwy::bfloat16_t> && pb.amx;
+  if (amx) detail::amx_begin(t.amx, t.q.data(), Dp, rows, Dh);
   for (int64_t bi = 0; bi < nblocks; ++bi) {
     const int64_t k0 = static_cast<int64_t>(blocks[bi]) * Bk;
     const int64_t kn = std::min(Bk, pb.kv_len - k0);
@@ -255,7 +262,7 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     const bool aligned_dim = Dh == Dp;
     const bool direct_qk = aligned_dim && rows <= kDirectRows;
     float* kt = t.kt.data();
-    for (int64_t j = 0; j < kn; ++j) {
+    for (int64_t j = 0; j < kn && !amx; ++j) {
       if (!direct_qk) {
         const T* krow = kbase + (k0 + j) * k_row_stride;
         for (int64_t x = 0; x < Dh; ++x) kt[x * Bkp + j] = KVScalar(krow[x]);
@@ -268,7 +275,10 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     }
 
     float* s = t.s.data();
-    if (direct_qk) {
+    if (amx) {
+      detail::amx_scores(t.amx, rows, Dh, reinterpret_cast<const bf16*>(kbase + k0 * k_row_stride), k_row_stride, kn,
+                         s, Bkp, Bkp);
+    } else if (direct_qk) {
       for (int64_t r = 0; r < rows; ++r) std::fill(s + r * Bkp + kn, s + (r + 1) * Bkp, 0.f);
       const T* kb = kbase + k0 * k_row_stride;
       int64_t r0 = 0;
@@ -303,9 +313,24 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
         PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
       for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
     };
-    if (aligned_dim) pv(vbase + k0 * v_row_stride, v_row_stride);
-    else pv(static_cast<const float*>(t.vs.data()), Dp);
+    if (amx) {
+      detail::amx_pv(t.amx, rows, Dh, s, Bkp, Bkp, reinterpret_cast<const bf16*>(vbase + k0 * v_row_stride),
+                     v_row_stride, kn);
+      const DF d;
+      const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+      for (int64_t r = 0; r < rows; ++r) {
+        const VF a = hn::Set(d, t.alpha[static_cast<size_t>(r)]);
+        float* o = t.o.data() + r * Dp;
+        const float* add = t.amx.o.data() + r * Dh;
+        for (int64_t x = 0; x < Dh; x += N) hn::Store(hn::MulAdd(hn::Load(d, o + x), a, hn::LoadU(d, add + x)), d, o + x);
+      }
+    } else if (aligned_dim) {
+      pv(vbase + k0 * v_row_stride, v_row_stride);
+    } else {
+      pv(static_cast<const float*>(t.vs.data()), Dp);
+    }
   }
+  if (amx) detail::amx_end();
 }
 
 template <class T>
@@ -363,6 +388,7 @@ std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb, int64_t ma
     t.alpha.assign(rows, 0.f);
     t.qpos.assign(rows, 0);
     t.blocks.reserve(static_cast<size_t>(max_blocks));
+    if (pb.amx) t.amx.size(max_rows, pb.head_dim, pb.padded_k_block);
   }
   return tiles;
 }
@@ -417,7 +443,7 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   const int64_t lanes = HWY_DYNAMIC_DISPATCH(VectorLanes)();
   const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), mask.k_block,    round_up(mask.k_block, lanes),
                        a.kv_len,   a.softcap,                   &mask.rule,      a.key_positions,
-                       a.kv_dtype};
+                       a.kv_dtype, detail::amx_attention(a.kv_dtype, a.head_dim)};
   std::vector<Tile> tiles = make_tiles(mask.q_block, pb, 0);
   const int64_t nqb = mask.num_q_blocks();
   const int64_t group = a.q_heads / a.kv_heads;

@@ -1,8 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <random>
 
+#include "src/ops/common/gemm_kernels.h"
+#include "subq/ops.h"
 #include "tests/ops/attention/attention_case.h"
 #include "tests/support/targets.h"
 
@@ -162,6 +166,48 @@ TEST(FlashAttention, RandomBlockMasksPerHead) {
       }
     }
   });
+}
+
+// MatmulPrecision::bf16 over a bf16 cache: Q·K^T and P·V on AMX tiles with q and P
+// rounded to bf16. A score moves by ~2^-9 |q||k| (~0.04 here) through q's rounding and
+// each weight by up to 2^-9 relative through P's, so outputs of size ~0.3 stay within ~1e-2
+// of the float64 attention; a packing or indexing error is of the size of the output. The
+// exact path must still give its own, far tighter answer (the switch is really taken).
+TEST(FlashAttention, Bf16PrecisionRunsOnAmxTiles) {
+  if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
+  auto rng = rng_for_test();
+  struct Case { int64_t T, Dh, Hq, Hkv, q_block, k_block; bool causal; };
+  for (const Case c : {Case{1, 64, 2, 2, 64, 64, true}, Case{17, 64, 4, 1, 64, 64, true},
+                       Case{100, 128, 8, 2, 64, 64, false}, Case{1000, 64, 2, 1, 256, 64, true},
+                       Case{300, 128, 4, 4, 64, 128, true}, Case{130, 96, 2, 1, 64, 48, false}}) {
+    AttnProblem p(rng, 2, c.T, c.T, c.Hq, c.Hkv, c.Dh, DType::bf16);
+    const BlockMask mask = attn::dense_mask(c.T, c.T, c.causal, 0, c.q_block, c.k_block);
+    const auto want = p.reference(mask);
+    set_matmul_precision(MatmulPrecision::bf16);
+    const Tensor got = p.run(mask);
+    set_matmul_precision(MatmulPrecision::exact);
+    const Tensor exact = p.run(mask);
+    const std::string what = p.describe() + " q_block=" + std::to_string(c.q_block) + (c.causal ? " causal" : " full");
+    expect_close(got, want, 2e-2, 1e-2, what + ", bf16 precision");
+    expect_close(exact, want, kAttnRtol, kAttnAtol, what + ", exact precision");
+    const auto g = to_double(got), e = to_double(exact);
+    double moved = 0;
+    for (size_t i = 0; i < g.size(); ++i) moved = std::max(moved, std::abs(g[i] - e[i]));
+    // One key: its weight is exactly 1 either way, and the output is v itself.
+    if (c.T > 1) {
+      EXPECT_GT(moved, 10 * kAttnAtol) << what << ": bf16 precision gave the exact result";
+    }
+  }
+  // A sparse mask with a window rule: edge blocks masked element by element.
+  AttnProblem p(rng, 1, 333, 333, 4, 2, 64, DType::bf16);
+  ElementRule rule;
+  rule.causal = true;
+  rule.window_left = 70;
+  const BlockMask mask = random_block_mask(rng, 1, 4, 333, 333, 64, 64, rule, 0.7);
+  set_matmul_precision(MatmulPrecision::bf16);
+  const Tensor got = p.run(mask);
+  set_matmul_precision(MatmulPrecision::exact);
+  expect_close(got, p.reference(mask), 2e-2, 1e-2, p.describe() + " window rule, bf16 precision");
 }
 
 // Unlisted key blocks hold NaN in K and V: any visit would poison the output.
