@@ -34,11 +34,12 @@ f16 to_f16(float v);
 // the leading dimensions). bias may be undefined. Uses the GEMV path when M is small.
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y);
 
-// What linear() may round, process-wide (as torch.set_float32_matmul_precision).
-// exact (the default): x stays f32 against every weight dtype, within f32 rounding of
-// the float64 product. bf16: against bf16 weights and more than a few rows of x, x is
-// rounded to bf16 first, as PyTorch and llama.cpp do for bf16 weights, and the product
-// runs on AMX tiles where the CPU has them (elsewhere the exact path runs).
+// What matrix products may round, process-wide (as torch.set_float32_matmul_precision).
+// exact (the default): activations stay f32 against every weight and KV-cache dtype,
+// within f32 rounding of the float64 result. bf16, where the CPU has AMX tiles (elsewhere
+// the exact path runs): linear() against bf16 weights with more than 32 rows of x rounds
+// x to bf16, as PyTorch and llama.cpp do for bf16 weights, and attention prefill over a
+// bf16 KV cache rounds q and the probabilities to bf16; both run on the tiles.
 enum class MatmulPrecision { exact, bf16 };
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
