@@ -114,6 +114,19 @@ void pack_rows(const bf16* src, int64_t ld, int64_t rows, int64_t K, int64_t gro
     }
 }
 
+namespace {
+// One B tile row from two full source rows: (a[n], b[n]) for n < 16. unpacklo/hi
+// interleave within 128-bit lanes (pairs 0-3 | 8-11 and 4-7 | 12-15); the lane
+// permutes put them in order.
+__attribute__((target("avx2"))) void interleave_16(const bf16* a, const bf16* b, bf16* row) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+  const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+  const __m256i lo = _mm256_unpacklo_epi16(x, y), hi = _mm256_unpackhi_epi16(x, y);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), _mm256_permute2x128_si256(lo, hi, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + kTile), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+}  // namespace
+
 void pack_pairs(const bf16* src, int64_t ld, int64_t K, int64_t N, int64_t groups, int64_t k_blocks, bf16* out) {
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
@@ -121,11 +134,14 @@ void pack_pairs(const bf16* src, int64_t ld, int64_t K, int64_t N, int64_t group
       const int64_t n0 = g * kTile, cols = std::clamp<int64_t>(N - n0, 0, kTile);
       for (int64_t kk = 0; kk < kTile; ++kk) {
         bf16* row = tile + kk * 2 * kTile;
+        const int64_t k = kb * kTileK + 2 * kk;
+        if (cols == kTile && k + 1 < K) {
+          interleave_16(src + k * ld + n0, src + (k + 1) * ld + n0, row);
+          continue;
+        }
         std::fill(row, row + 2 * kTile, bf16{});
-        for (int64_t e = 0; e < 2; ++e) {
-          const int64_t k = kb * kTileK + 2 * kk + e;
-          if (k >= K) continue;
-          const bf16* s = src + k * ld + n0;
+        for (int64_t e = 0; e < 2 && k + e < K; ++e) {
+          const bf16* s = src + (k + e) * ld + n0;
           for (int64_t n = 0; n < cols; ++n) row[2 * n + e] = s[n];
         }
       }
