@@ -43,6 +43,8 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
 enum class MatmulPrecision { exact, bf16 };
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
+// Whether this CPU (and OS) runs MatmulPrecision::bf16's AMX kernels.
+bool bf16_matmul_available();
 
 // ---- Normalisation and activations (last dimension is the feature dimension) -----------
 // y = x / sqrt(mean(x^2) + eps) * weight. y may alias x.

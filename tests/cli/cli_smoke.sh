@@ -23,6 +23,7 @@ expect_error "bad --seq" bench --seq 4x
 expect_error "zero --seq" bench --seq 0
 expect_error "unmatched --only" bench --only no-such-case
 expect_error "bad --threads" --threads 0 bench --list
+expect_error "bad --matmul" --matmul fp8 bench --list
 SUBQ_THREADS=abc expect_error "bad SUBQ_THREADS" bench --only common.silu --seq 8
 expect_error "unwritable --json" bench --only common.silu --seq 8 --min-time 0 --json /nonexistent/dir/x.json
 
@@ -60,6 +61,9 @@ expect_error "unknown sparse policy" perplexity "$models/llama" --file "$tmp/tex
 bf16kv=$("$subq" perplexity "$models/llama_tied_bf16" --file "$tmp/text" --ctx 64)
 f32kv=$("$subq" perplexity "$models/llama_tied_bf16" --file "$tmp/text" --ctx 64 --kv-cache f32)
 [ "$bf16kv" != "$f32kv" ] || fail "--kv-cache f32 does not change a bf16 checkpoint's perplexity"
+"$subq" --matmul bf16 perplexity "$models/llama_tied_bf16" --file "$tmp/text" --ctx 64 >"$tmp/out" 2>"$tmp/err" \
+  || fail "--matmul bf16 perplexity failed: $(cat "$tmp/err")"
+grep -q "^perplexity: " "$tmp/out" || fail "--matmul bf16 perplexity printed no result"
 expect_error "unknown KV cache dtype" perplexity "$models/llama" --file "$tmp/text" --kv-cache f16
 mkdir -p "$tmp/bad"
 cp "$models/mamba/tokenizer.json" "$tmp/bad/"

@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
   try {
     if (threads > 0) subq::set_num_threads(threads);
     subq::set_matmul_precision(matmul == "bf16" ? subq::MatmulPrecision::bf16 : subq::MatmulPrecision::exact);
+    if (matmul == "bf16" && !subq::bf16_matmul_available())
+      std::fprintf(stderr, "subq: note: --matmul bf16 needs AMX-BF16, which this CPU or OS does not offer; "
+                           "products stay exact\n");
     for (const auto& c : commands)
       if (c.app->parsed()) c.run();
   } catch (const std::exception& e) {

@@ -42,5 +42,6 @@ namespace subq {
 
 void set_matmul_precision(MatmulPrecision precision) { ops::g_precision.store(precision); }
 MatmulPrecision matmul_precision() { return ops::g_precision.load(); }
+bool bf16_matmul_available() { return ops::amx_available(); }
 
 }  // namespace subq
