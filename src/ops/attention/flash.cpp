@@ -5,7 +5,8 @@
 // and sum are updated; and O = O * alpha + P·V, broadcasting P. Accumulators stay f32.
 // K and V may be bf16 (a bf16 KV cache): they are widened where they are read (while K
 // is transposed into its tile, in the direct Q·K loop, in the P·V loop), so the cache is
-// never copied to f32 and decode reads half the bytes.
+// never copied to f32 and decode reads half the bytes. Under MatmulPrecision::bf16 a
+// prefill over a bf16 cache runs both products on AMX tiles instead (flash_amx.h).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/attention/flash.cpp"
 #include <algorithm>
