@@ -58,4 +58,29 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// Element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] bf16 tile swizzled
+// by chunk ^ (row % 8), so that ldmatrix over 8 rows hits 32 distinct banks.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+// Rows [0, valid) of a swizzled [R][D] bf16 tile from global rows `ld` elements apart,
+// copied by kThreads threads with cp.async; rows past `valid` are zero-filled so that they
+// contribute nothing (never garbage or NaN), and their copies read from `safe`, a valid
+// address, instead of past the end.
+template <int R, int D, int kThreads>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid,
+                                          const __nv_bfloat16* safe) {
+  constexpr int kChunks = D / 8;
+  static_assert((R * kChunks) % kThreads == 0);
+#pragma unroll
+  for (int i = 0; i < R * kChunks / kThreads; ++i) {
+    const int idx = i * kThreads + static_cast<int>(threadIdx.x);
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool ok = r < valid;
+    cp_async_16(s + swz<D>(r, c), ok ? g + r * ld + c * 8 : safe, ok);
+  }
+}
+
 }  // namespace subq::cuda

@@ -52,14 +52,8 @@ struct DecodeParams {
   float scale_log2;
 };
 
-// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] tile.
-template <int D>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & 7)) << 3);
-}
-
-// Rows [0, valid) of a [R][D] tile from global rows `ld` elements apart; the rest are
-// zero-filled (the cache past kv_len may hold anything, NaN included).
+// load_tile (mma.cuh) as a loop: its fully unrolled form costs this kernel registers
+// (a spill at D = 256, measured with ptxas), and the copies are not its bottleneck.
 template <int R, int D>
 __device__ __forceinline__ void load_rows(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid,
                                           const __nv_bfloat16* safe) {

@@ -104,29 +104,6 @@ __device__ bool rule_covers(const DeviceRule& r, int q0, int q1, int k0, int k1)
   return true;
 }
 
-// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] tile.
-template <int D>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & 7)) << 3);
-}
-
-// Rows [0, valid) of a [R][D] tile from global rows `ld` elements apart; rows past
-// `valid` are zero-filled so that they contribute nothing (never garbage or NaN), and
-// their copies read from `safe`, a valid address, instead of past the end.
-template <int R, int D>
-__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid,
-                                          const __nv_bfloat16* safe) {
-  constexpr int kChunks = D / 8;
-  static_assert((R * kChunks) % kThreads == 0);
-#pragma unroll
-  for (int i = 0; i < R * kChunks / kThreads; ++i) {
-    const int idx = i * kThreads + static_cast<int>(threadIdx.x);
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool ok = r < valid;
-    cp_async_16(s + swz<D>(r, c), ok ? g + r * ld + c * 8 : safe, ok);
-  }
-}
-
 template <int D, int kBlockM, Keys kKeys>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p) {
   constexpr int kRowsPerWarp = kBlockM / kWarps;
@@ -171,10 +148,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
   // a tile before its copy is issued, so that load's latency hides behind the math.
   int cur_n = n_tiles > 0 ? key_start(0) : 0;
   int next_n = n_tiles > 1 ? key_start(1) : 0;
-  load_tile<kBlockM, D>(sQ, q, q_ld, p.tq - m0, p.q);
+  load_tile<kBlockM, D, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
   if (n_tiles > 0) {
-    load_tile<kBlockN, D>(sK, k + cur_n * kv_ld, kv_ld, p.tk - cur_n, k);
-    load_tile<kBlockN, D>(sV, v + cur_n * kv_ld, kv_ld, p.tk - cur_n, v);
+    load_tile<kBlockN, D, kThreads>(sK, k + cur_n * kv_ld, kv_ld, p.tk - cur_n, k);
+    load_tile<kBlockN, D, kThreads>(sV, v + cur_n * kv_ld, kv_ld, p.tk - cur_n, v);
   }
   cp_async_commit();
 
@@ -195,8 +172,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
 
   for (int j = 0; j < n_tiles; ++j) {
     if (j + 1 < n_tiles) {
-      load_tile<kBlockN, D>(sK + ((j + 1) & 1) * kBlockN * D, k + next_n * kv_ld, kv_ld, p.tk - next_n, k);
-      load_tile<kBlockN, D>(sV + ((j + 1) & 1) * kBlockN * D, v + next_n * kv_ld, kv_ld, p.tk - next_n, v);
+      load_tile<kBlockN, D, kThreads>(sK + ((j + 1) & 1) * kBlockN * D, k + next_n * kv_ld, kv_ld, p.tk - next_n, k);
+      load_tile<kBlockN, D, kThreads>(sV + ((j + 1) & 1) * kBlockN * D, v + next_n * kv_ld, kv_ld, p.tk - next_n, v);
       cp_async_commit();
       cp_async_wait<1>();
     } else {

@@ -54,8 +54,8 @@ constexpr TileConfig kTileConfig = make_tile_config();
 // pairs of rows interleaved by words, then by 64-bit halves, then 128-bit lanes gathered
 // across four registers; u[j] ends holding words j, j+4, j+8, j+12 of rows 4i..4i+3 in
 // its lanes.
-// GCC 12 warns about a variable of its own avx512fintrin.h here (its undefined-value
-// placeholder, which the unmasked intrinsics never read; GCC 13 does not warn).
+// GCC 12 warns here about a variable inside its own avx512fintrin.h: the undefined
+// pass-through value of each unmasked intrinsic, which is never read (GCC 13 does not).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #if !defined(__clang__)

@@ -54,24 +54,11 @@ struct Params {
   float scale;
 };
 
-template <int W>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * W + ((chunk ^ (row & 7)) << 3);
-}
-
-// Rows [0, valid) of an [R][W] bf16 tile from global rows `ld` elements apart; the other
-// rows are zero-filled, so padded tokens contribute nothing.
+// Rows [0, valid) of an [R][W] bf16 tile (mma.cuh's load_tile); the other rows are
+// zero-filled, so padded tokens contribute nothing.
 template <int R, int W, int kCopiers = kThreads>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid) {
-  constexpr int kChunks = W / 8;
-  static_assert((R * kChunks) % kCopiers == 0);
-#pragma unroll
-  for (int i = 0; i < R * kChunks / kCopiers; ++i) {
-    const int idx = i * kCopiers + static_cast<int>(threadIdx.x);
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool ok = r < valid;
-    cp_async_16(s + swz<W>(r, c), ok ? g + r * ld + c * 8 : g, ok);
-  }
+  cuda::load_tile<R, W, kCopiers>(s, g, ld, valid, g);
 }
 
 // Copies 4 bytes global -> shared asynchronously (zeros when !valid; the source must
