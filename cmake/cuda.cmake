@@ -26,6 +26,8 @@ target_compile_options(subq_cuda PRIVATE ${SUBQ_CUDA_FLAGS})
 target_link_libraries(subq_cuda PRIVATE CUDA::cudart_static)
 
 target_sources(subq PRIVATE $<TARGET_OBJECTS:subq_cuda>)
+# Model::load(device = "cuda") reaches the GPU decoder only in this build.
+target_compile_definitions(subq PRIVATE SUBQ_WITH_CUDA)
 target_link_libraries(subq PRIVATE CUDA::cudart_static CUDA::cublas CUDA::cublasLt)
 
 # Kernel timings for scripts/gpu-check: one executable, run on the GPU machine.

@@ -11,6 +11,9 @@ subq_cuda_bench, so the two can be joined by (op, shape).
   linear     mamba_ssm's Triton mamba_chunk_scan_combined (Mamba-2 SSD) and fla's
              chunk_simple_gla, from the sources at .peers/mamba_src and .peers/fla
   delta      flash-linear-attention's chunk_gated_delta_rule (Triton), from .peers/fla
+  models     writes random-init Llama-160M- and Mamba-130M-shaped bf16 checkpoints to
+             $SUBQ_BENCH_MODELS (default /tmp/subq-bench-models) for `subq_cuda_bench
+             models`, and times them in transformers on the GPU (prefill, decode)
 """
 import importlib
 import json
@@ -280,9 +283,49 @@ def delta():
                  flops=flops, nbytes=nbytes)
 
 
+MODEL_SHAPES = {
+    "llama160m": ("LlamaConfig", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12, num_key_value_heads=12, vocab_size=32000,
+                                      max_position_embeddings=8192)),
+    "mamba130m": ("MambaConfig", dict(hidden_size=768, num_hidden_layers=24, vocab_size=50280, state_size=16)),
+}
+
+
+def models():
+    import time
+    import transformers as tf
+    root = os.environ.get("SUBQ_BENCH_MODELS", "/tmp/subq-bench-models")
+    for name, (cls, kw) in MODEL_SHAPES.items():
+        model = tf.AutoModelForCausalLM.from_config(getattr(tf, cls)(**kw)).to(torch.bfloat16)
+        model.save_pretrained(os.path.join(root, name))
+        model = model.cuda().eval()
+        # The token ids of bench/cuda/model.cu.
+        for T in (512, 4096):
+            ids = torch.tensor([[3 + (t * 7919) % 94 for t in range(T)]], device="cuda")
+            with torch.inference_mode():
+                ms = median_ms(lambda: model(ids, logits_to_keep=1), warmup=1, reps=3)
+            emit("transformers", "model.prefill", f"{name} bf16 T={T}", ms)
+            if T != 512:
+                continue
+            # Decode: what generate() adds to the prefill for 32 greedy tokens (its cache,
+            # its per-token host sync), per token.
+            steps, best = 32, float("inf")
+            with torch.inference_mode():
+                for _ in range(3):
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps + 1,
+                                   min_new_tokens=steps + 1, do_sample=False)
+                    torch.cuda.synchronize()
+                    best = min(best, (time.perf_counter() - start) * 1e3)
+            emit("transformers", "model.decode", f"{name} bf16 T=512", max(best - ms, 1e-6) / steps)
+        del model
+        torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     jobs = {"ceilings": ceilings, "attention": attention, "sparse": sparse, "decode": decode, "scan": scan,
-            "linear": linear, "delta": delta}
+            "linear": linear, "delta": delta, "models": models}
     for what in sys.argv[1:] or list(jobs):
         jobs[what]()

@@ -45,6 +45,10 @@ struct LoadOptions {
   // for layers whose q/k/v/o weights are bf16 (as transformers keeps K/V in the model
   // dtype; half the bytes decode reads), f32 otherwise.
   std::string kv_cache;
+  // Where the model runs: "cpu" (or empty), or "cuda" (the GPU; a build with the CUDA
+  // backend, and for now Llama-style attention, gated SiLU MLP and Mamba layers only,
+  // dense attention over a bf16 KV cache).
+  std::string device;
 };
 
 class Model {

@@ -58,6 +58,8 @@ class AttentionMixer : public Mixer {
   void forward(const Tensor& x, MixerState& state, const Tensor& y) const override;
 
   const AttentionConfig& config() const { return cfg_; }
+  // As given, for a backend that runs the layer itself (the CUDA decoder).
+  const AttentionWeights& weights() const { return w_; }
 
  private:
   AttentionConfig cfg_;

@@ -64,6 +64,16 @@ class MambaMixer final : public Mixer {
   std::string kind() const override { return "mamba"; }
   int64_t d_model() const override { return config_.d_model; }
   const MambaConfig& config() const { return config_; }
+  // The tensors as forward() uses them, for a backend that runs the layer itself (the
+  // CUDA decoder): projections as given; A = -exp(A_log) and the rest widened to f32;
+  // conv_weight [d_inner, d_conv]. Biases undefined where the config has none.
+  struct Prepared {
+    Tensor in_proj, in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj, out_proj_bias;
+  };
+  Prepared prepared() const {
+    return {in_proj_, in_proj_bias_, conv_weight_, conv_bias_, x_proj_, dt_proj_, dt_bias_, A_, D_, out_proj_,
+            out_proj_bias_};
+  }
   std::unique_ptr<MixerState> new_state(int64_t batch) const override;
   void forward(const Tensor& x, MixerState& state, const Tensor& y) const override;
 

@@ -13,6 +13,52 @@ void Norm::apply(const Tensor& x, const Tensor& y) const {
   else rms_norm(x, weight, eps, y);
 }
 
+std::string state_fingerprint(const ModelInfo& info) {
+  std::string f = info.architecture + " d=" + std::to_string(info.d_model) + " V=" + std::to_string(info.vocab_size) +
+                  " layers=";
+  for (const auto& k : info.layers) f += k + ",";
+  return f;
+}
+
+void write_state_file(const std::string& path, const std::string& fingerprint, int64_t position,
+                      const std::vector<std::vector<Tensor>>& layers) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (size_t l = 0; l < layers.size(); ++l)
+    for (size_t i = 0; i < layers[l].size(); ++i)
+      tensors.emplace_back("layer." + std::to_string(l) + "." + std::to_string(i), layers[l][i]);
+  io::write_safetensors(path, tensors,
+                        {{"format", "subq-state-1"}, {"model", fingerprint}, {"position", std::to_string(position)}});
+}
+
+StateFile read_state_file(const std::string& path, const std::string& fingerprint, size_t n_layers) {
+  StateFile out{SafetensorsFile::open(path), 0, {}};
+  const auto& meta = out.file.metadata();
+  auto field = [&](const char* key) {
+    const auto it = meta.find(key);
+    if (it == meta.end()) throw Error(path + ": not a subq state file (metadata '" + key + "' missing)");
+    return it->second;
+  };
+  if (field("format") != "subq-state-1") throw Error(path + ": unsupported state format '" + field("format") + "'");
+  if (field("model") != fingerprint)
+    throw Error(path + ": state was saved for another model (" + field("model") + "), this is " + fingerprint);
+  try {
+    out.position = std::stoll(field("position"));
+  } catch (const std::exception&) {
+    throw Error(path + ": metadata 'position' is not an integer");
+  }
+  if (out.position < 0) throw Error(path + ": metadata 'position' is negative");
+  size_t used = 0;
+  out.layers.resize(n_layers);
+  for (size_t l = 0; l < n_layers; ++l) {
+    const std::string prefix = "layer." + std::to_string(l) + ".";
+    for (size_t i = 0; out.file.contains(prefix + std::to_string(i)); ++i)
+      out.layers[l].push_back(out.file.get(prefix + std::to_string(i)));
+    used += out.layers[l].size();
+  }
+  if (used != out.file.names().size()) throw Error(path + ": holds tensors that belong to no layer");
+  return out;
+}
+
 namespace {
 
 class DecoderState final : public ModelState {
@@ -49,49 +95,23 @@ class Decoder final : public Model {
 
   void save_state(const ModelState& base, const std::string& path) const override {
     const DecoderState& state = own(base, "save state");
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (size_t l = 0; l < state.layers.size(); ++l) {
-      if (!state.layers[l]) continue;
-      const std::vector<Tensor> parts = state.layers[l]->snapshot();
-      for (size_t i = 0; i < parts.size(); ++i)
-        tensors.emplace_back("layer." + std::to_string(l) + "." + std::to_string(i), parts[i]);
-    }
-    io::write_safetensors(path, tensors,
-                          {{"format", "subq-state-1"}, {"model", fingerprint()}, {"position", std::to_string(state.position_)}});
+    std::vector<std::vector<Tensor>> layers;
+    for (const auto& s : state.layers) layers.push_back(s ? s->snapshot() : std::vector<Tensor>{});
+    write_state_file(path, state_fingerprint(info_), state.position_, layers);
   }
 
   std::unique_ptr<ModelState> load_state(const std::string& path) const override {
-    const SafetensorsFile file = SafetensorsFile::open(path);
-    const auto& meta = file.metadata();
-    auto field = [&](const char* key) {
-      const auto it = meta.find(key);
-      if (it == meta.end()) throw Error(path + ": not a subq state file (metadata '" + key + "' missing)");
-      return it->second;
-    };
-    if (field("format") != "subq-state-1") throw Error(path + ": unsupported state format '" + field("format") + "'");
-    if (field("model") != fingerprint())
-      throw Error(path + ": state was saved for another model (" + field("model") + "), this is " + fingerprint());
+    const StateFile file = read_state_file(path, state_fingerprint(info_), spec_.blocks.size());
     auto state = std::unique_ptr<DecoderState>(static_cast<DecoderState*>(new_state().release()));
-    try {
-      state->position_ = std::stoll(field("position"));
-    } catch (const std::exception&) {
-      throw Error(path + ": metadata 'position' is not an integer");
-    }
-    if (state->position_ < 0) throw Error(path + ": metadata 'position' is negative");
-    size_t used = 0;
+    state->position_ = file.position;
     for (size_t l = 0; l < state->layers.size(); ++l) {
       if (!state->layers[l]) continue;
-      std::vector<Tensor> parts;
-      const std::string prefix = "layer." + std::to_string(l) + ".";
-      for (size_t i = 0; file.contains(prefix + std::to_string(i)); ++i) parts.push_back(file.get(prefix + std::to_string(i)));
-      used += parts.size();
       try {
-        state->layers[l]->restore(parts);
+        state->layers[l]->restore(file.layers[l]);
       } catch (const Error& e) {
         throw Error(path + ": layer " + std::to_string(l) + ": " + e.what());
       }
     }
-    if (used != file.names().size()) throw Error(path + ": holds tensors that belong to no layer");
     return state;
   }
 
@@ -134,13 +154,6 @@ class Decoder final : public Model {
   }
 
  private:
-  // Identifies the model a state belongs to: architecture, layer kinds and sizes.
-  std::string fingerprint() const {
-    std::string f = info_.architecture + " d=" + std::to_string(info_.d_model) + " V=" + std::to_string(info_.vocab_size) + " layers=";
-    for (const auto& k : info_.layers) f += k + ",";
-    return f;
-  }
-
   const DecoderState& own(const ModelState& base, const char* who) const {
     auto* state = dynamic_cast<const DecoderState*>(&base);
     if (!state || state->layers.size() != spec_.blocks.size())
@@ -157,7 +170,7 @@ class Decoder final : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> make_decoder(DecoderSpec spec, int64_t parameter_count, std::string weight_dtypes) {
+ModelInfo describe(const DecoderSpec& spec, int64_t parameter_count, std::string weight_dtypes) {
   if (!spec.embedding.defined() || spec.embedding.ndim() != 2) throw Error(spec.architecture + ": embedding must be [V, D]");
   if (!spec.head.defined() || !(spec.head.shape() == spec.embedding.shape()))
     throw Error(spec.architecture + ": head must match the embedding's shape " + spec.embedding.shape().str());
@@ -174,6 +187,11 @@ std::unique_ptr<Model> make_decoder(DecoderSpec spec, int64_t parameter_count, s
                   ", the model " + std::to_string(info.d_model));
     info.layers.push_back(b.kind);
   }
+  return info;
+}
+
+std::unique_ptr<Model> make_decoder(DecoderSpec spec, int64_t parameter_count, std::string weight_dtypes) {
+  ModelInfo info = describe(spec, parameter_count, std::move(weight_dtypes));
   return std::make_unique<Decoder>(std::move(spec), std::move(info));
 }
 

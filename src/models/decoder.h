@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "src/models/feed_forward.h"
+#include "subq/io.h"
 #include "subq/model.h"
 
 namespace subq {
@@ -38,6 +39,25 @@ struct DecoderSpec {
   std::vector<int32_t> eos_token_ids;
 };
 
+// Checks the spec's shapes and fills the model's info.
+ModelInfo describe(const DecoderSpec& spec, int64_t parameter_count, std::string weight_dtypes);
 std::unique_ptr<Model> make_decoder(DecoderSpec spec, int64_t parameter_count, std::string weight_dtypes);
+// The same model on the GPU (src/models/decoder_cuda.cu; CUDA builds only). The spec's
+// weights are copied to GPU memory; layers it cannot run there are an Error naming them.
+std::unique_ptr<Model> make_cuda_decoder(DecoderSpec spec, int64_t parameter_count, std::string weight_dtypes);
+
+// The state file of both decoders (safetensors): tensor "layer.L.I" is part I of layer L's
+// MixerState::snapshot(), metadata the format, the model's fingerprint and the position.
+// A state saved on one device loads on the other.
+std::string state_fingerprint(const ModelInfo& info);
+void write_state_file(const std::string& path, const std::string& fingerprint, int64_t position,
+                      const std::vector<std::vector<Tensor>>& layers);
+struct StateFile {
+  SafetensorsFile file;  // the layers' tensors view its mapping
+  int64_t position = 0;
+  std::vector<std::vector<Tensor>> layers;  // n_layers entries; empty for a layer without state
+};
+// Checks format and fingerprint; Error naming the file on any mismatch.
+StateFile read_state_file(const std::string& path, const std::string& fingerprint, size_t n_layers);
 
 }  // namespace subq

@@ -79,6 +79,10 @@ class GatedMlp final : public FeedForward {
     linear(g, w_.down, w_.down_bias, y);
   }
   int64_t width() const override { return D_; }
+  const GatedWeights* gated_weights(Activation* act) const override {
+    *act = act_;
+    return &w_;
+  }
 
  private:
   GatedWeights w_;

@@ -18,17 +18,23 @@ enum class Activation { silu, gelu_tanh, relu2 };
 // Parses a Hugging Face activation name ("silu", "swish", "gelu_pytorch_tanh", "relu2").
 Activation parse_activation(const std::string& name);
 
+struct GatedWeights {
+  Tensor gate, up, down;                 // [F, D], [F, D], [D, F]; f32/bf16/f16
+  Tensor gate_bias{}, up_bias{}, down_bias{};  // [F], [F], [D] f32, or undefined (mlp_bias)
+};
+
 class FeedForward {
  public:
   virtual ~FeedForward() = default;
   // y[T, D] = MLP(x[T, D]); x and y f32, contiguous, must not alias.
   virtual void forward(const Tensor& x, const Tensor& y) const = 0;
   virtual int64_t width() const = 0;  // D
-};
-
-struct GatedWeights {
-  Tensor gate, up, down;                 // [F, D], [F, D], [D, F]; f32/bf16/f16
-  Tensor gate_bias{}, up_bias{}, down_bias{};  // [F], [F], [D] f32, or undefined (mlp_bias)
+  // A gated MLP's weights and activation (null for the other kinds), for a backend that
+  // runs the MLP itself (the CUDA decoder).
+  virtual const GatedWeights* gated_weights(Activation* act) const {
+    (void)act;
+    return nullptr;
+  }
 };
 
 std::unique_ptr<FeedForward> make_gated_mlp(GatedWeights w, Activation act);

@@ -58,6 +58,12 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (!std::filesystem::is_directory(dir)) throw Error(dir + ": not a model directory");
   if (!options.kv_cache.empty() && options.kv_cache != "auto" && options.kv_cache != "f32" && options.kv_cache != "bf16")
     throw Error("load options: kv_cache must be auto, f32 or bf16, found \"" + options.kv_cache + "\"");
+  const bool on_gpu = options.device == "cuda";
+  if (!options.device.empty() && options.device != "cpu" && !on_gpu)
+    throw Error("load options: device must be cpu or cuda, found \"" + options.device + "\"");
+#ifndef SUBQ_WITH_CUDA
+  if (on_gpu) throw Error("device cuda: this build has no CUDA backend (nvcc was not found when it was configured)");
+#endif
   const Config config = Config::load((std::filesystem::path(dir) / "config.json").string());
   const auto archs = config.get<std::vector<std::string>>("architectures");
   if (archs.empty()) throw Error(config.path() + ": field 'architectures' is empty");
@@ -71,6 +77,9 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   DecoderSpec spec = it->second(config, weights, options);
   spec.eos_token_ids = eos_ids(config);
   const auto [params, dtypes] = census(weights);
+#ifdef SUBQ_WITH_CUDA
+  if (on_gpu) return make_cuda_decoder(std::move(spec), params, dtypes);
+#endif
   return make_decoder(std::move(spec), params, dtypes);
 }
 

@@ -65,6 +65,14 @@ f32kv=$("$subq" perplexity "$models/llama_tied_bf16" --file "$tmp/text" --ctx 64
   || fail "--matmul bf16 perplexity failed: $(cat "$tmp/err")"
 grep -q "^perplexity: " "$tmp/out" || fail "--matmul bf16 perplexity printed no result"
 expect_error "unknown KV cache dtype" perplexity "$models/llama" --file "$tmp/text" --kv-cache f16
+expect_error "unknown device" run "$models/llama" -p hi --device tpu
+# On a machine without a GPU (or a build without CUDA), --device cuda is a clear error;
+# with one, it runs (tests/cuda checks its numbers).
+if "$subq" run "$models/llama" -p "Hello" -n 3 --device cuda >"$tmp/out" 2>"$tmp/err"; then
+  grep -q "decode: 3 tokens" "$tmp/err" || fail "run --device cuda stats: $(cat "$tmp/err")"
+else
+  grep -q "^subq: error: .*\(GPU\|CUDA\)" "$tmp/err" || fail "run --device cuda without a GPU: $(cat "$tmp/err")"
+fi
 mkdir -p "$tmp/bad"
 cp "$models/mamba/tokenizer.json" "$tmp/bad/"
 echo '{"architectures": ["MambaForCausalLM"], "hidden_size": 40' >"$tmp/bad/config.json"

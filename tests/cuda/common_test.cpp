@@ -12,12 +12,14 @@ Tensor device_f32(const std::vector<float>& v, const Shape& s) { return cuda::to
 
 // y = x W^T + b with bf16 operands: the reference uses the same bf16-rounded values, so
 // only f32 accumulation order differs: |err| <= 1e-5 * sqrt(K) * (1 + |y|) with margin.
+// f32 operands are an f32 GEMM (no TF32, whose 10-bit mantissa would miss 1e-4).
 TEST(CudaCommon, LinearMatchesFloat64OnRoundedOperands) {
   SUBQ_REQUIRE_GPU();
   auto rng = rng_for_test();
   struct Case { int64_t M, N, K; DType dt, out; bool bias; };
   for (const Case c : {Case{1, 7, 33, DType::bf16, DType::f32, true}, Case{17, 129, 200, DType::bf16, DType::f32, false},
-                       Case{64, 256, 512, DType::f16, DType::f32, true}, Case{5, 40, 64, DType::bf16, DType::bf16, true}}) {
+                       Case{64, 256, 512, DType::f16, DType::f32, true}, Case{5, 40, 64, DType::bf16, DType::bf16, true},
+                       Case{9, 77, 300, DType::f32, DType::f32, true}}) {
     SCOPED_TRACE("M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K));
     const Tensor x = host_tensor(uniform(rng, static_cast<size_t>(c.M * c.K)), {c.M, c.K}, c.dt);
     const Tensor w = host_tensor(uniform(rng, static_cast<size_t>(c.N * c.K)), {c.N, c.K}, c.dt);
@@ -79,10 +81,37 @@ TEST(CudaCommon, RopeMatchesReference) {
     Tensor hp = Tensor::empty(DType::i32, {T});
     std::copy(pos.begin(), pos.end(), hp.mutable_data<int32_t>());
     const Tensor dx = device_f32(x, {T, H, Dh});
-    cuda::rope(dx, cuda::to_device(hp), 10000.f, rot);
+    RopeSpec spec;
+    spec.rotary_dim = rot;
+    cuda::rope(dx, cuda::to_device(hp), rot > 0 ? cuda::upload(rope_table(spec)) : cuda::DeviceRopeTable{});
     // Angles in double; only the f32 rounding of the stored values remains.
     expect_close(device_values(dx), ref::rope({x.begin(), x.end()}, pos, H, Dh, 10000.0, rot), 1e-6, 1e-6, "rope");
   }
+}
+
+// Scaled rope types (frequencies and attention factor from the table) as the CPU rope.
+TEST(CudaCommon, RopeWithScaledTableMatchesCpu) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t T = 29, H = 5, Dh = 48;
+  RopeSpec spec;
+  spec.type = RopeSpec::Type::yarn;
+  spec.theta = 500000.0;
+  spec.rotary_dim = 32;
+  spec.factor = 4.0;
+  spec.original_max_positions = 4096;
+  spec.attention_factor = 1.1386;
+  const RopeTable table = rope_table(spec);
+  const auto x = uniform(rng, static_cast<size_t>(T * H * Dh));
+  Tensor hp = Tensor::empty(DType::i32, {T});
+  for (int64_t t = 0; t < T; ++t) hp.mutable_data<int32_t>()[t] = static_cast<int32_t>(t * 1531 + 11);
+  Tensor host = Tensor::empty(DType::f32, {T, H, Dh});
+  std::copy(x.begin(), x.end(), host.mutable_data<float>());
+  const Tensor dx = cuda::to_device(host);
+  rope(host, hp, table);
+  cuda::rope(dx, cuda::to_device(hp), cuda::upload(table));
+  const float* want = host.data<float>();
+  expect_close(device_values(dx), std::vector<double>(want, want + host.numel()), 1e-6, 1e-6, "yarn rope");
 }
 
 TEST(CudaCommon, EmbeddingGathersRowsAndRejectsBadIds) {
@@ -124,6 +153,61 @@ TEST(CudaCommon, ConvertRoundTripsAndRejectsBadArguments) {
   EXPECT_THROW(cuda::linear(cuda::empty(DType::bf16, {2, 8}), cuda::empty(DType::bf16, {4, 7}), Tensor{},
                             cuda::empty(DType::f32, {2, 4})),
                Error);
+}
+
+// copy_rows: every dtype pair, zero padding, truncation, a strided column range.
+TEST(CudaCommon, CopyRowsPadsTruncatesAndReadsColumnRanges) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t R = 37, W = 53;
+  const auto x = uniform(rng, static_cast<size_t>(R * W));
+  const Tensor src = device_f32(x, {R, W});
+  // Columns [5, 5 + 20) of each row, padded to 64: bf16-rounded values, then zeros.
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    const Tensor dst = poisoned_device_tensor(dt, {R, 64});
+    cuda::copy_rows(src.slice(1, 5, 25), dst);
+    std::vector<float> cols(static_cast<size_t>(R * 64), 0.f);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t j = 0; j < 20; ++j) cols[static_cast<size_t>(r * 64 + j)] = x[static_cast<size_t>(r * W + 5 + j)];
+    const std::vector<double> want = to_double(host_tensor(cols, {R, 64}, dt));
+    expect_close(device_values(dst), want, 0, 0, std::string("f32 -> ") + dtype_name(dt));
+    // Back to f32 (and bf16 to bf16), truncated to 11 columns.
+    for (DType back : {DType::f32, dt}) {
+      if (back != DType::f32 && dt != DType::bf16) continue;
+      const Tensor narrow = poisoned_device_tensor(back, {R, 11});
+      cuda::copy_rows(dst, narrow);
+      std::vector<double> w11;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < 11; ++j) w11.push_back(want[static_cast<size_t>(r * 64 + j)]);
+      expect_close(device_values(narrow), w11, 0, 0, "truncated");
+    }
+  }
+  EXPECT_THROW(cuda::copy_rows(src, cuda::empty(DType::f32, {R + 1, W})), Error);
+  EXPECT_THROW(cuda::copy_rows(src.transpose(0, 1), cuda::empty(DType::f32, {W, R})), Error);
+  EXPECT_THROW(cuda::copy_rows(cuda::empty(DType::f16, {R, W}), cuda::empty(DType::bf16, {R, W})), Error);
+}
+
+TEST(CudaCommon, AddSiluMulScale) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t n = 4099;
+  const auto a = uniform(rng, n, -4.f, 4.f), b = uniform(rng, n, -4.f, 4.f);
+  const Tensor x = device_f32(a, {n});
+  cuda::add_into(x, device_f32(b, {n}));
+  std::vector<double> sum(n), prod(n), scaled(n);
+  for (int64_t i = 0; i < n; ++i) {
+    sum[i] = static_cast<double>(a[i]) + b[i];
+    prod[i] = ref::silu(a[i]) * b[i];
+    scaled[i] = 0.37 * (static_cast<double>(a[i]) + b[i]);
+  }
+  expect_close(device_values(x), sum, 1e-7, 1e-7, "add_into");
+  const Tensor y = poisoned_device_tensor(DType::f32, {n});
+  cuda::silu_mul(device_f32(a, {n}), device_f32(b, {n}), y);
+  expect_close(device_values(y), prod, 2e-6, 1e-6, "silu_mul");
+  cuda::scale(x, 0.37f);
+  expect_close(device_values(x), scaled, 1e-6, 1e-7, "scale");
+  EXPECT_THROW(cuda::add_into(x, cuda::empty(DType::f32, {n + 1})), Error);
+  EXPECT_THROW(cuda::silu_mul(x, x, cuda::empty(DType::bf16, {n})), Error);
 }
 
 }  // namespace

@@ -16,30 +16,14 @@
 #include "src/io/writers.h"
 #include "subq/io.h"
 #include "subq/model.h"
+#include "tests/support/model_fixtures.h"
 #include "tests/support/random.h"
 
 namespace subq {
 namespace {
 
-const std::string kFixtures = std::string(SUBQ_TEST_DATA) + "/../fixtures/models/";
-
-struct Prompt {
-  std::vector<int32_t> ids;
-  std::vector<std::vector<double>> logits;
-  std::vector<int32_t> greedy;
-};
-
-std::vector<Prompt> expected(const std::string& name) {
-  std::ifstream f(kFixtures + name + "/expected.json");
-  const auto j = nlohmann::json::parse(f);
-  std::vector<Prompt> out;
-  for (const auto& p : j["prompts"])
-    out.push_back({p["ids"].get<std::vector<int32_t>>(), p["logits"].get<std::vector<std::vector<double>>>(),
-                   p["greedy"].get<std::vector<int32_t>>()});
-  return out;
-}
-
-int32_t argmax(const float* v, int64_t n) { return static_cast<int32_t>(std::max_element(v, v + n) - v); }
+const std::string& kFixtures = test::kModelFixtures;
+using test::argmax;
 
 // Fixtures whose attention weights are bf16, so Model::load gives them a bf16 KV cache.
 bool bf16_cache(const std::string& name) { return name == "llama_tied_bf16"; }
@@ -49,7 +33,7 @@ void check_fixture(const std::string& name, const LoadOptions& options, double r
   SCOPED_TRACE(name + (options.kv_cache.empty() ? "" : " kv_cache=" + options.kv_cache));
   auto model = Model::load(kFixtures + name, options);
   const int64_t V = model->info().vocab_size;
-  for (const Prompt& p : expected(name)) {
+  for (const test::FixturePrompt& p : test::fixture_prompts(name)) {
     const int64_t T = static_cast<int64_t>(p.ids.size());
     // Whole prompt at once: logits at every position.
     auto state = model->new_state();
@@ -140,7 +124,7 @@ TEST(ModelLoad, NemotronHTransformersLayoutAndPatternLoadAlike) {
   std::ofstream(dir + "/config.json") << config.dump();
 
   auto want = Model::load(src), got = Model::load(dir);
-  const std::vector<int32_t> ids = expected("nemotron_h_moe")[0].ids;
+  const std::vector<int32_t> ids = test::fixture_prompts("nemotron_h_moe")[0].ids;
   const int64_t T = static_cast<int64_t>(ids.size()), V = want->info().vocab_size;
   Tensor a = test::nan_tensor({T, V}), b = test::nan_tensor({T, V});
   want->forward(ids, *want->new_state(), a);

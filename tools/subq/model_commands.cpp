@@ -35,6 +35,13 @@ void write_logits(const std::string& path, const std::vector<float>& logits, int
                path.c_str());
 }
 
+void add_device_option(CLI::App* cmd, LoadOptions& load) {
+  cmd->add_option("--device", load.device,
+                  "Run on cpu (default) or cuda (the GPU: attention, SwiGLU MLP and Mamba layers; dense attention)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->type_name("DEVICE");
+}
+
 }  // namespace
 
 Command add_run_command(CLI::App& app) {
@@ -62,6 +69,7 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--kv-cache", a->load.kv_cache, "KV cache dtype: auto (bf16 for bf16 checkpoints, else f32), f32, bf16")
       ->check(CLI::IsMember({"auto", "f32", "bf16"}))
       ->type_name("DTYPE");
+  add_device_option(cmd, a->load);
   cmd->add_option("--chunk", a->o.prefill_chunk, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--logits-out", a->logits_out, "Write f32 logits [tokens, vocab] of every position to FILE.npy")->type_name("FILE");
   cmd->add_option("--save-state", a->save_state, "Save the state after generation to FILE")->type_name("FILE");
@@ -149,6 +157,7 @@ Command add_perplexity_command(CLI::App& app) {
   cmd->add_option("--kv-cache", a->load.kv_cache, "KV cache dtype: auto (bf16 for bf16 checkpoints, else f32), f32, bf16")
       ->check(CLI::IsMember({"auto", "f32", "bf16"}))
       ->type_name("DTYPE");
+  add_device_option(cmd, a->load);
   return {cmd, [a] {
             std::ifstream f(a->file, std::ios::binary);
             if (!f) throw Error("cannot read " + a->file);

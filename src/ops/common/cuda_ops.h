@@ -4,27 +4,52 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
+#include "subq/ops.h"
 #include "subq/tensor.h"
 
 namespace subq::cuda {
 
-// y[M, N] = x[M, K] · W[N, K]^T (+ bias[N]) on tensor cores through cuBLAS, f32
-// accumulation. x and W both bf16 or both f16 (activations are rounded to the weight
-// dtype before the call; use convert); y f32 or the dtype of x; bias f32 or undefined.
+// y[M, N] = x[M, K] · W[N, K]^T (+ bias[N]) through cuBLAS, f32 accumulation. x and W
+// both bf16 or both f16 (tensor cores; activations are rounded to the weight dtype
+// before the call, use convert), or both f32 (an f32 GEMM, no TF32); y f32 or the dtype
+// of x; bias f32 or undefined.
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y);
 
 // Element-wise f32 <-> bf16/f16 (round to nearest even), equal shapes.
 void convert(const Tensor& src, const Tensor& dst);
+
+// Row by row copy with a dtype change: dst[r, j] = src[r, j] for j < min(widths), 0
+// for the rest of a longer dst row (zero padding; a shorter one truncates). src and dst
+// are [R, W] with unit column stride; src rows may be strided (a column range of a
+// wider tensor, from slice). f32 -> f32/bf16/f16, bf16/f16 -> f32, bf16 -> bf16.
+void copy_rows(const Tensor& src, const Tensor& dst);
+
+// x += y, f32, equal element counts.
+void add_into(const Tensor& x, const Tensor& y);
+// out = silu(gate) * up, f32, equal element counts; out may alias gate or up.
+void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out);
+// x *= s, f32.
+void scale(const Tensor& x, float s);
 
 // f32, last dimension is the feature dimension; y may alias x.
 void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y);
 void softmax(const Tensor& x, const Tensor& y);
 void silu(const Tensor& x, const Tensor& y);
 
-// NeoX rotate-half rotary embedding in place on x[T, H, Dh] (f32) over the first
-// rotary_dim channels; positions i32[T] on the GPU.
-void rope(const Tensor& x, const Tensor& positions, float theta, int64_t rotary_dim);
+// A rotary table (subq::rope_table: frequencies of any rope type, attention factor) in
+// GPU memory, uploaded once per layer.
+struct DeviceRopeTable {
+  std::shared_ptr<void> inv_freq;  // double [pairs] on the GPU
+  int64_t pairs = 0;
+  double attention_factor = 1.0;
+};
+DeviceRopeTable upload(const RopeTable& table);
+
+// NeoX rotate-half rotary embedding in place on x[T, H, Dh] (f32) over the table's
+// 2 * pairs leading channels, as subq::rope; positions i32[T] on the GPU.
+void rope(const Tensor& x, const Tensor& positions, const DeviceRopeTable& table);
 
 // out[T, D] (f32) = table[ids[t], :], ids i32[T], table [V, D] f32/bf16/f16, all on the
 // GPU. An id outside [0, V) throws subq::Error (this waits for the kernel to finish).

@@ -1,5 +1,6 @@
 // linear() through cuBLAS: row-major y = x W^T is column-major y^T = W x^T, i.e. one
-// GemmEx with W transposed, bf16/f16 operands on tensor cores and f32 compute.
+// GemmEx with W transposed, bf16/f16 operands on tensor cores and f32 compute; f32
+// operands run the f32 GEMM (the handle keeps cuBLAS's default math mode: no TF32).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
@@ -61,8 +62,8 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
     check_device(*t, Device::cuda, what);
     check_contiguous(*t, what);
   }
-  if (w.dtype() != DType::bf16 && w.dtype() != DType::f16)
-    throw Error("linear w: expected dtype bf16 or f16 on the GPU, found " + w.str());
+  if (w.dtype() != DType::bf16 && w.dtype() != DType::f16 && w.dtype() != DType::f32)
+    throw Error("linear w: expected dtype bf16, f16 or f32 on the GPU, found " + w.str());
   check_dtype(x, w.dtype(), "linear x");
   if (y.dtype() != DType::f32 && y.dtype() != x.dtype())
     throw Error(std::string("linear y: expected dtype f32 or ") + dtype_name(x.dtype()) + ", found " + y.str());

@@ -12,22 +12,22 @@
 namespace subq::cuda {
 namespace {
 
-// One thread per (t, h, i < rotary_dim / 2): rotates the pair (i, i + half). The angle
-// is computed in double: pos * theta^(-2i/r) loses precision in f32 at long positions.
-__global__ void rope_kernel(float* x, const int32_t* pos, double log_theta, int64_t T, int64_t H, int64_t Dh,
-                            int64_t rotary_dim) {
-  const int64_t half = rotary_dim / 2;
+// One thread per (t, h, i < pairs): rotates the pair (i, i + pairs). The angle is
+// computed in double: pos * inv_freq loses precision in f32 at long positions.
+__global__ void rope_kernel(float* x, const int32_t* pos, const double* inv_freq, double attention_factor, int64_t T,
+                            int64_t H, int64_t Dh, int64_t pairs) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= T * H * half) return;
-  const int64_t i = idx % half, th = idx / half;
+  if (idx >= T * H * pairs) return;
+  const int64_t i = idx % pairs, th = idx / pairs;
   const int64_t t = th / H;
-  const double angle = pos[t] * exp(-2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim) * log_theta);
   double s, c;
-  sincos(angle, &s, &c);
+  sincos(pos[t] * inv_freq[i], &s, &c);
+  s *= attention_factor;
+  c *= attention_factor;
   float* row = x + th * Dh;
-  const float a = row[i], b = row[i + half];
+  const float a = row[i], b = row[i + pairs];
   row[i] = static_cast<float>(a * c - b * s);
-  row[i + half] = static_cast<float>(b * c + a * s);
+  row[i + pairs] = static_cast<float>(b * c + a * s);
 }
 
 template <class T>
@@ -53,7 +53,19 @@ __global__ void embedding_kernel(const int32_t* ids, const T* table, float* out,
 
 }  // namespace
 
-void rope(const Tensor& x, const Tensor& positions, float theta, int64_t rotary_dim) {
+DeviceRopeTable upload(const RopeTable& table) {
+  DeviceRopeTable d;
+  d.pairs = static_cast<int64_t>(table.inv_freq.size());
+  d.attention_factor = table.attention_factor;
+  if (d.pairs == 0) return d;
+  const size_t bytes = table.inv_freq.size() * sizeof(double);
+  d.inv_freq = std::shared_ptr<void>(device_alloc(bytes), device_free);
+  SUBQ_CUDA_CHECK(cudaMemcpyAsync(d.inv_freq.get(), table.inv_freq.data(), bytes, cudaMemcpyHostToDevice, stream()));
+  synchronize();  // the host table may go away when this returns
+  return d;
+}
+
+void rope(const Tensor& x, const Tensor& positions, const DeviceRopeTable& table) {
   check_device(x, Device::cuda, "rope x");
   check_dtype(x, DType::f32, "rope x");
   check_contiguous(x, "rope x");
@@ -62,15 +74,14 @@ void rope(const Tensor& x, const Tensor& positions, float theta, int64_t rotary_
   check_device(positions, Device::cuda, "rope positions");
   check_dtype(positions, DType::i32, "rope positions");
   check_shape(positions, Shape{T}, "rope positions");
-  if (rotary_dim < 0 || rotary_dim % 2 != 0 || rotary_dim > Dh)
-    throw Error("rope: rotary_dim must be even and in [0, " + std::to_string(Dh) + "], found " +
-                std::to_string(rotary_dim));
-  if (!(theta > 0.f)) throw Error("rope: theta must be positive, found " + std::to_string(theta));
-  const int64_t n = T * H * (rotary_dim / 2);
+  if (2 * table.pairs > Dh)
+    throw Error("rope: the table rotates " + std::to_string(2 * table.pairs) + " channels, the heads have " +
+                std::to_string(Dh));
+  const int64_t n = T * H * table.pairs;
   if (n == 0) return;
   rope_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream()>>>(
-      x.mutable_device_data<float>(), positions.device_data<int32_t>(), std::log(static_cast<double>(theta)), T, H,
-      Dh, rotary_dim);
+      x.mutable_device_data<float>(), positions.device_data<int32_t>(), static_cast<const double*>(table.inv_freq.get()),
+      table.attention_factor, T, H, Dh, table.pairs);
   SUBQ_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 

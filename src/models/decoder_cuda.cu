@@ -1,0 +1,486 @@
+// The decoder of src/models/decoder.cpp on an NVIDIA GPU: the same blocks, their weights
+// copied to GPU memory once, activations and recurrent states f32 in GPU memory.
+//   * Matmuls through cuBLAS: bf16/f16 checkpoints with the activations rounded to the
+//     weight dtype (as transformers runs them), f32 checkpoints as f32 GEMMs.
+//   * Attention (Llama-style, dense causal) on the tensor-core flash kernel for prefill
+//     and the split-KV kernel for decode, over a bf16 KV cache. Head dims below 64, 128
+//     or 256 are zero-padded to it: padded channels add nothing to q . k and their
+//     outputs are dropped.
+//   * Mamba-1 on the causal conv1d and selective scan kernels.
+// Other layer kinds, sparse policies, soft-capping and LayerNorm are an Error at load
+// naming the layer. States are saved in the CPU decoder's format (attention as a bf16
+// cache), so a state saved on one device continues on the other.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "src/core/cuda/device.h"
+#include "src/mixers/attention_mixer.h"
+#include "src/mixers/mamba_mixer.h"
+#include "src/models/decoder.h"
+#include "src/ops/attention/flash_attention.h"
+#include "src/ops/common/cuda_ops.h"
+#include "src/ops/conv/causal_conv1d_cuda.h"
+#include "src/ops/ssm/selective_scan_cuda.h"
+
+namespace subq {
+namespace {
+
+Tensor upload_or_empty(const Tensor& t) { return t.defined() ? cuda::to_device(t) : Tensor(); }
+
+// A weight [N, K] in GPU memory in the checkpoint's dtype, and its f32 bias.
+struct DeviceLinear {
+  Tensor w, bias;
+  DeviceLinear() = default;
+  DeviceLinear(const Tensor& weight, const Tensor& b) : w(cuda::to_device(weight)), bias(upload_or_empty(b)) {}
+  // y[M, N] (f32) = x[M, K] (f32) W^T + bias.
+  void apply(const Tensor& x, const Tensor& y) const {
+    if (w.dtype() == DType::f32) return cuda::linear(x, w, bias, y);
+    const Tensor rounded = cuda::empty(w.dtype(), x.shape());
+    cuda::convert(x, rounded);
+    cuda::linear(rounded, w, bias, y);
+  }
+};
+
+struct DeviceNorm {
+  Tensor weight;
+  float eps = 1e-5f;
+  void apply(const Tensor& x, const Tensor& y) const { cuda::rms_norm(x, weight, eps, y); }
+};
+
+DeviceNorm upload_norm(const Norm& n, const std::string& where) {
+  if (n.layer_norm || n.bias.defined())
+    throw Error("device cuda: " + where + " is a LayerNorm; the GPU decoder runs RMSNorm only");
+  return {cuda::to_device(n.weight), n.eps};
+}
+
+// Per-layer state on the GPU. snapshot()/restore() use the CPU mixers' layouts.
+class DeviceLayerState {
+ public:
+  virtual ~DeviceLayerState() = default;
+  virtual size_t bytes() const = 0;
+  virtual std::vector<Tensor> snapshot() const = 0;  // host tensors
+  virtual void restore(const std::vector<Tensor>& parts, int64_t position) = 0;
+};
+
+// Where a forward starts: the position of its first token, and the positions of all T
+// of them as i32 [T] on the GPU (uploaded once per forward, not once per layer: a host
+// to device copy waits for the stream).
+struct Positions {
+  int64_t first = 0;
+  Tensor device;
+};
+
+class DeviceMixer {
+ public:
+  virtual ~DeviceMixer() = default;
+  virtual std::unique_ptr<DeviceLayerState> new_state() const = 0;
+  // y[T, D] = mixer(x[T, D]) continuing the state; advances it.
+  virtual void forward(const Tensor& x, DeviceLayerState& state, const Positions& pos, const Tensor& y) const = 0;
+};
+
+// ---- attention ---------------------------------------------------------------------
+
+class KVState final : public DeviceLayerState {
+ public:
+  KVState(int64_t kv_heads, int64_t head_dim, int64_t padded) : hkv_(kv_heads), dh_(head_dim), dp_(padded) {}
+
+  // Room for `slots` keys, keeping the first `kept`; capacity doubles so that decoding
+  // reallocates O(log T) times.
+  void reserve(int64_t slots, int64_t kept) {
+    if (slots <= capacity_) return;
+    const int64_t cap = std::max<int64_t>({slots, 2 * capacity_, 256});
+    Tensor k = cuda::empty(DType::bf16, {cap, hkv_, dp_}), v = cuda::empty(DType::bf16, {cap, hkv_, dp_});
+    if (kept > 0)
+      for (auto [from, to] : {std::pair{&k_, &k}, std::pair{&v_, &v}})
+        cuda::copy(rows(*from, 0, kept), rows(*to, 0, kept));
+    k_ = k;
+    v_ = v;
+    capacity_ = cap;
+  }
+  // Slots [a, b) of a cache as [(b - a) * Hkv, Dp] rows.
+  Tensor rows(const Tensor& cache, int64_t a, int64_t b) const {
+    return cache.view({cache.dim(0) * hkv_, dp_}).slice(0, a * hkv_, b * hkv_);
+  }
+  // The first n slots as [1, n, Hkv, Dp].
+  Tensor prefix(const Tensor& cache, int64_t n) const { return cache.slice(0, 0, n).view({1, n, hkv_, dp_}); }
+
+  size_t bytes() const override { return static_cast<size_t>(2 * slots_ * hkv_ * dh_) * sizeof(uint16_t); }
+
+  // As AttentionState: keys and values [slots, Hkv, Dh] bf16, positions, next position.
+  std::vector<Tensor> snapshot() const override {
+    Tensor k = Tensor::empty(DType::bf16, {slots_, hkv_, dh_}), v = Tensor::empty(DType::bf16, {slots_, hkv_, dh_});
+    for (auto [from, to] : {std::pair{&k_, &k}, std::pair{&v_, &v}}) {
+      if (slots_ == 0) break;
+      const Tensor narrow = cuda::empty(DType::bf16, {slots_ * hkv_, dh_});
+      cuda::copy_rows(rows(*from, 0, slots_), narrow);
+      cuda::copy(narrow, to->view({slots_ * hkv_, dh_}));
+    }
+    Tensor pos = Tensor::empty(DType::i32, {slots_}), next = Tensor::empty(DType::i32, {1});
+    for (int64_t i = 0; i < slots_; ++i) pos.mutable_data<int32_t>()[i] = static_cast<int32_t>(i);
+    next.mutable_data<int32_t>()[0] = static_cast<int32_t>(slots_);
+    return {k, v, pos, next};
+  }
+
+  void restore(const std::vector<Tensor>& t, int64_t position) override {
+    if (t.size() != 4) throw Error("attention state: expected 4 tensors, found " + std::to_string(t.size()));
+    const Tensor &k = t[0], &v = t[1], &pos = t[2], &next = t[3];
+    if (k.ndim() != 3) throw Error("attention state: keys must be [slots, Hkv, Dh], found " + k.str());
+    const int64_t slots = k.dim(0);
+    for (const Tensor* x : {&k, &v}) {
+      if (x->dtype() != DType::bf16 && x->dtype() != DType::f32)
+        throw Error("attention state: K/V must be bf16 or f32, found " + x->str());
+      check_shape(*x, Shape{slots, hkv_, dh_}, "attention state K/V");
+      check_contiguous(*x, "attention state K/V");
+    }
+    check_dtype(pos, DType::i32, "attention state positions");
+    check_shape(pos, Shape{slots}, "attention state positions");
+    check_dtype(next, DType::i32, "attention state next position");
+    check_shape(next, Shape{1}, "attention state next position");
+    // The GPU cache holds every key of the sequence in order (dense attention).
+    for (int64_t i = 0; i < slots; ++i)
+      if (pos.data<int32_t>()[i] != i)
+        throw Error("attention state: the GPU decoder keeps every key in order; this state has evicted keys "
+                    "(saved with a window policy)");
+    if (next.data<int32_t>()[0] != slots || slots != position)
+      throw Error("attention state: holds " + std::to_string(slots) + " keys for position " + std::to_string(position));
+    slots_ = 0;
+    reserve(slots, 0);
+    for (auto [from, to] : {std::pair{&k, &k_}, std::pair{&v, &v_}})
+      if (slots > 0) cuda::copy_rows(cuda::to_device(*from).view({slots * hkv_, dh_}), rows(*to, 0, slots));
+    slots_ = slots;
+  }
+
+  Tensor k_, v_;  // bf16 [capacity, Hkv, Dp]
+  int64_t capacity_ = 0, slots_ = 0;
+
+ private:
+  int64_t hkv_, dh_, dp_;
+};
+
+int64_t padded_head_dim(int64_t dh) {
+  for (int64_t p : {64, 128, 256})
+    if (dh <= p) return p;
+  throw Error("device cuda: head_dim " + std::to_string(dh) + " exceeds 256, the GPU attention kernels' largest");
+}
+
+class DeviceAttention final : public DeviceMixer {
+ public:
+  DeviceAttention(const AttentionMixer& m, const std::string& where) : c_(m.config()) {
+    if (!c_.sparse.is_dense())
+      throw Error("device cuda: " + where + ": sparse policy " + attn::to_string(c_.sparse) +
+                  " is CPU-only for now; the GPU decoder runs dense attention");
+    if (c_.softcap > 0.f) throw Error("device cuda: " + where + ": logit soft-capping is CPU-only for now");
+    dp_ = padded_head_dim(c_.head_dim);
+    const AttentionWeights& w = m.weights();
+    wq_ = {w.wq, w.bq};
+    wk_ = {w.wk, w.bk};
+    wv_ = {w.wv, w.bv};
+    wo_ = {w.wo, w.bo};
+    if (c_.qk_norm) {
+      q_norm_ = cuda::to_device(w.q_norm);
+      k_norm_ = cuda::to_device(w.k_norm);
+    }
+    if (c_.rope.rotary_dim > 0) rope_ = cuda::upload(rope_table(c_.rope));
+    scale_ = c_.scale > 0.f ? c_.scale : 1.f / std::sqrt(static_cast<float>(c_.head_dim));
+  }
+
+  std::unique_ptr<DeviceLayerState> new_state() const override {
+    return std::make_unique<KVState>(c_.n_kv_heads, c_.head_dim, dp_);
+  }
+
+  void forward(const Tensor& x, DeviceLayerState& base, const Positions& pos, const Tensor& y) const override {
+    KVState& kv = static_cast<KVState&>(base);
+    const int64_t position = pos.first;
+    const int64_t T = x.dim(0), Hq = c_.n_heads, Hkv = c_.n_kv_heads, Dh = c_.head_dim;
+    const Tensor q = cuda::empty(DType::f32, {T, Hq, Dh});
+    const Tensor k = cuda::empty(DType::f32, {T, Hkv, Dh});
+    const Tensor v = cuda::empty(DType::f32, {T, Hkv, Dh});
+    wq_.apply(x, q.view({T, Hq * Dh}));
+    wk_.apply(x, k.view({T, Hkv * Dh}));
+    wv_.apply(x, v.view({T, Hkv * Dh}));
+    if (c_.qk_norm) {
+      cuda::rms_norm(q.view({T * Hq, Dh}), q_norm_, c_.norm_eps, q.view({T * Hq, Dh}));
+      cuda::rms_norm(k.view({T * Hkv, Dh}), k_norm_, c_.norm_eps, k.view({T * Hkv, Dh}));
+    }
+    if (rope_.pairs > 0) {
+      cuda::rope(q, pos.device, rope_);
+      cuda::rope(k, pos.device, rope_);
+    }
+    const int64_t n = position + T;
+    kv.reserve(n, position);
+    cuda::copy_rows(k.view({T * Hkv, Dh}), kv.rows(kv.k_, position, n));
+    cuda::copy_rows(v.view({T * Hkv, Dh}), kv.rows(kv.v_, position, n));
+    kv.slots_ = n;
+
+    const Tensor qp = cuda::empty(DType::bf16, {1, T, Hq, dp_}), op = cuda::empty(DType::bf16, {1, T, Hq, dp_});
+    cuda::copy_rows(q.view({T * Hq, Dh}), qp.view({T * Hq, dp_}));
+    if (T == 1 && Hq / Hkv <= 16)
+      cuda::decode_attention(qp, kv.k_.view({1, kv.capacity_, Hkv, dp_}), kv.v_.view({1, kv.capacity_, Hkv, dp_}), op,
+                             n, scale_);
+    else
+      cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, /*causal=*/true, scale_);
+    const Tensor o = cuda::empty(DType::f32, {T, Hq * Dh});
+    cuda::copy_rows(op.view({T * Hq, dp_}), o.view({T * Hq, Dh}));
+    wo_.apply(o, y);
+  }
+
+ private:
+  AttentionConfig c_;
+  int64_t dp_ = 64;
+  DeviceLinear wq_, wk_, wv_, wo_;
+  Tensor q_norm_, k_norm_;
+  cuda::DeviceRopeTable rope_;
+  float scale_ = 1.f;
+};
+
+// ---- Mamba-1 -------------------------------------------------------------------------
+
+class MambaDeviceState final : public DeviceLayerState {
+ public:
+  MambaDeviceState(const MambaConfig& c)
+      : conv(cuda::to_device(Tensor::zeros(DType::f32, {1, c.d_conv - 1, c.d_inner}))),
+        ssm(cuda::to_device(Tensor::zeros(DType::f32, {1, c.d_inner, c.d_state}))) {}
+  size_t bytes() const override { return conv.nbytes() + ssm.nbytes(); }
+  // As MambaState: the conv window [1, d_conv - 1, d_inner], the SSM state [1, d_inner, N].
+  std::vector<Tensor> snapshot() const override { return {cuda::to_host(conv), cuda::to_host(ssm)}; }
+  void restore(const std::vector<Tensor>& t, int64_t) override {
+    if (t.size() != 2) throw Error("mamba state: expected 2 tensors, found " + std::to_string(t.size()));
+    for (auto [from, to, what] : {std::tuple{&t[0], &conv, "mamba state conv window"},
+                                  std::tuple{&t[1], &ssm, "mamba state SSM state"}}) {
+      check_dtype(*from, DType::f32, what);
+      check_shape(*from, to->shape(), what);
+      cuda::copy(from->is_contiguous() ? *from : from->contiguous(), *to);
+    }
+  }
+  Tensor conv, ssm;
+};
+
+class DeviceMamba final : public DeviceMixer {
+ public:
+  DeviceMamba(const MambaMixer& m, const std::string& where) : c_(m.config()) {
+    if (c_.inner_norms) throw Error("device cuda: " + where + ": Jamba's Mamba variant (inner norms) is CPU-only for now");
+    const MambaMixer::Prepared p = m.prepared();
+    in_proj_ = {p.in_proj, p.in_proj_bias};
+    x_proj_ = {p.x_proj, Tensor()};
+    dt_proj_ = {p.dt_proj, Tensor()};
+    out_proj_ = {p.out_proj, p.out_proj_bias};
+    conv_weight_ = cuda::to_device(p.conv_weight);
+    conv_bias_ = upload_or_empty(p.conv_bias);
+    dt_bias_ = cuda::to_device(p.dt_bias);
+    A_ = cuda::to_device(p.A);
+    D_ = cuda::to_device(p.D);
+  }
+
+  std::unique_ptr<DeviceLayerState> new_state() const override { return std::make_unique<MambaDeviceState>(c_); }
+
+  void forward(const Tensor& x, DeviceLayerState& base, const Positions&, const Tensor& y) const override {
+    MambaDeviceState& s = static_cast<MambaDeviceState&>(base);
+    const int64_t T = x.dim(0), I = c_.d_inner, N = c_.d_state, R = c_.dt_rank;
+    const Tensor proj = cuda::empty(DType::f32, {T, 2 * I});
+    in_proj_.apply(x, proj);
+    const Tensor xs = cuda::empty(DType::f32, {1, T, I}), z = cuda::empty(DType::f32, {1, T, I});
+    cuda::copy_rows(proj.slice(1, 0, I), xs.view({T, I}));
+    cuda::copy_rows(proj.slice(1, I, 2 * I), z.view({T, I}));
+    const Tensor xc = cuda::empty(DType::f32, {1, T, I});
+    cuda::causal_conv1d(xs, conv_weight_, conv_bias_, /*silu=*/true, s.conv, xc);
+
+    const Tensor xdbl = cuda::empty(DType::f32, {T, R + 2 * N});
+    x_proj_.apply(xc.view({T, I}), xdbl);
+    const Tensor dt_low = cuda::empty(DType::f32, {T, R});
+    const Tensor Bm = cuda::empty(DType::f32, {1, T, N}), Cm = cuda::empty(DType::f32, {1, T, N});
+    cuda::copy_rows(xdbl.slice(1, 0, R), dt_low);
+    cuda::copy_rows(xdbl.slice(1, R, R + N), Bm.view({T, N}));
+    cuda::copy_rows(xdbl.slice(1, R + N, R + 2 * N), Cm.view({T, N}));
+    const Tensor dt = cuda::empty(DType::f32, {1, T, I});
+    dt_proj_.apply(dt_low, dt.view({T, I}));
+
+    const Tensor ys = cuda::empty(DType::f32, {1, T, I});
+    cuda::selective_scan({xc, dt, A_, Bm, Cm, D_, z, dt_bias_, /*dt_softplus=*/true}, s.ssm, ys);
+    out_proj_.apply(ys.view({T, I}), y);
+  }
+
+ private:
+  MambaConfig c_;
+  DeviceLinear in_proj_, x_proj_, dt_proj_, out_proj_;
+  Tensor conv_weight_, conv_bias_, dt_bias_, A_, D_;
+};
+
+// ---- MLP -------------------------------------------------------------------------------
+
+class DeviceMlp {
+ public:
+  DeviceMlp(const FeedForward& f, const std::string& where) {
+    Activation act = Activation::silu;
+    const GatedWeights* w = f.gated_weights(&act);
+    if (!w || act != Activation::silu)
+      throw Error("device cuda: " + where + ": only the gated SiLU MLP (SwiGLU) runs on the GPU for now");
+    gate_ = {w->gate, w->gate_bias};
+    up_ = {w->up, w->up_bias};
+    down_ = {w->down, w->down_bias};
+    F_ = w->gate.dim(0);
+  }
+  void forward(const Tensor& x, const Tensor& y) const {
+    const int64_t T = x.dim(0);
+    const Tensor g = cuda::empty(DType::f32, {T, F_}), u = cuda::empty(DType::f32, {T, F_});
+    gate_.apply(x, g);
+    up_.apply(x, u);
+    cuda::silu_mul(g, u, g);
+    down_.apply(g, y);
+  }
+
+ private:
+  DeviceLinear gate_, up_, down_;
+  int64_t F_ = 0;
+};
+
+// ---- the model -------------------------------------------------------------------------
+
+struct DeviceBlock {
+  DeviceNorm mixer_norm, mlp_norm;
+  std::unique_ptr<DeviceMixer> mixer;
+  std::unique_ptr<DeviceMlp> mlp;
+};
+
+class DeviceDecoderState final : public ModelState {
+ public:
+  std::vector<std::unique_ptr<DeviceLayerState>> layers;  // null where a block has no mixer
+  int64_t position_ = 0;
+  int64_t position() const override { return position_; }
+  size_t state_bytes() const override {
+    size_t n = 0;
+    for (const auto& l : layers)
+      if (l) n += l->bytes();
+    return n;
+  }
+};
+
+class CudaDecoder final : public Model {
+ public:
+  CudaDecoder(DecoderSpec spec, ModelInfo info) : info_(std::move(info)) {
+    cuda::require_device();
+    for (size_t l = 0; l < spec.blocks.size(); ++l) {
+      const Block& b = spec.blocks[l];
+      const std::string where = "layer " + std::to_string(l) + " (" + b.kind + ")";
+      DeviceBlock d;
+      if (b.mixer) {
+        d.mixer_norm = upload_norm(b.mixer_norm, where + " norm");
+        if (const auto* a = dynamic_cast<const AttentionMixer*>(b.mixer.get()))
+          d.mixer = std::make_unique<DeviceAttention>(*a, where);
+        else if (const auto* m = dynamic_cast<const MambaMixer*>(b.mixer.get()))
+          d.mixer = std::make_unique<DeviceMamba>(*m, where);
+        else
+          throw Error("device cuda: " + where + ": the " + b.mixer->kind() +
+                      " mixer is CPU-only for now (the GPU decoder runs attention and mamba layers)");
+      }
+      if (b.mlp) {
+        d.mlp_norm = upload_norm(b.mlp_norm, where + " MLP norm");
+        d.mlp = std::make_unique<DeviceMlp>(*b.mlp, where);
+      }
+      blocks_.push_back(std::move(d));
+    }
+    embedding_ = cuda::to_device(spec.embedding);
+    // A tied head is the embedding table itself: one copy in GPU memory.
+    head_.w = spec.head.raw_data() == spec.embedding.raw_data() ? embedding_ : cuda::to_device(spec.head);
+    final_norm_ = upload_norm(spec.final_norm, "final norm");
+    embedding_scale_ = spec.embedding_scale;
+  }
+
+  const ModelInfo& info() const override { return info_; }
+
+  std::unique_ptr<ModelState> new_state() const override {
+    auto s = std::make_unique<DeviceDecoderState>();
+    for (const auto& b : blocks_) s->layers.push_back(b.mixer ? b.mixer->new_state() : nullptr);
+    return s;
+  }
+
+  void forward(std::span<const int32_t> tokens, ModelState& base, const Tensor& logits) const override {
+    DeviceDecoderState& state = own(base, "model forward");
+    const int64_t T = static_cast<int64_t>(tokens.size()), D = info_.d_model, V = info_.vocab_size;
+    if (T == 0) throw Error("model forward: no tokens");
+    check_dtype(logits, DType::f32, "model forward: logits");
+    check_device(logits, Device::cpu, "model forward: logits");
+    if (!(logits.shape() == Shape{T, V}) && !(logits.shape() == Shape{1, V}))
+      throw Error("model forward: logits must be [" + std::to_string(T) + ", " + std::to_string(V) + "] or [1, " +
+                  std::to_string(V) + "], found " + logits.str());
+    Tensor ids = Tensor::empty(DType::i32, {T}), positions = Tensor::empty(DType::i32, {T});
+    std::copy(tokens.begin(), tokens.end(), ids.mutable_data<int32_t>());
+    for (int64_t t = 0; t < T; ++t) positions.mutable_data<int32_t>()[t] = static_cast<int32_t>(state.position_ + t);
+    const Positions pos{state.position_, cuda::to_device(positions)};
+    const Tensor x = cuda::empty(DType::f32, {T, D}), h = cuda::empty(DType::f32, {T, D}),
+                 y = cuda::empty(DType::f32, {T, D});
+    cuda::embedding(cuda::to_device(ids), embedding_, x);
+    if (embedding_scale_ != 1.f) cuda::scale(x, embedding_scale_);
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+      const DeviceBlock& b = blocks_[l];
+      if (b.mixer) {
+        b.mixer_norm.apply(x, h);
+        b.mixer->forward(h, *state.layers[l], pos, y);
+        cuda::add_into(x, y);
+      }
+      if (b.mlp) {
+        b.mlp_norm.apply(x, h);
+        b.mlp->forward(h, y);
+        cuda::add_into(x, y);
+      }
+    }
+    const int64_t rows = logits.dim(0);
+    const Tensor last = rows == T ? x : x.slice(0, T - 1, T);
+    const Tensor normed = cuda::empty(DType::f32, {rows, D}), out = cuda::empty(DType::f32, {rows, V});
+    final_norm_.apply(last, normed);
+    head_.apply(normed, out);
+    cuda::copy(out, logits);
+    state.position_ += T;
+  }
+
+  void save_state(const ModelState& base, const std::string& path) const override {
+    const DeviceDecoderState& state = own(base, "save state");
+    std::vector<std::vector<Tensor>> layers;
+    for (const auto& l : state.layers) layers.push_back(l ? l->snapshot() : std::vector<Tensor>{});
+    write_state_file(path, state_fingerprint(info_), state.position_, layers);
+  }
+
+  std::unique_ptr<ModelState> load_state(const std::string& path) const override {
+    const StateFile file = read_state_file(path, state_fingerprint(info_), blocks_.size());
+    auto state = std::unique_ptr<DeviceDecoderState>(static_cast<DeviceDecoderState*>(new_state().release()));
+    state->position_ = file.position;
+    for (size_t l = 0; l < state->layers.size(); ++l) {
+      if (!state->layers[l]) continue;
+      try {
+        state->layers[l]->restore(file.layers[l], file.position);
+      } catch (const Error& e) {
+        throw Error(path + ": layer " + std::to_string(l) + ": " + e.what());
+      }
+    }
+    return state;
+  }
+
+ private:
+  const DeviceDecoderState& own(const ModelState& base, const char* who) const {
+    auto* state = dynamic_cast<const DeviceDecoderState*>(&base);
+    if (!state || state->layers.size() != blocks_.size())
+      throw Error(std::string(who) + ": the state was not made by this model");
+    return *state;
+  }
+  DeviceDecoderState& own(ModelState& base, const char* who) const {
+    return const_cast<DeviceDecoderState&>(own(static_cast<const ModelState&>(base), who));
+  }
+
+  ModelInfo info_;
+  std::vector<DeviceBlock> blocks_;
+  Tensor embedding_;
+  DeviceLinear head_;
+  DeviceNorm final_norm_;
+  float embedding_scale_ = 1.f;
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_cuda_decoder(DecoderSpec spec, int64_t parameter_count, std::string weight_dtypes) {
+  ModelInfo info = describe(spec, parameter_count, std::move(weight_dtypes));
+  return std::make_unique<CudaDecoder>(std::move(spec), std::move(info));
+}
+
+}  // namespace subq

@@ -1,0 +1,149 @@
+// The GPU decoder (Model::load with device "cuda") on the transformers fixtures of
+// tests/models: logits against transformers' at every prompt position, and against
+// itself across prompt chunking, decoding over a growing cache, and state files moved
+// between the GPU and the CPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "subq/model.h"
+#include "tests/cuda/cuda_test.h"
+#include "tests/support/model_fixtures.h"
+
+namespace subq {
+namespace {
+
+LoadOptions on(const std::string& device) {
+  LoadOptions o;
+  o.device = device;
+  return o;
+}
+
+double max_abs(const std::vector<std::vector<double>>& rows) {
+  double m = 0;
+  for (const auto& r : rows)
+    for (double v : r) m = std::max(m, std::abs(v));
+  return m;
+}
+
+std::vector<double> row(const Tensor& logits, int64_t r) {
+  const int64_t V = logits.dim(1);
+  const float* p = logits.data<float>() + r * V;
+  return {p, p + V};
+}
+
+// Attention reads q, k and v rounded to bf16 (the tensor-core kernels), and bf16
+// checkpoints round every matmul's activations to bf16 as transformers does on a GPU:
+// 2% of the logit scale. An f32 Mamba runs in f32 throughout (fast exp2 in the scan).
+double tolerance(const std::string& name) { return name == "mamba" ? 1e-3 : 2e-2; }
+
+class CudaFixture : public testing::TestWithParam<std::string> {};
+
+TEST_P(CudaFixture, LogitsMatchTransformersAndDecodeMatchesPrefill) {
+  SUBQ_REQUIRE_GPU();
+  const std::string name = GetParam();
+  const double tol = tolerance(name);
+  auto model = Model::load(test::kModelFixtures + name, on("cuda"));
+  const int64_t V = model->info().vocab_size;
+  for (const test::FixturePrompt& p : test::fixture_prompts(name)) {
+    const int64_t T = static_cast<int64_t>(p.ids.size()), G = static_cast<int64_t>(p.greedy.size());
+    const double scale = max_abs(p.logits);
+    auto state = model->new_state();
+    Tensor logits = test::nan_tensor({T, V});
+    model->forward(p.ids, *state, logits);
+    std::vector<double> want;
+    for (const auto& r : p.logits) want.insert(want.end(), r.begin(), r.end());
+    test::expect_close(logits, want, tol, tol * scale, name + " prompt logits");
+
+    // The prompt in chunks of 3, then G tokens decoded one at a time (the GPU's own
+    // greedy choices): each step's logits equal those of one prefill over the whole
+    // sequence at that position.
+    auto s2 = model->new_state();
+    Tensor last = test::nan_tensor({1, V});
+    for (int64_t t0 = 0; t0 < T; t0 += 3) {
+      const int64_t n = std::min<int64_t>(3, T - t0);
+      model->forward(std::span<const int32_t>(p.ids.data() + t0, static_cast<size_t>(n)), *s2, last);
+    }
+    std::vector<int32_t> seq = p.ids;
+    std::vector<std::vector<double>> stepped{row(last, 0)};
+    for (int64_t i = 0; i < G; ++i) {
+      seq.push_back(test::argmax(last.data<float>(), V));
+      last = test::nan_tensor({1, V});
+      model->forward(std::span<const int32_t>(&seq.back(), 1), *s2, last);
+      stepped.push_back(row(last, 0));
+    }
+    EXPECT_EQ(s2->position(), T + G);
+    Tensor whole = test::nan_tensor({T + G, V});
+    model->forward(seq, *model->new_state(), whole);
+    for (int64_t i = 0; i <= G; ++i)
+      test::expect_close(test::tensor_from(std::vector<float>(stepped[i].begin(), stepped[i].end()), {V}), row(whole, T - 1 + i),
+                         1e-2, 1e-2 * scale, name + " decode step " + std::to_string(i));
+  }
+}
+
+// A state saved on the GPU continues the same on the GPU and on the CPU (with the bf16 KV
+// cache the GPU keeps), and a CPU state continues on the GPU.
+TEST_P(CudaFixture, StateFilesMoveBetweenDevices) {
+  SUBQ_REQUIRE_GPU();
+  const std::string name = GetParam();
+  LoadOptions cpu_options = on("cpu");
+  cpu_options.kv_cache = "bf16";
+  auto gpu = Model::load(test::kModelFixtures + name, on("cuda"));
+  auto cpu = Model::load(test::kModelFixtures + name, cpu_options);
+  const test::FixturePrompt p = test::fixture_prompts(name)[0];
+  const int64_t V = gpu->info().vocab_size;
+  const double scale = max_abs(p.logits), tol = tolerance(name);
+  const std::vector<int32_t> prompt(p.ids.begin(), p.ids.end() - 1);
+  const std::span<const int32_t> next(&p.ids.back(), 1);
+  const std::string path = testing::TempDir() + "subq_cuda_state_" + name + ".safetensors";
+
+  auto gs = gpu->new_state();
+  Tensor scratch = test::nan_tensor({1, V}), want = test::nan_tensor({1, V});
+  gpu->forward(prompt, *gs, scratch);
+  gpu->save_state(*gs, path);
+  gpu->forward(next, *gs, want);
+
+  Tensor got = test::nan_tensor({1, V});
+  auto reloaded = gpu->load_state(path);
+  EXPECT_EQ(reloaded->position(), static_cast<int64_t>(prompt.size()));
+  gpu->forward(next, *reloaded, got);
+  test::expect_close(got, row(want, 0), 1e-6, 1e-6 * scale, name + " GPU -> GPU");
+
+  Tensor on_cpu = test::nan_tensor({1, V});
+  auto cs = cpu->load_state(path);
+  cpu->forward(next, *cs, on_cpu);
+  test::expect_close(on_cpu, row(want, 0), tol, tol * scale, name + " GPU -> CPU");
+
+  auto cs2 = cpu->new_state();
+  cpu->forward(prompt, *cs2, scratch);
+  cpu->save_state(*cs2, path);
+  Tensor from_cpu = test::nan_tensor({1, V});
+  auto gs2 = gpu->load_state(path);
+  gpu->forward(next, *gs2, from_cpu);
+  test::expect_close(from_cpu, row(want, 0), tol, tol * scale, name + " CPU -> GPU");
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaFixture,
+                         testing::Values("llama", "llama_tied_bf16", "llama_rope_llama3", "llama_rope_yarn",
+                                         "llama_rope_linear", "llama_bias", "mamba", "mamba_bias_bf16"));
+
+// What the GPU decoder cannot run is refused at load, naming the layer.
+TEST(CudaModel, UnsupportedLayersAreClearErrors) {
+  SUBQ_REQUIRE_GPU();
+  for (const auto& [name, sparse, want] : {std::tuple{"mamba2", "", "device cuda: layer 0"},
+                                           std::tuple{"jamba", "", "device cuda: layer 0"},
+                                           std::tuple{"llama", "window:window=4", "sparse policy"}}) {
+    LoadOptions o = on("cuda");
+    o.sparse = sparse;
+    try {
+      Model::load(test::kModelFixtures + name, o);
+      ADD_FAILURE() << name << " loaded on the GPU";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace subq
