@@ -303,7 +303,10 @@ def models():
         for T in (512, 4096):
             ids = torch.tensor([[3 + (t * 7919) % 94 for t in range(T)]], device="cuda")
             with torch.inference_mode():
-                ms = median_ms(lambda: model(ids, logits_to_keep=1), warmup=1, reps=3)
+                # (transformers' Mamba without the mamba_ssm CUDA extension runs its
+                # per-token PyTorch loop: seconds per call, so fewer of them)
+                slow = name.startswith("mamba")
+                ms = median_ms(lambda: model(ids, logits_to_keep=1), warmup=1 if slow else 3, reps=3 if slow else 7)
             emit("transformers", "model.prefill", f"{name} bf16 T={T}", ms)
             if T != 512:
                 continue

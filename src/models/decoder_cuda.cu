@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "src/core/cuda/device.h"
@@ -35,19 +36,47 @@ struct DeviceLinear {
   Tensor w, bias;
   DeviceLinear() = default;
   DeviceLinear(const Tensor& weight, const Tensor& b) : w(cuda::to_device(weight)), bias(upload_or_empty(b)) {}
-  // y[M, N] (f32) = x[M, K] (f32) W^T + bias.
+  // The dtype x should arrive in (a norm or copy writes it so, saving a conversion).
+  DType input_dtype() const { return w.dtype(); }
+  // y[M, N] (f32) = x[M, K] W^T + bias; x in the weight's dtype, or f32 (rounded here).
   void apply(const Tensor& x, const Tensor& y) const {
-    if (w.dtype() == DType::f32) return cuda::linear(x, w, bias, y);
+    if (x.dtype() == w.dtype()) return cuda::linear(x, w, bias, y);
     const Tensor rounded = cuda::empty(w.dtype(), x.shape());
     cuda::convert(x, rounded);
     cuda::linear(rounded, w, bias, y);
   }
 };
 
+// Weights stacked along their output rows (one matmul for q/k/v, one for gate/up),
+// biases likewise, zeros where one part has none. Host tensors of one dtype.
+DeviceLinear stacked(const std::vector<std::pair<Tensor, Tensor>>& parts, const std::string& where) {
+  const DType dt = parts[0].first.dtype();
+  const int64_t K = parts[0].first.dim(1);
+  int64_t rows = 0;
+  bool any_bias = false;
+  for (const auto& [w, b] : parts) {
+    if (w.dtype() != dt)
+      throw Error("device cuda: " + where + ": projections of mixed dtypes (" + w.str() + ", " + parts[0].first.str() + ")");
+    rows += w.dim(0);
+    any_bias = any_bias || b.defined();
+  }
+  Tensor w = Tensor::empty(dt, {rows, K}), bias = any_bias ? Tensor::zeros(DType::f32, {rows}) : Tensor();
+  int64_t r = 0;
+  for (const auto& [pw, pb] : parts) {
+    const Tensor c = pw.is_contiguous() ? pw : pw.contiguous();
+    std::memcpy(static_cast<std::byte*>(w.mutable_raw_data()) + r * K * dtype_size(dt), c.raw_data(), c.nbytes());
+    if (pb.defined()) std::copy_n(pb.data<float>(), pw.dim(0), bias.mutable_data<float>() + r);
+    r += pw.dim(0);
+  }
+  return {w, bias};
+}
+
 struct DeviceNorm {
   Tensor weight;
   float eps = 1e-5f;
-  void apply(const Tensor& x, const Tensor& y) const { cuda::rms_norm(x, weight, eps, y); }
+  void apply(const Tensor& x, const Tensor& y, const Tensor& residual = {}) const {
+    cuda::rms_norm(x, weight, eps, y, residual);
+  }
 };
 
 DeviceNorm upload_norm(const Norm& n, const std::string& where) {
@@ -76,6 +105,7 @@ struct Positions {
 class DeviceMixer {
  public:
   virtual ~DeviceMixer() = default;
+  virtual DType input_dtype() const = 0;  // of x in forward(): the first matmul's
   virtual std::unique_ptr<DeviceLayerState> new_state() const = 0;
   // y[T, D] = mixer(x[T, D]) continuing the state; advances it.
   virtual void forward(const Tensor& x, DeviceLayerState& state, const Positions& pos, const Tensor& y) const = 0;
@@ -175,9 +205,7 @@ class DeviceAttention final : public DeviceMixer {
     if (c_.softcap > 0.f) throw Error("device cuda: " + where + ": logit soft-capping is CPU-only for now");
     dp_ = padded_head_dim(c_.head_dim);
     const AttentionWeights& w = m.weights();
-    wq_ = {w.wq, w.bq};
-    wk_ = {w.wk, w.bk};
-    wv_ = {w.wv, w.bv};
+    wqkv_ = stacked({{w.wq, w.bq}, {w.wk, w.bk}, {w.wv, w.bv}}, where);
     wo_ = {w.wo, w.bo};
     if (c_.qk_norm) {
       q_norm_ = cuda::to_device(w.q_norm);
@@ -187,6 +215,8 @@ class DeviceAttention final : public DeviceMixer {
     scale_ = c_.scale > 0.f ? c_.scale : 1.f / std::sqrt(static_cast<float>(c_.head_dim));
   }
 
+  DType input_dtype() const override { return wqkv_.input_dtype(); }
+
   std::unique_ptr<DeviceLayerState> new_state() const override {
     return std::make_unique<KVState>(c_.n_kv_heads, c_.head_dim, dp_);
   }
@@ -195,34 +225,33 @@ class DeviceAttention final : public DeviceMixer {
     KVState& kv = static_cast<KVState&>(base);
     const int64_t position = pos.first;
     const int64_t T = x.dim(0), Hq = c_.n_heads, Hkv = c_.n_kv_heads, Dh = c_.head_dim;
-    const Tensor q = cuda::empty(DType::f32, {T, Hq, Dh});
-    const Tensor k = cuda::empty(DType::f32, {T, Hkv, Dh});
-    const Tensor v = cuda::empty(DType::f32, {T, Hkv, Dh});
-    wq_.apply(x, q.view({T, Hq * Dh}));
-    wk_.apply(x, k.view({T, Hkv * Dh}));
-    wv_.apply(x, v.view({T, Hkv * Dh}));
-    if (c_.qk_norm) {
-      cuda::rms_norm(q.view({T * Hq, Dh}), q_norm_, c_.norm_eps, q.view({T * Hq, Dh}));
-      cuda::rms_norm(k.view({T * Hkv, Dh}), k_norm_, c_.norm_eps, k.view({T * Hkv, Dh}));
+    const Tensor qkv = cuda::empty(DType::f32, {T, Hq + 2 * Hkv, Dh});
+    wqkv_.apply(x, qkv.view({T, (Hq + 2 * Hkv) * Dh}));
+    const Tensor q = qkv.slice(1, 0, Hq), k = qkv.slice(1, Hq, Hq + Hkv), v = qkv.slice(1, Hq + Hkv, Hq + 2 * Hkv);
+    if (c_.qk_norm) {  // per-head norms need each part contiguous: normalise copies
+      for (auto [part, heads, weight] : {std::tuple{&q, Hq, &q_norm_}, std::tuple{&k, Hkv, &k_norm_}}) {
+        const Tensor c = cuda::empty(DType::f32, {T, heads, Dh});
+        cuda::copy_rows(*part, c);
+        cuda::rms_norm(c.view({T * heads, Dh}), *weight, c_.norm_eps, c.view({T * heads, Dh}));
+        cuda::copy_rows(c, *part);
+      }
     }
-    if (rope_.pairs > 0) {
-      cuda::rope(q, pos.device, rope_);
-      cuda::rope(k, pos.device, rope_);
-    }
+    if (rope_.pairs > 0) cuda::rope(qkv.slice(1, 0, Hq + Hkv), pos.device, rope_);
     const int64_t n = position + T;
     kv.reserve(n, position);
-    cuda::copy_rows(k.view({T * Hkv, Dh}), kv.rows(kv.k_, position, n));
-    cuda::copy_rows(v.view({T * Hkv, Dh}), kv.rows(kv.v_, position, n));
+    cuda::copy_rows(k, kv.rows(kv.k_, position, n).view({T, Hkv, dp_}));
+    cuda::copy_rows(v, kv.rows(kv.v_, position, n).view({T, Hkv, dp_}));
     kv.slots_ = n;
 
     const Tensor qp = cuda::empty(DType::bf16, {1, T, Hq, dp_}), op = cuda::empty(DType::bf16, {1, T, Hq, dp_});
-    cuda::copy_rows(q.view({T * Hq, Dh}), qp.view({T * Hq, dp_}));
+    cuda::copy_rows(q, qp.view({T, Hq, dp_}));
     if (T == 1 && Hq / Hkv <= 16)
       cuda::decode_attention(qp, kv.k_.view({1, kv.capacity_, Hkv, dp_}), kv.v_.view({1, kv.capacity_, Hkv, dp_}), op,
                              n, scale_);
     else
       cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, /*causal=*/true, scale_);
-    const Tensor o = cuda::empty(DType::f32, {T, Hq * Dh});
+    // bf16 -> bf16 where wo is bf16 (no conversion), else -> f32 and wo rounds it.
+    const Tensor o = cuda::empty(wo_.input_dtype() == DType::bf16 ? DType::bf16 : DType::f32, {T, Hq * Dh});
     cuda::copy_rows(op.view({T * Hq, dp_}), o.view({T * Hq, Dh}));
     wo_.apply(o, y);
   }
@@ -230,7 +259,7 @@ class DeviceAttention final : public DeviceMixer {
  private:
   AttentionConfig c_;
   int64_t dp_ = 64;
-  DeviceLinear wq_, wk_, wv_, wo_;
+  DeviceLinear wqkv_, wo_;  // q, k, v stacked: one matmul
   Tensor q_norm_, k_norm_;
   cuda::DeviceRopeTable rope_;
   float scale_ = 1.f;
@@ -274,6 +303,7 @@ class DeviceMamba final : public DeviceMixer {
     D_ = cuda::to_device(p.D);
   }
 
+  DType input_dtype() const override { return in_proj_.input_dtype(); }
   std::unique_ptr<DeviceLayerState> new_state() const override { return std::make_unique<MambaDeviceState>(c_); }
 
   void forward(const Tensor& x, DeviceLayerState& base, const Positions&, const Tensor& y) const override {
@@ -317,22 +347,22 @@ class DeviceMlp {
     const GatedWeights* w = f.gated_weights(&act);
     if (!w || act != Activation::silu)
       throw Error("device cuda: " + where + ": only the gated SiLU MLP (SwiGLU) runs on the GPU for now");
-    gate_ = {w->gate, w->gate_bias};
-    up_ = {w->up, w->up_bias};
+    gate_up_ = stacked({{w->gate, w->gate_bias}, {w->up, w->up_bias}}, where);
     down_ = {w->down, w->down_bias};
     F_ = w->gate.dim(0);
   }
+  DType input_dtype() const { return gate_up_.input_dtype(); }
   void forward(const Tensor& x, const Tensor& y) const {
     const int64_t T = x.dim(0);
-    const Tensor g = cuda::empty(DType::f32, {T, F_}), u = cuda::empty(DType::f32, {T, F_});
-    gate_.apply(x, g);
-    up_.apply(x, u);
-    cuda::silu_mul(g, u, g);
-    down_.apply(g, y);
+    const Tensor gu = cuda::empty(DType::f32, {T, 2 * F_});
+    gate_up_.apply(x, gu);
+    const Tensor act = cuda::empty(down_.input_dtype(), {T, F_});
+    cuda::silu_mul(gu, act);
+    down_.apply(act, y);
   }
 
  private:
-  DeviceLinear gate_, up_, down_;
+  DeviceLinear gate_up_, down_;  // gate and up stacked: one matmul
   int64_t F_ = 0;
 };
 
@@ -409,27 +439,31 @@ class CudaDecoder final : public Model {
     std::copy(tokens.begin(), tokens.end(), ids.mutable_data<int32_t>());
     for (int64_t t = 0; t < T; ++t) positions.mutable_data<int32_t>()[t] = static_cast<int32_t>(state.position_ + t);
     const Positions pos{state.position_, cuda::to_device(positions)};
-    const Tensor x = cuda::empty(DType::f32, {T, D}), h = cuda::empty(DType::f32, {T, D}),
-                 y = cuda::empty(DType::f32, {T, D});
+    const Tensor x = cuda::empty(DType::f32, {T, D}), y = cuda::empty(DType::f32, {T, D});
     cuda::embedding(cuda::to_device(ids), embedding_, x);
     if (embedding_scale_ != 1.f) cuda::scale(x, embedding_scale_);
+    // Each block's output y is added to x by the next norm (the residual add fused in).
+    bool pending = false;
+    auto norm = [&](const DeviceNorm& n, const Tensor& rows_x, const Tensor& rows_y, const Tensor& out) {
+      n.apply(rows_x, out, pending ? rows_y : Tensor());
+      pending = true;
+    };
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const DeviceBlock& b = blocks_[l];
       if (b.mixer) {
-        b.mixer_norm.apply(x, h);
+        const Tensor h = cuda::empty(b.mixer->input_dtype(), {T, D});
+        norm(b.mixer_norm, x, y, h);
         b.mixer->forward(h, *state.layers[l], pos, y);
-        cuda::add_into(x, y);
       }
       if (b.mlp) {
-        b.mlp_norm.apply(x, h);
+        const Tensor h = cuda::empty(b.mlp->input_dtype(), {T, D});
+        norm(b.mlp_norm, x, y, h);
         b.mlp->forward(h, y);
-        cuda::add_into(x, y);
       }
     }
     const int64_t rows = logits.dim(0);
-    const Tensor last = rows == T ? x : x.slice(0, T - 1, T);
-    const Tensor normed = cuda::empty(DType::f32, {rows, D}), out = cuda::empty(DType::f32, {rows, V});
-    final_norm_.apply(last, normed);
+    const Tensor normed = cuda::empty(head_.input_dtype(), {rows, D}), out = cuda::empty(DType::f32, {rows, V});
+    norm(final_norm_, rows == T ? x : x.slice(0, T - 1, T), rows == T ? y : y.slice(0, T - 1, T), normed);
     head_.apply(normed, out);
     cuda::copy(out, logits);
     state.position_ += T;

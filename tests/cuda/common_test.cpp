@@ -182,6 +182,16 @@ TEST(CudaCommon, CopyRowsPadsTruncatesAndReadsColumnRanges) {
       expect_close(device_values(narrow), w11, 0, 0, "truncated");
     }
   }
+  // [A, R, W] views: heads [2, 5) of [4, 7, 9] into [4, 3, 16] padded rows.
+  const auto h = uniform(rng, 4 * 7 * 9);
+  const Tensor heads = device_f32(h, {4, 7, 9});
+  const Tensor packed = poisoned_device_tensor(DType::f32, {4, 3, 16});
+  cuda::copy_rows(heads.slice(1, 2, 5), packed);
+  std::vector<double> hw(4 * 3 * 16, 0.0);
+  for (int64_t a = 0; a < 4; ++a)
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t j = 0; j < 9; ++j) hw[(a * 3 + b) * 16 + j] = h[(a * 7 + 2 + b) * 9 + j];
+  expect_close(device_values(packed), hw, 0, 0, "3-D head range");
   EXPECT_THROW(cuda::copy_rows(src, cuda::empty(DType::f32, {R + 1, W})), Error);
   EXPECT_THROW(cuda::copy_rows(src.transpose(0, 1), cuda::empty(DType::f32, {W, R})), Error);
   EXPECT_THROW(cuda::copy_rows(cuda::empty(DType::f16, {R, W}), cuda::empty(DType::bf16, {R, W})), Error);
@@ -190,24 +200,78 @@ TEST(CudaCommon, CopyRowsPadsTruncatesAndReadsColumnRanges) {
 TEST(CudaCommon, AddSiluMulScale) {
   SUBQ_REQUIRE_GPU();
   auto rng = rng_for_test();
-  const int64_t n = 4099;
+  const int64_t M = 7, F = 601, n = M * F;
   const auto a = uniform(rng, n, -4.f, 4.f), b = uniform(rng, n, -4.f, 4.f);
   const Tensor x = device_f32(a, {n});
   cuda::add_into(x, device_f32(b, {n}));
-  std::vector<double> sum(n), prod(n), scaled(n);
+  std::vector<double> sum(n), scaled(n);
   for (int64_t i = 0; i < n; ++i) {
     sum[i] = static_cast<double>(a[i]) + b[i];
-    prod[i] = ref::silu(a[i]) * b[i];
     scaled[i] = 0.37 * (static_cast<double>(a[i]) + b[i]);
   }
   expect_close(device_values(x), sum, 1e-7, 1e-7, "add_into");
-  const Tensor y = poisoned_device_tensor(DType::f32, {n});
-  cuda::silu_mul(device_f32(a, {n}), device_f32(b, {n}), y);
-  expect_close(device_values(y), prod, 2e-6, 1e-6, "silu_mul");
   cuda::scale(x, 0.37f);
   expect_close(device_values(x), scaled, 1e-6, 1e-7, "scale");
+
+  // silu_mul over [M, 2F]: gate in the first F columns, up in the last F.
+  std::vector<float> gu(2 * n);
+  std::vector<double> prod(n);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < F; ++j) {
+      gu[m * 2 * F + j] = a[m * F + j];
+      gu[m * 2 * F + F + j] = b[m * F + j];
+      prod[m * F + j] = ref::silu(a[m * F + j]) * b[m * F + j];
+    }
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor y = poisoned_device_tensor(dt, {M, F});
+    cuda::silu_mul(device_f32(gu, {M, 2 * F}), y);
+    expect_close(device_values(y), prod, dt == DType::f32 ? 2e-6 : 4e-3, 1e-6, "silu_mul");
+  }
   EXPECT_THROW(cuda::add_into(x, cuda::empty(DType::f32, {n + 1})), Error);
-  EXPECT_THROW(cuda::silu_mul(x, x, cuda::empty(DType::bf16, {n})), Error);
+  EXPECT_THROW(cuda::silu_mul(device_f32(gu, {M, 2 * F}), cuda::empty(DType::f32, {M, F + 1})), Error);
+}
+
+// The residual add fused into RMSNorm (x += r, then y = norm(x)), with a bf16 output.
+TEST(CudaCommon, RmsNormWithResidualAndBf16Output) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t rows = 5, n = 771;
+  const auto x = uniform(rng, rows * n, -2.f, 2.f), r = uniform(rng, rows * n, -2.f, 2.f), w = uniform(rng, n);
+  std::vector<double> summed(x.size());
+  for (size_t i = 0; i < x.size(); ++i) summed[i] = static_cast<double>(x[i]) + r[i];
+  const std::vector<double> want = ref::rms_norm(summed, {w.begin(), w.end()}, 1e-6, n);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor dx = device_f32(x, {rows, n}), y = poisoned_device_tensor(dt, {rows, n});
+    cuda::rms_norm(dx, device_f32(w, {n}), 1e-6f, y, device_f32(r, {rows, n}));
+    expect_close(device_values(dx), summed, 1e-7, 1e-7, "x + residual written back");
+    expect_close(device_values(y), want, dt == DType::f32 ? 2e-5 : 4e-3, 1e-6, "normalised sum");
+  }
+  const Tensor dx = device_f32(x, {rows, n});
+  EXPECT_THROW(cuda::rms_norm(dx, device_f32(w, {n}), 1e-6f, dx, device_f32(r, {rows, n})), Error);
+}
+
+// rope over a head range of a fused q/k/v buffer (strided tokens) leaves the rest alone.
+TEST(CudaCommon, RopeOnHeadRangeOfFusedBuffer) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t T = 9, H = 6, rotated = 4, Dh = 64;
+  const auto x = uniform(rng, static_cast<size_t>(T * H * Dh));
+  Tensor hp = Tensor::empty(DType::i32, {T});
+  std::vector<int32_t> pos(T);
+  for (int64_t t = 0; t < T; ++t) hp.mutable_data<int32_t>()[t] = pos[t] = static_cast<int32_t>(40 + 3 * t);
+  const Tensor dx = device_f32(x, {T, H, Dh});
+  RopeSpec spec;
+  spec.rotary_dim = 48;
+  cuda::rope(dx.slice(1, 0, rotated), cuda::to_device(hp), cuda::upload(rope_table(spec)));
+  std::vector<double> head_rows, want(x.begin(), x.end());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < rotated; ++h)
+      for (int64_t j = 0; j < Dh; ++j) head_rows.push_back(x[(t * H + h) * Dh + j]);
+  const std::vector<double> rot = ref::rope(head_rows, pos, rotated, Dh, 10000.0, 48);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < rotated; ++h)
+      for (int64_t j = 0; j < Dh; ++j) want[(t * H + h) * Dh + j] = rot[(t * rotated + h) * Dh + j];
+  expect_close(device_values(dx), want, 1e-6, 1e-6, "rope on heads [0, 4) of 6");
 }
 
 }  // namespace

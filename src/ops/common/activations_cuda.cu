@@ -42,15 +42,20 @@ __global__ void convert_kernel(const From* x, To* y, int64_t n) {
     y[i] = narrow<To>(widen(x[i]));
 }
 
+// Rows r of `rows_per_group` rows each: row (a, b) starts at a * s0 + b * s1.
 template <class From, class To>
-__global__ void copy_rows_kernel(const From* src, int64_t src_stride, int64_t src_width, To* dst, int64_t dst_stride,
-                                 int64_t dst_width, int64_t rows) {
+__global__ void copy_rows_kernel(const From* src, int64_t src_s0, int64_t src_s1, int64_t src_width, To* dst,
+                                 int64_t dst_s0, int64_t dst_s1, int64_t dst_width, int64_t rows_per_group,
+                                 int64_t rows) {
   const int64_t n = rows * dst_width;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / dst_width, j = i % dst_width;
-    if constexpr (std::is_same_v<From, To>) dst[r * dst_stride + j] = j < src_width ? src[r * src_stride + j] : narrow<To>(0.f);
-    else dst[r * dst_stride + j] = narrow<To>(j < src_width ? widen(src[r * src_stride + j]) : 0.f);
+    const int64_t a = r / rows_per_group, b = r % rows_per_group;
+    To& out = dst[a * dst_s0 + b * dst_s1 + j];
+    const From* in = src + a * src_s0 + b * src_s1 + j;
+    if constexpr (std::is_same_v<From, To>) out = j < src_width ? *in : narrow<To>(0.f);
+    else out = narrow<To>(j < src_width ? widen(*in) : 0.f);
   }
 }
 
@@ -60,10 +65,13 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
     x[i] += y[i];
 }
 
-__global__ void silu_mul_kernel(const float* g, const float* u, float* out, int64_t n) {
+template <class Out>
+__global__ void silu_mul_kernel(const float* gate_up, Out* out, int64_t F, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = g[i] / (1.f + __expf(-g[i])) * u[i];
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate_up[i / F * 2 * F + i % F], u = gate_up[i / F * 2 * F + F + i % F];
+    out[i] = narrow<Out>(g / (1.f + __expf(-g)) * u);
+  }
 }
 
 __global__ void scale_kernel(float* x, float s, int64_t n) {
@@ -78,35 +86,43 @@ void check_f32(const Tensor& t, const char* what) {
   check_contiguous(t, what);
 }
 
-void check_rows(const Tensor& t, const char* what) {
+// A copy_rows operand as [groups, rows per group, width] with its two row strides.
+struct RowsView {
+  int64_t groups, rows, width, s0, s1;
+};
+
+RowsView rows_view(const Tensor& t, const char* what) {
   check_device(t, Device::cuda, what);
-  if (t.ndim() != 2 || (t.dim(1) > 1 && t.stride(1) != 1) || t.stride(0) < t.dim(1))
-    throw Error(std::string(what) + ": expected [rows, width] with unit column stride, found " + t.str());
+  if ((t.ndim() != 2 && t.ndim() != 3) || (t.dim(-1) > 1 && t.stride(-1) != 1))
+    throw Error(std::string(what) + ": expected [rows, width] or [groups, rows, width] with unit column stride, found " +
+                t.str());
+  if (t.ndim() == 2) return {1, t.dim(0), t.dim(1), 0, t.stride(0)};
+  return {t.dim(0), t.dim(1), t.dim(2), t.stride(0), t.stride(1)};
 }
 
 template <class From, class To>
-void launch_copy_rows(const Tensor& src, const Tensor& dst) {
-  const int64_t rows = dst.dim(0), w = dst.dim(1);
-  copy_rows_kernel<<<blocks_for(rows * w), 256, 0, stream()>>>(
-      static_cast<const From*>(src.device_raw_data()), src.stride(0), src.dim(1),
-      static_cast<To*>(dst.mutable_device_raw_data()), dst.stride(0), w, rows);
+void launch_copy_rows(const Tensor& src, const RowsView& s, const Tensor& dst, const RowsView& d) {
+  const int64_t rows = d.groups * d.rows;
+  copy_rows_kernel<<<blocks_for(rows * d.width), 256, 0, stream()>>>(
+      static_cast<const From*>(src.device_raw_data()), s.s0, s.s1, s.width, static_cast<To*>(dst.mutable_device_raw_data()),
+      d.s0, d.s1, d.width, d.rows, rows);
   SUBQ_CUDA_CHECK_LAUNCH("copy_rows_kernel");
 }
 
 }  // namespace
 
 void copy_rows(const Tensor& src, const Tensor& dst) {
-  check_rows(src, "copy_rows src");
-  check_rows(dst, "copy_rows dst");
-  if (src.dim(0) != dst.dim(0)) throw Error("copy_rows: src " + src.str() + " and dst " + dst.str() + " differ in rows");
+  const RowsView s = rows_view(src, "copy_rows src"), d = rows_view(dst, "copy_rows dst");
+  if (s.groups != d.groups || s.rows != d.rows)
+    throw Error("copy_rows: src " + src.str() + " and dst " + dst.str() + " differ in rows");
   if (dst.numel() == 0) return;
   const DType a = src.dtype(), b = dst.dtype();
-  if (a == DType::f32 && b == DType::f32) launch_copy_rows<float, float>(src, dst);
-  else if (a == DType::f32 && b == DType::bf16) launch_copy_rows<float, __nv_bfloat16>(src, dst);
-  else if (a == DType::f32 && b == DType::f16) launch_copy_rows<float, __half>(src, dst);
-  else if (a == DType::bf16 && b == DType::f32) launch_copy_rows<__nv_bfloat16, float>(src, dst);
-  else if (a == DType::f16 && b == DType::f32) launch_copy_rows<__half, float>(src, dst);
-  else if (a == DType::bf16 && b == DType::bf16) launch_copy_rows<__nv_bfloat16, __nv_bfloat16>(src, dst);
+  if (a == DType::f32 && b == DType::f32) launch_copy_rows<float, float>(src, s, dst, d);
+  else if (a == DType::f32 && b == DType::bf16) launch_copy_rows<float, __nv_bfloat16>(src, s, dst, d);
+  else if (a == DType::f32 && b == DType::f16) launch_copy_rows<float, __half>(src, s, dst, d);
+  else if (a == DType::bf16 && b == DType::f32) launch_copy_rows<__nv_bfloat16, float>(src, s, dst, d);
+  else if (a == DType::f16 && b == DType::f32) launch_copy_rows<__half, float>(src, s, dst, d);
+  else if (a == DType::bf16 && b == DType::bf16) launch_copy_rows<__nv_bfloat16, __nv_bfloat16>(src, s, dst, d);
   else throw Error("copy_rows: unsupported " + src.str() + " -> " + dst.str());
 }
 
@@ -120,15 +136,27 @@ void add_into(const Tensor& x, const Tensor& y) {
   SUBQ_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
-void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) {
-  check_f32(gate, "silu_mul gate");
-  check_f32(up, "silu_mul up");
-  check_f32(out, "silu_mul out");
-  if (gate.numel() != up.numel() || gate.numel() != out.numel())
-    throw Error("silu_mul: gate " + gate.str() + ", up " + up.str() + " and out " + out.str() + " differ in size");
-  if (gate.numel() == 0) return;
-  silu_mul_kernel<<<blocks_for(gate.numel()), 256, 0, stream()>>>(gate.device_data<float>(), up.device_data<float>(),
-                                                                  out.mutable_device_data<float>(), gate.numel());
+void silu_mul(const Tensor& gate_up, const Tensor& out) {
+  check_f32(gate_up, "silu_mul gate_up");
+  check_device(out, Device::cuda, "silu_mul out");
+  check_contiguous(out, "silu_mul out");
+  if (gate_up.ndim() != 2 || gate_up.dim(1) % 2 != 0)
+    throw Error("silu_mul gate_up: expected [M, 2F], found " + gate_up.str());
+  const int64_t F = gate_up.dim(1) / 2;
+  check_shape(out, Shape{gate_up.dim(0), F}, "silu_mul out");
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const float* gu = gate_up.device_data<float>();
+  switch (out.dtype()) {
+    case DType::f32: silu_mul_kernel<<<blocks_for(n), 256, 0, stream()>>>(gu, out.mutable_device_data<float>(), F, n); break;
+    case DType::bf16:
+      silu_mul_kernel<<<blocks_for(n), 256, 0, stream()>>>(gu, static_cast<__nv_bfloat16*>(out.mutable_device_raw_data()), F, n);
+      break;
+    case DType::f16:
+      silu_mul_kernel<<<blocks_for(n), 256, 0, stream()>>>(gu, static_cast<__half*>(out.mutable_device_raw_data()), F, n);
+      break;
+    default: throw Error("silu_mul out: expected dtype f32, bf16 or f16, found " + out.str());
+  }
   SUBQ_CUDA_CHECK_LAUNCH("silu_mul_kernel");
 }
 

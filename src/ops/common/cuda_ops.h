@@ -20,21 +20,26 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
 // Element-wise f32 <-> bf16/f16 (round to nearest even), equal shapes.
 void convert(const Tensor& src, const Tensor& dst);
 
-// Row by row copy with a dtype change: dst[r, j] = src[r, j] for j < min(widths), 0
+// Row by row copy with a dtype change: dst[.., j] = src[.., j] for j < min(widths), 0
 // for the rest of a longer dst row (zero padding; a shorter one truncates). src and dst
-// are [R, W] with unit column stride; src rows may be strided (a column range of a
-// wider tensor, from slice). f32 -> f32/bf16/f16, bf16/f16 -> f32, bf16 -> bf16.
+// are [R, W] or [A, R, W] with equal leading dimensions and unit column stride; src's
+// may be strided (a column or head range of a wider tensor, from slice). f32 ->
+// f32/bf16/f16, bf16/f16 -> f32, bf16 -> bf16.
 void copy_rows(const Tensor& src, const Tensor& dst);
 
 // x += y, f32, equal element counts.
 void add_into(const Tensor& x, const Tensor& y);
-// out = silu(gate) * up, f32, equal element counts; out may alias gate or up.
-void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out);
+// SwiGLU's product: out[m, j] = silu(gate_up[m, j]) * gate_up[m, F + j] for gate_up
+// f32 [M, 2F] (the gate and up projections as one matmul), out [M, F] f32, bf16 or f16.
+void silu_mul(const Tensor& gate_up, const Tensor& out);
 // x *= s, f32.
 void scale(const Tensor& x, float s);
 
 // f32, last dimension is the feature dimension; y may alias x.
-void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y);
+// rms_norm: y f32, bf16 or f16 (rounded once, for a matmul in that dtype next). With a
+// residual (f32, x's shape), x += residual first and the sum is normalised: the residual
+// add of a pre-norm block fused into the next norm; y then aliases neither.
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& residual = {});
 void softmax(const Tensor& x, const Tensor& y);
 void silu(const Tensor& x, const Tensor& y);
 
@@ -48,7 +53,8 @@ struct DeviceRopeTable {
 DeviceRopeTable upload(const RopeTable& table);
 
 // NeoX rotate-half rotary embedding in place on x[T, H, Dh] (f32) over the table's
-// 2 * pairs leading channels, as subq::rope; positions i32[T] on the GPU.
+// 2 * pairs leading channels, as subq::rope; positions i32[T] on the GPU. Each token's
+// H heads are contiguous; tokens may be strided (a head range of a fused q/k/v).
 void rope(const Tensor& x, const Tensor& positions, const DeviceRopeTable& table);
 
 // out[T, D] (f32) = table[ids[t], :], ids i32[T], table [V, D] f32/bf16/f16, all on the

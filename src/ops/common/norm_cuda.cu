@@ -1,5 +1,8 @@
 // Row-wise RMSNorm and softmax: one block of 256 threads per row, block reductions in
 // f32, each row read twice (it stays in L1/L2 between the passes).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cmath>
 #include <string>
 
@@ -29,13 +32,31 @@ __device__ float block_reduce(float v) {
   return v;
 }
 
-__global__ void rms_norm_kernel(const float* x, const float* w, float eps, float* y, int64_t n) {
-  const float* row = x + blockIdx.x * n;
-  float* out = y + blockIdx.x * n;
+template <class T>
+__device__ __forceinline__ T narrow(float v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else return __float2half_rn(v);
+}
+
+// With `residual`, the row is x + residual, also written back to x: the pre-norm
+// block's residual add fused into the next norm.
+template <class Out>
+__global__ void rms_norm_kernel(const float* x, const float* residual, float* sum_out, const float* w, float eps,
+                                Out* y, int64_t n) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  auto value = [&](int64_t i) { return residual ? x[base + i] + residual[base + i] : x[base + i]; };
   float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) ss = fmaf(row[i], row[i], ss);
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+    const float v = value(i);
+    ss = fmaf(v, v, ss);
+  }
   const float inv = rsqrtf(block_reduce<false>(ss) / static_cast<float>(n) + eps);
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) out[i] = row[i] * inv * w[i];
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+    const float v = value(i);
+    y[base + i] = narrow<Out>(v * inv * w[i]);
+    if (sum_out) sum_out[base + i] = v;
+  }
 }
 
 __global__ void softmax_kernel(const float* x, float* y, int64_t n) {
@@ -65,16 +86,44 @@ void check_rows(const Tensor& x, const Tensor& y, const char* op) {
 
 }  // namespace
 
-void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y) {
-  check_rows(x, y, "rms_norm");
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& residual) {
+  check_device(x, Device::cuda, "rms_norm x");
+  check_dtype(x, DType::f32, "rms_norm x");
+  check_contiguous(x, "rms_norm x");
+  if (x.ndim() < 1) throw Error("rms_norm x: expected at least one dimension, found " + x.str());
+  check_device(y, Device::cuda, "rms_norm y");
+  check_contiguous(y, "rms_norm y");
+  check_shape(y, x.shape(), "rms_norm y");
   const int64_t n = x.dim(-1);
   check_device(weight, Device::cuda, "rms_norm weight");
   check_dtype(weight, DType::f32, "rms_norm weight");
   check_shape(weight, Shape{n}, "rms_norm weight");
+  if (residual.defined()) {
+    check_device(residual, Device::cuda, "rms_norm residual");
+    check_dtype(residual, DType::f32, "rms_norm residual");
+    check_contiguous(residual, "rms_norm residual");
+    check_shape(residual, x.shape(), "rms_norm residual");
+    if (residual.device_raw_data() == y.device_raw_data() || x.device_raw_data() == y.device_raw_data())
+      throw Error("rms_norm: with a residual, y must alias neither x nor the residual");
+  }
   const int64_t rows = n ? x.numel() / n : 0;
+  if (rows > INT32_MAX) throw Error("rms_norm x: more than 2^31 - 1 rows");
   if (rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream()>>>(
-      x.device_data<float>(), weight.device_data<float>(), eps, y.mutable_device_data<float>(), n);
+  const float* xp = x.device_data<float>();
+  const float* r = residual.defined() ? residual.device_data<float>() : nullptr;
+  float* sum = residual.defined() ? x.mutable_device_data<float>() : nullptr;
+  const float* w = weight.device_data<float>();
+  const unsigned grid = static_cast<unsigned>(rows);
+  switch (y.dtype()) {
+    case DType::f32: rms_norm_kernel<<<grid, kThreads, 0, stream()>>>(xp, r, sum, w, eps, y.mutable_device_data<float>(), n); break;
+    case DType::bf16:
+      rms_norm_kernel<<<grid, kThreads, 0, stream()>>>(xp, r, sum, w, eps, static_cast<__nv_bfloat16*>(y.mutable_device_raw_data()), n);
+      break;
+    case DType::f16:
+      rms_norm_kernel<<<grid, kThreads, 0, stream()>>>(xp, r, sum, w, eps, static_cast<__half*>(y.mutable_device_raw_data()), n);
+      break;
+    default: throw Error("rms_norm y: expected dtype f32, bf16 or f16, found " + y.str());
+  }
   SUBQ_CUDA_CHECK_LAUNCH("rms_norm_kernel");
 }
 

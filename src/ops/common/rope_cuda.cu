@@ -14,8 +14,8 @@ namespace {
 
 // One thread per (t, h, i < pairs): rotates the pair (i, i + pairs). The angle is
 // computed in double: pos * inv_freq loses precision in f32 at long positions.
-__global__ void rope_kernel(float* x, const int32_t* pos, const double* inv_freq, double attention_factor, int64_t T,
-                            int64_t H, int64_t Dh, int64_t pairs) {
+__global__ void rope_kernel(float* x, int64_t token_stride, const int32_t* pos, const double* inv_freq,
+                            double attention_factor, int64_t T, int64_t H, int64_t Dh, int64_t pairs) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= T * H * pairs) return;
   const int64_t i = idx % pairs, th = idx / pairs;
@@ -24,7 +24,7 @@ __global__ void rope_kernel(float* x, const int32_t* pos, const double* inv_freq
   sincos(pos[t] * inv_freq[i], &s, &c);
   s *= attention_factor;
   c *= attention_factor;
-  float* row = x + th * Dh;
+  float* row = x + t * token_stride + (th % H) * Dh;
   const float a = row[i], b = row[i + pairs];
   row[i] = static_cast<float>(a * c - b * s);
   row[i + pairs] = static_cast<float>(b * c + a * s);
@@ -68,8 +68,8 @@ DeviceRopeTable upload(const RopeTable& table) {
 void rope(const Tensor& x, const Tensor& positions, const DeviceRopeTable& table) {
   check_device(x, Device::cuda, "rope x");
   check_dtype(x, DType::f32, "rope x");
-  check_contiguous(x, "rope x");
-  if (x.ndim() != 3) throw Error("rope x: expected [T, H, Dh], found " + x.str());
+  if (x.ndim() != 3 || x.stride(2) != 1 || x.stride(1) != x.dim(2) || x.stride(0) < x.dim(1) * x.dim(2))
+    throw Error("rope x: expected [T, H, Dh] with contiguous heads, found " + x.str());
   const int64_t T = x.dim(0), H = x.dim(1), Dh = x.dim(2);
   check_device(positions, Device::cuda, "rope positions");
   check_dtype(positions, DType::i32, "rope positions");
@@ -80,7 +80,7 @@ void rope(const Tensor& x, const Tensor& positions, const DeviceRopeTable& table
   const int64_t n = T * H * table.pairs;
   if (n == 0) return;
   rope_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream()>>>(
-      x.mutable_device_data<float>(), positions.device_data<int32_t>(), static_cast<const double*>(table.inv_freq.get()),
+      x.mutable_device_data<float>(), x.stride(0), positions.device_data<int32_t>(), static_cast<const double*>(table.inv_freq.get()),
       table.attention_factor, T, H, Dh, table.pairs);
   SUBQ_CUDA_CHECK_LAUNCH("rope_kernel");
 }
