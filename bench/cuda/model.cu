@@ -15,7 +15,7 @@
 namespace subq::bench::gpu {
 
 void bench_models(const std::string& root) {
-  for (const char* name : {"llama160m", "mamba130m"}) {
+  for (const char* name : {"llama160m", "mamba130m", "mamba2_130m"}) {
     const std::string dir = root + "/" + name;
     if (!std::filesystem::exists(dir + "/config.json")) {
       std::fprintf(stderr, "subq_cuda_bench: %s not found (written by bench/gpu/peers.py models)\n", dir.c_str());

@@ -11,7 +11,7 @@ subq_cuda_bench, so the two can be joined by (op, shape).
   linear     mamba_ssm's Triton mamba_chunk_scan_combined (Mamba-2 SSD) and fla's
              chunk_simple_gla, from the sources at .peers/mamba_src and .peers/fla
   delta      flash-linear-attention's chunk_gated_delta_rule (Triton), from .peers/fla
-  models     writes random-init Llama-160M- and Mamba-130M-shaped bf16 checkpoints to
+  models     writes random-init Llama-160M-, Mamba-130M- and Mamba2-130M-shaped bf16 checkpoints to
              $SUBQ_BENCH_MODELS (default /tmp/subq-bench-models) for `subq_cuda_bench
              models`, and times them in transformers on the GPU (prefill, decode)
 """
@@ -288,6 +288,8 @@ MODEL_SHAPES = {
                                       num_attention_heads=12, num_key_value_heads=12, vocab_size=32000,
                                       max_position_embeddings=8192)),
     "mamba130m": ("MambaConfig", dict(hidden_size=768, num_hidden_layers=24, vocab_size=50280, state_size=16)),
+    "mamba2_130m": ("Mamba2Config", dict(hidden_size=768, num_hidden_layers=24, num_heads=24, head_dim=64,
+                                         expand=2, state_size=128, n_groups=1, vocab_size=50288)),
 }
 
 

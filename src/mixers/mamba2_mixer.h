@@ -55,6 +55,17 @@ class Mamba2Mixer final : public Mixer {
   std::unique_ptr<MixerState> new_state(int64_t batch) const override;
   void forward(const Tensor& x, MixerState& state, const Tensor& y) const override;
 
+  const Mamba2Config& config() const { return cfg_; }
+  // The tensors as forward() uses them, for a backend that runs the layer itself (the
+  // CUDA decoder): projections as given, the rest f32, A = -exp(A_log), conv weight
+  // [conv_dim, K]; optional biases undefined when absent.
+  struct Prepared {
+    Tensor in_proj_w, in_proj_b, conv_w, conv_b, dt_bias, A, D, norm_w, out_proj_w, out_proj_b;
+  };
+  Prepared prepared() const {
+    return {in_proj_w_, in_proj_b_, conv_w_, conv_b_, dt_bias_, A_, D_, norm_w_, out_proj_w_, out_proj_b_};
+  }
+
  private:
   Mamba2Config cfg_;
   Tensor in_proj_w_, in_proj_b_, conv_w_, conv_b_, dt_bias_, A_, D_, norm_w_, out_proj_w_, out_proj_b_;

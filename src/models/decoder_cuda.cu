@@ -6,9 +6,12 @@
 //     and the split-KV kernel for decode, over a bf16 KV cache. Head dims below 64, 128
 //     or 256 are zero-padded to it: padded channels add nothing to q . k and their
 //     outputs are dropped.
-//   * Mamba-1 on the causal conv1d and selective scan kernels.
-// Other layer kinds, sparse policies, soft-capping and LayerNorm are an Error at load
-// naming the layer. States are saved in the CPU decoder's format (attention as a bf16
+//   * Mamba-1 on the causal conv1d and selective scan kernels; Mamba-2 on the conv1d and
+//     the tensor-core SSD kernel (x, B, C in bf16; head and state sizes below 64 or 128
+//     zero-padded to it, which adds nothing to the state or the output).
+//   * SwiGLU and plain (relu2, SiLU) MLPs.
+// Other layer kinds (mixtures of experts, GELU MLPs, Jamba's Mamba), sparse policies,
+// soft-capping and LayerNorm are an Error at load naming the layer. States are saved in the CPU decoder's format (attention as a bf16
 // cache), so a state saved on one device continues on the other.
 #include <algorithm>
 #include <cmath>
@@ -19,11 +22,13 @@
 
 #include "src/core/cuda/device.h"
 #include "src/mixers/attention_mixer.h"
+#include "src/mixers/mamba2_mixer.h"
 #include "src/mixers/mamba_mixer.h"
 #include "src/models/decoder.h"
 #include "src/ops/attention/flash_attention.h"
 #include "src/ops/common/cuda_ops.h"
 #include "src/ops/conv/causal_conv1d_cuda.h"
+#include "src/ops/linear/gated_linear_attention_cuda.h"
 #include "src/ops/ssm/selective_scan_cuda.h"
 
 namespace subq {
@@ -190,10 +195,12 @@ class KVState final : public DeviceLayerState {
   int64_t hkv_, dh_, dp_;
 };
 
-int64_t padded_head_dim(int64_t dh) {
-  for (int64_t p : {64, 128, 256})
-    if (dh <= p) return p;
-  throw Error("device cuda: head_dim " + std::to_string(dh) + " exceeds 256, the GPU attention kernels' largest");
+// The smallest size in `sizes` (ascending) holding n; Error naming `what` past the last.
+int64_t padded(int64_t n, std::initializer_list<int64_t> sizes, const std::string& what) {
+  for (int64_t p : sizes)
+    if (n <= p) return p;
+  throw Error("device cuda: " + what + " " + std::to_string(n) + " exceeds " + std::to_string(*(sizes.end() - 1)) +
+              ", the GPU kernels' largest");
 }
 
 class DeviceAttention final : public DeviceMixer {
@@ -203,7 +210,7 @@ class DeviceAttention final : public DeviceMixer {
       throw Error("device cuda: " + where + ": sparse policy " + attn::to_string(c_.sparse) +
                   " is CPU-only for now; the GPU decoder runs dense attention");
     if (c_.softcap > 0.f) throw Error("device cuda: " + where + ": logit soft-capping is CPU-only for now");
-    dp_ = padded_head_dim(c_.head_dim);
+    dp_ = padded(c_.head_dim, {64, 128, 256}, where + ": head_dim");
     const AttentionWeights& w = m.weights();
     wqkv_ = stacked({{w.wq, w.bq}, {w.wk, w.bk}, {w.wv, w.bv}}, where);
     wo_ = {w.wo, w.bo};
@@ -338,31 +345,155 @@ class DeviceMamba final : public DeviceMixer {
   Tensor conv_weight_, conv_bias_, dt_bias_, A_, D_;
 };
 
+// ---- Mamba-2 ---------------------------------------------------------------------------
+
+class Mamba2DeviceState final : public DeviceLayerState {
+ public:
+  Mamba2DeviceState(const mixers::Mamba2Config& c, int64_t np, int64_t pp)
+      : conv(cuda::to_device(Tensor::zeros(DType::f32, {1, c.conv_kernel - 1, c.conv_dim()}))),
+        ssm(cuda::to_device(Tensor::zeros(DType::f32, {1, c.num_heads, np, pp}))),
+        h_(c.num_heads), n_(c.state_size), p_(c.head_dim), np_(np), pp_(pp) {}
+  size_t bytes() const override { return conv.nbytes() + static_cast<size_t>(h_ * n_ * p_) * sizeof(float); }
+  // The state's [N, P] corner of each head's padded [Np, Pp] block.
+  Tensor corner() const { return ssm.view({h_, np_, pp_}).slice(1, 0, n_); }
+  // As Mamba2State: the conv window [1, K - 1, conv_dim], the SSD state [1, H, N, P].
+  std::vector<Tensor> snapshot() const override {
+    const Tensor s = cuda::empty(DType::f32, {1, h_, n_, p_});
+    cuda::copy_rows(corner(), s.view({h_, n_, p_}));
+    return {cuda::to_host(conv), cuda::to_host(s)};
+  }
+  void restore(const std::vector<Tensor>& t, int64_t) override {
+    if (t.size() != 2) throw Error("mamba2 state: expected 2 tensors, found " + std::to_string(t.size()));
+    check_dtype(t[0], DType::f32, "mamba2 state conv window");
+    check_shape(t[0], conv.shape(), "mamba2 state conv window");
+    check_dtype(t[1], DType::f32, "mamba2 state SSD state");
+    check_shape(t[1], Shape{1, h_, n_, p_}, "mamba2 state SSD state");
+    cuda::copy(t[0].is_contiguous() ? t[0] : t[0].contiguous(), conv);
+    ssm = cuda::to_device(Tensor::zeros(DType::f32, ssm.shape()));
+    cuda::copy_rows(cuda::to_device(t[1]).view({h_, n_, p_}), corner());
+  }
+  Tensor conv, ssm;  // ssm [1, H, Np, Pp]
+
+ private:
+  int64_t h_, n_, p_, np_, pp_;
+};
+
+class DeviceMamba2 final : public DeviceMixer {
+ public:
+  DeviceMamba2(const mixers::Mamba2Mixer& m, const std::string& where) : c_(m.config()) {
+    pp_ = padded(c_.head_dim, {64, 128}, where + ": head_dim");
+    np_ = padded(c_.state_size, {64, 128}, where + ": state_size");
+    const mixers::Mamba2Mixer::Prepared p = m.prepared();
+    in_proj_ = {p.in_proj_w, p.in_proj_b};
+    out_proj_ = {p.out_proj_w, p.out_proj_b};
+    conv_w_ = cuda::to_device(p.conv_w);
+    conv_b_ = upload_or_empty(p.conv_b);
+    dt_bias_ = cuda::to_device(p.dt_bias);
+    A_ = cuda::to_device(p.A);
+    D_ = cuda::to_device(p.D);
+    norm_w_ = cuda::to_device(p.norm_w);
+  }
+
+  DType input_dtype() const override { return in_proj_.input_dtype(); }
+  std::unique_ptr<DeviceLayerState> new_state() const override {
+    return std::make_unique<Mamba2DeviceState>(c_, np_, pp_);
+  }
+
+  void forward(const Tensor& x, DeviceLayerState& base, const Positions&, const Tensor& y) const override {
+    Mamba2DeviceState& s = static_cast<Mamba2DeviceState&>(base);
+    const int64_t T = x.dim(0), I = c_.intermediate_size(), H = c_.num_heads, P = c_.head_dim, G = c_.n_groups,
+                  N = c_.state_size, CD = c_.conv_dim();
+    const Tensor proj = cuda::empty(DType::f32, {T, c_.in_proj_size()});
+    in_proj_.apply(x, proj);
+    const Tensor conv_in = cuda::empty(DType::f32, {1, T, CD}), xbc = cuda::empty(DType::f32, {1, T, CD});
+    cuda::copy_rows(proj.slice(1, I, I + CD), conv_in.view({T, CD}));
+    cuda::causal_conv1d(conv_in, conv_w_, conv_b_, /*silu=*/true, s.conv, xbc);
+    const Tensor dt = cuda::empty(DType::f32, {1, T, H});
+    cuda::softplus_clamp(proj.slice(1, I + CD, I + CD + H), dt_bias_, c_.time_step_limit_min, c_.time_step_limit_max,
+                         dt.view({T, H}));
+
+    const Tensor rows = xbc.view({T, CD});
+    const Tensor xs = cuda::empty(DType::bf16, {1, T, H, pp_});
+    const Tensor Bm = cuda::empty(DType::bf16, {1, T, G, np_}), Cm = cuda::empty(DType::bf16, {1, T, G, np_});
+    heads(rows.slice(1, 0, I), H, P, xs);
+    heads(rows.slice(1, I, I + G * N), G, N, Bm);
+    heads(rows.slice(1, I + G * N, I + 2 * G * N), G, N, Cm);
+    const Tensor ys = cuda::empty(DType::f32, {1, T, H, pp_});
+    cuda::ssd(xs, dt, A_, Bm, Cm, D_, s.ssm, ys);
+
+    Tensor yv;
+    if (pp_ == P) {
+      yv = ys.view({T, I});
+    } else {
+      yv = cuda::empty(DType::f32, {T, I});
+      cuda::copy_rows(ys.view({T * H, pp_}), yv.view({T * H, P}));
+    }
+    const Tensor normed = cuda::empty(out_proj_.input_dtype(), {T, I});
+    cuda::gated_rms_norm(yv, proj.slice(1, 0, I), norm_w_, I / G, c_.layer_norm_epsilon, normed);
+    out_proj_.apply(normed, y);
+  }
+
+ private:
+  // src [T, n * w] (a column range of the conv output) as bf16 [1, T, n, wp], each of
+  // the n rows of w zero-padded to wp.
+  static void heads(const Tensor& src, int64_t n, int64_t w, const Tensor& dst) {
+    const int64_t T = src.dim(0), wp = dst.dim(3);
+    if (wp == w) return cuda::copy_rows(src, dst.view({T, n * w}));
+    const Tensor packed = cuda::empty(DType::f32, {T, n * w});
+    cuda::copy_rows(src, packed);
+    cuda::copy_rows(packed.view({T * n, w}), dst.view({T * n, wp}));
+  }
+
+  mixers::Mamba2Config c_;
+  int64_t pp_ = 64, np_ = 64;
+  DeviceLinear in_proj_, out_proj_;
+  Tensor conv_w_, conv_b_, dt_bias_, A_, D_, norm_w_;
+};
+
 // ---- MLP -------------------------------------------------------------------------------
 
 class DeviceMlp {
  public:
   DeviceMlp(const FeedForward& f, const std::string& where) {
-    Activation act = Activation::silu;
-    const GatedWeights* w = f.gated_weights(&act);
-    if (!w || act != Activation::silu)
-      throw Error("device cuda: " + where + ": only the gated SiLU MLP (SwiGLU) runs on the GPU for now");
-    gate_up_ = stacked({{w->gate, w->gate_bias}, {w->up, w->up_bias}}, where);
-    down_ = {w->down, w->down_bias};
-    F_ = w->gate.dim(0);
+    const FeedForward::Weights m = f.weights();
+    using Kind = FeedForward::Weights::Kind;
+    act_ = m.act;
+    if (m.kind == Kind::gated && m.act == Activation::silu) {
+      gate_up_ = stacked({{m.w.gate, m.w.gate_bias}, {m.w.up, m.w.up_bias}}, where);
+      F_ = m.w.gate.dim(0);
+    } else if (m.kind == Kind::plain && (m.act == Activation::relu2 || m.act == Activation::silu)) {
+      up_ = {m.w.up, Tensor()};
+      F_ = m.w.up.dim(0);
+    } else {
+      throw Error("device cuda: " + where +
+                  ": only SwiGLU and plain relu2 / SiLU MLPs run on the GPU for now (not mixtures of experts or GELU)");
+    }
+    down_ = {m.w.down, m.w.down_bias};
   }
-  DType input_dtype() const { return gate_up_.input_dtype(); }
+  DType input_dtype() const { return (gate_up_.w.defined() ? gate_up_ : up_).input_dtype(); }
   void forward(const Tensor& x, const Tensor& y) const {
     const int64_t T = x.dim(0);
-    const Tensor gu = cuda::empty(DType::f32, {T, 2 * F_});
-    gate_up_.apply(x, gu);
     const Tensor act = cuda::empty(down_.input_dtype(), {T, F_});
-    cuda::silu_mul(gu, act);
+    if (gate_up_.w.defined()) {
+      const Tensor gu = cuda::empty(DType::f32, {T, 2 * F_});
+      gate_up_.apply(x, gu);
+      cuda::silu_mul(gu, act);
+    } else {
+      const Tensor h = cuda::empty(DType::f32, {T, F_});
+      up_.apply(x, h);
+      if (act_ == Activation::relu2) {
+        cuda::relu_squared(h, act);
+      } else {
+        cuda::silu(h, h);
+        return down_.apply(h, y);
+      }
+    }
     down_.apply(act, y);
   }
 
  private:
-  DeviceLinear gate_up_, down_;  // gate and up stacked: one matmul
+  DeviceLinear gate_up_, up_, down_;  // gated: gate and up stacked (one matmul); plain: up
+  Activation act_ = Activation::silu;
   int64_t F_ = 0;
 };
 
@@ -401,9 +532,11 @@ class CudaDecoder final : public Model {
           d.mixer = std::make_unique<DeviceAttention>(*a, where);
         else if (const auto* m = dynamic_cast<const MambaMixer*>(b.mixer.get()))
           d.mixer = std::make_unique<DeviceMamba>(*m, where);
+        else if (const auto* m2 = dynamic_cast<const mixers::Mamba2Mixer*>(b.mixer.get()))
+          d.mixer = std::make_unique<DeviceMamba2>(*m2, where);
         else
           throw Error("device cuda: " + where + ": the " + b.mixer->kind() +
-                      " mixer is CPU-only for now (the GPU decoder runs attention and mamba layers)");
+                      " mixer is CPU-only for now (the GPU decoder runs attention, mamba and mamba2 layers)");
       }
       if (b.mlp) {
         d.mlp_norm = upload_norm(b.mlp_norm, where + " MLP norm");

@@ -79,10 +79,7 @@ class GatedMlp final : public FeedForward {
     linear(g, w_.down, w_.down_bias, y);
   }
   int64_t width() const override { return D_; }
-  const GatedWeights* gated_weights(Activation* act) const override {
-    *act = act_;
-    return &w_;
-  }
+  Weights weights() const override { return {Weights::Kind::gated, w_, act_}; }
 
  private:
   GatedWeights w_;
@@ -106,6 +103,7 @@ class PlainMlp final : public FeedForward {
     linear(h, down_, Tensor(), y);
   }
   int64_t width() const override { return D_; }
+  Weights weights() const override { return {Weights::Kind::plain, {Tensor(), up_, down_}, act_}; }
 
  private:
   Tensor up_, down_;

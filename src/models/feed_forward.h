@@ -29,12 +29,14 @@ class FeedForward {
   // y[T, D] = MLP(x[T, D]); x and y f32, contiguous, must not alias.
   virtual void forward(const Tensor& x, const Tensor& y) const = 0;
   virtual int64_t width() const = 0;  // D
-  // A gated MLP's weights and activation (null for the other kinds), for a backend that
-  // runs the MLP itself (the CUDA decoder).
-  virtual const GatedWeights* gated_weights(Activation* act) const {
-    (void)act;
-    return nullptr;
-  }
+  // The weights of a gated or plain MLP, for a backend that runs the MLP itself (the CUDA
+  // decoder); the mixtures of experts expose none (kind none).
+  struct Weights {
+    enum class Kind { none, gated, plain } kind = Kind::none;
+    GatedWeights w;  // plain: up and down only
+    Activation act = Activation::silu;
+  };
+  virtual Weights weights() const { return {}; }
 };
 
 std::unique_ptr<FeedForward> make_gated_mlp(GatedWeights w, Activation act);

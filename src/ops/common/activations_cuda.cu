@@ -80,6 +80,26 @@ __global__ void scale_kernel(float* x, float s, int64_t n) {
     x[i] *= s;
 }
 
+template <class Out>
+__global__ void relu_squared_kernel(const float* x, Out* y, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float r = fmaxf(x[i], 0.f);
+    y[i] = narrow<Out>(r * r);
+  }
+}
+
+__global__ void softplus_clamp_kernel(const float* x, int64_t stride, const float* bias, float lo, float hi, float* y,
+                                      int64_t rows, int64_t H) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * H;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / H, h = i % H;
+    const float v = x[r * stride + h] + bias[h];
+    const float sp = v <= 20.f ? log1pf(expf(v)) : v;  // torch's softplus threshold
+    y[i] = fminf(fmaxf(sp, lo), hi);
+  }
+}
+
 void check_f32(const Tensor& t, const char* what) {
   check_device(t, Device::cuda, what);
   check_dtype(t, DType::f32, what);
@@ -165,6 +185,44 @@ void scale(const Tensor& x, float s) {
   if (x.numel() == 0) return;
   scale_kernel<<<blocks_for(x.numel()), 256, 0, stream()>>>(x.mutable_device_data<float>(), s, x.numel());
   SUBQ_CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
+void relu_squared(const Tensor& x, const Tensor& y) {
+  check_f32(x, "relu_squared x");
+  check_device(y, Device::cuda, "relu_squared y");
+  check_contiguous(y, "relu_squared y");
+  check_shape(y, x.shape(), "relu_squared y");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const float* xp = x.device_data<float>();
+  switch (y.dtype()) {
+    case DType::f32: relu_squared_kernel<<<blocks_for(n), 256, 0, stream()>>>(xp, y.mutable_device_data<float>(), n); break;
+    case DType::bf16:
+      relu_squared_kernel<<<blocks_for(n), 256, 0, stream()>>>(xp, static_cast<__nv_bfloat16*>(y.mutable_device_raw_data()), n);
+      break;
+    case DType::f16:
+      relu_squared_kernel<<<blocks_for(n), 256, 0, stream()>>>(xp, static_cast<__half*>(y.mutable_device_raw_data()), n);
+      break;
+    default: throw Error("relu_squared y: expected dtype f32, bf16 or f16, found " + y.str());
+  }
+  SUBQ_CUDA_CHECK_LAUNCH("relu_squared_kernel");
+}
+
+void softplus_clamp(const Tensor& x, const Tensor& bias, float lo, float hi, const Tensor& y) {
+  const RowsView v = rows_view(x, "softplus_clamp x");
+  check_dtype(x, DType::f32, "softplus_clamp x");
+  if (x.ndim() != 2) throw Error("softplus_clamp x: expected [R, H], found " + x.str());
+  const int64_t R = x.dim(0), H = x.dim(1);
+  check_device(bias, Device::cuda, "softplus_clamp bias");
+  check_dtype(bias, DType::f32, "softplus_clamp bias");
+  check_shape(bias, Shape{H}, "softplus_clamp bias");
+  check_f32(y, "softplus_clamp y");
+  check_shape(y, Shape{R, H}, "softplus_clamp y");
+  if (!(lo <= hi)) throw Error("softplus_clamp: expected lo <= hi, found " + std::to_string(lo) + " > " + std::to_string(hi));
+  if (R * H == 0) return;
+  softplus_clamp_kernel<<<blocks_for(R * H), 256, 0, stream()>>>(x.device_data<float>(), v.s1, bias.device_data<float>(),
+                                                                 lo, hi, y.mutable_device_data<float>(), R, H);
+  SUBQ_CUDA_CHECK_LAUNCH("softplus_clamp_kernel");
 }
 
 void silu(const Tensor& x, const Tensor& y) {

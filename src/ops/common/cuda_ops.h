@@ -34,6 +34,12 @@ void add_into(const Tensor& x, const Tensor& y);
 void silu_mul(const Tensor& gate_up, const Tensor& out);
 // x *= s, f32.
 void scale(const Tensor& x, float s);
+// y = max(x, 0)^2 (Nemotron-H's relu2), x f32, y f32, bf16 or f16 of x's shape.
+void relu_squared(const Tensor& x, const Tensor& y);
+// Mamba-2's dt: y[r, h] = clamp(softplus(x[r, h] + bias[h]), lo, hi) for x [R, H] f32
+// with unit column stride (rows may be strided: a column range of in_proj's output),
+// bias f32 [H], y f32 [R, H] contiguous.
+void softplus_clamp(const Tensor& x, const Tensor& bias, float lo, float hi, const Tensor& y);
 
 // f32, last dimension is the feature dimension; y may alias x.
 // rms_norm: y f32, bf16 or f16 (rounded once, for a matmul in that dtype next). With a
@@ -41,6 +47,12 @@ void scale(const Tensor& x, float s);
 // add of a pre-norm block fused into the next norm; y then aliases neither.
 void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& residual = {});
 void softmax(const Tensor& x, const Tensor& y);
+// Mamba-2's gated RMSNorm (gate first, HF MambaRMSNormGated): per row r and group of
+// `group` features, v = x * silu(z), y = v * rsqrt(mean(v^2) + eps) * weight. x [R, I]
+// f32 contiguous; z [R, I] f32 with unit column stride (rows may be strided); weight f32
+// [I]; y [R, I] f32, bf16 or f16, contiguous, may alias x.
+void gated_rms_norm(const Tensor& x, const Tensor& z, const Tensor& weight, int64_t group, float eps,
+                    const Tensor& y);
 void silu(const Tensor& x, const Tensor& y);
 
 // A rotary table (subq::rope_table: frequencies of any rope type, attention factor) in

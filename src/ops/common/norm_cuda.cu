@@ -59,6 +59,23 @@ __global__ void rms_norm_kernel(const float* x, const float* residual, float* su
   }
 }
 
+// One block per (row, group): v = x * silu(z), normalised over the group.
+template <class Out>
+__global__ void gated_rms_norm_kernel(const float* x, const float* z, int64_t z_stride, const float* w, float eps,
+                                      Out* y, int64_t I, int64_t group) {
+  const int64_t r = blockIdx.x, g0 = static_cast<int64_t>(blockIdx.y) * group;
+  const float* xr = x + r * I + g0;
+  const float* zr = z + r * z_stride + g0;
+  auto value = [&](int64_t i) { return xr[i] * zr[i] / (1.f + __expf(-zr[i])); };
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < group; i += kThreads) {
+    const float v = value(i);
+    ss = fmaf(v, v, ss);
+  }
+  const float inv = rsqrtf(block_reduce<false>(ss) / static_cast<float>(group) + eps);
+  for (int64_t i = threadIdx.x; i < group; i += kThreads) y[r * I + g0 + i] = narrow<Out>(value(i) * inv * w[g0 + i]);
+}
+
 __global__ void softmax_kernel(const float* x, float* y, int64_t n) {
   const float* row = x + blockIdx.x * n;
   float* out = y + blockIdx.x * n;
@@ -125,6 +142,48 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
     default: throw Error("rms_norm y: expected dtype f32, bf16 or f16, found " + y.str());
   }
   SUBQ_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void gated_rms_norm(const Tensor& x, const Tensor& z, const Tensor& weight, int64_t group, float eps,
+                    const Tensor& y) {
+  check_device(x, Device::cuda, "gated_rms_norm x");
+  check_dtype(x, DType::f32, "gated_rms_norm x");
+  check_contiguous(x, "gated_rms_norm x");
+  if (x.ndim() != 2) throw Error("gated_rms_norm x: expected [R, I], found " + x.str());
+  const int64_t R = x.dim(0), I = x.dim(1);
+  check_device(z, Device::cuda, "gated_rms_norm z");
+  check_dtype(z, DType::f32, "gated_rms_norm z");
+  if (z.ndim() != 2 || z.dim(0) != R || z.dim(1) != I || (I > 1 && z.stride(1) != 1))
+    throw Error("gated_rms_norm z: expected [" + std::to_string(R) + ", " + std::to_string(I) +
+                "] with unit column stride, found " + z.str());
+  check_device(weight, Device::cuda, "gated_rms_norm weight");
+  check_dtype(weight, DType::f32, "gated_rms_norm weight");
+  check_shape(weight, Shape{I}, "gated_rms_norm weight");
+  check_device(y, Device::cuda, "gated_rms_norm y");
+  check_contiguous(y, "gated_rms_norm y");
+  check_shape(y, x.shape(), "gated_rms_norm y");
+  if (group < 1 || I % group != 0)
+    throw Error("gated_rms_norm: group " + std::to_string(group) + " must divide the width " + std::to_string(I));
+  if (R > INT32_MAX || I / group > 65535) throw Error("gated_rms_norm x: too many rows or groups: " + x.str());
+  if (R * I == 0) return;
+  const dim3 grid(static_cast<unsigned>(R), static_cast<unsigned>(I / group));
+  const float *xp = x.device_data<float>(), *zp = z.device_data<float>(), *w = weight.device_data<float>();
+  const int64_t zs = z.stride(0);
+  switch (y.dtype()) {
+    case DType::f32:
+      gated_rms_norm_kernel<<<grid, kThreads, 0, stream()>>>(xp, zp, zs, w, eps, y.mutable_device_data<float>(), I, group);
+      break;
+    case DType::bf16:
+      gated_rms_norm_kernel<<<grid, kThreads, 0, stream()>>>(xp, zp, zs, w, eps,
+                                                             static_cast<__nv_bfloat16*>(y.mutable_device_raw_data()), I, group);
+      break;
+    case DType::f16:
+      gated_rms_norm_kernel<<<grid, kThreads, 0, stream()>>>(xp, zp, zs, w, eps, static_cast<__half*>(y.mutable_device_raw_data()),
+                                                             I, group);
+      break;
+    default: throw Error("gated_rms_norm y: expected dtype f32, bf16 or f16, found " + y.str());
+  }
+  SUBQ_CUDA_CHECK_LAUNCH("gated_rms_norm_kernel");
 }
 
 void softmax(const Tensor& x, const Tensor& y) {

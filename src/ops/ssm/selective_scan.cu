@@ -27,7 +27,10 @@ constexpr int kSlice = 16;  // states per thread
 // dependent steps, and few threads fit per SM, so without it every step waits a full
 // DRAM round trip. The time loops are not unrolled: unrolling 2 or 4 steps took the
 // registers from 110 to 143 / 163 (fewer resident warps) and cost 1.2-1.4x on an H200
-// (2026-12-02). Hoisting dt's softplus into an element-wise pass and stepping pointers
+// (2026-12-02). The explicit minimum of 1 block per SM in the launch bounds matters: with
+// it ptxas gives the output pass 110 registers, without it 80 and 1.25x the time (the
+// extra resident warps then likely share L1 among more prefetched steps; not profiled).
+// Hoisting dt's softplus into an element-wise pass and stepping pointers
 // instead of indexing (179 instead of 248 instructions per step, 77 registers) measured
 // 0.82-0.91x of this form in the same call: not kept.
 constexpr int kAhead = 16;
@@ -97,7 +100,7 @@ __device__ __forceinline__ void load_decay(float (&a2)[kSlice], const Params& p,
 
 // Pass 1: end state of each chunk from a zero start, and the chunk's sum of dt.
 template <int S, bool kVec>
-__global__ void __launch_bounds__(kThreads) chunk_end_state_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 1) chunk_end_state_kernel(const Params p) {
   const Slot<S> s(p);
   const float* __restrict__ x = p.x;
   const float* __restrict__ dt = p.dt;
@@ -164,7 +167,7 @@ __global__ void chunk_carry_kernel(const Params p, int batch) {
 
 // Pass 3 (the only pass for one chunk): scan from the true start state, write y.
 template <int S, bool kVec>
-__global__ void __launch_bounds__(kThreads) scan_output_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 1) scan_output_kernel(const Params p) {
   const Slot<S> s(p);
   const float* __restrict__ x = p.x;
   const float* __restrict__ dt = p.dt;
