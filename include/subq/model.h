@@ -46,8 +46,8 @@ struct LoadOptions {
   // dtype; half the bytes decode reads), f32 otherwise.
   std::string kv_cache;
   // Where the model runs: "cpu" (or empty), or "cuda" (the GPU; a build with the CUDA
-  // backend, and for now Llama-style attention, gated SiLU MLP and Mamba layers only,
-  // dense attention over a bf16 KV cache).
+  // backend, and for now Llama-style attention with dense masks over a bf16 KV cache,
+  // SwiGLU and plain relu2/SiLU MLPs, Mamba and Mamba-2 layers only).
   std::string device;
 };
 
