@@ -13,13 +13,17 @@
 // Other layer kinds (mixtures of experts, GELU MLPs, Jamba's Mamba), sparse policies,
 // soft-capping and LayerNorm are an Error at load naming the layer. States are saved in the CPU decoder's format (attention as a bf16
 // cache), so a state saved on one device continues on the other.
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "src/core/cuda/check.cuh"
 #include "src/core/cuda/device.h"
 #include "src/mixers/attention_mixer.h"
 #include "src/mixers/mamba2_mixer.h"
@@ -97,20 +101,31 @@ class DeviceLayerState {
   virtual size_t bytes() const = 0;
   virtual std::vector<Tensor> snapshot() const = 0;  // host tensors
   virtual void restore(const std::vector<Tensor>& parts, int64_t position) = 0;
+  // Around a forward that takes the sequence to `length` tokens: prepare() makes room
+  // before it (outside any graph capture), advance() updates the host's account after it.
+  virtual void prepare(int64_t length) { (void)length; }
+  virtual void advance(int64_t length) { (void)length; }
+  // Changes when prepare() reallocates: a captured decode graph holds the old addresses.
+  virtual int64_t layout() const { return 0; }
 };
 
-// Where a forward starts: the position of its first token, and the positions of all T
-// of them as i32 [T] on the GPU (uploaded once per forward, not once per layer: a host
-// to device copy waits for the stream).
+// Where a forward starts: the position of its first token, the positions of all T of
+// them as i32 [T] on the GPU (uploaded once per forward, not once per layer: a host to
+// device copy waits for the stream), and for a one-token step the length after it as i32
+// [1] on the GPU. The kernels of a one-token step read these from GPU memory only, so
+// that a captured graph of the step replays at any position.
 struct Positions {
   int64_t first = 0;
   Tensor device;
+  Tensor length;
 };
 
 class DeviceMixer {
  public:
   virtual ~DeviceMixer() = default;
   virtual DType input_dtype() const = 0;  // of x in forward(): the first matmul's
+  // Whether a one-token forward reads nothing from the host that changes per step.
+  virtual bool graph_safe() const { return true; }
   virtual std::unique_ptr<DeviceLayerState> new_state() const = 0;
   // y[T, D] = mixer(x[T, D]) continuing the state; advances it.
   virtual void forward(const Tensor& x, DeviceLayerState& state, const Positions& pos, const Tensor& y) const = 0;
@@ -143,6 +158,9 @@ class KVState final : public DeviceLayerState {
   Tensor prefix(const Tensor& cache, int64_t n) const { return cache.slice(0, 0, n).view({1, n, hkv_, dp_}); }
 
   size_t bytes() const override { return static_cast<size_t>(2 * slots_ * hkv_ * dh_) * sizeof(uint16_t); }
+  void prepare(int64_t length) override { reserve(length, slots_); }
+  void advance(int64_t length) override { slots_ = length; }
+  int64_t layout() const override { return capacity_; }
 
   // As AttentionState: keys and values [slots, Hkv, Dh] bf16, positions, next position.
   std::vector<Tensor> snapshot() const override {
@@ -223,6 +241,9 @@ class DeviceAttention final : public DeviceMixer {
   }
 
   DType input_dtype() const override { return wqkv_.input_dtype(); }
+  // The split-KV decode kernel takes up to 16 query heads per KV head; more decode with
+  // the flash kernel, whose key count comes from the host.
+  bool graph_safe() const override { return c_.n_heads / c_.n_kv_heads <= 16; }
 
   std::unique_ptr<DeviceLayerState> new_state() const override {
     return std::make_unique<KVState>(c_.n_kv_heads, c_.head_dim, dp_);
@@ -244,17 +265,16 @@ class DeviceAttention final : public DeviceMixer {
       }
     }
     if (rope_.pairs > 0) cuda::rope(qkv.slice(1, 0, Hq + Hkv), pos.device, rope_);
-    const int64_t n = position + T;
-    kv.reserve(n, position);
-    cuda::copy_rows(k, kv.rows(kv.k_, position, n).view({T, Hkv, dp_}));
-    cuda::copy_rows(v, kv.rows(kv.v_, position, n).view({T, Hkv, dp_}));
-    kv.slots_ = n;
+    const int64_t n = position + T;  // the caller's prepare(n) made room
+    const Tensor first = pos.device.slice(0, 0, 1);
+    cuda::kv_append(k, kv.k_, first);
+    cuda::kv_append(v, kv.v_, first);
 
     const Tensor qp = cuda::empty(DType::bf16, {1, T, Hq, dp_}), op = cuda::empty(DType::bf16, {1, T, Hq, dp_});
     cuda::copy_rows(q, qp.view({T, Hq, dp_}));
-    if (T == 1 && Hq / Hkv <= 16)
+    if (T == 1 && graph_safe())
       cuda::decode_attention(qp, kv.k_.view({1, kv.capacity_, Hkv, dp_}), kv.v_.view({1, kv.capacity_, Hkv, dp_}), op,
-                             n, scale_);
+                             pos.length, scale_);
     else
       cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, /*causal=*/true, scale_);
     // bf16 -> bf16 where wo is bf16 (no conversion), else -> f32 and wo rounds it.
@@ -505,16 +525,47 @@ struct DeviceBlock {
   std::unique_ptr<DeviceMlp> mlp;
 };
 
+// One decode step captured as a CUDA graph: every kernel of the step, replayed with one
+// launch. Valid while the layers' layouts (KV cache capacities) stay those it was
+// captured with; its temporaries stay in its pool.
+class DecodeGraph {
+ public:
+  DecodeGraph(cudaGraphExec_t exec, std::unique_ptr<cuda::GraphPool> pool, std::vector<int64_t> layout)
+      : pool_(std::move(pool)), exec_(exec), layout_(std::move(layout)) {}
+  ~DecodeGraph() { cudaGraphExecDestroy(exec_); }  // before pool_ returns its memory
+  DecodeGraph(const DecodeGraph&) = delete;
+  DecodeGraph& operator=(const DecodeGraph&) = delete;
+  const std::vector<int64_t>& layout() const { return layout_; }
+  void launch() const { SUBQ_CUDA_CHECK(cudaGraphLaunch(exec_, cuda::stream())); }
+
+ private:
+  std::unique_ptr<cuda::GraphPool> pool_;
+  cudaGraphExec_t exec_;
+  std::vector<int64_t> layout_;
+};
+
 class DeviceDecoderState final : public ModelState {
  public:
   std::vector<std::unique_ptr<DeviceLayerState>> layers;  // null where a block has no mixer
   int64_t position_ = 0;
+  // One-token steps: their inputs (i32 [3]: token, position, length after the step) and
+  // logits (f32 [1, V]) at fixed GPU addresses, the layout the last eager step ran at, and
+  // the graph captured after it.
+  Tensor step, step_logits;
+  std::vector<int64_t> eager_layout;
+  std::unique_ptr<DecodeGraph> graph;
+
   int64_t position() const override { return position_; }
   size_t state_bytes() const override {
     size_t n = 0;
     for (const auto& l : layers)
       if (l) n += l->bytes();
     return n;
+  }
+  std::vector<int64_t> layout() const {
+    std::vector<int64_t> out;
+    for (const auto& l : layers) out.push_back(l ? l->layout() : 0);
+    return out;
   }
 };
 
@@ -549,6 +600,8 @@ class CudaDecoder final : public Model {
     head_.w = spec.head.raw_data() == spec.embedding.raw_data() ? embedding_ : cuda::to_device(spec.head);
     final_norm_ = upload_norm(spec.final_norm, "final norm");
     embedding_scale_ = spec.embedding_scale;
+    for (const auto& b : blocks_) graphs_ = graphs_ && (!b.mixer || b.mixer->graph_safe());
+    if (const char* env = std::getenv("SUBQ_CUDA_GRAPHS")) graphs_ = graphs_ && std::string(env) != "0";
   }
 
   const ModelInfo& info() const override { return info_; }
@@ -561,47 +614,39 @@ class CudaDecoder final : public Model {
 
   void forward(std::span<const int32_t> tokens, ModelState& base, const Tensor& logits) const override {
     DeviceDecoderState& state = own(base, "model forward");
-    const int64_t T = static_cast<int64_t>(tokens.size()), D = info_.d_model, V = info_.vocab_size;
+    const int64_t T = static_cast<int64_t>(tokens.size()), V = info_.vocab_size, first = state.position_;
     if (T == 0) throw Error("model forward: no tokens");
     check_dtype(logits, DType::f32, "model forward: logits");
     check_device(logits, Device::cpu, "model forward: logits");
     if (!(logits.shape() == Shape{T, V}) && !(logits.shape() == Shape{1, V}))
       throw Error("model forward: logits must be [" + std::to_string(T) + ", " + std::to_string(V) + "] or [1, " +
                   std::to_string(V) + "], found " + logits.str());
-    Tensor ids = Tensor::empty(DType::i32, {T}), positions = Tensor::empty(DType::i32, {T});
-    std::copy(tokens.begin(), tokens.end(), ids.mutable_data<int32_t>());
-    for (int64_t t = 0; t < T; ++t) positions.mutable_data<int32_t>()[t] = static_cast<int32_t>(state.position_ + t);
-    const Positions pos{state.position_, cuda::to_device(positions)};
-    const Tensor x = cuda::empty(DType::f32, {T, D}), y = cuda::empty(DType::f32, {T, D});
-    cuda::embedding(cuda::to_device(ids), embedding_, x);
-    if (embedding_scale_ != 1.f) cuda::scale(x, embedding_scale_);
-    // Each block's output y is added to x by the next norm (the residual add fused in).
-    bool pending = false;
-    auto norm = [&](const DeviceNorm& n, const Tensor& rows_x, const Tensor& rows_y, const Tensor& out) {
-      n.apply(rows_x, out, pending ? rows_y : Tensor());
-      pending = true;
-    };
-    for (size_t l = 0; l < blocks_.size(); ++l) {
-      const DeviceBlock& b = blocks_[l];
-      if (b.mixer) {
-        const Tensor h = cuda::empty(b.mixer->input_dtype(), {T, D});
-        norm(b.mixer_norm, x, y, h);
-        b.mixer->forward(h, *state.layers[l], pos, y);
-      }
-      if (b.mlp) {
-        const Tensor h = cuda::empty(b.mlp->input_dtype(), {T, D});
-        norm(b.mlp_norm, x, y, h);
-        b.mlp->forward(h, y);
-      }
+    for (int32_t t : tokens)  // checked here, so that no kernel has to report back
+      if (t < 0 || t >= V)
+        throw Error("model forward: token id " + std::to_string(t) + " is outside [0, " + std::to_string(V) + ")");
+    if (first + T > INT32_MAX) throw Error("model forward: positions past 2^31 - 1");
+    for (const auto& l : state.layers)
+      if (l) l->prepare(first + T);
+
+    if (T == 1) {
+      decode_step(tokens[0], state);
+      cuda::copy(state.step_logits, logits);
+    } else {
+      // ids [T], positions [T] and the length in one upload.
+      Tensor host = Tensor::empty(DType::i32, {2 * T + 1});
+      int32_t* h = host.mutable_data<int32_t>();
+      std::copy(tokens.begin(), tokens.end(), h);
+      for (int64_t t = 0; t < T; ++t) h[T + t] = static_cast<int32_t>(first + t);
+      h[2 * T] = static_cast<int32_t>(first + T);
+      const Tensor dev = cuda::to_device(host);
+      const Tensor out = cuda::empty(DType::f32, {logits.dim(0), V});
+      run(state, dev.slice(0, 0, T), {first, dev.slice(0, T, 2 * T), dev.slice(0, 2 * T, 2 * T + 1)}, out);
+      cuda::copy(out, logits);
     }
-    const int64_t rows = logits.dim(0);
-    const Tensor normed = cuda::empty(head_.input_dtype(), {rows, D}), out = cuda::empty(DType::f32, {rows, V});
-    norm(final_norm_, rows == T ? x : x.slice(0, T - 1, T), rows == T ? y : y.slice(0, T - 1, T), normed);
-    head_.apply(normed, out);
-    cuda::copy(out, logits);
+    for (const auto& l : state.layers)
+      if (l) l->advance(first + T);
     state.position_ += T;
   }
-
   void save_state(const ModelState& base, const std::string& path) const override {
     const DeviceDecoderState& state = own(base, "save state");
     std::vector<std::vector<Tensor>> layers;
@@ -625,6 +670,83 @@ class CudaDecoder final : public Model {
   }
 
  private:
+  // Every layer, from token ids to logits `out` ([1, V] or [T, V]); the state's room was
+  // made by prepare().
+  void run(DeviceDecoderState& state, const Tensor& ids, const Positions& pos, const Tensor& out) const {
+    const int64_t T = ids.dim(0), D = info_.d_model;
+    const Tensor x = cuda::empty(DType::f32, {T, D}), y = cuda::empty(DType::f32, {T, D});
+    cuda::embedding(ids, embedding_, x, /*check_ids=*/false);
+    if (embedding_scale_ != 1.f) cuda::scale(x, embedding_scale_);
+    // Each block's output y is added to x by the next norm (the residual add fused in).
+    bool pending = false;
+    auto norm = [&](const DeviceNorm& n, const Tensor& rows_x, const Tensor& rows_y, const Tensor& normed) {
+      n.apply(rows_x, normed, pending ? rows_y : Tensor());
+      pending = true;
+    };
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+      const DeviceBlock& b = blocks_[l];
+      if (b.mixer) {
+        const Tensor h = cuda::empty(b.mixer->input_dtype(), {T, D});
+        norm(b.mixer_norm, x, y, h);
+        b.mixer->forward(h, *state.layers[l], pos, y);
+      }
+      if (b.mlp) {
+        const Tensor h = cuda::empty(b.mlp->input_dtype(), {T, D});
+        norm(b.mlp_norm, x, y, h);
+        b.mlp->forward(h, y);
+      }
+    }
+    const int64_t rows = out.dim(0);
+    const Tensor normed = cuda::empty(head_.input_dtype(), {rows, D});
+    norm(final_norm_, rows == T ? x : x.slice(0, T - 1, T), rows == T ? y : y.slice(0, T - 1, T), normed);
+    head_.apply(normed, out);
+  }
+
+  // One token into state.step_logits. The first step at a layout runs eagerly (it also
+  // warms every lazily initialised kernel setting and cuBLAS); the next one is captured
+  // as a graph, which later steps replay until a KV cache grows.
+  void decode_step(int32_t token, DeviceDecoderState& state) const {
+    if (!state.step.defined()) {
+      state.step = cuda::empty(DType::i32, {3});
+      state.step_logits = cuda::empty(DType::f32, {1, info_.vocab_size});
+    }
+    const int32_t values[3] = {token, static_cast<int32_t>(state.position_), static_cast<int32_t>(state.position_ + 1)};
+    // Pageable source: the copy is staged before this returns, so `values` may go.
+    SUBQ_CUDA_CHECK(cudaMemcpyAsync(state.step.mutable_device_raw_data(), values, sizeof values,
+                                    cudaMemcpyHostToDevice, cuda::stream()));
+    const Positions pos{state.position_, state.step.slice(0, 1, 2), state.step.slice(0, 2, 3)};
+    const Tensor ids = state.step.slice(0, 0, 1);
+    const std::vector<int64_t> layout = state.layout();
+    if (state.graph && state.graph->layout() == layout) return state.graph->launch();
+    state.graph.reset();
+    if (!graphs_ || state.eager_layout != layout) {
+      run(state, ids, pos, state.step_logits);
+      state.eager_layout = layout;
+      return;
+    }
+    cudaStream_t s = cuda::stream();
+    std::unique_ptr<cuda::GraphPool> pool = cuda::begin_graph_pool();
+    SUBQ_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    cudaGraph_t graph = nullptr;
+    try {
+      run(state, ids, pos, state.step_logits);
+    } catch (...) {
+      cudaStreamEndCapture(s, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cuda::end_graph_pool();
+      throw;
+    }
+    const cudaError_t ended = cudaStreamEndCapture(s, &graph);
+    cuda::end_graph_pool();
+    SUBQ_CUDA_CHECK(ended);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    SUBQ_CUDA_CHECK(made);
+    state.graph = std::make_unique<DecodeGraph>(exec, std::move(pool), layout);
+    state.graph->launch();
+  }
+
   const DeviceDecoderState& own(const ModelState& base, const char* who) const {
     auto* state = dynamic_cast<const DeviceDecoderState*>(&base);
     if (!state || state->layers.size() != blocks_.size())
@@ -637,6 +759,7 @@ class CudaDecoder final : public Model {
 
   ModelInfo info_;
   std::vector<DeviceBlock> blocks_;
+  bool graphs_ = true;  // decode steps as CUDA graphs (SUBQ_CUDA_GRAPHS=0 at load: off)
   Tensor embedding_;
   DeviceLinear head_;
   DeviceNorm final_norm_;

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <random>
 #include <tuple>
 
 #include "subq/model.h"
@@ -129,6 +131,46 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaFixture,
                          testing::Values("llama", "llama_tied_bf16", "llama_rope_llama3", "llama_rope_yarn",
                                          "llama_rope_linear", "llama_bias", "mamba", "mamba_bias_bf16", "mamba2",
                                          "bamba", "nemotron_h"));
+
+// One-token steps replay a captured CUDA graph; a KV cache that grows (capacity 256, then
+// 512) forces an eager step and a new capture. Each step equals the eager decoder's (the
+// same kernels) and one prefill over the whole sequence.
+TEST(CudaModel, GraphDecodeAcrossCacheGrowthMatchesEagerAndPrefill) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = test::rng_for_test();
+  const std::string dir = test::kModelFixtures + "llama";
+  auto graphed = Model::load(dir, on("cuda"));
+  setenv("SUBQ_CUDA_GRAPHS", "0", 1);
+  auto eager = Model::load(dir, on("cuda"));
+  unsetenv("SUBQ_CUDA_GRAPHS");
+  const int64_t V = graphed->info().vocab_size, prompt = 250, steps = 12;
+  std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(V - 1));
+  std::vector<int32_t> seq(static_cast<size_t>(prompt + steps));
+  for (auto& t : seq) t = id(rng);
+  std::vector<std::vector<std::vector<double>>> stepped(2);
+  for (int m = 0; m < 2; ++m) {
+    const Model& model = m == 0 ? *graphed : *eager;
+    auto state = model.new_state();
+    Tensor last = test::nan_tensor({1, V});
+    model.forward(std::span<const int32_t>(seq.data(), static_cast<size_t>(prompt)), *state, last);
+    for (int64_t i = 0; i < steps; ++i) {
+      last = test::nan_tensor({1, V});
+      model.forward(std::span<const int32_t>(&seq[static_cast<size_t>(prompt + i)], 1), *state, last);
+      stepped[m].push_back(row(last, 0));
+    }
+    EXPECT_EQ(state->position(), prompt + steps);
+  }
+  Tensor whole = test::nan_tensor({prompt + steps, V});
+  graphed->forward(seq, *graphed->new_state(), whole);
+  double scale = 0;
+  for (int64_t i = 0; i < whole.numel(); ++i) scale = std::max(scale, std::abs(double{whole.data<float>()[i]}));
+  for (int64_t i = 0; i < steps; ++i) {
+    const std::vector<float> g(stepped[0][i].begin(), stepped[0][i].end());
+    test::expect_close(test::tensor_from(g, {V}), stepped[1][i], 1e-6, 1e-6 * scale, "graph vs eager step " + std::to_string(i));
+    test::expect_close(test::tensor_from(g, {V}), row(whole, prompt + i), 1e-2, 1e-2 * scale,
+                       "graph step vs prefill " + std::to_string(i));
+  }
+}
 
 // What the GPU decoder cannot run is refused at load, naming the layer.
 TEST(CudaModel, UnsupportedLayersAreClearErrors) {

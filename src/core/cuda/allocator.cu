@@ -57,9 +57,30 @@ class CachingAllocator {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = live_.find(p);
     if (it == live_.end()) throw Error("device_free: pointer was not allocated by subq's CUDA allocator");
-    free_[it->second].push_back(p);
-    cached_ += it->second;
+    if (pool_) {
+      pool_->emplace_back(p, it->second);
+    } else {
+      free_[it->second].push_back(p);
+      cached_ += it->second;
+    }
     live_.erase(it);
+  }
+
+  void begin_pool(std::vector<std::pair<void*, size_t>>* pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pool_) throw Error("begin_graph_pool: a graph pool is already open");
+    pool_ = pool;
+  }
+  void end_pool() {
+    std::lock_guard<std::mutex> lock(mu_);
+    pool_ = nullptr;
+  }
+  void return_blocks(const std::vector<std::pair<void*, size_t>>& blocks) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [p, size] : blocks) {
+      free_[size].push_back(p);
+      cached_ += size;
+    }
   }
 
   size_t cached() {
@@ -82,6 +103,7 @@ class CachingAllocator {
   }
 
   std::mutex mu_;
+  std::vector<std::pair<void*, size_t>>* pool_ = nullptr;  // open graph pool, if any
   std::map<size_t, std::vector<void*>> free_;
   std::unordered_map<void*, size_t> live_;
   size_t cached_ = 0;
@@ -95,6 +117,15 @@ CachingAllocator& allocator() {
 }
 
 }  // namespace
+
+GraphPool::~GraphPool() { allocator().return_blocks(blocks_); }
+
+std::unique_ptr<GraphPool> begin_graph_pool() {
+  auto pool = std::unique_ptr<GraphPool>(new GraphPool);
+  allocator().begin_pool(&pool->blocks_);
+  return pool;
+}
+void end_graph_pool() { allocator().end_pool(); }
 
 void* device_alloc(size_t bytes) { return allocator().allocate(bytes); }
 void device_free(void* p) { allocator().release(p); }

@@ -5,7 +5,10 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "subq/tensor.h"
 
@@ -44,6 +47,24 @@ void* device_alloc(size_t bytes);
 void device_free(void* p);
 size_t cached_bytes();
 void empty_cache();
+
+// The memory of a captured CUDA graph: its kernels reuse the same addresses on every
+// replay, so what the captured work frees must stay the graph's. Between
+// begin_graph_pool() and end_graph_pool() freed blocks go to the pool instead of back to
+// the cache; destroying the pool (after the graph) returns them. One pool open at a time.
+class GraphPool {
+ public:
+  ~GraphPool();
+  GraphPool(const GraphPool&) = delete;
+  GraphPool& operator=(const GraphPool&) = delete;
+
+ private:
+  GraphPool() = default;
+  friend std::unique_ptr<GraphPool> begin_graph_pool();
+  std::vector<std::pair<void*, size_t>> blocks_;
+};
+std::unique_ptr<GraphPool> begin_graph_pool();
+void end_graph_pool();
 
 // Tensors in GPU memory (Device::cuda): uninitialised, or copies of host tensors.
 Tensor empty(DType dtype, const Shape& shape);

@@ -48,6 +48,7 @@ struct DecodeParams {
   float* part_acc;  // [B, H, splits, D]
   float* part_max;  // [B, H, splits], log2 domain
   float* part_sum;  // [B, H, splits]
+  const int* kv_len_device;  // when set, the length is read here when the kernel runs
   int heads, kv_heads, group, kv_len, capacity, split_len, splits;
   float scale_log2;
 };
@@ -76,7 +77,8 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodePara
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int h0 = kvh * p.group;
-  const int begin = split * p.split_len, end = min(p.kv_len, begin + p.split_len);
+  const int kv_len = p.kv_len_device ? min(*p.kv_len_device, p.capacity) : p.kv_len;
+  const int begin = split * p.split_len, end = min(kv_len, begin + p.split_len);  // may be empty
   const int n_tiles = (end - begin + kTileKeys - 1) / kTileKeys;
 
   const int64_t ld = static_cast<int64_t>(p.kv_heads) * D;
@@ -302,8 +304,12 @@ void launch(DecodeParams& p, int64_t batch, int64_t splits, __nv_bfloat16* o) {
 
 }  // namespace
 
-void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, int64_t kv_len,
-                      float scale, int64_t splits) {
+namespace {
+
+// kv_len_device null: the length is kv_len; else it is read on the GPU and kv_len is the
+// capacity the keys are split for.
+void run_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, int64_t kv_len,
+                const int* kv_len_device, float scale, int64_t splits) {
   check_decode_tensor(q, "decode_attention q");
   check_decode_tensor(k, "decode_attention k");
   check_decode_tensor(v, "decode_attention v");
@@ -335,12 +341,63 @@ void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
   p.kv_heads = static_cast<int>(Hkv);
   p.group = static_cast<int>(H / Hkv);
   p.kv_len = static_cast<int>(kv_len);
+  p.kv_len_device = kv_len_device;
   p.capacity = static_cast<int>(capacity);
   p.scale_log2 = scale * 1.4426950408889634f;
   auto* out = reinterpret_cast<__nv_bfloat16*>(o.mutable_device_data<bf16>());
   if (D == 64) launch<64>(p, B, splits, out);
   else if (D == 128) launch<128>(p, B, splits, out);
   else launch<256>(p, B, splits, out);
+}
+
+}  // namespace
+
+void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, int64_t kv_len,
+                      float scale, int64_t splits) {
+  run_decode(q, k, v, o, kv_len, nullptr, scale, splits);
+}
+
+void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& kv_len,
+                      float scale) {
+  check_device(kv_len, Device::cuda, "decode_attention kv_len");
+  check_dtype(kv_len, DType::i32, "decode_attention kv_len");
+  check_shape(kv_len, Shape{1}, "decode_attention kv_len");
+  run_decode(q, k, v, o, k.ndim() == 4 ? k.dim(1) : 0, kv_len.device_data<int32_t>(), scale, 0);
+}
+
+__global__ void kv_append_kernel(const float* src, int64_t token_stride, int64_t head_stride, int64_t T, int64_t H,
+                                 int64_t Dh, __nv_bfloat16* cache, int64_t Dp, int64_t capacity, const int* position) {
+  const int64_t pos = *position;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < T * H * Dp;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / (H * Dp), h = i / Dp % H, j = i % Dp;
+    if (pos + t >= capacity) continue;  // the caller reserved room; never write past it
+    cache[((pos + t) * H + h) * Dp + j] =
+        __float2bfloat16_rn(j < Dh ? src[t * token_stride + h * head_stride + j] : 0.f);
+  }
+}
+
+void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position) {
+  check_device(src, Device::cuda, "kv_append src");
+  check_dtype(src, DType::f32, "kv_append src");
+  if (src.ndim() != 3 || (src.dim(2) > 1 && src.stride(2) != 1))
+    throw Error("kv_append src: expected [T, Hkv, Dh] with unit element stride, found " + src.str());
+  check_device(cache, Device::cuda, "kv_append cache");
+  check_dtype(cache, DType::bf16, "kv_append cache");
+  check_contiguous(cache, "kv_append cache");
+  if (cache.ndim() != 3 || cache.dim(1) != src.dim(1) || cache.dim(2) < src.dim(2))
+    throw Error("kv_append cache: expected [capacity, " + std::to_string(src.dim(1)) + ", >= " +
+                std::to_string(src.dim(2)) + "], found " + cache.str());
+  check_device(position, Device::cuda, "kv_append position");
+  check_dtype(position, DType::i32, "kv_append position");
+  check_shape(position, Shape{1}, "kv_append position");
+  const int64_t T = src.dim(0), H = src.dim(1), Dh = src.dim(2), Dp = cache.dim(2), n = T * H * Dp;
+  if (n == 0) return;
+  kv_append_kernel<<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)), 256, 0, stream()>>>(
+      src.device_data<float>(), src.stride(0), src.stride(1), T, H, Dh,
+      reinterpret_cast<__nv_bfloat16*>(cache.mutable_device_data<bf16>()), Dp, cache.dim(0),
+      position.device_data<int32_t>());
+  SUBQ_CUDA_CHECK_LAUNCH("kv_append_kernel");
 }
 
 }  // namespace subq::cuda

@@ -44,5 +44,17 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 // log-sum-exp; the partial results use f32 scratch from the caching allocator.
 void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, int64_t kv_len,
                       float scale, int64_t splits = 0);
+// The same with the length in GPU memory (i32 [1], read when the kernels run, in
+// [1, capacity]), so that one captured CUDA graph serves every length up to the cache's
+// capacity: the keys are split for the capacity, and splits past the length finish at
+// once.
+void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& kv_len,
+                      float scale);
+
+// Writes src [T, Hkv, Dh] (f32, heads and tokens may be strided: a part of a fused q/k/v)
+// into cache slots [pos, pos + T) of a bf16 cache [capacity, Hkv, Dp] (Dp >= Dh, padded
+// with zeros), pos read from GPU memory (i32 [1]) when the kernel runs; slots past the
+// capacity are not written.
+void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position);
 
 }  // namespace subq::cuda

@@ -70,7 +70,8 @@ DeviceRopeTable upload(const RopeTable& table);
 void rope(const Tensor& x, const Tensor& positions, const DeviceRopeTable& table);
 
 // out[T, D] (f32) = table[ids[t], :], ids i32[T], table [V, D] f32/bf16/f16, all on the
-// GPU. An id outside [0, V) throws subq::Error (this waits for the kernel to finish).
-void embedding(const Tensor& ids, const Tensor& table, const Tensor& out);
+// GPU. An id outside [0, V) throws subq::Error (this waits for the kernel to finish);
+// with check_ids false the caller has checked them (nothing waits; a bad id's row is NaN).
+void embedding(const Tensor& ids, const Tensor& table, const Tensor& out, bool check_ids = true);
 
 }  // namespace subq::cuda

@@ -20,12 +20,15 @@ void check_cublas(cublasStatus_t s, const char* call, int line) {
 }
 #define SUBQ_CUBLAS_CHECK(call) check_cublas((call), #call, __LINE__)
 
-// One handle for the process, bound to subq's stream.
+// One handle for the process, bound to subq's stream, with a workspace of its own (so
+// that cuBLAS allocates nothing inside a captured CUDA graph).
 cublasHandle_t handle() {
   static const cublasHandle_t h = [] {
+    constexpr size_t kWorkspace = size_t{32} << 20;
     cublasHandle_t created = nullptr;
     SUBQ_CUBLAS_CHECK(cublasCreate(&created));
     SUBQ_CUBLAS_CHECK(cublasSetStream(created, stream()));
+    SUBQ_CUBLAS_CHECK(cublasSetWorkspace(created, device_alloc(kWorkspace), kWorkspace));
     return created;
   }();
   return h;
