@@ -46,8 +46,8 @@ struct LoadOptions {
   // dtype; half the bytes decode reads), f32 otherwise.
   std::string kv_cache;
   // Where the model runs: "cpu" (or empty), or "cuda" (the GPU; a build with the CUDA
-  // backend, and for now Llama-style attention with dense masks over a bf16 KV cache,
-  // SwiGLU and plain relu2/SiLU MLPs, Mamba and Mamba-2 layers only).
+  // backend, and for now Llama-style attention over a bf16 KV cache (any sparse policy
+  // but the evicting window), SwiGLU and plain relu2/SiLU MLPs, Mamba and Mamba-2 layers).
   std::string device;
 };
 

@@ -10,8 +10,11 @@
 //     the tensor-core SSD kernel (x, B, C in bf16; head and state sizes below 64 or 128
 //     zero-padded to it, which adds nothing to the state or the output).
 //   * SwiGLU and plain (relu2, SiLU) MLPs.
-// Other layer kinds (mixtures of experts, GELU MLPs, Jamba's Mamba), sparse policies,
-// soft-capping and LayerNorm are an Error at load naming the layer. States are saved in the CPU decoder's format (attention as a bf16
+//   * A sparse prefill policy builds the prompt's BlockMask on the CPU (the dynamic
+//     selectors from host copies of q and k) for the block-sparse flash kernel.
+//   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager).
+// Other layer kinds (mixtures of experts, GELU MLPs, Jamba's Mamba), the evicting window
+// policy, soft-capping and LayerNorm are an Error at load naming the layer. States are saved in the CPU decoder's format (attention as a bf16
 // cache), so a state saved on one device continues on the other.
 #include <cuda_runtime.h>
 
@@ -224,9 +227,9 @@ int64_t padded(int64_t n, std::initializer_list<int64_t> sizes, const std::strin
 class DeviceAttention final : public DeviceMixer {
  public:
   DeviceAttention(const AttentionMixer& m, const std::string& where) : c_(m.config()) {
-    if (!c_.sparse.is_dense())
+    if (c_.sparse.bounds_cache())
       throw Error("device cuda: " + where + ": sparse policy " + attn::to_string(c_.sparse) +
-                  " is CPU-only for now; the GPU decoder runs dense attention");
+                  " evicts keys from the cache, which the GPU decoder does not do yet (the other selectors run)");
     if (c_.softcap > 0.f) throw Error("device cuda: " + where + ": logit soft-capping is CPU-only for now");
     dp_ = padded(c_.head_dim, {64, 128, 256}, where + ": head_dim");
     const AttentionWeights& w = m.weights();
@@ -247,6 +250,37 @@ class DeviceAttention final : public DeviceMixer {
 
   std::unique_ptr<DeviceLayerState> new_state() const override {
     return std::make_unique<KVState>(c_.n_kv_heads, c_.head_dim, dp_);
+  }
+
+  // The sparse policy's mask for a prompt (the first forward of a sequence), as the CPU
+  // mixer builds it: the selectors run on the CPU, the dynamic ones on host copies of
+  // the rotated f32 queries and keys (q [T, Hq, Dh], k [T, Hkv, Dh], head ranges of the
+  // fused projection). Later forwards are exact over the cache, as on the CPU.
+  attn::BlockMask prompt_mask(const Tensor& q, const Tensor& k) const {
+    const int64_t T = q.dim(0), Hq = c_.n_heads, Hkv = c_.n_kv_heads, Dh = c_.head_dim;
+    const attn::MaskGeometry g{T, T, 0, c_.sparse.block, c_.sparse.block, Hq, nullptr};
+    attn::AttentionArgs qk;
+    Tensor qh, kh;
+    if (c_.sparse.needs_qk()) {
+      for (auto [part, heads, host] : {std::tuple{&q, Hq, &qh}, std::tuple{&k, Hkv, &kh}}) {
+        const Tensor packed = cuda::empty(DType::f32, {T, heads, Dh});
+        cuda::copy_rows(*part, packed);
+        *host = cuda::to_host(packed);
+      }
+      qk.q = qh.data<float>();
+      qk.k = kh.data<float>();
+      qk.q_row_stride = qk.q_batch_stride = Hq * Dh;
+      qk.k_row_stride = qk.k_batch_stride = Hkv * Dh;
+      qk.q_batch_stride *= T;
+      qk.k_batch_stride *= T;
+      qk.kv_dtype = DType::f32;
+      qk.q_len = qk.kv_len = T;
+      qk.q_heads = Hq;
+      qk.kv_heads = Hkv;
+      qk.head_dim = Dh;
+      qk.scale = scale_;
+    }
+    return attn::build_mask(c_.sparse, g, qk);
   }
 
   void forward(const Tensor& x, DeviceLayerState& base, const Positions& pos, const Tensor& y) const override {
@@ -272,7 +306,9 @@ class DeviceAttention final : public DeviceMixer {
 
     const Tensor qp = cuda::empty(DType::bf16, {1, T, Hq, dp_}), op = cuda::empty(DType::bf16, {1, T, Hq, dp_});
     cuda::copy_rows(q, qp.view({T, Hq, dp_}));
-    if (T == 1 && graph_safe())
+    if (!c_.sparse.is_dense() && position == 0 && T > 1)
+      cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, cuda::upload(prompt_mask(q, k)), scale_);
+    else if (T == 1 && graph_safe())
       cuda::decode_attention(qp, kv.k_.view({1, kv.capacity_, Hkv, dp_}), kv.v_.view({1, kv.capacity_, Hkv, dp_}), op,
                              pos.length, scale_);
     else

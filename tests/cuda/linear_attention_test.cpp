@@ -45,6 +45,15 @@ void expect_output_close(const std::vector<double>& got, const std::vector<doubl
   expect_close(got, want, 1e-2, 2e-2 * rms(want) + 1e-6, what);
 }
 
+// Two GPU outputs, each within expect_output_close's bound of the float64 reference, are
+// within the sum of their bounds of each other: one call against two cut at another
+// token rounds its states to bf16 at other chunk boundaries. (With the single bound, 3 of
+// 256000 elements of one draw differed by 1.07x it, both sides passing against the
+// reference; H200, 2026-12-02.)
+void expect_outputs_agree(const std::vector<double>& a, const std::vector<double>& b, const std::string& what) {
+  expect_close(a, b, 2e-2, 4e-2 * rms(b) + 2e-6, what);
+}
+
 // The state pass rounds each decay-weighted key to bf16 before its tensor-core product
 // (as mamba_ssm's and fla's kernels do): up to 2^-9 relative per term. A float64
 // emulation of exactly that rounding (T = 1000, the largest case here) put the worst of
@@ -180,7 +189,7 @@ TEST(CudaLinearAttention, ConsecutiveCallsContinueTheSequence) {
       const auto second = run_gla_part(d, c, dev_state, t, c.T);
       const auto got = join_in_time(first, second, c.B, t, c.T, d.H * c.dv);
       expect_output_close(got, want, "o over two calls");
-      expect_output_close(got, one, "o over two calls against one call");
+      expect_outputs_agree(got, one, "o over two calls against one call");
       expect_state_close(device_values(dev_state), want_state, "final state over two calls");
     }
     expect_state_close(device_values(one_state), want_state, "final state of one call");

@@ -37,7 +37,7 @@ void write_logits(const std::string& path, const std::vector<float>& logits, int
 
 void add_device_option(CLI::App* cmd, LoadOptions& load) {
   cmd->add_option("--device", load.device,
-                  "Run on cpu (default) or cuda (the GPU: attention, SwiGLU/relu2 MLP, Mamba and Mamba-2 layers; dense attention)")
+                  "Run on cpu (default) or cuda (the GPU: attention, SwiGLU/relu2 MLP, Mamba and Mamba-2 layers)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->type_name("DEVICE");
 }
