@@ -2,7 +2,7 @@
 // copied to GPU memory once, activations and recurrent states f32 in GPU memory.
 //   * Matmuls through cuBLAS: bf16/f16 checkpoints with the activations rounded to the
 //     weight dtype (as transformers runs them), f32 checkpoints as f32 GEMMs.
-//   * Attention (Llama-style, dense causal) on the tensor-core flash kernel for prefill
+//   * Attention (Llama-style, causal) on the tensor-core flash kernel for prefill
 //     and the split-KV kernel for decode, over a bf16 KV cache. Head dims below 64, 128
 //     or 256 are zero-padded to it: padded channels add nothing to q . k and their
 //     outputs are dropped.
@@ -14,8 +14,9 @@
 //     selectors from host copies of q and k) for the block-sparse flash kernel.
 //   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager).
 // Other layer kinds (mixtures of experts, GELU MLPs, Jamba's Mamba), the evicting window
-// policy, soft-capping and LayerNorm are an Error at load naming the layer. States are saved in the CPU decoder's format (attention as a bf16
-// cache), so a state saved on one device continues on the other.
+// policy, soft-capping and LayerNorm are an Error at load naming the layer. States are
+// saved in the CPU decoder's format (attention as a bf16 cache), so a state saved on one
+// device continues on the other.
 #include <cuda_runtime.h>
 
 #include <algorithm>
