@@ -30,7 +30,7 @@ void write_state_file(const std::string& path, const std::string& fingerprint, i
                         {{"format", "subq-state-1"}, {"model", fingerprint}, {"position", std::to_string(position)}});
 }
 
-StateFile read_state_file(const std::string& path, const std::string& fingerprint, size_t n_layers) {
+StateFile read_state_file(const std::string& path, const std::string& fingerprint, const std::vector<bool>& stateful) {
   StateFile out{SafetensorsFile::open(path), 0, {}};
   const auto& meta = out.file.metadata();
   auto field = [&](const char* key) {
@@ -48,8 +48,9 @@ StateFile read_state_file(const std::string& path, const std::string& fingerprin
   }
   if (out.position < 0) throw Error(path + ": metadata 'position' is negative");
   size_t used = 0;
-  out.layers.resize(n_layers);
-  for (size_t l = 0; l < n_layers; ++l) {
+  out.layers.resize(stateful.size());
+  for (size_t l = 0; l < stateful.size(); ++l) {
+    if (!stateful[l]) continue;
     const std::string prefix = "layer." + std::to_string(l) + ".";
     for (size_t i = 0; out.file.contains(prefix + std::to_string(i)); ++i)
       out.layers[l].push_back(out.file.get(prefix + std::to_string(i)));
@@ -101,7 +102,9 @@ class Decoder final : public Model {
   }
 
   std::unique_ptr<ModelState> load_state(const std::string& path) const override {
-    const StateFile file = read_state_file(path, state_fingerprint(info_), spec_.blocks.size());
+    std::vector<bool> stateful;
+    for (const auto& b : spec_.blocks) stateful.push_back(b.mixer != nullptr);
+    const StateFile file = read_state_file(path, state_fingerprint(info_), stateful);
     auto state = std::unique_ptr<DecoderState>(static_cast<DecoderState*>(new_state().release()));
     state->position_ = file.position;
     for (size_t l = 0; l < state->layers.size(); ++l) {

@@ -55,9 +55,10 @@ void write_state_file(const std::string& path, const std::string& fingerprint, i
 struct StateFile {
   SafetensorsFile file;  // the layers' tensors view its mapping
   int64_t position = 0;
-  std::vector<std::vector<Tensor>> layers;  // n_layers entries; empty for a layer without state
+  std::vector<std::vector<Tensor>> layers;  // per layer; empty for a layer without state
 };
-// Checks format and fingerprint; Error naming the file on any mismatch.
-StateFile read_state_file(const std::string& path, const std::string& fingerprint, size_t n_layers);
+// Checks format and fingerprint; Error naming the file on any mismatch or on tensors of
+// no layer with state (stateful[l]: layer l has a mixer).
+StateFile read_state_file(const std::string& path, const std::string& fingerprint, const std::vector<bool>& stateful);
 
 }  // namespace subq

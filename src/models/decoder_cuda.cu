@@ -692,7 +692,9 @@ class CudaDecoder final : public Model {
   }
 
   std::unique_ptr<ModelState> load_state(const std::string& path) const override {
-    const StateFile file = read_state_file(path, state_fingerprint(info_), blocks_.size());
+    std::vector<bool> stateful;
+    for (const auto& b : blocks_) stateful.push_back(b.mixer != nullptr);
+    const StateFile file = read_state_file(path, state_fingerprint(info_), stateful);
     auto state = std::unique_ptr<DeviceDecoderState>(static_cast<DeviceDecoderState*>(new_state().release()));
     state->position_ = file.position;
     for (size_t l = 0; l < state->layers.size(); ++l) {

@@ -365,17 +365,21 @@ void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
   run_decode(q, k, v, o, k.ndim() == 4 ? k.dim(1) : 0, kv_len.device_data<int32_t>(), scale, 0);
 }
 
+namespace {
+
 __global__ void kv_append_kernel(const float* src, int64_t token_stride, int64_t head_stride, int64_t T, int64_t H,
                                  int64_t Dh, __nv_bfloat16* cache, int64_t Dp, int64_t capacity, const int* position) {
   const int64_t pos = *position;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < T * H * Dp;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / (H * Dp), h = i / Dp % H, j = i % Dp;
-    if (pos + t >= capacity) continue;  // the caller reserved room; never write past it
+    if (pos + t < 0 || pos + t >= capacity) continue;  // the caller reserved room; never write outside it
     cache[((pos + t) * H + h) * Dp + j] =
         __float2bfloat16_rn(j < Dh ? src[t * token_stride + h * head_stride + j] : 0.f);
   }
 }
+
+}  // namespace
 
 void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position) {
   check_device(src, Device::cuda, "kv_append src");
