@@ -67,50 +67,35 @@ inline bool block_mask_allows(const attn::BlockMask& m, int64_t b, int64_t h, in
   return m.rule.allows(m.q_offset + i, key_positions ? key_positions[j] : j);
 }
 
-// NATTEN's non-causal window start along one dimension, in its branchy form (dilation
-// handled through the residue class and the length of the dilated sub-sequence).
-inline int64_t natten_window_start(int64_t index, int64_t length, int64_t kernel, int64_t dilation) {
-  const int64_t half = kernel / 2;
-  if (dilation <= 1) {
-    if (index - half < 0) return 0;
-    if (index + half >= length) return length - kernel;
-    return index - half;
+// NATTEN's membership test along one dimension, in the form of its FlexAttention mask:
+// both coordinates in the same dilation group, then inside the group the leader of the
+// query's stride group (centre query, right of centre for even strides; causal: the last
+// query) and, for non-causal windows, the leader moved inward until the window of
+// kernel / 2 keys left and kernel / 2 + kernel % 2 - 1 right fits.
+inline bool natten_dim_allows(int64_t qc, int64_t kc, int64_t L, int64_t kernel, int64_t dilation, int64_t stride,
+                              bool causal) {
+  if (qc % dilation != kc % dilation) return false;
+  const int64_t group = qc % dilation, qd = qc / dilation, kd = kc / dilation;
+  const int64_t len = L / dilation + 1 - (group + dilation - L % dilation) / dilation;  // the group's positions
+  if (causal) {
+    const int64_t leader = std::min(qd / stride * stride + stride - 1, len - 1);
+    return kd <= qd && leader - kd < kernel;
   }
-  if (index - half * dilation < 0) return index % dilation;
-  if (index + half * dilation >= length) {
-    const int64_t residue = index % dilation;
-    const int64_t full = (length / dilation) * dilation;
-    const int64_t extra = length - full;
-    if (residue < extra) return length - extra + residue - 2 * half * dilation;
-    return full + residue - kernel * dilation;
-  }
-  return index - half * dilation;
+  const int64_t leader = std::min(qd / stride * stride + stride / 2, len - 1);
+  const int64_t left = kernel / 2, right = kernel / 2 + kernel % 2 - 1;
+  const int64_t centre = std::clamp(leader, left, len - 1 - right);
+  return (kd <= centre && centre - kd <= left) || (kd >= centre && kd - centre <= right);
 }
 
-// Naive neighborhood membership on a row-major grid (odd kernels), per dimension:
-// non-causal windows from natten_window_start, causal windows the `kernel` dilated
-// positions ending at the query; a stride group shares its centre query's window.
+// Naive neighborhood membership on a row-major grid: every dimension allows the pair.
 inline bool neighborhood_allows(const attn::Neighborhood& n, int64_t q, int64_t k) {
-  std::vector<int64_t> qc(static_cast<size_t>(n.ndim)), kc(static_cast<size_t>(n.ndim));
   for (int d = n.ndim - 1; d >= 0; --d) {
     const size_t i = static_cast<size_t>(d);
-    qc[i] = q % n.grid[i];
-    kc[i] = k % n.grid[i];
+    if (!natten_dim_allows(q % n.grid[i], k % n.grid[i], n.grid[i], n.kernel[i], n.dilation[i], n.stride[i],
+                           n.causal[i]))
+      return false;
     q /= n.grid[i];
     k /= n.grid[i];
-  }
-  for (int d = 0; d < n.ndim; ++d) {
-    const size_t i = static_cast<size_t>(d);
-    const int64_t L = n.grid[i], ker = n.kernel[i], dil = n.dilation[i], s = n.stride[i];
-    const int64_t c = s > 1 ? std::min((qc[i] / s) * s + s / 2, L - 1) : qc[i];
-    bool hit = false;
-    if (n.causal[i]) {
-      for (int64_t t = 0; t < ker; ++t) hit = hit || (c - t * dil >= 0 && kc[i] == c - t * dil);
-    } else {
-      const int64_t start = natten_window_start(c, L, ker, dil);
-      for (int64_t t = 0; t < ker; ++t) hit = hit || kc[i] == start + t * dil;
-    }
-    if (!hit) return false;
   }
   return true;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "src/ops/attention/neighborhood_window.h"
 #include "subq/tensor.h"
 
 namespace subq::attn {
@@ -25,24 +26,12 @@ void Neighborhood::validate() const {
                   std::to_string(kernel[i] * dilation[i]));
     if (stride[i] < 1 || stride[i] > kernel[i])
       throw Error(dim + "stride must be in [1, kernel], found " + std::to_string(stride[i]));
-    if (causal[i] && stride[i] > 1) throw Error(dim + "a causal dimension must have stride 1");
   }
 }
 
-// The dilated sequence splits into `dilation` interleaved sub-sequences (by c mod
-// dilation); inside its sub-sequence a query's window of `kernel` neighbours is centred
-// on it and shifted inward at the borders, so every query sees exactly `kernel` keys
-// (NATTEN's definition). Causal windows end at the query and are clipped at 0.
 int64_t Neighborhood::window_start(int dim, int64_t c) const {
   const size_t i = static_cast<size_t>(dim);
-  const int64_t L = grid[i], k = kernel[i], dil = dilation[i], s = stride[i];
-  if (s > 1) c = std::min((c / s) * s + s / 2, L - 1);  // the stride group's centre query
-  const int64_t r = c % dil;
-  const int64_t sub_len = (L - r + dil - 1) / dil;
-  const int64_t sub_c = c / dil;
-  const int64_t start = causal[i] ? std::max<int64_t>(sub_c - k + 1, 0)
-                                  : std::clamp<int64_t>(sub_c - k / 2, 0, sub_len - k);
-  return r + start * dil;
+  return neighborhood_window_start<int64_t>(grid[i], kernel[i], dilation[i], stride[i], causal[i], c);
 }
 
 bool Neighborhood::allows(int64_t q, int64_t k) const {

@@ -17,8 +17,8 @@ namespace subq::attn {
 
 // Neighborhood attention windows (NA / GNA, NATTEN's clamped borders) on a row-major grid
 // of up to 3 dimensions (last dimension fastest). Per dimension: kernel size, dilation,
-// stride (queries in a group of `stride` share the window of the group's centre query)
-// and causal (window ends at the query).
+// stride (runs of `stride` queries in a dilation group share their leader's window) and
+// causal (windows end at the query); neighborhood_window.h has the definition.
 struct Neighborhood {
   int ndim = 1;
   std::array<int64_t, 3> grid{1, 1, 1};
@@ -28,8 +28,8 @@ struct Neighborhood {
   std::array<bool, 3> causal{false, false, false};
 
   int64_t tokens() const;
-  // Throws Error unless every dimension has kernel * dilation <= grid, stride in
-  // [1, kernel], and no causal dimension uses stride > 1.
+  // Throws Error unless every dimension has kernel * dilation <= grid and stride in
+  // [1, kernel].
   void validate() const;
   // First window index along dimension `dim` for query coordinate c (keys are
   // start + t * dilation, t < kernel, clipped to c itself when causal).

@@ -19,6 +19,7 @@
 #include "src/core/cuda/device.h"
 #include "src/core/cuda/mma.cuh"
 #include "src/ops/attention/flash_attention.h"
+#include "src/ops/attention/neighborhood_window.h"
 
 namespace subq::cuda {
 namespace {
@@ -63,15 +64,9 @@ struct Params {
   DeviceRule rule;
 };
 
-// Neighborhood::window_start / allows (block_mask.cpp) on the device.
+// Neighborhood::allows (block_mask.cpp) on the device, over the shared window definition.
 __device__ int nbhd_window_start(const DeviceRule& r, int d, int c) {
-  const int L = r.grid[d], k = r.kernel[d], dil = r.dilation[d], s = r.stride[d];
-  if (s > 1) c = min((c / s) * s + s / 2, L - 1);
-  const int res = c % dil;
-  const int sub_len = (L - res + dil - 1) / dil;
-  const int sub_c = c / dil;
-  const int start = r.dim_causal[d] ? max(sub_c - k + 1, 0) : min(max(sub_c - k / 2, 0), sub_len - k);
-  return res + start * dil;
+  return attn::neighborhood_window_start<int>(r.grid[d], r.kernel[d], r.dilation[d], r.stride[d], r.dim_causal[d], c);
 }
 
 __device__ bool rule_allows(const DeviceRule& r, int qp, int kp) {

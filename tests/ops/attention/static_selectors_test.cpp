@@ -141,6 +141,13 @@ TEST(Neighborhood, WindowsMatchNattenDefinition) {
       {2, {9, 13, 1}, {3, 5, 1}, {2, 1, 1}, {1, 2, 1}, {false, false, false}},
       {2, {10, 10, 1}, {3, 3, 1}, {1, 3, 1}, {1, 1, 1}, {true, false, false}},
       {3, {4, 6, 7}, {3, 3, 3}, {1, 2, 1}, {1, 1, 2}, {false, false, false}},
+      // Stride inside a dilation group, causal strides (the run's last query leads), even
+      // kernels and strides (the window one key longer on the left; the right-of-centre
+      // query leads): NATTEN's generalized neighborhoods.
+      {1, {40, 1, 1}, {5, 1, 1}, {3, 1, 1}, {2, 1, 1}, {false, false, false}},
+      {1, {41, 1, 1}, {5, 1, 1}, {2, 1, 1}, {3, 1, 1}, {true, false, false}},
+      {1, {37, 1, 1}, {6, 1, 1}, {1, 1, 1}, {4, 1, 1}, {false, false, false}},
+      {2, {12, 10, 1}, {3, 4, 1}, {2, 1, 1}, {3, 2, 1}, {true, false, false}},
   };
   for (const Case& c : cases) {
     attn::Neighborhood n;
