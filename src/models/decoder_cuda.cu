@@ -14,7 +14,7 @@
 //     selectors from host copies of q and k) for the block-sparse flash kernel.
 //   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager).
 // Other layer kinds (mixtures of experts, GELU MLPs, Jamba's Mamba), the evicting window
-// policy, soft-capping and LayerNorm are an Error at load naming the layer. States are
+// policy, soft-capping, q/k norms and LayerNorm are an Error at load naming the layer. States are
 // saved in the CPU decoder's format (attention as a bf16 cache), so a state saved on one
 // device continues on the other.
 #include <cuda_runtime.h>
@@ -232,14 +232,12 @@ class DeviceAttention final : public DeviceMixer {
       throw Error("device cuda: " + where + ": sparse policy " + attn::to_string(c_.sparse) +
                   " evicts keys from the cache, which the GPU decoder does not do yet (the other selectors run)");
     if (c_.softcap > 0.f) throw Error("device cuda: " + where + ": logit soft-capping is CPU-only for now");
+    // No architecture subq loads sets it yet; the GPU path waits for one to test against.
+    if (c_.qk_norm) throw Error("device cuda: " + where + ": per-head q/k norms are CPU-only for now");
     dp_ = padded(c_.head_dim, {64, 128, 256}, where + ": head_dim");
     const AttentionWeights& w = m.weights();
     wqkv_ = stacked({{w.wq, w.bq}, {w.wk, w.bk}, {w.wv, w.bv}}, where);
     wo_ = {w.wo, w.bo};
-    if (c_.qk_norm) {
-      q_norm_ = cuda::to_device(w.q_norm);
-      k_norm_ = cuda::to_device(w.k_norm);
-    }
     if (c_.rope.rotary_dim > 0) rope_ = cuda::upload(rope_table(c_.rope));
     scale_ = c_.scale > 0.f ? c_.scale : 1.f / std::sqrt(static_cast<float>(c_.head_dim));
   }
@@ -291,14 +289,6 @@ class DeviceAttention final : public DeviceMixer {
     const Tensor qkv = cuda::empty(DType::f32, {T, Hq + 2 * Hkv, Dh});
     wqkv_.apply(x, qkv.view({T, (Hq + 2 * Hkv) * Dh}));
     const Tensor q = qkv.slice(1, 0, Hq), k = qkv.slice(1, Hq, Hq + Hkv), v = qkv.slice(1, Hq + Hkv, Hq + 2 * Hkv);
-    if (c_.qk_norm) {  // per-head norms need each part contiguous: normalise copies
-      for (auto [part, heads, weight] : {std::tuple{&q, Hq, &q_norm_}, std::tuple{&k, Hkv, &k_norm_}}) {
-        const Tensor c = cuda::empty(DType::f32, {T, heads, Dh});
-        cuda::copy_rows(*part, c);
-        cuda::rms_norm(c.view({T * heads, Dh}), *weight, c_.norm_eps, c.view({T * heads, Dh}));
-        cuda::copy_rows(c, *part);
-      }
-    }
     if (rope_.pairs > 0) cuda::rope(qkv.slice(1, 0, Hq + Hkv), pos.device, rope_);
     const int64_t n = position + T;  // the caller's prepare(n) made room
     const Tensor first = pos.device.slice(0, 0, 1);
@@ -324,7 +314,6 @@ class DeviceAttention final : public DeviceMixer {
   AttentionConfig c_;
   int64_t dp_ = 64;
   DeviceLinear wqkv_, wo_;  // q, k, v stacked: one matmul
-  Tensor q_norm_, k_norm_;
   cuda::DeviceRopeTable rope_;
   float scale_ = 1.f;
 };
