@@ -47,7 +47,7 @@ struct LoadOptions {
   std::string kv_cache;
   // Where the model runs: "cpu" (or empty), or "cuda" (the GPU; a build with the CUDA
   // backend, and for now Llama-style attention over a bf16 KV cache (any sparse policy
-  // but the evicting window), SwiGLU and plain relu2/SiLU MLPs, Mamba and Mamba-2 layers).
+  // but the evicting window), SwiGLU and relu2 MLPs, Mamba and Mamba-2 layers).
   std::string device;
 };
 

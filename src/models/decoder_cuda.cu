@@ -9,14 +9,14 @@
 //   * Mamba-1 on the causal conv1d and selective scan kernels; Mamba-2 on the conv1d and
 //     the tensor-core SSD kernel (x, B, C in bf16; head and state sizes below 64 or 128
 //     zero-padded to it, which adds nothing to the state or the output).
-//   * SwiGLU and plain (relu2, SiLU) MLPs.
+//   * SwiGLU and relu2 MLPs.
 //   * A sparse prefill policy builds the prompt's BlockMask on the CPU (the dynamic
 //     selectors from host copies of q and k) for the block-sparse flash kernel.
 //   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager).
-// Other layer kinds (mixtures of experts, GELU MLPs, Jamba's Mamba), the evicting window
-// policy, soft-capping, q/k norms and LayerNorm are an Error at load naming the layer. States are
-// saved in the CPU decoder's format (attention as a bf16 cache), so a state saved on one
-// device continues on the other.
+// Other layer kinds (mixtures of experts, other MLP activations, Jamba's Mamba), the
+// evicting window policy, soft-capping, q/k norms and LayerNorm are an Error at load
+// naming the layer. States are saved in the CPU decoder's format (attention as a bf16
+// cache), so a state saved on one device continues on the other.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -503,16 +503,15 @@ class DeviceMlp {
   DeviceMlp(const FeedForward& f, const std::string& where) {
     const FeedForward::Weights m = f.weights();
     using Kind = FeedForward::Weights::Kind;
-    act_ = m.act;
     if (m.kind == Kind::gated && m.act == Activation::silu) {
       gate_up_ = stacked({{m.w.gate, m.w.gate_bias}, {m.w.up, m.w.up_bias}}, where);
       F_ = m.w.gate.dim(0);
-    } else if (m.kind == Kind::plain && (m.act == Activation::relu2 || m.act == Activation::silu)) {
+    } else if (m.kind == Kind::plain && m.act == Activation::relu2) {
       up_ = {m.w.up, Tensor()};
       F_ = m.w.up.dim(0);
     } else {
       throw Error("device cuda: " + where +
-                  ": only SwiGLU and plain relu2 / SiLU MLPs run on the GPU for now (not mixtures of experts or GELU)");
+                  ": only SwiGLU and relu2 MLPs run on the GPU for now (not mixtures of experts or other activations)");
     }
     down_ = {m.w.down, m.w.down_bias};
   }
@@ -527,19 +526,13 @@ class DeviceMlp {
     } else {
       const Tensor h = cuda::empty(DType::f32, {T, F_});
       up_.apply(x, h);
-      if (act_ == Activation::relu2) {
-        cuda::relu_squared(h, act);
-      } else {
-        cuda::silu(h, h);
-        return down_.apply(h, y);
-      }
+      cuda::relu_squared(h, act);
     }
     down_.apply(act, y);
   }
 
  private:
-  DeviceLinear gate_up_, up_, down_;  // gated: gate and up stacked (one matmul); plain: up
-  Activation act_ = Activation::silu;
+  DeviceLinear gate_up_, up_, down_;  // SwiGLU: gate and up stacked (one matmul); relu2: up
   int64_t F_ = 0;
 };
 
