@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "src/io/writers.h"
+#include "subq/io.h"
 #include "tests/support/random.h"
 
 namespace subq {
@@ -154,6 +156,36 @@ TEST(Session, RefusesAnotherModelsState) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("another model"), std::string::npos) << e.what();
   }
+  std::remove(path.c_str());
+}
+
+// A state file with a tensor for a layer that has no state (Nemotron-H's MLP-only layer
+// 3), or for no layer at all, is refused rather than silently ignored.
+TEST(Session, RefusesStateTensorsOfNoStatefulLayer) {
+  auto [model, tok] = load("nemotron_h");
+  const std::string path = testing::TempDir() + "subq_state_extra.safetensors";
+  Session a(*model, tok);
+  a.feed(tok.encode("hi"), 8);
+  a.save(path);
+  const SafetensorsFile saved = SafetensorsFile::open(path);
+  for (const std::string extra : {"layer.3.0", "layer.9.0"}) {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const std::string& name : saved.names()) tensors.emplace_back(name, saved.get(name));
+    tensors.emplace_back(extra, saved.get("layer.0.0"));
+    const std::string bad = testing::TempDir() + "subq_state_extra_bad.safetensors";
+    io::write_safetensors(bad, tensors, saved.metadata());
+    Session b(*model, tok);
+    try {
+      b.load(bad);
+      ADD_FAILURE() << "loaded a state with " << extra;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("belong to no layer"), std::string::npos) << e.what();
+    }
+    std::remove(bad.c_str());
+  }
+  Session c(*model, tok);
+  c.load(path);  // the file as saved still loads
+  EXPECT_EQ(c.state().position(), a.state().position());
   std::remove(path.c_str());
 }
 
