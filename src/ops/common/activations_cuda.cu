@@ -5,6 +5,7 @@
 #include <string>
 
 #include "src/core/cuda/check.cuh"
+#include "src/core/cuda/float_cast.cuh"
 #include "src/core/cuda/device.h"
 #include "src/ops/common/cuda_ops.h"
 
@@ -19,20 +20,6 @@ __global__ void silu_kernel(const float* x, float* y, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     y[i] = x[i] / (1.f + __expf(-x[i]));
-}
-
-template <class T>
-__device__ __forceinline__ float widen(T v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return __half2float(v);
-}
-
-template <class T>
-__device__ __forceinline__ T narrow(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return __float2half_rn(v);
 }
 
 template <class From, class To>

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "src/core/cuda/check.cuh"
+#include "src/core/cuda/float_cast.cuh"
 #include "src/core/cuda/device.h"
 #include "src/ops/common/cuda_ops.h"
 
@@ -30,13 +31,6 @@ __device__ float block_reduce(float v) {
   for (int i = 1; i < kThreads / 32; ++i) v = kMax ? fmaxf(v, partial[i]) : v + partial[i];
   __syncthreads();  // partial is reused by the next reduction
   return v;
-}
-
-template <class T>
-__device__ __forceinline__ T narrow(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return __float2half_rn(v);
 }
 
 // With `residual`, the row is x + residual, also written back to x: the pre-norm

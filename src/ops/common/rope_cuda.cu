@@ -6,6 +6,7 @@
 #include <string>
 
 #include "src/core/cuda/check.cuh"
+#include "src/core/cuda/float_cast.cuh"
 #include "src/core/cuda/device.h"
 #include "src/ops/common/cuda_ops.h"
 
@@ -28,13 +29,6 @@ __global__ void rope_kernel(float* x, int64_t token_stride, const int32_t* pos, 
   const float a = row[i], b = row[i + pairs];
   row[i] = static_cast<float>(a * c - b * s);
   row[i + pairs] = static_cast<float>(b * c + a * s);
-}
-
-template <class T>
-__device__ float widen(T v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return __half2float(v);
 }
 
 // One block per token; a bad id raises the flag instead of reading out of bounds.
