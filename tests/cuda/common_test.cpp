@@ -1,4 +1,5 @@
 // The common primitives on the GPU against the float64 references (tests/reference).
+#include <algorithm>
 #include <cmath>
 
 #include "src/ops/common/cuda_ops.h"
@@ -272,6 +273,73 @@ TEST(CudaCommon, RopeOnHeadRangeOfFusedBuffer) {
     for (int64_t h = 0; h < rotated; ++h)
       for (int64_t j = 0; j < Dh; ++j) want[(t * H + h) * Dh + j] = rot[(t * rotated + h) * Dh + j];
   expect_close(device_values(dx), want, 1e-6, 1e-6, "rope on heads [0, 4) of 6");
+}
+
+// Mamba-2's dt: clamp(softplus(x + bias)) from a column range of a wider buffer, both
+// sides of torch's softplus threshold (20) and of the clamp.
+TEST(CudaCommon, SoftplusClampFromColumnRange) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t R = 13, W = 30, c0 = 7, H = 9;
+  const auto x = uniform(rng, R * W, -30.f, 30.f), bias = uniform(rng, H, -2.f, 2.f);
+  const float lo = 0.01f, hi = 15.f;
+  std::vector<double> want(R * H);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t h = 0; h < H; ++h) {
+      const double v = static_cast<double>(x[r * W + c0 + h]) + bias[h];
+      want[r * H + h] = std::clamp(v > 20 ? v : std::log1p(std::exp(v)), double{lo}, double{hi});
+    }
+  const Tensor y = poisoned_device_tensor(DType::f32, {R, H});
+  cuda::softplus_clamp(device_f32(x, {R, W}).slice(1, c0, c0 + H), device_f32(bias, {H}), lo, hi, y);
+  expect_close(device_values(y), want, 1e-5, 1e-7, "softplus_clamp");
+  EXPECT_THROW(cuda::softplus_clamp(device_f32(x, {R, W}), device_f32(bias, {H}), lo, hi, y), Error);
+  EXPECT_THROW(cuda::softplus_clamp(device_f32(x, {R, W}).slice(1, 0, H), device_f32(bias, {H}), hi, lo, y), Error);
+}
+
+// Mamba-2's gated RMSNorm over groups: v = x * silu(z), normalised per group; z read from
+// a column range, outputs f32 and bf16, in place on x too.
+TEST(CudaCommon, GatedRmsNormOverGroups) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t R = 6, I = 96, group = 24, Wz = 150, z0 = 11;
+  const auto x = uniform(rng, R * I, -3.f, 3.f), z = uniform(rng, R * Wz, -4.f, 4.f), w = uniform(rng, I);
+  std::vector<double> want(R * I);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t g0 = 0; g0 < I; g0 += group) {
+      double ss = 0;
+      std::vector<double> v(group);
+      for (int64_t i = 0; i < group; ++i) {
+        v[i] = x[r * I + g0 + i] * ref::silu(z[r * Wz + z0 + g0 + i]);
+        ss += v[i] * v[i];
+      }
+      const double inv = 1.0 / std::sqrt(ss / group + 1e-5);
+      for (int64_t i = 0; i < group; ++i) want[r * I + g0 + i] = v[i] * inv * w[g0 + i];
+    }
+  const Tensor zd = device_f32(z, {R, Wz}).slice(1, z0, z0 + I), wd = device_f32(w, {I});
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor y = poisoned_device_tensor(dt, {R, I});
+    cuda::gated_rms_norm(device_f32(x, {R, I}), zd, wd, group, 1e-5f, y);
+    expect_close(device_values(y), want, dt == DType::f32 ? 2e-5 : 4e-3, 1e-6, "gated_rms_norm");
+  }
+  const Tensor inplace = device_f32(x, {R, I});
+  cuda::gated_rms_norm(inplace, zd, wd, group, 1e-5f, inplace);
+  expect_close(device_values(inplace), want, 2e-5, 1e-6, "gated_rms_norm in place");
+  EXPECT_THROW(cuda::gated_rms_norm(device_f32(x, {R, I}), zd, wd, 25, 1e-5f, inplace), Error);
+}
+
+TEST(CudaCommon, ReluSquared) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t n = 1037;
+  const auto x = uniform(rng, n, -3.f, 3.f);
+  std::vector<double> want(n);
+  for (int64_t i = 0; i < n; ++i) want[i] = x[i] > 0 ? double{x[i]} * x[i] : 0.0;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor y = poisoned_device_tensor(dt, {n});
+    cuda::relu_squared(device_f32(x, {n}), y);
+    expect_close(device_values(y), want, dt == DType::f32 ? 1e-7 : 4e-3, 1e-7, "relu_squared");
+  }
+  EXPECT_THROW(cuda::relu_squared(device_f32(x, {n}), cuda::empty(DType::f32, {n + 1})), Error);
 }
 
 }  // namespace

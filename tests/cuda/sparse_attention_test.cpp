@@ -142,10 +142,12 @@ TEST(CudaSparseAttention, RejectsMasksTheKernelCannotRun) {
 
 // Decode: q [B, 1, H, D] against the first kv_len slots of a larger cache whose unused
 // slots hold NaN, so a read past kv_len shows up in the output.
+// splits < 0: the length is passed in GPU memory (the keys split for the capacity, which
+// is then over twice the length, so that whole splits are empty).
 void run_decode(std::mt19937_64& rng, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t kv_len, int64_t splits) {
   SCOPED_TRACE("decode B=" + std::to_string(B) + " H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" +
                std::to_string(D) + " kv_len=" + std::to_string(kv_len) + " splits=" + std::to_string(splits));
-  const int64_t capacity = kv_len + 37;
+  const int64_t capacity = splits < 0 ? 2 * kv_len + 37 : kv_len + 37;
   const Inputs in = make_inputs(rng, {B, 1, H, Hkv, D}, 1, kv_len);
   Tensor kc = Tensor::empty(DType::bf16, {B, capacity, Hkv, D}), vc = Tensor::empty(DType::bf16, {B, capacity, Hkv, D});
   const bf16 nan = to_bf16(std::numeric_limits<float>::quiet_NaN());
@@ -158,8 +160,15 @@ void run_decode(std::mt19937_64& rng, int64_t B, int64_t H, int64_t Hkv, int64_t
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const Tensor o = poisoned_device_tensor(DType::bf16, {B, 1, H, D});
-  cuda::decode_attention(cuda::to_device(in.q), cuda::to_device(kc), cuda::to_device(vc), o, kv_len,
-                         static_cast<float>(scale), splits);
+  if (splits < 0) {
+    Tensor len = Tensor::empty(DType::i32, {1});
+    len.mutable_data<int32_t>()[0] = static_cast<int32_t>(kv_len);
+    cuda::decode_attention(cuda::to_device(in.q), cuda::to_device(kc), cuda::to_device(vc), o, cuda::to_device(len),
+                           static_cast<float>(scale));
+  } else {
+    cuda::decode_attention(cuda::to_device(in.q), cuda::to_device(kc), cuda::to_device(vc), o, kv_len,
+                           static_cast<float>(scale), splits);
+  }
   const auto all = [](int64_t, int64_t, int64_t, int64_t) { return true; };
   const auto want =
       ref::attention(to_double(in.q), to_double(in.k), to_double(in.v), B, 1, kv_len, H, Hkv, D, scale, 0.0, all);
@@ -172,6 +181,49 @@ TEST(CudaDecodeAttention, MatchesReferenceOverCacheLengthsAndSplits) {
   for (int64_t D : {64, 128, 256})
     for (int64_t kv_len : {1, 7, 300, 5000}) run_decode(rng, 2, 4, 2, D, kv_len, 0);
   for (int64_t splits : {1, 3, 64, 100000}) run_decode(rng, 1, 2, 1, 128, 1000, splits);
+}
+
+// The length read from GPU memory (what a captured decode graph replays with).
+TEST(CudaDecodeAttention, LengthInGpuMemory) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  for (int64_t D : {64, 128})
+    for (int64_t kv_len : {1, 65, 3000}) run_decode(rng, 2, 8, 2, D, kv_len, -1);
+}
+
+// kv_append writes tokens [pos, pos + T) of a bf16 cache from a head range of a fused
+// f32 buffer, zero-padding each head, and leaves every other slot as it was.
+TEST(CudaDecodeAttention, KvAppendWritesOnlyItsSlots) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t T = 5, Htot = 7, H = 3, Dh = 40, Dp = 64, cap = 19, pos = 11;
+  const auto x = uniform(rng, static_cast<size_t>(T * Htot * Dh));
+  const Tensor fused = cuda::to_device(tensor_from(x, {T, Htot, Dh}));
+  const Tensor cache = poisoned_device_tensor(DType::bf16, {cap, H, Dp});
+  Tensor p = Tensor::empty(DType::i32, {1});
+  p.mutable_data<int32_t>()[0] = static_cast<int32_t>(pos);
+  cuda::kv_append(fused.slice(1, 2, 2 + H), cache, cuda::to_device(p));
+  const auto got = device_values(cache);
+  for (int64_t s = 0; s < cap; ++s)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t j = 0; j < Dp; ++j) {
+        const double g = got[static_cast<size_t>((s * H + h) * Dp + j)];
+        if (s < pos || s >= pos + T) {
+          EXPECT_TRUE(std::isnan(g)) << "slot " << s << " was written";
+        } else {
+          const double want =
+              j < Dh ? to_float(to_bf16(x[static_cast<size_t>(((s - pos) * Htot + 2 + h) * Dh + j)])) : 0.0;
+          EXPECT_EQ(g, want) << "slot " << s << " head " << h << " channel " << j;
+        }
+      }
+  Tensor past = Tensor::empty(DType::i32, {1});
+  past.mutable_data<int32_t>()[0] = static_cast<int32_t>(cap - 2);  // only 2 of the 5 fit
+  const Tensor cache2 = poisoned_device_tensor(DType::bf16, {cap, H, Dp});
+  cuda::kv_append(fused.slice(1, 0, H), cache2, cuda::to_device(past));
+  const auto got2 = device_values(cache2);
+  EXPECT_FALSE(std::isnan(got2[static_cast<size_t>((cap - 1) * H * Dp)]));
+  EXPECT_TRUE(std::isnan(got2[static_cast<size_t>((cap - 3) * H * Dp)]));
+  EXPECT_THROW(cuda::kv_append(fused, cuda::empty(DType::bf16, {cap, H, Dp}), cuda::to_device(p)), Error);
 }
 
 TEST(CudaDecodeAttention, EveryGroupSize) {
