@@ -1,7 +1,7 @@
-// Family L on the GPU: Mamba-2 SSD at Mamba2-130m / 780m head shapes and simple GLA (a
-// per-token scalar gate) at 16 heads of 128, B chosen so that B T = 32K tokens. The peers
-// (bench/gpu/peers.py linear) run mamba_ssm's mamba_chunk_scan_combined and fla's
-// chunk_simple_gla on the same shapes.
+// Family L on the GPU: Mamba-2 SSD at Mamba2-130m / 780m head shapes, simple GLA (a
+// per-token scalar gate) and GLA (a per-token vector gate over dk) at 16 heads of 128, B
+// chosen so that B T = 32K tokens. The peers (bench/gpu/peers.py linear) run mamba_ssm's
+// mamba_chunk_scan_combined and fla's chunk_simple_gla and chunk_gla on the same shapes.
 //
 // FLOPs are the chunked algorithm's useful matmul work with chunks of C = 64 tokens, per
 // (batch, head, chunk): the causal scores q_i . k_j for j <= i, 2 (C (C + 1) / 2) dk, their
@@ -55,27 +55,30 @@ void bench_ssd(std::mt19937_64& rng) {
     }
 }
 
-void bench_simple_gla(std::mt19937_64& rng) {
+// gate: per_token (simple GLA, log a [B, T, H]) or per_token_vector (GLA, [B, T, H, dk]).
+void bench_gla(std::mt19937_64& rng, ops::LinearGate gate) {
   const int64_t H = 16, dk = 128, dv = 128;
+  const bool vector = gate == ops::LinearGate::per_token_vector;
   for (int64_t T : {4096, 16384}) {
     const int64_t B = std::max<int64_t>(1, kTokens / T);
     const Tensor q = random_device(DType::bf16, {B, T, H, dk}, rng);
     const Tensor k = random_device(DType::bf16, {B, T, H, dk}, rng);
     const Tensor v = random_device(DType::bf16, {B, T, H, dv}, rng);
-    const Tensor g = uniform_device(DType::f32, {B, T, H}, -0.1f, 0.f, rng);
+    const Tensor g = vector ? uniform_device(DType::f32, {B, T, H, dk}, -0.1f, 0.f, rng)
+                            : uniform_device(DType::f32, {B, T, H}, -0.1f, 0.f, rng);
     const Tensor state = uniform_device(DType::f32, {B, H, dk, dv}, -1.f, 1.f, rng);
     const Tensor o = cuda::empty(DType::bf16, {B, T, H, dv});
     ops::LinearAttentionOptions opt;
-    opt.gate = ops::LinearGate::per_token;
+    opt.gate = gate;
     opt.scale = 0.08838834764f;  // 128^-1/2
     const double ms = median_ms([&] { cuda::gated_linear_attention(q, k, v, g, state, o, opt); });
     cuda::synchronize();
     char shape[128];
-    std::snprintf(shape, sizeof shape, "B=%lld T=%lld H=%lld dk=%lld dv=%lld per_token bf16", (long long)B,
-                  (long long)T, (long long)H, (long long)dk, (long long)dv);
+    std::snprintf(shape, sizeof shape, "B=%lld T=%lld H=%lld dk=%lld dv=%lld %s bf16", (long long)B, (long long)T,
+                  (long long)H, (long long)dk, (long long)dv, vector ? "per_token_vector" : "per_token");
     const double bytes = 2.0 * (q.numel() + k.numel() + v.numel()) + 4.0 * g.numel() + 8.0 * state.numel() +
                          2.0 * o.numel();
-    report("simple_gla", shape, ms, chunked_flops(B, T, H, dk, dv), bytes);
+    report(vector ? "gla" : "simple_gla", shape, ms, chunked_flops(B, T, H, dk, dv), bytes);
   }
 }
 
@@ -83,7 +86,8 @@ void bench_simple_gla(std::mt19937_64& rng) {
 
 void bench_linear(std::mt19937_64& rng) {
   bench_ssd(rng);
-  bench_simple_gla(rng);
+  bench_gla(rng, ops::LinearGate::per_token);
+  bench_gla(rng, ops::LinearGate::per_token_vector);
 }
 
 }  // namespace subq::bench::gpu

@@ -9,7 +9,7 @@ subq_cuda_bench, so the two can be joined by (op, shape).
   decode     PyTorch SDPA (its fastest backend for one query token, GQA) on decode shapes
   scan       mamba_ssm's selective_scan_fn / causal_conv1d_fn, when installed
   linear     mamba_ssm's Triton mamba_chunk_scan_combined (Mamba-2 SSD) and fla's
-             chunk_simple_gla, from the sources at .peers/mamba_src and .peers/fla
+             chunk_simple_gla and chunk_gla, from the sources at .peers/mamba_src and .peers/fla
   delta      flash-linear-attention's chunk_gated_delta_rule (Triton), from .peers/fla
   models     writes random-init Llama-160M-, Mamba-130M- and Mamba2-130M-shaped bf16 checkpoints to
              $SUBQ_BENCH_MODELS (default /tmp/subq-bench-models) for `subq_cuda_bench
@@ -220,28 +220,32 @@ def linear():
                         continue
                     emit(impl, "ssd", shape, ms, flops=chunked_flops(B, T, H, N, P), nbytes=nbytes, chunk=chunk)
                 del x, dt, Bm, Cm, h0
+    fla_paths = {"fla": ".peers/fla", "fla.ops": ".peers/fla/ops"}
     try:
-        simple_gla = import_from_source("fla.ops.simple_gla", {"fla": ".peers/fla", "fla.ops": ".peers/fla/ops"})
-        chunk_simple_gla = simple_gla.chunk_simple_gla
+        gla_ops = {"simple_gla": import_from_source("fla.ops.simple_gla", fla_paths).chunk_simple_gla,
+                   "gla": import_from_source("fla.ops.gla", fla_paths).chunk_gla}
     except Exception as e:  # noqa: BLE001
-        print(json.dumps({"impl": "fla", "op": "simple_gla", "missing": repr(e)}), flush=True)
+        print(json.dumps({"impl": "fla", "op": "gla", "missing": repr(e)}), flush=True)
         return
     H, dk, dv = 16, 128, 128
-    for T in (4096, 16384):
-        B = max(1, tokens // T)
-        q, k = (torch.randn(B, T, H, dk, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        v = torch.randn(B, T, H, dv, device="cuda", dtype=torch.bfloat16)
-        g = torch.empty(B, T, H, device="cuda").uniform_(-0.1, 0.0)  # natural-log decay per token
-        h0 = torch.empty(B, H, dk, dv, device="cuda").uniform_(-1.0, 1.0)
-        shape = f"B={B} T={T} H={H} dk={dk} dv={dv} per_token bf16"
-        nbytes = 2.0 * (q.numel() + k.numel() + v.numel()) + 4.0 * g.numel() + 8.0 * h0.numel() + 2.0 * v.numel()
-        try:
-            ms = median_ms(lambda: chunk_simple_gla(q, k, v, g=g, scale=dk ** -0.5, initial_state=h0,
-                                                    output_final_state=True))
-        except Exception as e:  # noqa: BLE001
-            print(json.dumps({"impl": "fla", "op": "simple_gla", "shape": shape, "missing": repr(e)}), flush=True)
-            continue
-        emit("fla", "simple_gla", shape, ms, flops=chunked_flops(B, T, H, dk, dv), nbytes=nbytes)
+    for op, gate in (("simple_gla", "per_token"), ("gla", "per_token_vector")):
+        for T in (4096, 16384):
+            B = max(1, tokens // T)
+            q, k = (torch.randn(B, T, H, dk, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+            v = torch.randn(B, T, H, dv, device="cuda", dtype=torch.bfloat16)
+            g_shape = (B, T, H, dk) if op == "gla" else (B, T, H)
+            g = torch.empty(*g_shape, device="cuda").uniform_(-0.1, 0.0)  # natural-log decay
+            h0 = torch.empty(B, H, dk, dv, device="cuda").uniform_(-1.0, 1.0)
+            shape = f"B={B} T={T} H={H} dk={dk} dv={dv} {gate} bf16"
+            nbytes = 2.0 * (q.numel() + k.numel() + v.numel()) + 4.0 * g.numel() + 8.0 * h0.numel() + 2.0 * v.numel()
+            try:
+                ms = median_ms(lambda: gla_ops[op](q, k, v, g=g, scale=dk ** -0.5, initial_state=h0,
+                                                   output_final_state=True))
+            except Exception as e:  # noqa: BLE001
+                print(json.dumps({"impl": "fla", "op": op, "shape": shape, "missing": repr(e)}), flush=True)
+                continue
+            emit("fla", op, shape, ms, flops=chunked_flops(B, T, H, dk, dv), nbytes=nbytes)
+            del q, k, v, g, h0
 
 
 def delta():

@@ -100,6 +100,8 @@ GlaData make_gla(const GlaCase& c, std::mt19937_64& rng) {
   d.v = bf16_tensor({c.B, c.T, c.Hv, c.dv});
   if (c.gate == LinearGate::per_head) d.gate = random_tensor(rng, {d.H}, c.gate_lo, c.gate_hi);
   if (c.gate == LinearGate::per_token) d.gate = random_tensor(rng, {c.B, c.T, d.H}, c.gate_lo, c.gate_hi);
+  if (c.gate == LinearGate::per_token_vector)
+    d.gate = random_tensor(rng, {c.B, c.T, d.H, c.dk}, c.gate_lo, c.gate_hi);
   d.state = random_tensor(rng, {c.B, d.H, c.dk, c.dv});
   return d;
 }
@@ -109,7 +111,8 @@ Tensor to_gpu(const Tensor& t) { return t.defined() ? cuda::to_device(t) : Tenso
 // Runs the GPU op on tokens [t0, t1) of `d`, continuing `dev_state`; returns o.
 std::vector<double> run_gla_part(const GlaData& d, const GlaCase& c, const Tensor& dev_state, int64_t t0, int64_t t1) {
   auto cut = [&](const Tensor& t) { return cuda::to_device(t.slice(1, t0, t1).contiguous()); };
-  const Tensor gate = c.gate == LinearGate::per_token ? cut(d.gate) : to_gpu(d.gate);
+  const bool per_token = c.gate == LinearGate::per_token || c.gate == LinearGate::per_token_vector;
+  const Tensor gate = per_token ? cut(d.gate) : to_gpu(d.gate);
   const Tensor o = poisoned_device_tensor(c.f32_out ? DType::f32 : DType::bf16, {c.B, t1 - t0, d.H, c.dv});
   cuda::gated_linear_attention(cut(d.q), cut(d.k), cut(d.v), gate, dev_state, o, d.opt);
   return device_values(o);
@@ -134,7 +137,7 @@ void run_gla(const GlaCase& c) {
 
 TEST(CudaLinearAttention, EveryGateAtChunkEdges) {
   SUBQ_REQUIRE_GPU();
-  for (LinearGate gate : {LinearGate::none, LinearGate::per_head, LinearGate::per_token})
+  for (LinearGate gate : {LinearGate::none, LinearGate::per_head, LinearGate::per_token, LinearGate::per_token_vector})
     for (int64_t T : {1, 5, 63, 64, 65, 1000}) {
       GlaCase c{2, T, 2, 2, 2, 64, 128, gate};
       if (gate == LinearGate::per_head) c.gate_lo = -0.1f, c.gate_hi = -0.01f;
@@ -145,7 +148,9 @@ TEST(CudaLinearAttention, EveryGateAtChunkEdges) {
 TEST(CudaLinearAttention, HeadDims) {
   SUBQ_REQUIRE_GPU();
   for (int64_t dk : {64, 128})
-    for (int64_t dv : {64, 128}) run_gla({1, 200, 3, 3, 3, dk, dv, LinearGate::per_token});
+    for (int64_t dv : {64, 128})
+      for (LinearGate gate : {LinearGate::per_token, LinearGate::per_token_vector})
+        run_gla({1, 200, 3, 3, 3, dk, dv, gate});
 }
 
 TEST(CudaLinearAttention, GroupedHeadsAndBatch) {
@@ -154,6 +159,7 @@ TEST(CudaLinearAttention, GroupedHeadsAndBatch) {
   run_gla({2, 77, 8, 2, 4, 64, 128, LinearGate::per_head, -0.2f, -0.05f});
   run_gla({1, 257, 1, 1, 1, 128, 128, LinearGate::per_token});  // one head
   run_gla({4, 90, 4, 4, 4, 128, 128, LinearGate::none});
+  run_gla({2, 190, 4, 2, 4, 128, 128, LinearGate::per_token_vector});  // GLA with shared q/k heads
 }
 
 TEST(CudaLinearAttention, StrongDecayAndNoDecay) {
@@ -162,18 +168,24 @@ TEST(CudaLinearAttention, StrongDecayAndNoDecay) {
   run_gla({1, 200, 2, 2, 2, 64, 64, LinearGate::per_head, -20.f, -10.f});    // a^64 underflows to 0
   run_gla({1, 1000, 2, 2, 2, 128, 128, LinearGate::per_token, -1e-4f, 0.f});  // barely decays
   run_gla({2, 1000, 2, 2, 2, 64, 64, LinearGate::none});                      // state grows over 1000 tokens
+  // The vector gate: per dk index a forgets within one token (2^{G} of a chunk's span
+  // underflows, and the diagonal block's differences are large), and barely decays.
+  run_gla({2, 300, 2, 2, 2, 128, 64, LinearGate::per_token_vector, -20.f, -1.f});
+  run_gla({1, 1000, 2, 2, 2, 64, 128, LinearGate::per_token_vector, -1e-4f, 0.f});
 }
 
 TEST(CudaLinearAttention, F32Output) {
   SUBQ_REQUIRE_GPU();
-  GlaCase c{2, 150, 4, 2, 4, 64, 128, LinearGate::per_token};
-  c.f32_out = true;
-  run_gla(c);
+  for (LinearGate gate : {LinearGate::per_token, LinearGate::per_token_vector}) {
+    GlaCase c{2, 150, 4, 2, 4, 64, 128, gate};
+    c.f32_out = true;
+    run_gla(c);
+  }
 }
 
 TEST(CudaLinearAttention, ConsecutiveCallsContinueTheSequence) {
   SUBQ_REQUIRE_GPU();
-  for (LinearGate gate : {LinearGate::per_token, LinearGate::per_head}) {
+  for (LinearGate gate : {LinearGate::per_token, LinearGate::per_head, LinearGate::per_token_vector}) {
     const GlaCase c{2, 500, 4, 2, 4, 128, 64, gate, -0.2f, -0.001f};
     SCOPED_TRACE(describe(c));
     auto rng = rng_for_test();
@@ -288,7 +300,9 @@ TEST(CudaLinearAttention, RejectsBadArguments) {
   rejects(q, q, v, g, st, v, opt);                                           // o aliases v
   ops::LinearAttentionOptions bad = opt;
   bad.gate = LinearGate::per_token_vector;
-  rejects(q, q, v, cuda::empty(DType::f32, {1, 8, 2, 64}), st, o, bad);
+  rejects(q, q, v, g, st, o, bad);                                              // a scalar gate
+  rejects(q, q, v, cuda::empty(DType::f32, {1, 8, 2, 128}), st, o, bad);        // gate over dv
+  rejects(q, q, v, cuda::empty(DType::bf16, {1, 8, 2, 64}), st, o, bad);        // bf16 gate
   bad = opt;
   bad.feature_map = ops::FeatureMap::elu_plus_one;
   rejects(q, q, v, g, st, o, bad);

@@ -1,4 +1,5 @@
-// Chunked gated linear attention on tensor cores, two kernels per call. With chunks of
+// Chunked gated linear attention on tensor cores, two kernels per call (three with the
+// vector gate). With chunks of
 // C = 64 tokens, G_i the cumulative log2-gate of token i inside its chunk (G_i <= 0,
 // non-increasing), w_j the value scale of token j (SSD's dt; 1 otherwise) and S_c the
 // state when chunk c starts:
@@ -14,6 +15,10 @@
 // owns query rows 16w..16w+15, so it needs only key blocks 0..w of the causal product.
 // The decayed, masked scores stay in registers and become the A fragments of P V, as in
 // flash_attention.cu. Shared tiles use the same XOR swizzle (16-byte chunk ^ row % 8).
+// GLA's vector gate (a different decay per dk index): the same equations per dk index, with
+// G_i a vector; a first kernel writes the cumulative gates, kernel 1 applies the factor
+// per (row, token) of K^T, and kernel 2 (vector_gate_output_kernel) folds the decays into
+// its operands.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -43,6 +48,8 @@ struct Params {
   // log a_t = gate_tok[b, t, h] * gate_head[h]; a missing factor is 1, both missing: a = 1.
   const float* gate_tok;
   const float* gate_head;
+  const float* gate_vec;     // GLA's vector gate: log a [B, T, H, dk], or null
+  float* gate_cum;           // its cumulative log2-gates within each chunk (workspace, same layout)
   const float* value_scale;  // [B, T, H] or null
   const float* skip;         // [H] or null: o += skip_h v (SSD's D)
   float* state;              // [B, H, dk, dv]
@@ -59,6 +66,21 @@ struct Params {
 template <int R, int W, int kCopiers = kThreads>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t ld, int valid) {
   cuda::load_tile<R, W, kCopiers>(s, g, ld, valid, g);
+}
+
+// Float offset of column `col` of row `row` in a [rows][W] f32 tile stored with the bf16
+// tiles' swizzle (each row viewed as 2W bf16), so load_tile copies it and reads of one
+// column over 8 rows hit distinct banks.
+template <int W>
+__device__ __forceinline__ int swz_f32(int row, int col) {
+  return (swz<2 * W>(row, col >> 2) >> 1) + (col & 3);
+}
+
+// Rows [0, valid) of a swizzled [R][W] f32 tile (zero-filled past `valid`).
+template <int R, int W, int kCopiers = kThreads>
+__device__ __forceinline__ void load_f32_tile(float* s, const float* g, int64_t ld, int valid) {
+  load_tile<R, 2 * W, kCopiers>(reinterpret_cast<__nv_bfloat16*>(s), reinterpret_cast<const __nv_bfloat16*>(g),
+                                2 * ld, valid);
 }
 
 // Copies 4 bytes global -> shared asynchronously (zeros when !valid; the source must
@@ -110,31 +132,42 @@ __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi)
 
 // Kernel 1: 8 warps, warp w owning rows 16 (w % 4).. of the tile and columns 32 (w / 4)..,
 // so that each chunk's step of the sequential walk is short. Its pipeline: chunk
-// c + kStages - 1 is being copied while chunk c is used.
+// c + stages - 1 is being copied while chunk c is used. With the vector gate a stage also
+// holds the chunk's cumulative log2-gates for the tile's 64 dk rows (f32), so it keeps
+// three stages to fit two CTAs per SM.
 constexpr int kStateWarps = 8;
 constexpr int kStateThreads = kStateWarps * 32;
-constexpr int kStages = 4;
+template <bool kVector>
+constexpr int kStages = kVector ? 3 : 4;
 constexpr int kStageTile = kChunk * kTile;  // elements of one K or V tile
+template <bool kVector>
 constexpr int kStateSmem =
-    kStages * (2 * kStageTile * static_cast<int>(sizeof(__nv_bfloat16)) + 2 * kChunk * static_cast<int>(sizeof(float)));
+    kStages<kVector> * (2 * kStageTile * static_cast<int>(sizeof(__nv_bfloat16)) +
+                        (kVector ? kStageTile : 2 * kChunk) * static_cast<int>(sizeof(float)));
 
 struct StateSmem {
-  __nv_bfloat16* k;  // [kStages][kChunk][kTile]
-  __nv_bfloat16* v;  // [kStages][kChunk][kTile]
-  float* gate;       // [kStages][kChunk] per-token log-gate as given
-  float* scale;      // [kStages][kChunk] per-token value scale
+  __nv_bfloat16* k;  // [stages][kChunk][kTile]
+  __nv_bfloat16* v;  // [stages][kChunk][kTile]
+  float* gate;       // scalar gates: [stages][kChunk] per-token log-gate as given;
+                     // vector gate: [stages][kChunk][kTile] cumulative log2-gates (swz_f32)
+  float* scale;      // [stages][kChunk] per-token value scale (scalar gates only)
 };
 
-// Queues chunk c's tiles and per-token values into stage c % kStages and commits one
+// Queues chunk c's tiles and per-token values into stage c % stages and commits one
 // group (an empty one past the last chunk, so that groups and chunks stay in step).
+// gcum: this tile's columns of p.gate_cum at token 0 (vector gate only).
+template <bool kVector>
 __device__ __forceinline__ void stage_chunk(const Params& p, const StateSmem& sm, const __nv_bfloat16* k,
-                                            const __nv_bfloat16* v, int64_t k_ld, int64_t v_ld, int b, int h,
-                                            int c) {
+                                            const __nv_bfloat16* v, const float* gcum, int64_t k_ld,
+                                            int64_t v_ld, int b, int h, int c) {
   if (c < p.nc) {
-    const int t0 = c * kChunk, st = c % kStages;
+    const int t0 = c * kChunk, st = c % kStages<kVector>;
     load_tile<kChunk, kTile, kStateThreads>(sm.k + st * kStageTile, k + t0 * k_ld, k_ld, p.T - t0);
     load_tile<kChunk, kTile, kStateThreads>(sm.v + st * kStageTile, v + t0 * v_ld, v_ld, p.T - t0);
-    if (threadIdx.x < 2 * kChunk) {  // threads 0-63 copy the gates, 64-127 the value scales
+    if constexpr (kVector) {
+      const int64_t g_ld = static_cast<int64_t>(p.H) * p.dk;
+      load_f32_tile<kChunk, kTile, kStateThreads>(sm.gate + st * kStageTile, gcum + t0 * g_ld, g_ld, p.T - t0);
+    } else if (threadIdx.x < 2 * kChunk) {  // threads 0-63 copy the gates, 64-127 the value scales
       const int i = threadIdx.x & (kChunk - 1), t = t0 + i;
       const int64_t at = (static_cast<int64_t>(b) * p.T + min(t, p.T - 1)) * p.H + h;
       const float* src = threadIdx.x < kChunk ? p.gate_tok : p.value_scale;
@@ -145,13 +178,15 @@ __device__ __forceinline__ void stage_chunk(const Params& p, const StateSmem& sm
   cp_async_commit();
 }
 
+template <bool kVector>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params p) {
+  constexpr int kSt = kStages<kVector>;
   extern __shared__ __align__(128) unsigned char smem[];
   StateSmem sm;
   sm.k = reinterpret_cast<__nv_bfloat16*>(smem);
-  sm.v = sm.k + kStages * kStageTile;
-  sm.gate = reinterpret_cast<float*>(sm.v + kStages * kStageTile);
-  sm.scale = sm.gate + kStages * kChunk;
+  sm.v = sm.k + kSt * kStageTile;
+  sm.gate = reinterpret_cast<float*>(sm.v + kSt * kStageTile);
+  sm.scale = sm.gate + kSt * kChunk;
   const int v_tiles = p.dv / kTile;
   const int kt = static_cast<int>(blockIdx.x) / v_tiles, vt = static_cast<int>(blockIdx.x) % v_tiles;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -159,6 +194,8 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params
   const int64_t k_ld = static_cast<int64_t>(p.hk) * p.dk, v_ld = static_cast<int64_t>(p.hv) * p.dv;
   const __nv_bfloat16* k = p.k + static_cast<int64_t>(b) * p.T * k_ld + (h / p.k_group) * p.dk + kt * kTile;
   const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.T * v_ld + (h / p.v_group) * p.dv + vt * kTile;
+  const float* gcum =
+      kVector ? p.gate_cum + (static_cast<int64_t>(b) * p.T * p.H + h) * p.dk + kt * kTile : nullptr;
   const float head_gate = p.gate_head ? p.gate_head[h] : 0.f;
 
   // acc[nt][c] is S[row0 + 8 (c >> 1)][col0 + 8 nt + (c & 1)] (the m16n8 C fragment) of
@@ -167,6 +204,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params
   const int wr = warp & 3, wc = warp >> 2;
   const int row0 = kt * kTile + wr * 16 + (lane >> 2);
   const int col0 = vt * kTile + wc * kCols + ((lane & 3) << 1);
+  const int d0 = wr * 16 + (lane >> 2);  // this lane's two rows of the tile: d0, d0 + 8
   float* state = p.state + (static_cast<int64_t>(b) * p.H + h) * p.dk * p.dv;
   float acc[kCols / 8][4];
 #pragma unroll
@@ -179,10 +217,10 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params
     }
 
 #pragma unroll
-  for (int c = 0; c < kStages - 1; ++c) stage_chunk(p, sm, k, v, k_ld, v_ld, b, h, c);
+  for (int c = 0; c < kSt - 1; ++c) stage_chunk<kVector>(p, sm, k, v, gcum, k_ld, v_ld, b, h, c);
   __nv_bfloat16* ws = p.chunk_states + (static_cast<int64_t>(b) * p.H + h) * p.nc * p.dk * p.dv;
   for (int c = 0; c < p.nc; ++c) {
-    const int t0 = c * kChunk, st = c % kStages;
+    const int t0 = c * kChunk, st = c % kSt;
     __nv_bfloat16* start = ws + static_cast<int64_t>(c) * p.dk * p.dv;
 #pragma unroll
     for (int nt = 0; nt < kCols / 8; ++nt)
@@ -191,22 +229,35 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params
         *reinterpret_cast<__nv_bfloat162*>(start + (row0 + 8 * r) * p.dv + col0 + nt * 8) =
             __floats2bfloat162_rn(acc[nt][2 * r], acc[nt][2 * r + 1]);
 
-    cp_async_wait<kStages - 2>();  // chunk c's group is complete
+    cp_async_wait<kSt - 2>();  // chunk c's group is complete
     // Also: every warp has finished chunk c - 1, whose stage the next copy overwrites.
     __syncthreads();
-    stage_chunk(p, sm, k, v, k_ld, v_ld, b, h, c + kStages - 1);
+    stage_chunk<kVector>(p, sm, k, v, gcum, k_ld, v_ld, b, h, c + kSt - 1);
 
-    const float* sg = sm.gate + st * kChunk;
-    const float* sw = sm.scale + st * kChunk;
-    const int j = 2 * lane;
-    const ChunkGates g = scan_gates(token_gate(p, head_gate, t0 + j < p.T, sg[j], sw[j]),
-                                    token_gate(p, head_gate, t0 + j + 1 < p.T, sg[j + 1], sw[j + 1]), lane);
-    const float wx = fast_exp2(g.G_last - g.G.x) * g.scale.x, wy = fast_exp2(g.G_last - g.G.y) * g.scale.y;
-    const float decay = fast_exp2(g.G_last);
+    // The row decays 2^{G_last} (acc row r is tile row d0 + 8 r) and, per token j, the
+    // factor 2^{G_last - G_j} w_j of K^T's column j: one per token for scalar gates, one
+    // per (row, token) for the vector gate.
+    float decay[2], wx = 0.f, wy = 0.f;
+    const float* gv = sm.gate + st * kStageTile;
+    if constexpr (kVector) {
+      const int last = min(kChunk, p.T - t0) - 1;
+      decay[0] = gv[swz_f32<kTile>(last, d0)];  // G_last, log2
+      decay[1] = gv[swz_f32<kTile>(last, d0 + 8)];
+    } else {
+      const float* sg = sm.gate + st * kChunk;
+      const float* sw = sm.scale + st * kChunk;
+      const int j = 2 * lane;
+      const ChunkGates g = scan_gates(token_gate(p, head_gate, t0 + j < p.T, sg[j], sw[j]),
+                                      token_gate(p, head_gate, t0 + j + 1 < p.T, sg[j + 1], sw[j + 1]), lane);
+      wx = fast_exp2(g.G_last - g.G.x) * g.scale.x;
+      wy = fast_exp2(g.G_last - g.G.y) * g.scale.y;
+      decay[0] = decay[1] = g.G_last;
+    }
+    const float row_decay[2] = {fast_exp2(decay[0]), fast_exp2(decay[1])};
 #pragma unroll
     for (int nt = 0; nt < kCols / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] *= decay;
+      for (int e = 0; e < 4; ++e) acc[nt][e] *= row_decay[e >> 1];
 
     const __nv_bfloat16* ks = sm.k + st * kStageTile;
     const __nv_bfloat16* vs = sm.v + st * kStageTile;
@@ -216,15 +267,25 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params
       // (tokens 0-7 | 8-15) of this warp's 16 rows, read transposed from token rows.
       uint32_t a[4];
       ldmatrix_x4_trans(a, ks + swz<kTile>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), wr * 2 + ((lane >> 3) & 1)));
-      // a[0], a[1] hold tokens 16kk + 2(lane & 3) + {0, 1}, a[2], a[3] those + 8; lane s
-      // holds the factors of tokens 2s and 2s + 1.
-      const int src = kk * 8 + (lane & 3);
-      const float w0 = __shfl_sync(kFull, wx, src), w1 = __shfl_sync(kFull, wy, src);
-      const float w8 = __shfl_sync(kFull, wx, src + 4), w9 = __shfl_sync(kFull, wy, src + 4);
-      a[0] = scale_bf16x2(a[0], w0, w1);
-      a[1] = scale_bf16x2(a[1], w0, w1);
-      a[2] = scale_bf16x2(a[2], w8, w9);
-      a[3] = scale_bf16x2(a[3], w8, w9);
+      // a[0], a[1] hold tokens 16kk + 2(lane & 3) + {0, 1}, a[2], a[3] those + 8, of rows
+      // d0 (a[0], a[2]) and d0 + 8 (a[1], a[3]).
+      if constexpr (kVector) {
+        const int j = kk * 16 + 2 * (lane & 3);
+        auto f = [&](int t, int r) { return fast_exp2(decay[r] - gv[swz_f32<kTile>(t, d0 + 8 * r)]); };
+        a[0] = scale_bf16x2(a[0], f(j, 0), f(j + 1, 0));
+        a[1] = scale_bf16x2(a[1], f(j, 1), f(j + 1, 1));
+        a[2] = scale_bf16x2(a[2], f(j + 8, 0), f(j + 9, 0));
+        a[3] = scale_bf16x2(a[3], f(j + 8, 1), f(j + 9, 1));
+      } else {
+        // Lane s holds the factors of tokens 2s and 2s + 1.
+        const int src = kk * 8 + (lane & 3);
+        const float w0 = __shfl_sync(kFull, wx, src), w1 = __shfl_sync(kFull, wy, src);
+        const float w8 = __shfl_sync(kFull, wx, src + 4), w9 = __shfl_sync(kFull, wy, src + 4);
+        a[0] = scale_bf16x2(a[0], w0, w1);
+        a[1] = scale_bf16x2(a[1], w0, w1);
+        a[2] = scale_bf16x2(a[2], w8, w9);
+        a[3] = scale_bf16x2(a[3], w8, w9);
+      }
 #pragma unroll
       for (int np = 0; np < kCols / 16; ++np) {
         uint32_t vb[4];
@@ -242,6 +303,59 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params
     for (int r = 0; r < 2; ++r)
       *reinterpret_cast<float2*>(state + (row0 + 8 * r) * p.dv + col0 + nt * 8) =
           make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]);
+}
+
+// acc += P V over this warp's causal key blocks 0..warp: the scores s (m16n8 C fragments of
+// the warp's 16 rows against the chunk's 64 keys) become the A fragments.
+template <int DV>
+__device__ __forceinline__ void accumulate_pv(float (&acc)[DV / 8][4], const float (&s)[kChunk / 8][4],
+                                              const __nv_bfloat16* sV, int warp, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kChunk / 16; ++kk) {
+    if (kk > warp) continue;  // masked to zero
+    uint32_t pa[4];
+    pa[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+    pa[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+    pa[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+    for (int dp = 0; dp < DV / 16; ++dp) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, sV + swz<DV>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+      mma_bf16_16816(acc[2 * dp], pa, vb[0], vb[1]);
+      mma_bf16_16816(acc[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+  }
+}
+
+// Writes this lane's rows r0 and r0 + 8 of the chunk (those below `valid`): scale acc plus
+// the skip D_h v when the op has one.
+template <int DV, bool kF32Out>
+__device__ __forceinline__ void store_rows(const Params& p, const float (&acc)[DV / 8][4], const __nv_bfloat16* sV,
+                                           int64_t bt0, int h, int r0, int valid, int lane) {
+  const float skip = p.skip ? p.skip[h] : 0.f;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = r0 + 8 * r;
+    if (i >= valid) continue;
+    const int64_t out_row = ((bt0 + i) * p.H + h) * DV;
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; ++dt) {
+      const int col = dt * 8 + ((lane & 3) << 1);
+      float y0 = acc[dt][2 * r] * p.scale, y1 = acc[dt][2 * r + 1] * p.scale;
+      if (p.skip) {
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sV + swz<DV>(i, col >> 3) + (col & 7)));
+        y0 += skip * x.x;
+        y1 += skip * x.y;
+      }
+      if constexpr (kF32Out) {
+        *reinterpret_cast<float2*>(static_cast<float*>(p.o) + out_row + col) = make_float2(y0, y1);
+      } else {
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.o) + out_row + col) =
+            __floats2bfloat162_rn(y0, y1);
+      }
+    }
+  }
 }
 
 template <int DK, int DV>
@@ -338,60 +452,181 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(const Params p) 
       s[nt][e] = j <= i ? s[nt][e] * fast_exp2(G_row[e >> 1] - sG[j]) * sW[j] : 0.f;
     }
 
+  accumulate_pv<DV>(acc, s, sV, warp, lane);
+  store_rows<DV, kF32Out>(p, acc, sV, bt0, h, r0, valid, lane);
+}
+
+// The vector gate's output kernel. Row i's decay from key j differs per dk index, so it
+// moves into the operands: q_i 2^{G_i} against S_c; for the key blocks before the warp's
+// own, q_i 2^{G_i - E} and k_j 2^{E - G_j} with E the cumulative gate of the token just
+// before the warp's first row (both exponents <= 0, as G never increases, so nothing
+// overflows); the warp's own 16 x 16 diagonal block elementwise in f32,
+// sum_d q_i[d] k_j[d] 2^{G_i[d] - G_j[d]} (fla's intra-sub-chunk step does the same), handed
+// to the P V fragments through shared memory.
+template <int DK, int DV>
+constexpr int kVectorOutputSmem = kOutputSmem<DK, DV> + kChunk * DK * static_cast<int>(sizeof(float));
+constexpr int kScratchLd = 17;  // the diagonal block's row stride in floats (odd: no bank conflicts)
+
+// 8 consecutive bf16 / f32 values at the start of a 16-byte chunk, widened.
+__device__ __forceinline__ void load8(const __nv_bfloat16* s, float (&x)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(s);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-  for (int kk = 0; kk < kChunk / 16; ++kk) {
-    if (kk > warp) continue;  // masked to zero
-    uint32_t pa[4];
-    pa[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-    pa[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-    pa[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    pa[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[e]));
+    x[2 * e] = f.x;
+    x[2 * e + 1] = f.y;
+  }
+}
+template <int W>
+__device__ __forceinline__ void load8(const float* tile, int row, int col, float (&x)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(tile + swz_f32<W>(row, col));
+  const float4 b = *reinterpret_cast<const float4*>(tile + swz_f32<W>(row, col + 4));
+  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+
+template <int DK, int DV, bool kF32Out>
+__global__ void __launch_bounds__(kThreads) vector_gate_output_kernel(const Params p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  auto* sQ = reinterpret_cast<__nv_bfloat16*>(smem);
+  auto* sK = sQ + kChunk * DK;
+  auto* sV = sK + kChunk * DK;
+  auto* sS = sV + kChunk * DV;                        // S_c, [DK][DV]
+  auto* sG = reinterpret_cast<float*>(sS + DK * DV);  // [kChunk][DK] cumulative log2-gates
+
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int t0 = c * kChunk;
+  const int valid = min(kChunk, p.T - t0);
+  const int64_t q_ld = static_cast<int64_t>(p.hq) * DK, k_ld = static_cast<int64_t>(p.hk) * DK;
+  const int64_t v_ld = static_cast<int64_t>(p.hv) * DV, g_ld = static_cast<int64_t>(p.H) * DK;
+  const int64_t bt0 = static_cast<int64_t>(b) * p.T + t0;
+  load_tile<kChunk, DK>(sQ, p.q + bt0 * q_ld + (h / p.q_group) * DK, q_ld, valid);
+  load_tile<kChunk, DK>(sK, p.k + bt0 * k_ld + (h / p.k_group) * DK, k_ld, valid);
+  load_tile<kChunk, DV>(sV, p.v + bt0 * v_ld + (h / p.v_group) * DV, v_ld, valid);
+  load_tile<DK, DV>(sS, p.chunk_states + ((static_cast<int64_t>(b) * p.H + h) * p.nc + c) * DK * DV, DV, DK);
+  load_f32_tile<kChunk, DK>(sG, p.gate_cum + bt0 * g_ld + h * DK, g_ld, valid);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const int m0 = warp * 16;
+  const int r0 = m0 + (lane >> 2);
+  float acc[DV / 8][4], s[kChunk / 8][4];
+#pragma unroll
+  for (int i = 0; i < DV / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kChunk / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+  auto G = [&](int row, int col) { return *reinterpret_cast<const float2*>(sG + swz_f32<DK>(row, col)); };
+  auto scaled = [](uint32_t x, float2 g) { return scale_bf16x2(x, fast_exp2(g.x), fast_exp2(g.y)); };
+  auto below = [](float2 a, float2 b) { return make_float2(fminf(a.x - b.x, 0.f), fminf(a.y - b.y, 0.f)); };
+
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    // qa[0]: row r0, dims d, d + 1; qa[1]: row r0 + 8; qa[2], qa[3]: the same at d + 8.
+    uint32_t qa[4];
+    ldmatrix_x4(qa, sQ + swz<DK>(m0 + (lane & 15), kk * 2 + (lane >> 4)));
+    const int d = kk * 16 + 2 * (lane & 3);
+    const float2 g[4] = {G(r0, d), G(r0 + 8, d), G(r0, d + 8), G(r0 + 8, d + 8)};
+    const uint32_t qc[4] = {scaled(qa[0], g[0]), scaled(qa[1], g[1]), scaled(qa[2], g[2]), scaled(qa[3], g[3])};
 #pragma unroll
     for (int dp = 0; dp < DV / 16; ++dp) {
-      uint32_t vb[4];
-      ldmatrix_x4_trans(vb, sV + swz<DV>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
-      mma_bf16_16816(acc[2 * dp], pa, vb[0], vb[1]);
-      mma_bf16_16816(acc[2 * dp + 1], pa, vb[2], vb[3]);
+      uint32_t sb[4];
+      ldmatrix_x4_trans(sb, sS + swz<DV>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+      mma_bf16_16816(acc[2 * dp], qc, sb[0], sb[1]);
+      mma_bf16_16816(acc[2 * dp + 1], qc, sb[2], sb[3]);
+    }
+    if (warp == 0) continue;  // no key block before the diagonal
+    const float2 e[2] = {G(m0 - 1, d), G(m0 - 1, d + 8)};
+    const uint32_t qt[4] = {scaled(qa[0], below(g[0], e[0])), scaled(qa[1], below(g[1], e[0])),
+                            scaled(qa[2], below(g[2], e[1])), scaled(qa[3], below(g[3], e[1]))};
+#pragma unroll
+    for (int np = 0; np < kChunk / 16; ++np) {
+      if (np >= warp) continue;
+      // kb[0]: key j, dims d, d + 1; kb[1]: key j, d + 8; kb[2], kb[3]: key j + 8.
+      uint32_t kb[4];
+      ldmatrix_x4(kb, sK + swz<DK>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+      const int j = np * 16 + (lane >> 2);
+      kb[0] = scaled(kb[0], below(e[0], G(j, d)));
+      kb[1] = scaled(kb[1], below(e[1], G(j, d + 8)));
+      kb[2] = scaled(kb[2], below(e[0], G(j + 8, d)));
+      kb[3] = scaled(kb[3], below(e[1], G(j + 8, d + 8)));
+      mma_bf16_16816(s[2 * np], qt, kb[0], kb[1]);
+      mma_bf16_16816(s[2 * np + 1], qt, kb[2], kb[3]);
     }
   }
 
-  const float skip = p.skip ? p.skip[h] : 0.f;
+  // The diagonal block: lane holds row il of the warp's 16 and keys jl0..jl0 + 7.
+  const int il = lane & 15, jl0 = (lane >> 4) * 8;
+  float diag[8] = {};
+#pragma unroll 1
+  for (int ch = 0; ch < DK / 8; ++ch) {
+    float qf[8], gi[8];
+    load8(sQ + swz<DK>(m0 + il, ch), qf);
+    load8<DK>(sG, m0 + il, ch * 8, gi);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = r0 + 8 * r;
-    if (i >= valid) continue;
-    const int64_t out_row = ((bt0 + i) * p.H + h) * DV;
+    for (int jj = 0; jj < 8; ++jj) {
+      float kf[8], gj[8];
+      load8(sK + swz<DK>(m0 + jl0 + jj, ch), kf);
+      load8<DK>(sG, m0 + jl0 + jj, ch * 8, gj);
 #pragma unroll
-    for (int dt = 0; dt < DV / 8; ++dt) {
-      const int col = dt * 8 + ((lane & 3) << 1);
-      float y0 = acc[dt][2 * r] * p.scale, y1 = acc[dt][2 * r + 1] * p.scale;
-      if (p.skip) {
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sV + swz<DV>(i, col >> 3) + (col & 7)));
-        y0 += skip * x.x;
-        y1 += skip * x.y;
-      }
-      if constexpr (kF32Out) {
-        *reinterpret_cast<float2*>(static_cast<float*>(p.o) + out_row + col) = make_float2(y0, y1);
-      } else {
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.o) + out_row + col) =
-            __floats2bfloat162_rn(y0, y1);
-      }
+      for (int e = 0; e < 8; ++e) diag[jj] += qf[e] * kf[e] * fast_exp2(fminf(gi[e] - gj[e], 0.f));
     }
+  }
+  __syncthreads();  // every warp is done reading S_c: its tile becomes the scratch
+  float* scratch = reinterpret_cast<float*>(sS) + warp * 16 * kScratchLd;
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj) scratch[il * kScratchLd + jl0 + jj] = jl0 + jj <= il ? diag[jj] : 0.f;
+  __syncwarp();
+#pragma unroll
+  for (int np = 0; np < kChunk / 16; ++np) {
+    if (np != warp) continue;
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[2 * np + half][e] =
+            scratch[((lane >> 2) + 8 * (e >> 1)) * kScratchLd + half * 8 + 2 * (lane & 3) + (e & 1)];
+  }
+
+  accumulate_pv<DV>(acc, s, sV, warp, lane);
+  store_rows<DV, kF32Out>(p, acc, sV, bt0, h, r0, valid, lane);
+}
+
+// Cumulative log2-gates of the vector gate inside each chunk: one thread per dk index of a
+// (chunk, head, batch). Sums of values <= 0 in f32 never increase.
+__global__ void cumulative_gate_kernel(const Params p) {
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = c * kChunk, t1 = min(p.T, t0 + kChunk);
+  const int64_t step = static_cast<int64_t>(p.H) * p.dk;
+  int64_t at = (static_cast<int64_t>(b) * p.T + t0) * step + static_cast<int64_t>(h) * p.dk + threadIdx.x;
+  float G = 0.f;
+  for (int t = t0; t < t1; ++t, at += step) {
+    G += p.gate_vec[at] * kLog2e;
+    p.gate_cum[at] = G;
   }
 }
 
 template <int DK, int DV, bool kF32Out>
 void launch_output(const Params& p, int batch) {
-  constexpr int kSmem = kOutputSmem<DK, DV>;
+  const bool vector = p.gate_cum != nullptr;
+  const auto kernel = vector ? vector_gate_output_kernel<DK, DV, kF32Out> : chunk_output_kernel<DK, DV, kF32Out>;
+  const int smem_bytes = vector ? kVectorOutputSmem<DK, DV> : kOutputSmem<DK, DV>;
   static const bool configured = [] {
     SUBQ_CUDA_CHECK(cudaFuncSetAttribute(chunk_output_kernel<DK, DV, kF32Out>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kOutputSmem<DK, DV>));
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(vector_gate_output_kernel<DK, DV, kF32Out>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kVectorOutputSmem<DK, DV>));
     return true;
   }();
   (void)configured;
   const dim3 grid(static_cast<unsigned>(p.nc), static_cast<unsigned>(p.H), static_cast<unsigned>(batch));
-  chunk_output_kernel<DK, DV, kF32Out><<<grid, kThreads, kSmem, stream()>>>(p);
-  SUBQ_CUDA_CHECK_LAUNCH("chunk_output_kernel");
+  kernel<<<grid, kThreads, smem_bytes, stream()>>>(p);
+  SUBQ_CUDA_CHECK_LAUNCH(vector ? "vector_gate_output_kernel" : "chunk_output_kernel");
 }
 
 template <int DK, int DV>
@@ -403,7 +638,7 @@ void launch_output(const Params& p, int batch, bool f32_out) {
 // next user of the block runs after them on the same stream.
 struct Workspace {
   void* p;
-  explicit Workspace(size_t bytes) : p(device_alloc(bytes)) {}
+  explicit Workspace(size_t bytes) : p(bytes ? device_alloc(bytes) : nullptr) {}
   ~Workspace() { device_free(p); }
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
@@ -414,16 +649,31 @@ void run(Params p, int batch, bool f32_out) {
   p.q_group = p.H / p.hq;
   p.k_group = p.H / p.hk;
   p.v_group = p.H / p.hv;
+  const dim3 heads_grid(static_cast<unsigned>(p.nc), static_cast<unsigned>(p.H), static_cast<unsigned>(batch));
   Workspace ws(static_cast<size_t>(batch) * p.H * p.nc * p.dk * p.dv * sizeof(__nv_bfloat16));
   p.chunk_states = static_cast<__nv_bfloat16*>(ws.p);
+  const bool vector = p.gate_vec != nullptr;
+  Workspace gate_ws(vector ? static_cast<size_t>(batch) * p.T * p.H * p.dk * sizeof(float) : 0);
+  if (vector) {
+    p.gate_cum = static_cast<float*>(gate_ws.p);
+    cumulative_gate_kernel<<<heads_grid, static_cast<unsigned>(p.dk), 0, stream()>>>(p);
+    SUBQ_CUDA_CHECK_LAUNCH("cumulative_gate_kernel");
+  }
   static const bool configured = [] {
-    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStateSmem));
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         kStateSmem<false>));
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(chunk_state_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         kStateSmem<true>));
     return true;
   }();
   (void)configured;
   const dim3 grid1(static_cast<unsigned>((p.dk / kTile) * (p.dv / kTile)), static_cast<unsigned>(p.H),
                    static_cast<unsigned>(batch));
-  chunk_state_kernel<<<grid1, kStateThreads, kStateSmem, stream()>>>(p);
+  if (vector) {
+    chunk_state_kernel<true><<<grid1, kStateThreads, kStateSmem<true>, stream()>>>(p);
+  } else {
+    chunk_state_kernel<false><<<grid1, kStateThreads, kStateSmem<false>, stream()>>>(p);
+  }
   SUBQ_CUDA_CHECK_LAUNCH("chunk_state_kernel");
   if (p.dk == 64) {
     p.dv == 64 ? launch_output<64, 64>(p, batch, f32_out) : launch_output<64, 128>(p, batch, f32_out);
@@ -485,8 +735,6 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   if (options.feature_map != ops::FeatureMap::identity)
     throw Error(f + ": options.feature_map: only identity is supported on the GPU");
   if (options.normalize) throw Error(f + ": options.normalize: the normaliser is not supported on the GPU");
-  if (options.gate == ops::LinearGate::per_token_vector)
-    throw Error(f + ": options.gate: per_token_vector (GLA's vector gate) is not supported on the GPU");
   if (!std::isfinite(options.scale)) throw Error(f + ": options.scale must be finite, found " + std::to_string(options.scale));
   check_gpu(q, DType::bf16, f + " q");
   check_gpu(k, DType::bf16, f + " k");
@@ -518,7 +766,10 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
       check_gpu(log_gate, DType::f32, f + " log_gate");
       check_shape(log_gate, Shape{B, T, H}, (f + " log_gate").c_str());
       break;
-    case ops::LinearGate::per_token_vector: break;  // rejected above
+    case ops::LinearGate::per_token_vector:
+      check_gpu(log_gate, DType::f32, f + " log_gate");
+      check_shape(log_gate, Shape{B, T, H, dk}, (f + " log_gate").c_str());
+      break;
   }
   check_gpu(state, DType::f32, f + " state");
   check_shape(state, Shape{B, H, dk, dv}, (f + " state").c_str());
@@ -532,6 +783,7 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.v = reinterpret_cast<const __nv_bfloat16*>(v.device_data<bf16>());
   if (options.gate == ops::LinearGate::per_head) p.gate_head = log_gate.device_data<float>();
   if (options.gate == ops::LinearGate::per_token) p.gate_tok = log_gate.device_data<float>();
+  if (options.gate == ops::LinearGate::per_token_vector) p.gate_vec = log_gate.device_data<float>();
   p.state = state.mutable_device_data<float>();
   p.o = o.mutable_device_raw_data();
   p.T = static_cast<int>(T);

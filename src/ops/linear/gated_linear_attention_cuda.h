@@ -1,6 +1,6 @@
 // Family L on NVIDIA tensor cores (sm_80+): chunked gated linear attention with a scalar
-// gate, and Mamba-2's SSD as an instance of it,
-//   S_t = a_t S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale q_t),   S in R^{dk x dv} per head,
+// or a vector gate, and Mamba-2's SSD as an instance of it,
+//   S_t = diag(a_t) S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale q_t),   S in R^{dk x dv} per head,
 // with bf16 q/k/v, f32 gates, f32 state and f32 accumulation (chunks of 64 tokens; the
 // chunk start states pass between the two kernels in bf16).
 #pragma once
@@ -13,9 +13,9 @@ namespace subq::cuda {
 // q [B, T, Hq, dk], k [B, T, Hk, dk], v [B, T, Hv, dv]: bf16, contiguous, on the GPU.
 // H = max(Hq, Hk, Hv) output heads; each of Hq, Hk, Hv divides H and head h reads q head
 // h / (H / Hq) (likewise k, v). dk and dv are each 64 or 128.
-// log_gate (f32, contiguous, on the GPU) per options.gate: none (undefined), per_head [H]
-// or per_token [B, T, H]; values must be <= 0 (not checked here: that would cost a copy
-// to the host per call). per_token_vector (GLA's vector gate) is not supported on the GPU.
+// log_gate (f32, contiguous, on the GPU) per options.gate: none (undefined), per_head [H],
+// per_token [B, T, H] or per_token_vector [B, T, H, dk] (GLA); values must be finite and
+// <= 0 (not checked here: that would cost a copy to the host per call).
 // state: f32 contiguous [B, H, dk, dv], the initial state on entry and the final one on
 // return, so consecutive calls continue a sequence. o: bf16 or f32 [B, T, H, dv].
 // options: feature_map must be identity and normalize false; options.chunk and
