@@ -1,7 +1,7 @@
 // FlashAttention-2 style forward: one CTA of 4 warps per (128 queries, head, batch);
 // each warp owns 32 query rows (two m16 tiles), so K/V shared-memory reads are spread
 // over twice the arithmetic (D = 256, or a BlockMask with 64-query blocks: 64 queries,
-// 16 rows per warp). K/V tiles of 64 keys are double-buffered with cp.async;
+// 16 rows per warp). K/V tiles of 64 keys (32 at D = 256) are double-buffered with cp.async;
 // Q, K and V sit in shared memory with an XOR swizzle (16-byte chunk ^ row % 8) so
 // every ldmatrix hits 32 distinct banks. Scores stay in registers: the S accumulator
 // fragment of QK^T is exactly the A fragment of PV once packed to bf16.
@@ -24,8 +24,12 @@
 namespace subq::cuda {
 namespace {
 
-constexpr int kBlockN = 64;
 constexpr int kWarps = 4;
+// Keys per K/V tile: 64; 32 for D = 256, so that the double-buffered tiles leave room for
+// two CTAs (8 warps) per SM (one CTA of 4 warps could not hide the load latency).
+template <int D>
+constexpr int kKeyRows = D <= 128 ? 64 : 32;
+constexpr int kMaskKeyBlock = 64;  // a BlockMask's key blocks are multiples of this on the GPU
 constexpr int kThreads = kWarps * 32;
 // Query rows per CTA for dense attention: 128 (32 per warp) up to D = 128; for D = 256
 // the f32 output accumulator of 32 rows would not fit in registers, so 64 (16 per warp).
@@ -59,7 +63,7 @@ struct Params {
   const int* row_start;
   const int* key_blocks;
   int mask_batch, mask_heads, num_q_blocks;
-  int sub_tiles;  // k_block / kBlockN
+  int sub_tiles;  // k_block / kKeyRows<D>
   int q_offset;
   DeviceRule rule;
 };
@@ -103,6 +107,7 @@ template <int D, int kBlockM, Keys kKeys>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p) {
   constexpr int kRowsPerWarp = kBlockM / kWarps;
   constexpr int kMTiles = kRowsPerWarp / 16;
+  constexpr int kBlockN = kKeyRows<D>;
   extern __shared__ __align__(128) unsigned char smem[];
   auto* sQ = reinterpret_cast<__nv_bfloat16*>(smem);
   auto* sK = sQ + kBlockM * D;      // two buffers of kBlockN x D
@@ -179,7 +184,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
     const __nv_bfloat16* k_s = sK + (j & 1) * kBlockN * D;
     const __nv_bfloat16* v_s = sV + (j & 1) * kBlockN * D;
 
-    // S = Q K^T for this warp's rows and the tile's 64 keys.
+    // S = Q K^T for this warp's rows and the tile's kBlockN keys.
     float s[kMTiles][kBlockN / 8][4];
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
@@ -321,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
 
 template <int D, int kBlockM, Keys kKeys>
 void launch(const Params& p, int batch) {
-  constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(__nv_bfloat16));
+  constexpr int kSmem = (kBlockM + 4 * kKeyRows<D>) * D * static_cast<int>(sizeof(__nv_bfloat16));
   static const bool configured = [] {
     SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D, kBlockM, kKeys>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
@@ -412,7 +417,7 @@ DeviceBlockMask upload(const attn::BlockMask& mask) {
   mask.validate();
   if (mask.q_block != 64 && mask.q_block != 128)
     throw Error("cuda block mask: q_block must be 64 or 128 on the GPU, found " + std::to_string(mask.q_block));
-  if (mask.k_block <= 0 || mask.k_block % kBlockN != 0 || mask.k_block > 1024)
+  if (mask.k_block <= 0 || mask.k_block % kMaskKeyBlock != 0 || mask.k_block > 1024)
     throw Error("cuda block mask: k_block must be a multiple of 64 (at most 1024) on the GPU, found " +
                 std::to_string(mask.k_block));
   if (mask.q_len > (int64_t{1} << 30) || mask.kv_len > (int64_t{1} << 30) || mask.q_offset < 0 ||
@@ -457,7 +462,7 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.mask_batch = static_cast<int>(m.batch);
   p.mask_heads = static_cast<int>(m.heads);
   p.num_q_blocks = static_cast<int>(m.num_q_blocks());
-  p.sub_tiles = static_cast<int>(m.k_block / kBlockN);
+  p.sub_tiles = static_cast<int>(m.k_block / (D == 256 ? kKeyRows<256> : kKeyRows<128>));
   p.q_offset = static_cast<int>(m.q_offset);
   p.rule = device_rule(m.rule);
   const int batch = static_cast<int>(B);
