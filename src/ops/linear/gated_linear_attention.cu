@@ -1,8 +1,7 @@
 // Chunked gated linear attention on tensor cores, two kernels per call (three with the
-// vector gate). With chunks of
-// C = 64 tokens, G_i the cumulative log2-gate of token i inside its chunk (G_i <= 0,
-// non-increasing), w_j the value scale of token j (SSD's dt; 1 otherwise) and S_c the
-// state when chunk c starts:
+// vector gate). With chunks of C = 64 tokens, G_i the cumulative log2-gate of token i
+// inside its chunk (G_i <= 0, non-increasing), w_j the value scale of token j (SSD's dt;
+// 1 otherwise) and S_c the state when chunk c starts:
 //   state pass  S_{c+1} = 2^{G_last} S_c + sum_j (k_j 2^{G_last - G_j} w_j) v_j^T
 //   output      o_i = scale (2^{G_i} q_i^T S_c + sum_{j<=i} 2^{G_i - G_j} w_j (q_i . k_j) v_j)
 // Every exponent is <= 0: nothing overflows however long the decay runs.
