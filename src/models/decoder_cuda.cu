@@ -44,6 +44,16 @@ namespace {
 
 Tensor upload_or_empty(const Tensor& t) { return t.defined() ? cuda::to_device(t) : Tensor(); }
 
+// Columns [c0, c1) of a [T, W] GPU matrix as a contiguous [T, c1 - c0] tensor: a view
+// when they already are one (a single row: every decode step), else a copy.
+Tensor columns(const Tensor& m, int64_t c0, int64_t c1) {
+  const Tensor s = m.slice(1, c0, c1);
+  if (s.is_contiguous()) return s;
+  const Tensor out = cuda::empty(m.dtype(), {m.dim(0), c1 - c0});
+  cuda::copy_rows(s, out);
+  return out;
+}
+
 // A weight [N, K] in GPU memory in the checkpoint's dtype, and its f32 bias.
 struct DeviceLinear {
   Tensor w, bias;
@@ -364,21 +374,15 @@ class DeviceMamba final : public DeviceMixer {
     const int64_t T = x.dim(0), I = c_.d_inner, N = c_.d_state, R = c_.dt_rank;
     const Tensor proj = cuda::empty(DType::f32, {T, 2 * I});
     in_proj_.apply(x, proj);
-    const Tensor xs = cuda::empty(DType::f32, {1, T, I}), z = cuda::empty(DType::f32, {1, T, I});
-    cuda::copy_rows(proj.slice(1, 0, I), xs.view({T, I}));
-    cuda::copy_rows(proj.slice(1, I, 2 * I), z.view({T, I}));
+    const Tensor xs = columns(proj, 0, I).view({1, T, I}), z = columns(proj, I, 2 * I).view({1, T, I});
     const Tensor xc = cuda::empty(DType::f32, {1, T, I});
     cuda::causal_conv1d(xs, conv_weight_, conv_bias_, /*silu=*/true, s.conv, xc);
 
     const Tensor xdbl = cuda::empty(DType::f32, {T, R + 2 * N});
     x_proj_.apply(xc.view({T, I}), xdbl);
-    const Tensor dt_low = cuda::empty(DType::f32, {T, R});
-    const Tensor Bm = cuda::empty(DType::f32, {1, T, N}), Cm = cuda::empty(DType::f32, {1, T, N});
-    cuda::copy_rows(xdbl.slice(1, 0, R), dt_low);
-    cuda::copy_rows(xdbl.slice(1, R, R + N), Bm.view({T, N}));
-    cuda::copy_rows(xdbl.slice(1, R + N, R + 2 * N), Cm.view({T, N}));
+    const Tensor Bm = columns(xdbl, R, R + N).view({1, T, N}), Cm = columns(xdbl, R + N, R + 2 * N).view({1, T, N});
     const Tensor dt = cuda::empty(DType::f32, {1, T, I});
-    dt_proj_.apply(dt_low, dt.view({T, I}));
+    dt_proj_.apply(columns(xdbl, 0, R), dt.view({T, I}));
 
     const Tensor ys = cuda::empty(DType::f32, {1, T, I});
     cuda::selective_scan({xc, dt, A_, Bm, Cm, D_, z, dt_bias_, /*dt_softplus=*/true}, s.ssm, ys);
@@ -451,9 +455,8 @@ class DeviceMamba2 final : public DeviceMixer {
                   N = c_.state_size, CD = c_.conv_dim();
     const Tensor proj = cuda::empty(DType::f32, {T, c_.in_proj_size()});
     in_proj_.apply(x, proj);
-    const Tensor conv_in = cuda::empty(DType::f32, {1, T, CD}), xbc = cuda::empty(DType::f32, {1, T, CD});
-    cuda::copy_rows(proj.slice(1, I, I + CD), conv_in.view({T, CD}));
-    cuda::causal_conv1d(conv_in, conv_w_, conv_b_, /*silu=*/true, s.conv, xbc);
+    const Tensor xbc = cuda::empty(DType::f32, {1, T, CD});
+    cuda::causal_conv1d(columns(proj, I, I + CD).view({1, T, CD}), conv_w_, conv_b_, /*silu=*/true, s.conv, xbc);
     const Tensor dt = cuda::empty(DType::f32, {1, T, H});
     cuda::softplus_clamp(proj.slice(1, I + CD, I + CD + H), dt_bias_, c_.time_step_limit_min, c_.time_step_limit_max,
                          dt.view({T, H}));
