@@ -304,6 +304,41 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const Params
           make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]);
 }
 
+// Queues the chunk's Q, K, V tiles (rows past `valid` zero-filled) and its start state
+// S_c into the output kernels' shared tiles (no commit).
+template <int DK, int DV>
+__device__ __forceinline__ void load_chunk_operands(const Params& p, __nv_bfloat16* sQ, __nv_bfloat16* sK,
+                                                    __nv_bfloat16* sV, __nv_bfloat16* sS, int64_t bt0, int b,
+                                                    int h, int c, int valid) {
+  const int64_t q_ld = static_cast<int64_t>(p.hq) * DK, k_ld = static_cast<int64_t>(p.hk) * DK;
+  const int64_t v_ld = static_cast<int64_t>(p.hv) * DV;
+  load_tile<kChunk, DK>(sQ, p.q + bt0 * q_ld + (h / p.q_group) * DK, q_ld, valid);
+  load_tile<kChunk, DK>(sK, p.k + bt0 * k_ld + (h / p.k_group) * DK, k_ld, valid);
+  load_tile<kChunk, DV>(sV, p.v + bt0 * v_ld + (h / p.v_group) * DV, v_ld, valid);
+  load_tile<DK, DV>(sS, p.chunk_states + ((static_cast<int64_t>(b) * p.H + h) * p.nc + c) * DK * DV, DV, DK);
+}
+
+template <int N>
+__device__ __forceinline__ void zero_fragments(float (&f)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f[i][e] = 0.f;
+}
+
+// acc += (query fragment a, dk slice kk) S_c over all DV columns.
+template <int DV>
+__device__ __forceinline__ void accumulate_state_product(float (&acc)[DV / 8][4], const uint32_t (&a)[4],
+                                                         const __nv_bfloat16* sS, int kk, int lane) {
+#pragma unroll
+  for (int dp = 0; dp < DV / 16; ++dp) {
+    uint32_t sb[4];
+    ldmatrix_x4_trans(sb, sS + swz<DV>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+    mma_bf16_16816(acc[2 * dp], a, sb[0], sb[1]);
+    mma_bf16_16816(acc[2 * dp + 1], a, sb[2], sb[3]);
+  }
+}
+
 // acc += P V over this warp's causal key blocks 0..warp: the scores s (m16n8 C fragments of
 // the warp's 16 rows against the chunk's 64 keys) become the A fragments.
 template <int DV>
@@ -373,13 +408,8 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(const Params p) 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t0 = c * kChunk;
   const int valid = min(kChunk, p.T - t0);
-  const int64_t q_ld = static_cast<int64_t>(p.hq) * DK, k_ld = static_cast<int64_t>(p.hk) * DK;
-  const int64_t v_ld = static_cast<int64_t>(p.hv) * DV;
   const int64_t bt0 = static_cast<int64_t>(b) * p.T + t0;
-  load_tile<kChunk, DK>(sQ, p.q + bt0 * q_ld + (h / p.q_group) * DK, q_ld, valid);
-  load_tile<kChunk, DK>(sK, p.k + bt0 * k_ld + (h / p.k_group) * DK, k_ld, valid);
-  load_tile<kChunk, DV>(sV, p.v + bt0 * v_ld + (h / p.v_group) * DV, v_ld, valid);
-  load_tile<DK, DV>(sS, p.chunk_states + ((static_cast<int64_t>(b) * p.H + h) * p.nc + c) * DK * DV, DV, DK);
+  load_chunk_operands<DK, DV>(p, sQ, sK, sV, sS, bt0, b, h, c, valid);
   cp_async_commit();
   if (warp == 0) {
     TokenGate tg[2];
@@ -405,27 +435,15 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(const Params p) 
   const int m0 = warp * 16;
   const int r0 = m0 + (lane >> 2);
   float acc[DV / 8][4], s[kChunk / 8][4];
-#pragma unroll
-  for (int i = 0; i < DV / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-#pragma unroll
-  for (int i = 0; i < kChunk / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+  zero_fragments(acc);
+  zero_fragments(s);
 
   // Q S_c and Q K^T share the Q fragments.
 #pragma unroll
   for (int kk = 0; kk < DK / 16; ++kk) {
     uint32_t qa[4];
     ldmatrix_x4(qa, sQ + swz<DK>(m0 + (lane & 15), kk * 2 + (lane >> 4)));
-#pragma unroll
-    for (int dp = 0; dp < DV / 16; ++dp) {
-      uint32_t sb[4];
-      ldmatrix_x4_trans(sb, sS + swz<DV>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
-      mma_bf16_16816(acc[2 * dp], qa, sb[0], sb[1]);
-      mma_bf16_16816(acc[2 * dp + 1], qa, sb[2], sb[3]);
-    }
+    accumulate_state_product<DV>(acc, qa, sS, kk, lane);
 #pragma unroll
     for (int np = 0; np < kChunk / 16; ++np) {
       if (np > warp) continue;  // keys after this warp's last row
@@ -497,13 +515,9 @@ __global__ void __launch_bounds__(kThreads) vector_gate_output_kernel(const Para
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t0 = c * kChunk;
   const int valid = min(kChunk, p.T - t0);
-  const int64_t q_ld = static_cast<int64_t>(p.hq) * DK, k_ld = static_cast<int64_t>(p.hk) * DK;
-  const int64_t v_ld = static_cast<int64_t>(p.hv) * DV, g_ld = static_cast<int64_t>(p.H) * DK;
+  const int64_t g_ld = static_cast<int64_t>(p.H) * DK;
   const int64_t bt0 = static_cast<int64_t>(b) * p.T + t0;
-  load_tile<kChunk, DK>(sQ, p.q + bt0 * q_ld + (h / p.q_group) * DK, q_ld, valid);
-  load_tile<kChunk, DK>(sK, p.k + bt0 * k_ld + (h / p.k_group) * DK, k_ld, valid);
-  load_tile<kChunk, DV>(sV, p.v + bt0 * v_ld + (h / p.v_group) * DV, v_ld, valid);
-  load_tile<DK, DV>(sS, p.chunk_states + ((static_cast<int64_t>(b) * p.H + h) * p.nc + c) * DK * DV, DV, DK);
+  load_chunk_operands<DK, DV>(p, sQ, sK, sV, sS, bt0, b, h, c, valid);
   load_f32_tile<kChunk, DK>(sG, p.gate_cum + bt0 * g_ld + h * DK, g_ld, valid);
   cp_async_commit();
   cp_async_wait<0>();
@@ -512,14 +526,8 @@ __global__ void __launch_bounds__(kThreads) vector_gate_output_kernel(const Para
   const int m0 = warp * 16;
   const int r0 = m0 + (lane >> 2);
   float acc[DV / 8][4], s[kChunk / 8][4];
-#pragma unroll
-  for (int i = 0; i < DV / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-#pragma unroll
-  for (int i = 0; i < kChunk / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+  zero_fragments(acc);
+  zero_fragments(s);
   auto G = [&](int row, int col) { return *reinterpret_cast<const float2*>(sG + swz_f32<DK>(row, col)); };
   auto scaled = [](uint32_t x, float2 g) { return scale_bf16x2(x, fast_exp2(g.x), fast_exp2(g.y)); };
   auto below = [](float2 a, float2 b) { return make_float2(fminf(a.x - b.x, 0.f), fminf(a.y - b.y, 0.f)); };
@@ -532,13 +540,7 @@ __global__ void __launch_bounds__(kThreads) vector_gate_output_kernel(const Para
     const int d = kk * 16 + 2 * (lane & 3);
     const float2 g[4] = {G(r0, d), G(r0 + 8, d), G(r0, d + 8), G(r0 + 8, d + 8)};
     const uint32_t qc[4] = {scaled(qa[0], g[0]), scaled(qa[1], g[1]), scaled(qa[2], g[2]), scaled(qa[3], g[3])};
-#pragma unroll
-    for (int dp = 0; dp < DV / 16; ++dp) {
-      uint32_t sb[4];
-      ldmatrix_x4_trans(sb, sS + swz<DV>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
-      mma_bf16_16816(acc[2 * dp], qc, sb[0], sb[1]);
-      mma_bf16_16816(acc[2 * dp + 1], qc, sb[2], sb[3]);
-    }
+    accumulate_state_product<DV>(acc, qc, sS, kk, lane);
     if (warp == 0) continue;  // no key block before the diagonal
     const float2 e[2] = {G(m0 - 1, d), G(m0 - 1, d + 8)};
     const uint32_t qt[4] = {scaled(qa[0], below(g[0], e[0])), scaled(qa[1], below(g[1], e[0])),
