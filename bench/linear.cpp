@@ -1,7 +1,7 @@
 // Bench cases for families L and D (family "linear"): the chunked gated linear attention
 // kernel against its recurrence and the quadratic masked form over T, Mamba-2 SSD at the
-// Mamba2-130m / 780m shapes, GLA's vector gate, and the gated delta rule at Qwen3-Next's
-// linear-attention shape.
+// Mamba2-130m / 780m shapes, GLA's vector gate, the gated delta rule at Qwen3-Next's
+// linear-attention shape and the generalized (DPLR) delta rule at RWKV-7's.
 //
 // flops() counts the work each algorithm does per token and head: recurrent 4 dk dv
 // (update + readout); chunked with chunk L: 2 L dk (Q K^T, full tile) + L dv (masked
@@ -17,6 +17,7 @@
 #include "bench/harness.h"
 #include "bench/inputs.h"
 #include "src/ops/delta/delta_rule.h"
+#include "src/ops/delta/generalized_delta_rule.h"
 #include "src/ops/linear/gated_linear_attention.h"
 #include "src/ops/linear/ssd.h"
 #include "tests/reference/delta.h"
@@ -182,6 +183,65 @@ class DeltaRun final : public Instance {
   Tensor q_, k_, v_, beta_, g_, state_, o_;
 };
 
+// Generalized delta rule with RWKV-7's inputs: a = -kappa, b = kappa * eta for a unit
+// kappa, log w in [-0.61, 0].
+class GeneralizedDeltaRun final : public Instance {
+ public:
+  GeneralizedDeltaRun(int64_t T, int64_t H, int64_t d, ops::LinearAlgorithm alg) : T_(T), H_(H), d_(d) {
+    opt_.algorithm = alg;
+    q_ = random_f32({1, T, H, d}, -1, 1, 31);
+    k_ = random_f32({1, T, H, d}, -0.125f, 0.125f, 32);
+    v_ = random_f32({1, T, H, d}, -1, 1, 33);
+    log_w_ = random_f32({1, T, H, d}, -0.61f, 0, 34);
+    a_ = random_f32({1, T, H, d}, -1, 1, 35);
+    b_ = random_f32({1, T, H, d}, 0, 1, 36);
+    float* a = a_.mutable_data<float>();
+    float* b = b_.mutable_data<float>();
+    for (int64_t r = 0; r < T * H; ++r) {
+      double ss = 0;
+      for (int64_t c = 0; c < d; ++c) ss += static_cast<double>(a[r * d + c]) * a[r * d + c];
+      const float inv = static_cast<float>(1 / std::sqrt(ss + 1e-12));
+      for (int64_t c = 0; c < d; ++c) {
+        b[r * d + c] *= a[r * d + c] * inv;
+        a[r * d + c] *= -inv;
+      }
+    }
+    state_ = Tensor::zeros(DType::f32, {1, H, d, d});
+    o_ = Tensor::empty(DType::f32, {1, T, H, d});
+  }
+  void run() override { ops::generalized_delta_rule(q_, k_, v_, a_, b_, log_w_, state_, o_, opt_); }
+  // Recurrent: S^T a, the rank-2 update and the readout, 8 d^2. Chunked: the four
+  // intra-chunk products (4 L d), M V, M U and the solve (4 L d), the inter-chunk products
+  // and the state update (8 d^2).
+  double flops() const override {
+    const double L = static_cast<double>(std::min<int64_t>(opt_.chunk, T_)), d = static_cast<double>(d_);
+    const bool rec = opt_.algorithm == ops::LinearAlgorithm::recurrent ||
+                     (opt_.algorithm == ops::LinearAlgorithm::automatic && T_ < ops::kGeneralizedDeltaRuleRecurrentBelow);
+    return static_cast<double>(T_ * H_) * (rec ? 8 * d * d : 8 * L * d + 8 * d * d);
+  }
+  double bytes() const override {
+    return 4.0 * static_cast<double>(T_ * H_) * 7.0 * d_ + 8.0 * H_ * d_ * d_;
+  }
+  int64_t tokens() const override { return T_; }
+  std::optional<double> max_rel_err() override {
+    const int64_t Tm = std::min(T_, kErrTokens);
+    const Tensor q = q_.slice(1, 0, Tm), k = k_.slice(1, 0, Tm), v = v_.slice(1, 0, Tm);
+    const Tensor a = a_.slice(1, 0, Tm), b = b_.slice(1, 0, Tm), log_w = log_w_.slice(1, 0, Tm);
+    const Tensor state = Tensor::zeros(DType::f32, {1, H_, d_, d_});
+    const Tensor o = Tensor::empty(DType::f32, {1, Tm, H_, d_});
+    ops::generalized_delta_rule(q, k, v, a, b, log_w, state, o, opt_);
+    std::vector<double> ref_state;
+    const reference::DeltaShape s{.B = 1, .T = Tm, .Hq = H_, .Hk = H_, .Hv = H_, .dk = d_, .dv = d_};
+    return normwise_err(o, reference::generalized_delta_rule(s, as_double(q), as_double(k), as_double(v), as_double(a),
+                                                             as_double(b), as_double(log_w), opt_.scale, ref_state));
+  }
+
+ private:
+  int64_t T_, H_, d_;
+  ops::GeneralizedDeltaRuleOptions opt_;
+  Tensor q_, k_, v_, a_, b_, log_w_, state_, o_;
+};
+
 constexpr int64_t kH = 4, kD = 128, kChunk = 64;
 
 Case gla_case(const std::string& name, const std::string& peer_of, ops::LinearGate gate, ops::LinearAlgorithm alg,
@@ -245,6 +305,21 @@ SUBQ_BENCH_CASES(linear_delta) {
   return {delta_case("linear.delta.gated", "", ops::LinearAlgorithm::automatic, {1, 512, 2048}),
           delta_case("linear.delta.gated.recurrent", "linear.delta.gated", ops::LinearAlgorithm::recurrent,
                      {512, 2048})};
+}
+
+SUBQ_BENCH_CASES(linear_generalized_delta) {
+  auto dplr_case = [](const std::string& name, const std::string& peer_of, ops::LinearAlgorithm alg,
+                      std::vector<int64_t> seq) {
+    return Case{.name = name,
+                .family = "linear",
+                .shape = "H=32 dk=dv=64 (RWKV-7 1.5B)",
+                .seq = std::move(seq),
+                .peer_of = peer_of,
+                .make = [alg](int64_t T) { return std::make_unique<GeneralizedDeltaRun>(T, 32, 64, alg); }};
+  };
+  return {dplr_case("linear.dplr.rwkv7", "", ops::LinearAlgorithm::automatic, {1, 512, 2048}),
+          dplr_case("linear.dplr.rwkv7.recurrent", "linear.dplr.rwkv7", ops::LinearAlgorithm::recurrent,
+                    {512, 2048})};
 }
 
 }  // namespace

@@ -64,3 +64,45 @@ inline std::vector<double> delta_rule(const DeltaShape& s, std::vector<double> q
 }
 
 }  // namespace subq::reference
+
+namespace subq::reference {
+
+// Generalized (diagonal-plus-low-rank) delta rule, RWKV-7's WKV-7, one token at a time:
+//   u = S^T a;   S <- diag(exp(log_w)) S + b u^T + k v^T;   o = S^T (scale q)
+// which is S_t = (diag(w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T. Every input has H heads:
+// q, k, a, b, log_w [B, T, H, dk], v [B, T, H, dv]; state [B, H, dk, dv] in/out
+// (empty = zeros). Returns o [B, T, H, dv].
+inline std::vector<double> generalized_delta_rule(const DeltaShape& s, const std::vector<double>& q,
+                                                  const std::vector<double>& k, const std::vector<double>& v,
+                                                  const std::vector<double>& a, const std::vector<double>& b,
+                                                  const std::vector<double>& log_w, double scale,
+                                                  std::vector<double>& state) {
+  const auto z = [](int64_t i) { return static_cast<size_t>(i); };
+  const int64_t H = s.H(), dk = s.dk, dv = s.dv;
+  if (state.empty()) state.assign(z(s.B * H * dk * dv), 0.0);
+  std::vector<double> o(z(s.B * s.T * H * dv)), u(z(dv));
+  for (int64_t bi = 0; bi < s.B; ++bi)
+    for (int64_t h = 0; h < H; ++h) {
+      double* S = &state[z((bi * H + h) * dk * dv)];
+      for (int64_t t = 0; t < s.T; ++t) {
+        const size_t row = z((bi * s.T + t) * H + h);
+        const size_t kr = row * z(dk), vr = row * z(dv);
+        for (int64_t j = 0; j < dv; ++j) {
+          u[z(j)] = 0;
+          for (int64_t i = 0; i < dk; ++i) u[z(j)] += S[i * dv + j] * a[kr + z(i)];
+        }
+        for (int64_t i = 0; i < dk; ++i)
+          for (int64_t j = 0; j < dv; ++j)
+            S[i * dv + j] = std::exp(log_w[kr + z(i)]) * S[i * dv + j] + b[kr + z(i)] * u[z(j)] +
+                            k[kr + z(i)] * v[vr + z(j)];
+        for (int64_t j = 0; j < dv; ++j) {
+          double acc = 0;
+          for (int64_t i = 0; i < dk; ++i) acc += S[i * dv + j] * scale * q[kr + z(i)];
+          o[vr + z(j)] = acc;
+        }
+      }
+    }
+  return o;
+}
+
+}  // namespace subq::reference

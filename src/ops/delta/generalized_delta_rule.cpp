@@ -1,0 +1,238 @@
+// Chunked generalized delta rule. Unrolling S_i = diag(w_i) S_{i-1} + b_i u_i^T + k_i v_i^T
+// with u_i = S_{i-1}^T a_i over a chunk of L tokens that starts from state S0, with
+// cumulative log-decays G_i = sum_{m<=i} log w_m (vectors over dk, G_{-1} = 0), gives
+//   S_i = diag(exp G_i) S0 + sum_{j<=i} diag(exp(G_i - G_j)) (k_j v_j^T + b_j u_j^T),
+// so with <x, y>_{i,j} = sum_d x_d y_d exp(G_i,d - G_j,d):
+//   (I - M_ab) U = diag(.) (A * exp G_{i-1}) S0 + M_ak V,   M_a*[i, j] = <a_i, *_j>_{i-1,j}, j < i
+//   O = (Q * exp G_i) S0 + M_qk V + M_qb U,                M_q*[i, j] = <q_i, *_j>_{i,j},   j <= i
+//   S_L = diag(exp G_L) S0 + (K * exp(G_L - G))^T V + (B * exp(G_L - G))^T U.
+// The unit lower triangular system is solved by forward substitution (chunks of one head
+// run in order anyway). As in the vector-gated linear attention, the decays of the M
+// matrices do not factor into plain products without dividing by cumulative products,
+// so the chunk is cut into 16-token blocks: block I against the tokens before it is a
+// GEMM with both factors taken relative to the token just before block I, and inside the
+// diagonal blocks the decays are running products of the per-token decays. Every
+// exponent is <= 0.
+#include "src/ops/delta/generalized_delta_rule.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "src/core/parallel.h"
+#include "src/ops/common/activations.h"
+#include "src/ops/delta/dplr_kernels.h"
+#include "src/ops/linear/chunk_kernels.h"
+#include "src/ops/linear/head_layout.h"
+
+namespace subq::ops {
+namespace {
+
+constexpr int64_t kSubBlock = kChunkAlign;
+
+struct Problem {
+  int64_t B, T, H, dk, dv, dkp, dvp;
+  HeadRows q, k, v, a, b, log_w;
+  HeadRowsOut o;
+  float* state;
+  GeneralizedDeltaRuleOptions opt;
+};
+
+// Per-thread buffers, allocated once per call. Token rows of dk values are padded to dkp
+// (zeros, decays of 1) so that the SIMD kernels need no tails.
+struct Workspace {
+  // The state being advanced: the caller's memory when its rows need no padding, else S.
+  float* state = nullptr;
+  std::vector<float> S, Q, K, A, Bk, W, G, Kt, Bt, Gt, Khat, Bhat, Qhat, Ahat, X, Mqk, Mqb, Mak, Mab, V, U, O,
+      zeros, scratch;
+  Workspace(const Problem& p, int64_t Lp) {
+    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
+    if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
+    for (auto* rows : {&Q, &K, &A, &Bk, &G, &X}) rows->assign(n(Lp * p.dkp), 0.f);
+    W.assign(n(Lp * p.dkp), 1.f);
+    for (auto* cols : {&Kt, &Bt, &Gt, &Khat, &Bhat}) cols->assign(n(p.dk * Lp), 0.f);
+    for (auto* block : {&Qhat, &Ahat}) block->assign(n(kSubBlock * p.dkp), 0.f);
+    for (auto* m : {&Mqk, &Mqb, &Mak, &Mab}) m->assign(n(Lp * Lp), 0.f);
+    for (auto* rows : {&V, &U, &O}) rows->assign(n(Lp * p.dvp), 0.f);
+    zeros.assign(n(p.dkp), 0.f);
+    scratch.assign(n(p.dkp), 0.f);
+  }
+};
+
+void load_v(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
+  std::copy_n(p.v.at(b, t, h), p.dv, row);
+  std::fill(row + p.dv, row + p.dvp, 0.f);
+}
+
+void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
+  float *q = w.Q.data(), *decay = w.W.data(), *v = w.V.data(), *o = w.O.data();
+  for (int64_t t = 0; t < p.T; ++t) {
+    const float* qt = p.q.at(b, t, h);
+    for (int64_t d = 0; d < p.dk; ++d) q[d] = qt[d] * p.opt.scale;
+    ops::exp(p.log_w.at(b, t, h), decay, static_cast<size_t>(p.dk));
+    load_v(p, b, t, h, v);
+    dplr_step(w.state, p.dk, p.dvp, decay, p.a.at(b, t, h), p.b.at(b, t, h), p.k.at(b, t, h), v, q, o);
+    std::copy_n(o, p.dv, p.o.at(b, t, h));
+  }
+}
+
+// Packs the chunk's rows (q scaled; decays and cumulative log-decays) and the transposed
+// columns of k, b and G.
+void pack_chunk(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp) {
+  const int64_t dk = p.dk, dkp = p.dkp;
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t t = t0 + i;
+    const float* qt = p.q.at(b, t, h);
+    for (int64_t d = 0; d < dk; ++d) w.Q[i * dkp + d] = qt[d] * p.opt.scale;
+    std::copy_n(p.k.at(b, t, h), dk, &w.K[i * dkp]);
+    std::copy_n(p.a.at(b, t, h), dk, &w.A[i * dkp]);
+    std::copy_n(p.b.at(b, t, h), dk, &w.Bk[i * dkp]);
+    float* g = &w.G[i * dkp];
+    const float* lw = p.log_w.at(b, t, h);
+    ops::exp(lw, &w.W[i * dkp], static_cast<size_t>(dk));
+    for (int64_t d = 0; d < dk; ++d) g[d] = lw[d] + (i > 0 ? g[d - dkp] : 0.f);
+    for (int64_t d = 0; d < dk; ++d) {
+      w.Kt[d * Lp + i] = w.K[i * dkp + d];
+      w.Bt[d * Lp + i] = w.Bk[i * dkp + d];
+      w.Gt[d * Lp + i] = g[d];
+    }
+    load_v(p, b, t, h, &w.V[i * p.dvp]);
+  }
+}
+
+// Cumulative log-decay before token i of the chunk (G_{i-1}; zeros for i = 0).
+const float* log_decay_before(const Workspace& w, int64_t dkp, int64_t i) {
+  return i > 0 ? &w.G[(i - 1) * dkp] : w.zeros.data();
+}
+
+// The four intra-chunk matrices M_qk, M_qb (lower, with diagonal) and M_ak, M_ab
+// (strictly lower), zero above.
+void intra_chunk_matrices(const Problem& p, Workspace& w, int64_t L, int64_t Lp) {
+  const int64_t dk = p.dk, dkp = p.dkp;
+  for (int64_t s = 0; s < L; s += kSubBlock) {
+    const int64_t e = std::min(L, s + kSubBlock);
+    if (s > 0) {
+      const float* ref = &w.G[(s - 1) * dkp];
+      for (int64_t i = s; i < e; ++i) {
+        mul_exp_diff(&w.Q[i * dkp], &w.G[i * dkp], ref, &w.Qhat[(i - s) * dkp], dk);
+        mul_exp_diff(&w.A[i * dkp], log_decay_before(w, dkp, i), ref, &w.Ahat[(i - s) * dkp], dk);
+      }
+      for (int64_t d = 0; d < dk; ++d) {
+        mul_exp_diff_scalar(&w.Kt[d * Lp], ref[d], &w.Gt[d * Lp], &w.Khat[d * Lp], s);
+        mul_exp_diff_scalar(&w.Bt[d * Lp], ref[d], &w.Gt[d * Lp], &w.Bhat[d * Lp], s);
+      }
+      const int64_t rows = e - s;
+      chunk_gemm(rows, s, dk, w.Qhat.data(), dkp, w.Khat.data(), Lp, &w.Mqk[s * Lp], Lp, false);
+      chunk_gemm(rows, s, dk, w.Qhat.data(), dkp, w.Bhat.data(), Lp, &w.Mqb[s * Lp], Lp, false);
+      chunk_gemm(rows, s, dk, w.Ahat.data(), dkp, w.Khat.data(), Lp, &w.Mak[s * Lp], Lp, false);
+      chunk_gemm(rows, s, dk, w.Ahat.data(), dkp, w.Bhat.data(), Lp, &w.Mab[s * Lp], Lp, false);
+    }
+    for (int64_t i = s; i < e; ++i) {
+      const bool next = i + 1 < e;
+      // Row i of M_a* was filled for j < i by row i - 1's pass (or is the block's first).
+      std::fill(&w.Mak[i * Lp + i], &w.Mak[i * Lp + L], 0.f);
+      std::fill(&w.Mab[i * Lp + i], &w.Mab[i * Lp + L], 0.f);
+      dplr_decayed_dots(&w.Q[i * dkp], next ? &w.A[(i + 1) * dkp] : nullptr, w.K.data(), w.Bk.data(), w.W.data(),
+                        dkp, s, i, &w.Mqk[i * Lp], &w.Mqb[i * Lp], next ? &w.Mak[(i + 1) * Lp] : nullptr,
+                        next ? &w.Mab[(i + 1) * Lp] : nullptr, w.scratch.data());
+      std::fill(&w.Mqk[i * Lp + i + 1], &w.Mqk[i * Lp + L], 0.f);
+      std::fill(&w.Mqb[i * Lp + i + 1], &w.Mqb[i * Lp + L], 0.f);
+    }
+  }
+}
+
+void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t Lp) {
+  const int64_t dk = p.dk, dkp = p.dkp, dvp = p.dvp, C = p.opt.chunk;
+  float* S = w.state;
+  for (int64_t t0 = 0; t0 < p.T; t0 += C) {
+    const int64_t L = std::min(C, p.T - t0);
+    pack_chunk(p, w, b, h, t0, L, Lp);
+    intra_chunk_matrices(p, w, L, Lp);
+    // U = S_{i-1}^T a_i: (I - M_ab) U = (A * exp G_{i-1}) S0 + M_ak V.
+    for (int64_t i = 0; i < L; ++i) mul_exp_diff(&w.A[i * dkp], log_decay_before(w, dkp, i), w.zeros.data(), &w.X[i * dkp], dk);
+    chunk_gemm(L, dvp, dk, w.X.data(), dkp, S, dvp, w.U.data(), dvp, false);
+    chunk_gemm(L, dvp, L, w.Mak.data(), Lp, w.V.data(), dvp, w.U.data(), dvp, true, true);
+    for (int64_t i = 1; i < L; ++i)
+      chunk_gemm(1, dvp, i, &w.Mab[i * Lp], Lp, w.U.data(), dvp, &w.U[i * dvp], dvp, true);
+    // O = (Q * exp G) S0 + M_qk V + M_qb U.
+    for (int64_t i = 0; i < L; ++i) mul_exp_diff(&w.Q[i * dkp], &w.G[i * dkp], w.zeros.data(), &w.X[i * dkp], dk);
+    chunk_gemm(L, dvp, dk, w.X.data(), dkp, S, dvp, w.O.data(), dvp, false);
+    chunk_gemm(L, dvp, L, w.Mqk.data(), Lp, w.V.data(), dvp, w.O.data(), dvp, true, true);
+    chunk_gemm(L, dvp, L, w.Mqb.data(), Lp, w.U.data(), dvp, w.O.data(), dvp, true, true);
+    for (int64_t i = 0; i < L; ++i) std::copy_n(&w.O[i * dvp], p.dv, p.o.at(b, t0 + i, h));
+    // The state to the end of the chunk.
+    const float* last = &w.G[(L - 1) * dkp];
+    for (int64_t d = 0; d < dk; ++d) {
+      const float decay = std::exp(last[d]);
+      for (int64_t c = 0; c < dvp; ++c) S[d * dvp + c] *= decay;
+      mul_exp_diff_scalar(&w.Kt[d * Lp], last[d], &w.Gt[d * Lp], &w.Khat[d * Lp], L);
+      mul_exp_diff_scalar(&w.Bt[d * Lp], last[d], &w.Gt[d * Lp], &w.Bhat[d * Lp], L);
+    }
+    chunk_gemm(dk, dvp, L, w.Khat.data(), Lp, w.V.data(), dvp, S, dvp, true);
+    chunk_gemm(dk, dvp, L, w.Bhat.data(), Lp, w.U.data(), dvp, S, dvp, true);
+  }
+}
+
+HeadRows per_head_rows(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H, int64_t d) {
+  const HeadRows rows = head_rows(t, what, B, T, H, d);
+  if (rows.group != 1)
+    throw Error(std::string(what) + ": expected " + std::to_string(H) + " heads, got " + t.str());
+  return rows;
+}
+
+}  // namespace
+
+void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& a, const Tensor& b,
+                            const Tensor& log_w, const Tensor& state, const Tensor& o,
+                            const GeneralizedDeltaRuleOptions& options) {
+  for (const auto* t : {&q, &v, &o})
+    if (!t->defined() || t->ndim() != 4)
+      throw Error("generalized_delta_rule: q, v, o: expected 4-d tensors [B, T, heads, d]");
+  if (options.chunk < 1 || options.chunk > 1024)
+    throw Error("generalized_delta_rule: chunk: expected 1..1024, got " + std::to_string(options.chunk));
+  Problem p{};
+  p.opt = options;
+  p.B = q.dim(0);
+  p.T = q.dim(1);
+  p.H = q.dim(2);
+  p.dk = q.dim(3);
+  p.dv = v.dim(3);
+  p.dkp = round_up_to_align(p.dk);
+  p.dvp = round_up_to_align(p.dv);
+  if (p.T < 1) throw Error("generalized_delta_rule: q: expected T >= 1, got " + q.str());
+  p.q = per_head_rows(q, "generalized_delta_rule: q", p.B, p.T, p.H, p.dk);
+  p.k = per_head_rows(k, "generalized_delta_rule: k", p.B, p.T, p.H, p.dk);
+  p.v = per_head_rows(v, "generalized_delta_rule: v", p.B, p.T, p.H, p.dv);
+  p.a = per_head_rows(a, "generalized_delta_rule: a", p.B, p.T, p.H, p.dk);
+  p.b = per_head_rows(b, "generalized_delta_rule: b", p.B, p.T, p.H, p.dk);
+  p.log_w = per_head_rows(log_w, "generalized_delta_rule: log_w", p.B, p.T, p.H, p.dk);
+  p.o = head_rows_out(o, "generalized_delta_rule: o", p.B, p.T, p.H, p.dv);
+  for (int64_t bi = 0; bi < p.B; ++bi)
+    for (int64_t t = 0; t < p.T; ++t)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t d = 0; d < p.dk; ++d)
+          if (const float x = p.log_w.at(bi, t, h)[d]; !(x <= 0.f))
+            throw Error("generalized_delta_rule: log_w: expected values <= 0, got " + std::to_string(x));
+  check_dtype(state, DType::f32, "generalized_delta_rule: state");
+  check_shape(state, Shape{p.B, p.H, p.dk, p.dv}, "generalized_delta_rule: state");
+  check_contiguous(state, "generalized_delta_rule: state");
+  p.state = state.mutable_data<float>();
+
+  const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
+                         (options.algorithm == LinearAlgorithm::automatic && p.T < kGeneralizedDeltaRuleRecurrentBelow);
+  const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
+  parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+    Workspace w(p, recurrent ? 1 : Lp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / p.H, h = task % p.H;
+      with_padded_state(p.state + task * p.dk * p.dv, p.dk, p.dv, p.dvp, w.S.data(), [&](float* st) {
+        w.state = st;
+        if (recurrent) run_recurrent(p, w, bi, h);
+        else run_chunked(p, w, bi, h, Lp);
+      });
+    }
+  });
+}
+
+}  // namespace subq::ops

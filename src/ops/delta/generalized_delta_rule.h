@@ -1,0 +1,33 @@
+// Family D (DESIGN.md), generalized: the diagonal-plus-low-rank (DPLR) delta rule of
+// RWKV-7 ("WKV-7"), with a matrix state per head,
+//   S_t = (diag(w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t,   S in R^{dk x dv},
+// w_t = exp(log_w_t) a decay per key channel. RWKV-7 takes q = r, a = -kappa_hat,
+// b = kappa_hat * in-context learning rate; the gated delta rule is the special case
+// w = alpha, a = -k, b = beta k (with v scaled by beta).
+#pragma once
+
+#include <cstdint>
+
+#include "src/ops/linear/gated_linear_attention.h"
+#include "subq/tensor.h"
+
+namespace subq::ops {
+
+// LinearAlgorithm::automatic runs shorter inputs token by token (see
+// docs/benchmarks.md, generalized delta rule).
+inline constexpr int64_t kGeneralizedDeltaRuleRecurrentBelow = 16;
+
+struct GeneralizedDeltaRuleOptions {
+  float scale = 1.f;  // multiplies q
+  int64_t chunk = 64;
+  LinearAlgorithm algorithm = LinearAlgorithm::automatic;
+};
+
+// q, k, a, b, log_w [B, T, H, dk] and v [B, T, H, dv]: f32, last dimension contiguous,
+// other strides free; log_w <= 0. state: f32 contiguous [B, H, dk, dv], read as the
+// initial state and overwritten with the final one. o: f32 [B, T, H, dv].
+void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& a, const Tensor& b,
+                            const Tensor& log_w, const Tensor& state, const Tensor& o,
+                            const GeneralizedDeltaRuleOptions& options);
+
+}  // namespace subq::ops
