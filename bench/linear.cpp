@@ -215,9 +215,8 @@ class GeneralizedDeltaRun final : public Instance {
   // and the state update (8 d^2).
   double flops() const override {
     const double L = static_cast<double>(std::min<int64_t>(opt_.chunk, T_)), d = static_cast<double>(d_);
-    const bool rec = opt_.algorithm == ops::LinearAlgorithm::recurrent ||
-                     (opt_.algorithm == ops::LinearAlgorithm::automatic && T_ < ops::kGeneralizedDeltaRuleRecurrentBelow);
-    return static_cast<double>(T_ * H_) * (rec ? 8 * d * d : 8 * L * d + 8 * d * d);
+    const bool chunked = opt_.algorithm == ops::LinearAlgorithm::chunked;
+    return static_cast<double>(T_ * H_) * (chunked ? 8 * L * d + 8 * d * d : 8 * d * d);
   }
   double bytes() const override {
     return 4.0 * static_cast<double>(T_ * H_) * 7.0 * d_ + 8.0 * H_ * d_ * d_;
@@ -318,8 +317,7 @@ SUBQ_BENCH_CASES(linear_generalized_delta) {
                 .make = [alg](int64_t T) { return std::make_unique<GeneralizedDeltaRun>(T, 32, 64, alg); }};
   };
   return {dplr_case("linear.dplr.rwkv7", "", ops::LinearAlgorithm::automatic, {1, 512, 2048}),
-          dplr_case("linear.dplr.rwkv7.recurrent", "linear.dplr.rwkv7", ops::LinearAlgorithm::recurrent,
-                    {512, 2048})};
+          dplr_case("linear.dplr.rwkv7.chunked", "linear.dplr.rwkv7", ops::LinearAlgorithm::chunked, {512, 2048})};
 }
 
 }  // namespace

@@ -35,7 +35,7 @@ struct Problem {
 struct Workspace {
   // The state being advanced: the caller's memory when its rows need no padding, else S.
   float* state = nullptr;
-  std::vector<float> S, Q, Kr, Kt, KK, att, V, R, O, G, beta, coef, scratch;
+  std::vector<float> S, Q, Kr, Kt, KK, att, V, R, O, G, beta, coef;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
     if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
@@ -50,7 +50,6 @@ struct Workspace {
     G.assign(n(Lp), 0.f);
     beta.assign(n(Lp), 0.f);
     coef.assign(n(Lp), 0.f);
-    scratch.assign(n(p.dvp), 0.f);
   }
 };
 
@@ -88,8 +87,7 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
   for (int64_t t = 0; t < p.T; ++t) {
     load_qk(p, b, t, h, q, k);
     load_v(p, p.v.at(b, t, h), v);
-    delta_rule_step(w.state, p.dk, p.dvp, std::exp(token_log_gate(p, b, t, h)), p.beta.at(b, t, h), k, v, q, o,
-                    w.scratch.data());
+    delta_rule_step(w.state, p.dk, p.dvp, std::exp(token_log_gate(p, b, t, h)), p.beta.at(b, t, h), k, v, q, o);
     std::copy_n(o, p.dv, p.o.at(b, t, h));
   }
 }

@@ -22,7 +22,6 @@
 
 #include "src/core/parallel.h"
 #include "src/ops/common/activations.h"
-#include "src/ops/delta/dplr_kernels.h"
 #include "src/ops/linear/chunk_kernels.h"
 #include "src/ops/linear/head_layout.h"
 
@@ -65,9 +64,20 @@ void load_v(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
   std::fill(row + p.dv, row + p.dvp, 0.f);
 }
 
+void prefetch_row(const float* row, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(float))) __builtin_prefetch(row + i);
+}
+
+// One head's tokens in order, its state staying in L1. The next token's rows lie a
+// whole token (H heads) further on, past what the hardware prefetchers follow, so they
+// are fetched by hand one step ahead.
 void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
   float *q = w.Q.data(), *decay = w.W.data(), *v = w.V.data(), *o = w.O.data();
   for (int64_t t = 0; t < p.T; ++t) {
+    if (t + 1 < p.T) {
+      for (const HeadRows* rows : {&p.q, &p.k, &p.a, &p.b, &p.log_w}) prefetch_row(rows->at(b, t + 1, h), p.dk);
+      prefetch_row(p.v.at(b, t + 1, h), p.dv);
+    }
     const float* qt = p.q.at(b, t, h);
     for (int64_t d = 0; d < p.dk; ++d) q[d] = qt[d] * p.opt.scale;
     ops::exp(p.log_w.at(b, t, h), decay, static_cast<size_t>(p.dk));
@@ -219,8 +229,7 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   check_contiguous(state, "generalized_delta_rule: state");
   p.state = state.mutable_data<float>();
 
-  const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
-                         (options.algorithm == LinearAlgorithm::automatic && p.T < kGeneralizedDeltaRuleRecurrentBelow);
+  const bool recurrent = options.algorithm != LinearAlgorithm::chunked;
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? 1 : Lp);

@@ -13,13 +13,13 @@
 
 namespace subq::ops {
 
-// LinearAlgorithm::automatic runs shorter inputs token by token (see
-// docs/benchmarks.md, generalized delta rule).
-inline constexpr int64_t kGeneralizedDeltaRuleRecurrentBelow = 16;
-
 struct GeneralizedDeltaRuleOptions {
   float scale = 1.f;  // multiplies q
   int64_t chunk = 64;
+  // automatic runs the recurrence at every length: at head dims 64 and 128 the chunked
+  // form does as many or more FLOPs (2 L (dk + dv) + 4 dk dv per token against 5 dk dv)
+  // and measured slower on the CPU at every chunk size (docs/benchmarks.md); it is kept,
+  // tested, as the form a tensor-core kernel would take.
   LinearAlgorithm algorithm = LinearAlgorithm::automatic;
 };
 

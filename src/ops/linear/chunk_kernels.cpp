@@ -5,6 +5,7 @@
 #define HWY_TARGET_INCLUDE "src/ops/linear/chunk_kernels.cpp"
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
@@ -119,46 +120,146 @@ void DecayedDotsBackward(const float* q, const float* K, const float* A, int64_t
   }
 }
 
-void LinearAttentionStep(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
-                         const float* q, float* o) {
+// The recurrent steps below walk S [dk, N] in column blocks of NV vectors, so each row's
+// broadcast scalars serve NV vectors (4 where there are 32 vector registers, 2 with 16),
+// and reduce over rows with two accumulator sets (even and odd rows), which halves the
+// FMA latency chains that otherwise bound a step.
+constexpr int kStepVectors = HWY_MAX_BYTES >= 64 ? 4 : 2;
+
+// acc[c] = sum over rows r of what row(r, acc) adds, with rows alternating between acc
+// and a second set.
+template <int NV, class D, class F>
+HWY_INLINE void AlternateRows(D d, int64_t dk, hn::Vec<D>* acc, F row) {
+  hn::Vec<D> odd[NV];
+  for (int c = 0; c < NV; ++c) acc[c] = odd[c] = hn::Zero(d);
+  int64_t r = 0;
+  for (; r + 2 <= dk; r += 2) {
+    row(r, acc);
+    row(r + 1, odd);
+  }
+  if (r < dk) row(r, acc);
+  for (int c = 0; c < NV; ++c) acc[c] = hn::Add(acc[c], odd[c]);
+}
+
+// u[c] = (S^T x) over the block's columns.
+template <int NV, class D>
+HWY_INLINE void ColumnDots(D d, const float* S, int64_t dk, int64_t N, const float* x, hn::Vec<D>* u) {
+  const size_t NL = hn::Lanes(d);
+  AlternateRows<NV>(d, dk, u, [&](int64_t r, hn::Vec<D>* sum) {
+    const auto xr = hn::Set(d, x[r]);
+    for (int c = 0; c < NV; ++c) sum[c] = hn::MulAdd(xr, hn::LoadU(d, S + r * N + c * NL), sum[c]);
+  });
+}
+
+// Runs step<NV>(d, S + n, v + n, o + n) over the column blocks of S [dk, N].
+template <class Step>
+HWY_INLINE void ForEachColumnBlock(int64_t N, const float* v, float* S, float* o, Step step) {
   const hn::ScalableTag<float> d;
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t n = 0; n < N; n += NL) {
-    const auto vv = hn::LoadU(d, v + n);
-    auto acc = hn::Zero(d);
-    for (int64_t r = 0; r < dk; ++r) {
-      float* s = S + r * N + n;
-      const auto updated = hn::MulAdd(hn::Set(d, decay[r]), hn::LoadU(d, s), hn::Mul(hn::Set(d, k[r]), vv));
-      hn::StoreU(updated, d, s);
-      acc = hn::MulAdd(hn::Set(d, q[r]), updated, acc);
-    }
-    hn::StoreU(acc, d, o + n);
-  }
+  int64_t n = 0;
+  for (; n + kStepVectors * NL <= N; n += kStepVectors * NL)
+    step(std::integral_constant<int, kStepVectors>(), d, S + n, v + n, o + n);
+  for (; n < N; n += NL) step(std::integral_constant<int, 1>(), d, S + n, v + n, o + n);
+}
+
+void LinearAttentionStep(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
+                         const float* q, float* o) {
+  ForEachColumnBlock(N, v, S, o, [&](auto nv, auto d, float* Sb, const float* vb, float* ob) {
+    constexpr int NV = decltype(nv)::value;
+    using V = hn::Vec<decltype(d)>;
+    const size_t NL = hn::Lanes(d);
+    V vv[NV], acc[NV];
+    for (int c = 0; c < NV; ++c) vv[c] = hn::LoadU(d, vb + c * NL);
+    AlternateRows<NV>(d, dk, acc, [&](int64_t r, V* sum) {
+      const V dr = hn::Set(d, decay[r]), kr = hn::Set(d, k[r]), qr = hn::Set(d, q[r]);
+      for (int c = 0; c < NV; ++c) {
+        float* s = Sb + r * N + c * NL;
+        const V updated = hn::MulAdd(dr, hn::LoadU(d, s), hn::Mul(kr, vv[c]));
+        hn::StoreU(updated, d, s);
+        sum[c] = hn::MulAdd(qr, updated, sum[c]);
+      }
+    });
+    for (int c = 0; c < NV; ++c) hn::StoreU(acc[c], d, ob + c * NL);
+  });
 }
 
 void DeltaRuleStep(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
-                   const float* q, float* o, float* scratch) {
+                   const float* q, float* o) {
+  // u = S^T k, delta = beta (v - a u); S = a S + k delta^T; o = S^T q.
+  ForEachColumnBlock(N, v, S, o, [&](auto nv, auto d, float* Sb, const float* vb, float* ob) {
+    constexpr int NV = decltype(nv)::value;
+    using V = hn::Vec<decltype(d)>;
+    const size_t NL = hn::Lanes(d);
+    const V va = hn::Set(d, a), vbeta = hn::Set(d, beta);
+    V delta[NV], acc[NV];
+    ColumnDots<NV>(d, Sb, dk, N, k, delta);
+    for (int c = 0; c < NV; ++c) delta[c] = hn::Mul(vbeta, hn::NegMulAdd(va, delta[c], hn::LoadU(d, vb + c * NL)));
+    AlternateRows<NV>(d, dk, acc, [&](int64_t r, V* sum) {
+      const V kr = hn::Set(d, k[r]), qr = hn::Set(d, q[r]);
+      for (int c = 0; c < NV; ++c) {
+        float* s = Sb + r * N + c * NL;
+        const V updated = hn::MulAdd(va, hn::LoadU(d, s), hn::Mul(kr, delta[c]));
+        hn::StoreU(updated, d, s);
+        sum[c] = hn::MulAdd(qr, updated, sum[c]);
+      }
+    });
+    for (int c = 0; c < NV; ++c) hn::StoreU(acc[c], d, ob + c * NL);
+  });
+}
+
+void DplrStep(float* S, int64_t dk, int64_t N, const float* w, const float* a, const float* b, const float* k,
+              const float* v, const float* q, float* o) {
+  // u = S^T a; S = diag(w) S + b u^T + k v^T; o = S^T q.
+  ForEachColumnBlock(N, v, S, o, [&](auto nv, auto d, float* Sb, const float* vb, float* ob) {
+    constexpr int NV = decltype(nv)::value;
+    using V = hn::Vec<decltype(d)>;
+    const size_t NL = hn::Lanes(d);
+    V u[NV], vv[NV], acc[NV];
+    ColumnDots<NV>(d, Sb, dk, N, a, u);
+    for (int c = 0; c < NV; ++c) vv[c] = hn::LoadU(d, vb + c * NL);
+    AlternateRows<NV>(d, dk, acc, [&](int64_t r, V* sum) {
+      const V wr = hn::Set(d, w[r]), br = hn::Set(d, b[r]), kr = hn::Set(d, k[r]), qr = hn::Set(d, q[r]);
+      for (int c = 0; c < NV; ++c) {
+        float* s = Sb + r * N + c * NL;
+        const V updated = hn::MulAdd(wr, hn::LoadU(d, s), hn::MulAdd(br, u[c], hn::Mul(kr, vv[c])));
+        hn::StoreU(updated, d, s);
+        sum[c] = hn::MulAdd(qr, updated, sum[c]);
+      }
+    });
+    for (int c = 0; c < NV; ++c) hn::StoreU(acc[c], d, ob + c * NL);
+  });
+}
+
+void DplrDecayedDots(const float* q, const float* a_next, const float* K, const float* Bk, const float* W, int64_t n,
+                     int64_t s, int64_t i, float* qk, float* qb, float* ak, float* ab, float* e) {
   const hn::ScalableTag<float> d;
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
-  const auto va = hn::Set(d, a);
-  // u = (a S)^T k; delta = beta (v - u), kept in scratch.
-  for (int64_t n = 0; n < N; n += NL) {
-    auto u = hn::Zero(d);
-    for (int64_t r = 0; r < dk; ++r) u = hn::MulAdd(hn::Set(d, k[r]), hn::LoadU(d, S + r * N + n), u);
-    const auto delta = hn::Mul(hn::Set(d, beta), hn::Sub(hn::LoadU(d, v + n), hn::Mul(va, u)));
-    hn::StoreU(delta, d, scratch + n);
-  }
-  // S = a S + k delta^T; o = S^T q.
-  for (int64_t n = 0; n < N; n += NL) {
-    const auto delta = hn::LoadU(d, scratch + n);
-    auto acc = hn::Zero(d);
-    for (int64_t r = 0; r < dk; ++r) {
-      float* s = S + r * N + n;
-      const auto updated = hn::MulAdd(va, hn::LoadU(d, s), hn::Mul(hn::Set(d, k[r]), delta));
-      hn::StoreU(updated, d, s);
-      acc = hn::MulAdd(hn::Set(d, q[r]), updated, acc);
+  std::fill(e, e + n, 1.f);
+  for (int64_t j = i; j >= s; --j) {
+    const float* kj = K + j * n;
+    const float* bj = Bk + j * n;
+    const float* wj = W + j * n;
+    const bool advance = j > s;
+    auto sqk = hn::Zero(d), sqb = hn::Zero(d), sak = hn::Zero(d), sab = hn::Zero(d);
+    for (int64_t c = 0; c < n; c += NL) {
+      const auto ev = hn::LoadU(d, e + c);
+      const auto kv = hn::LoadU(d, kj + c), bv = hn::LoadU(d, bj + c);
+      const auto qe = hn::Mul(hn::LoadU(d, q + c), ev);
+      sqk = hn::MulAdd(qe, kv, sqk);
+      sqb = hn::MulAdd(qe, bv, sqb);
+      if (a_next) {
+        const auto ae = hn::Mul(hn::LoadU(d, a_next + c), ev);
+        sak = hn::MulAdd(ae, kv, sak);
+        sab = hn::MulAdd(ae, bv, sab);
+      }
+      if (advance) hn::StoreU(hn::Mul(ev, hn::LoadU(d, wj + c)), d, e + c);
     }
-    hn::StoreU(acc, d, o + n);
+    qk[j] = hn::GetLane(hn::SumOfLanes(d, sqk));
+    qb[j] = hn::GetLane(hn::SumOfLanes(d, sqb));
+    if (a_next) {
+      ak[j] = hn::GetLane(hn::SumOfLanes(d, sak));
+      ab[j] = hn::GetLane(hn::SumOfLanes(d, sab));
+    }
   }
 }
 
@@ -176,6 +277,8 @@ HWY_EXPORT(MulExpDiffScalar);
 HWY_EXPORT(DecayedDotsBackward);
 HWY_EXPORT(LinearAttentionStep);
 HWY_EXPORT(DeltaRuleStep);
+HWY_EXPORT(DplrStep);
+HWY_EXPORT(DplrDecayedDots);
 
 void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                 int64_t ldc, bool accumulate, bool lower_triangular) {
@@ -196,8 +299,16 @@ void linear_attention_step(float* S, int64_t dk, int64_t N, const float* decay, 
   HWY_DYNAMIC_DISPATCH(LinearAttentionStep)(S, dk, N, decay, k, v, q, o);
 }
 void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
-                     const float* q, float* o, float* scratch) {
-  HWY_DYNAMIC_DISPATCH(DeltaRuleStep)(S, dk, N, a, beta, k, v, q, o, scratch);
+                     const float* q, float* o) {
+  HWY_DYNAMIC_DISPATCH(DeltaRuleStep)(S, dk, N, a, beta, k, v, q, o);
+}
+void dplr_step(float* S, int64_t dk, int64_t N, const float* w, const float* a, const float* b, const float* k,
+               const float* v, const float* q, float* o) {
+  HWY_DYNAMIC_DISPATCH(DplrStep)(S, dk, N, w, a, b, k, v, q, o);
+}
+void dplr_decayed_dots(const float* q, const float* a_next, const float* K, const float* Bk, const float* W, int64_t n,
+                       int64_t s, int64_t i, float* qk, float* qb, float* ak, float* ab, float* e) {
+  HWY_DYNAMIC_DISPATCH(DplrDecayedDots)(q, a_next, K, Bk, W, n, s, i, qk, qb, ak, ab, e);
 }
 
 }  // namespace subq::ops

@@ -33,8 +33,20 @@ void decayed_dots_backward(const float* q, const float* K, const float* A, int64
 void linear_attention_step(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
                            const float* q, float* o);
 // One token of the gated delta rule for S [dk, N]: S = a S; u = S^T k;
-// S += k (beta (v - u))^T; o = S^T q. N % kChunkAlign == 0; scratch holds N floats.
+// S += k (beta (v - u))^T; o = S^T q. N % kChunkAlign == 0.
 void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
-                     const float* q, float* o, float* scratch);
+                     const float* q, float* o);
+// One token of the generalized (DPLR) delta rule for S [dk, N]: u = S^T a;
+// S = diag(w) S + b u^T + k v^T; o = S^T q. N % kChunkAlign == 0.
+void dplr_step(float* S, int64_t dk, int64_t N, const float* w, const float* a, const float* b, const float* k,
+               const float* v, const float* q, float* o);
+// One row of a diagonal block of the chunked DPLR delta rule: with the running product
+// e_j = prod_{m=j+1..i} W[m] (rows of n), for j = i, i-1, ..., s:
+//   qk[j] = <q, e_j K[j]>,  qb[j] = <q, e_j Bk[j]>,
+// and, when a_next is given (the next row's a, whose decays stop one token earlier),
+//   ak[j] = <a_next, e_j K[j]>,  ab[j] = <a_next, e_j Bk[j]>.
+// n % kChunkAlign == 0; e: n floats of scratch.
+void dplr_decayed_dots(const float* q, const float* a_next, const float* K, const float* Bk, const float* W, int64_t n,
+                       int64_t s, int64_t i, float* qk, float* qb, float* ak, float* ab, float* e);
 
 }  // namespace subq::ops
