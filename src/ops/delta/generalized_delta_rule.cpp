@@ -64,27 +64,34 @@ void load_v(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
   std::fill(row + p.dv, row + p.dvp, 0.f);
 }
 
-void prefetch_row(const float* row, int64_t n) {
-  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(float))) __builtin_prefetch(row + i);
-}
-
-// One head's tokens in order, its state staying in L1. The next token's rows lie a
-// whole token (H heads) further on, past what the hardware prefetchers follow, so they
-// are fetched by hand one step ahead.
-void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
+// Token by token over a range of (batch, head) tasks, every head of a token before the
+// next token, as ggml does: the rows of one token are then adjacent in memory, which the
+// hardware prefetchers follow, where one head's rows lie H heads apart (measured 1.2x at
+// RWKV-7 shapes); the range's states (16 KiB each at dk = dv = 64) stay in L2.
+void run_recurrent(const Problem& p, Workspace& w, int64_t begin, int64_t end) {
+  const int64_t size = p.dk * p.dvp;
+  const bool padded = p.dv != p.dvp;
+  std::vector<float> padded_states(padded ? static_cast<size_t>((end - begin) * size) : 0);
+  auto state_of = [&](int64_t task) {
+    return padded ? &padded_states[static_cast<size_t>((task - begin) * size)] : p.state + task * size;
+  };
+  if (padded)
+    for (int64_t task = begin; task < end; ++task)
+      pad_state_rows(p.state + task * p.dk * p.dv, p.dk, p.dv, p.dvp, state_of(task));
   float *q = w.Q.data(), *decay = w.W.data(), *v = w.V.data(), *o = w.O.data();
-  for (int64_t t = 0; t < p.T; ++t) {
-    if (t + 1 < p.T) {
-      for (const HeadRows* rows : {&p.q, &p.k, &p.a, &p.b, &p.log_w}) prefetch_row(rows->at(b, t + 1, h), p.dk);
-      prefetch_row(p.v.at(b, t + 1, h), p.dv);
+  for (int64_t t = 0; t < p.T; ++t)
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / p.H, h = task % p.H;
+      const float* qt = p.q.at(b, t, h);
+      for (int64_t d = 0; d < p.dk; ++d) q[d] = qt[d] * p.opt.scale;
+      ops::exp(p.log_w.at(b, t, h), decay, static_cast<size_t>(p.dk));
+      load_v(p, b, t, h, v);
+      dplr_step(state_of(task), p.dk, p.dvp, decay, p.a.at(b, t, h), p.b.at(b, t, h), p.k.at(b, t, h), v, q, o);
+      std::copy_n(o, p.dv, p.o.at(b, t, h));
     }
-    const float* qt = p.q.at(b, t, h);
-    for (int64_t d = 0; d < p.dk; ++d) q[d] = qt[d] * p.opt.scale;
-    ops::exp(p.log_w.at(b, t, h), decay, static_cast<size_t>(p.dk));
-    load_v(p, b, t, h, v);
-    dplr_step(w.state, p.dk, p.dvp, decay, p.a.at(b, t, h), p.b.at(b, t, h), p.k.at(b, t, h), v, q, o);
-    std::copy_n(o, p.dv, p.o.at(b, t, h));
-  }
+  if (padded)
+    for (int64_t task = begin; task < end; ++task)
+      unpad_state_rows(state_of(task), p.dk, p.dv, p.dvp, p.state + task * p.dk * p.dv);
 }
 
 // Packs the chunk's rows (q scaled; decays and cumulative log-decays) and the transposed
@@ -233,14 +240,15 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? 1 : Lp);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t bi = task / p.H, h = task % p.H;
+    if (recurrent) {
+      run_recurrent(p, w, begin, end);
+      return;
+    }
+    for (int64_t task = begin; task < end; ++task)
       with_padded_state(p.state + task * p.dk * p.dv, p.dk, p.dv, p.dvp, w.S.data(), [&](float* st) {
         w.state = st;
-        if (recurrent) run_recurrent(p, w, bi, h);
-        else run_chunked(p, w, bi, h, Lp);
+        run_chunked(p, w, task / p.H, task % p.H, Lp);
       });
-    }
   });
 }
 

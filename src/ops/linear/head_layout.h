@@ -36,21 +36,29 @@ struct TokenScalars {
 };
 TokenScalars token_scalars(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H);
 
-// Runs fn(state) on one head's state [dk, cols] as rows of `padded` >= cols floats (the
-// kernels' aligned layout): in place when cols == padded, else through `scratch`
-// (dk * padded floats), copied in zero-padded and copied back after.
+// A head's state [dk, cols] copied to rows of `padded` >= cols floats (the kernels'
+// aligned layout, zeros after cols) and back.
+inline void pad_state_rows(const float* st, int64_t dk, int64_t cols, int64_t padded, float* out) {
+  for (int64_t d = 0; d < dk; ++d) {
+    std::copy_n(st + d * cols, cols, out + d * padded);
+    std::fill(out + d * padded + cols, out + (d + 1) * padded, 0.f);
+  }
+}
+inline void unpad_state_rows(const float* in, int64_t dk, int64_t cols, int64_t padded, float* st) {
+  for (int64_t d = 0; d < dk; ++d) std::copy_n(in + d * padded, cols, st + d * cols);
+}
+
+// Runs fn(state) on one head's state [dk, cols] as rows of `padded` floats: in place when
+// cols == padded, else through `scratch` (dk * padded floats).
 template <class F>
 void with_padded_state(float* st, int64_t dk, int64_t cols, int64_t padded, float* scratch, F&& fn) {
   if (cols == padded) {
     fn(st);
     return;
   }
-  for (int64_t d = 0; d < dk; ++d) {
-    std::copy_n(st + d * cols, cols, scratch + d * padded);
-    std::fill(scratch + d * padded + cols, scratch + (d + 1) * padded, 0.f);
-  }
+  pad_state_rows(st, dk, cols, padded, scratch);
   fn(scratch);
-  for (int64_t d = 0; d < dk; ++d) std::copy_n(scratch + d * padded, cols, st + d * cols);
+  unpad_state_rows(scratch, dk, cols, padded, st);
 }
 
 }  // namespace subq::ops
