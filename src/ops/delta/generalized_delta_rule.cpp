@@ -2,10 +2,11 @@
 // with u_i = S_{i-1}^T a_i over a chunk of L tokens that starts from state S0, with
 // cumulative log-decays G_i = sum_{m<=i} log w_m (vectors over dk, G_{-1} = 0), gives
 //   S_i = diag(exp G_i) S0 + sum_{j<=i} diag(exp(G_i - G_j)) (k_j v_j^T + b_j u_j^T),
-// so with <x, y>_{i,j} = sum_d x_d y_d exp(G_i,d - G_j,d):
-//   (I - M_ab) U = diag(.) (A * exp G_{i-1}) S0 + M_ak V,   M_a*[i, j] = <a_i, *_j>_{i-1,j}, j < i
-//   O = (Q * exp G_i) S0 + M_qk V + M_qb U,                M_q*[i, j] = <q_i, *_j>_{i,j},   j <= i
-//   S_L = diag(exp G_L) S0 + (K * exp(G_L - G))^T V + (B * exp(G_L - G))^T U.
+// so with <x, y>_{i,j} = sum_d x_d y_d exp(G_i,d - G_j,d) and rows i of U = u_i^T:
+//   (I - M_ab) U = (A * exp G_{i-1}) S0 + M_ak V,   M_a*[i, j] = <a_i, *_j>_{i-1,j}, j < i
+//   O = (Q * exp G_i) S0 + M_qk V + M_qb U,        M_q*[i, j] = <q_i, *_j>_{i,j},   j <= i
+//   S_L = diag(exp G_L) S0 + (K * exp(G_L - G))^T V + (B * exp(G_L - G))^T U,
+// where * is a row-wise product and * in M_a*, M_q* stands for k or b.
 // The unit lower triangular system is solved by forward substitution (chunks of one head
 // run in order anyway). As in the vector-gated linear attention, the decays of the M
 // matrices do not factor into plain products without dividing by cumulative products,
@@ -41,7 +42,8 @@ struct Problem {
 // Per-thread buffers, allocated once per call. Token rows of dk values are padded to dkp
 // (zeros, decays of 1) so that the SIMD kernels need no tails.
 struct Workspace {
-  // The state being advanced: the caller's memory when its rows need no padding, else S.
+  // The chunked form's state being advanced: the caller's memory when its rows need no
+  // padding, else S.
   float* state = nullptr;
   std::vector<float> S, Q, K, A, Bk, W, G, Kt, Bt, Gt, Khat, Bhat, Qhat, Ahat, X, Mqk, Mqb, Mak, Mab, V, U, O,
       zeros, scratch;
@@ -167,7 +169,8 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
     pack_chunk(p, w, b, h, t0, L, Lp);
     intra_chunk_matrices(p, w, L, Lp);
     // U = S_{i-1}^T a_i: (I - M_ab) U = (A * exp G_{i-1}) S0 + M_ak V.
-    for (int64_t i = 0; i < L; ++i) mul_exp_diff(&w.A[i * dkp], log_decay_before(w, dkp, i), w.zeros.data(), &w.X[i * dkp], dk);
+    for (int64_t i = 0; i < L; ++i)
+      mul_exp_diff(&w.A[i * dkp], log_decay_before(w, dkp, i), w.zeros.data(), &w.X[i * dkp], dk);
     chunk_gemm(L, dvp, dk, w.X.data(), dkp, S, dvp, w.U.data(), dvp, false);
     chunk_gemm(L, dvp, L, w.Mak.data(), Lp, w.V.data(), dvp, w.U.data(), dvp, true, true);
     for (int64_t i = 1; i < L; ++i)
