@@ -3,7 +3,7 @@
 //   S_t = (diag(w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t,   S in R^{dk x dv},
 // w_t = exp(log_w_t) a decay per key channel. RWKV-7 takes q = r, a = -kappa_hat,
 // b = kappa_hat * in-context learning rate; the gated delta rule is the special case
-// w = alpha, a = -k, b = beta k (with v scaled by beta).
+// w = alpha, a = -k, b = alpha beta k (with v scaled by beta).
 #pragma once
 
 #include <cstdint>
