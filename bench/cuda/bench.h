@@ -44,6 +44,7 @@ inline void report(const char* op, const std::string& shape, double ms, double f
 
 void bench_linear(std::mt19937_64& rng);  // bench/cuda/linear.cu
 void bench_delta(std::mt19937_64& rng);   // bench/cuda/delta.cu
+void bench_dplr(std::mt19937_64& rng);    // bench/cuda/delta.cu
 void bench_models(const std::string& root);  // bench/cuda/model.cu
 
 }  // namespace subq::bench::gpu

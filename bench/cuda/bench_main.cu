@@ -202,6 +202,7 @@ int main(int argc, char** argv) {
     if (only.empty() || only == "gemm") bench_gemm(rng);
     if (only.empty() || only == "linear") bench_linear(rng);
     if (only.empty() || only == "delta") bench_delta(rng);
+    if (only.empty() || only == "dplr") bench_dplr(rng);
     // Whole models need the checkpoints peers.py writes: `subq_cuda_bench models DIR`.
     if (only == "models") bench_models(argc > 2 ? argv[2] : "/tmp/subq-bench-models");
   } catch (const subq::Error& e) {

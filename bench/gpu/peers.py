@@ -11,6 +11,7 @@ subq_cuda_bench, so the two can be joined by (op, shape).
   linear     mamba_ssm's Triton mamba_chunk_scan_combined (Mamba-2 SSD) and fla's
              chunk_simple_gla and chunk_gla, from the sources at .peers/mamba_src and .peers/fla
   delta      flash-linear-attention's chunk_gated_delta_rule (Triton), from .peers/fla
+  dplr       flash-linear-attention's chunk_rwkv7 and fused_recurrent_rwkv7 (Triton), from .peers/fla
   models     writes random-init Llama-160M-, Mamba-130M- and Mamba2-130M-shaped bf16 checkpoints to
              $SUBQ_BENCH_MODELS (default /tmp/subq-bench-models) for `subq_cuda_bench
              models`, and times them in transformers on the GPU (prefill, decode)
@@ -287,6 +288,42 @@ def delta():
                  flops=flops, nbytes=nbytes)
 
 
+def dplr():
+    fla_paths = {"fla": ".peers/fla", "fla.ops": ".peers/fla/ops"}
+    try:
+        rwkv7 = import_from_source("fla.ops.rwkv7", fla_paths)
+        kernels = {"fla chunk": rwkv7.chunk_rwkv7, "fla recurrent": rwkv7.fused_recurrent_rwkv7}
+    except Exception as e:  # noqa: BLE001 - report whatever stops the import
+        print(json.dumps({"impl": "fla", "op": "dplr", "missing": repr(e)}), flush=True)
+        return
+    # The shapes, inputs and counts of bench_dplr (bench/cuda/delta.cu), all bf16 here
+    # (subq reads log_w in f32), f32 state in and out.
+    dk = dv = 64
+    H = 32
+    for B, T in ((1, 4096), (8, 4096), (2, 16384)):
+        kappa = torch.nn.functional.normalize(torch.randn(B, T, H, dk, device="cuda"), dim=-1)
+        a = (-kappa).to(torch.bfloat16)
+        b = (kappa * torch.rand(B, T, H, dk, device="cuda")).to(torch.bfloat16)
+        r = torch.randn(B, T, H, dk, device="cuda", dtype=torch.bfloat16)
+        k = (0.25 * torch.rand(B, T, H, dk, device="cuda") - 0.125).to(torch.bfloat16)
+        v = torch.randn(B, T, H, dv, device="cuda", dtype=torch.bfloat16)
+        w = (-0.61 * torch.rand(B, T, H, dk, device="cuda")).to(torch.bfloat16)
+        h0 = 0.1 * (2 * torch.rand(B, H, dk, dv, device="cuda", dtype=torch.float32) - 1)
+        tokens = B * T * H
+        nbytes = tokens * (2.0 * (4 * dk + 2 * dv) + 4.0 * dk) + 4.0 * 2 * B * H * dk * dv
+        for impl, fn in kernels.items():
+            def run():
+                fn(r, w, k, v, a, b, scale=0.125, initial_state=h0, output_final_state=True)
+            try:
+                with torch.no_grad():
+                    ms = median_ms(run)
+            except Exception as e:  # noqa: BLE001 - a failing peer must not stop the others
+                print(json.dumps({"impl": impl, "op": "dplr", "missing": repr(e)}), flush=True)
+                continue
+            emit(impl, "dplr", f"B={B} T={T} H={H} dk={dk} dv={dv} rwkv7 bf16", ms,
+                 flops=9.0 * tokens * dk * dv, nbytes=nbytes)
+
+
 MODEL_SHAPES = {
     "llama160m": ("LlamaConfig", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                       num_attention_heads=12, num_key_value_heads=12, vocab_size=32000,
@@ -335,6 +372,6 @@ def models():
 if __name__ == "__main__":
     torch.manual_seed(0)
     jobs = {"ceilings": ceilings, "attention": attention, "sparse": sparse, "decode": decode, "scan": scan,
-            "linear": linear, "delta": delta, "models": models}
+            "linear": linear, "delta": delta, "dplr": dplr, "models": models}
     for what in sys.argv[1:] or list(jobs):
         jobs[what]()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Joins subq_cuda_bench's and peers.py's JSON lines into one markdown table: each subq
-row beside the peer measured on the same (op, shape) in the same call, the ratio
+row beside each peer measured on the same (op, shape) in the same call, the ratio
 (peer time / subq time, > 1 means subq is faster), and the fraction of the measured
 ceilings (bf16 matmul TFLOP/s, device copy GB/s).
 
@@ -32,7 +32,7 @@ def main():
     print("| op | shape | subq ms | subq TFLOP/s | subq GB/s | of ceiling | peer | peer ms | peer/subq |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in subq:
-        peer = next((p for p in peers if "ms" in p and p["op"] == r["op"] and p["shape"] == r["shape"]), None)
+        matches = [p for p in peers if "ms" in p and p["op"] == r["op"] and p["shape"] == r["shape"]]
         frac = ""
         if r["tflops"] > 0 and tf_ceiling:
             frac = f"{100 * r['tflops'] / tf_ceiling:.0f}% of matmul"
@@ -41,8 +41,11 @@ def main():
         if "speedup" in r:
             frac += (f"; density {r['density']:.3f}, {r['speedup']:.2f}x over dense causal "
                      f"(ideal {r['ideal']:.2f}x: {100 * r['speedup'] / r['ideal']:.0f}%)")
-        pname, pms, ratio = (peer["impl"], f"{peer['ms']:.4f}", f"{peer['ms'] / r['ms']:.2f}x") if peer else ("-", "-", "-")
-        print(f"| {r['op']} | {r['shape']} | {r['ms']:.4f} | {r['tflops']} | {r['gbps']} | {frac} | {pname} | {pms} | {ratio} |")
+        for peer in matches or [None]:
+            pname, pms, ratio = ((peer["impl"], f"{peer['ms']:.4f}", f"{peer['ms'] / r['ms']:.2f}x") if peer
+                                 else ("-", "-", "-"))
+            print(f"| {r['op']} | {r['shape']} | {r['ms']:.4f} | {r['tflops']} | {r['gbps']} | {frac} | {pname} | "
+                  f"{pms} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,347 @@
+// The generalized (DPLR) delta rule, token by token, with the state in registers.
+//
+// Why the recurrence and not a chunked tensor-core form: per token and head the
+// recurrence does about 5 dk dv multiply-adds (u = S^T a, the update, o = S^T q), and the
+// chunked DPLR form as many or more at dk = 64 (RWKV-7's head size) besides four
+// intra-chunk matrices and a triangular solve per chunk (docs/architecture.md). On the
+// GPU the recurrence is bound by its sequential dependence through S, which parallelism
+// over batch, heads and state columns hides once the grid fills the machine.
+//
+// One CTA takes 32 state columns of one (batch, head). P threads share each group of C
+// columns: thread (g, p) holds columns C g .. C g + C - 1 and the R = dk / P rows
+// 4 P j + 4 p + {0..3} (j < R / 4) of S in f32 registers, so both sums over rows
+// (u_c = sum_i a_i S_ic and o_c = sum_i q_i S_ic) end in log2(P) warp shuffles, and P
+// consecutive lanes read P consecutive float4s of a token's row vectors, free of bank
+// conflicts. Two shapes (launch()): where the grid fills the GPU, R = 16 and C = 4, so
+// each float4 read feeds 16 state elements (the shared-memory pipe delivers a quarter of
+// the FMA pipe's operands per cycle); on small grids (one sequence, few heads), R = 8 and
+// C = 1, eight times the threads per head and an eighth of the sequential work per token.
+//
+// Tokens arrive in blocks of kTokens through cp.async into a raw staging buffer two
+// blocks ahead of use; each block is converted once per CTA to f32 (q times scale,
+// w = exp(log_w)) so that the per-token loop does only shared-memory reads, FMAs and
+// shuffles.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "src/core/cuda/check.cuh"
+#include "src/core/cuda/device.h"
+#include "src/core/cuda/mma.cuh"
+#include "src/ops/delta/generalized_delta_rule_cuda.h"
+
+namespace subq::cuda {
+namespace {
+
+using bf16_t = __nv_bfloat16;
+
+constexpr int kColumns = 32;  // state columns per CTA
+constexpr int kTokens = 8;    // tokens per staged block
+
+template <int P, int C>
+constexpr int threads_for() {
+  return kColumns / C * P;
+}
+
+struct Params {
+  const bf16_t* q;
+  const bf16_t* k;
+  const bf16_t* a;
+  const bf16_t* b;
+  const bf16_t* v;
+  const float* log_w;
+  float* state;
+  void* o;
+  int T, H, dv;
+  float scale;
+};
+
+// Shared memory, per block of kTokens tokens. Raw (two buffers): q, k, a, b rows then the
+// CTA's 32 columns of v in bf16, and log_w in f32. Converted (one buffer): q * scale, k,
+// a, b, w, v in f32.
+template <int DK>
+struct Layout {
+  static constexpr int kRawRow = 4 * DK + kColumns;  // bf16 elements per token
+  static constexpr int kRow = 5 * DK + kColumns;     // f32 elements per token
+  static constexpr int kRawBytes = kTokens * kRawRow * 2;
+  static constexpr int kStageBytes = kRawBytes + kTokens * DK * 4;
+  static constexpr int kBytes = 2 * kStageBytes + kTokens * kRow * 4;
+  // 16-byte pieces per token: eight bf16 of a raw row, four f32 of log_w.
+  static constexpr int kRawChunks = kRawRow / 8, kChunks = kRawChunks + DK / 4;
+};
+
+// Issues the copies of token block n (tokens past T and columns past dv are zero-filled,
+// reading nothing). row0: the [B, T, H, .] row of this CTA's token 0, (b T) H + h.
+template <int DK, int kThreads>
+__device__ __forceinline__ void stage_block(const Params& p, unsigned char* stage, int64_t row0, int col0, int n) {
+  using L = Layout<DK>;
+  auto* raw = reinterpret_cast<bf16_t*>(stage);
+  auto* logw = reinterpret_cast<float*>(stage + L::kRawBytes);
+#pragma unroll
+  for (int tok = 0; tok < kTokens; ++tok) {
+    const int t = n * kTokens + tok;
+    const bool valid = t < p.T;
+    const int64_t row = valid ? row0 + static_cast<int64_t>(t) * p.H : 0;
+    for (int c = threadIdx.x; c < L::kChunks; c += kThreads) {
+      if (c < L::kRawChunks) {
+        const int e = 8 * c, which = e / DK;  // q, k, a, b, then v
+        if (which < 4) {
+          const bf16_t* src = which == 0 ? p.q : which == 1 ? p.k : which == 2 ? p.a : p.b;
+          cp_async_16(raw + tok * L::kRawRow + e, src + row * DK + e % DK, valid);
+        } else {
+          const int col = col0 + e - 4 * DK;
+          const bool in = valid && col < p.dv;
+          cp_async_16(raw + tok * L::kRawRow + e, p.v + (in ? row * p.dv + col : 0), in);
+        }
+      } else {
+        const int e = 4 * (c - L::kRawChunks);
+        cp_async_16(logw + tok * DK + e, p.log_w + row * DK + e, valid);
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ float bf16_low(uint32_t x) { return __uint_as_float(x << 16); }
+__device__ __forceinline__ float bf16_high(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
+
+template <int DK, int kThreads>
+__device__ __forceinline__ void convert_block(const Params& p, const unsigned char* stage, float* rows) {
+  using L = Layout<DK>;
+  const auto* raw = reinterpret_cast<const bf16_t*>(stage);
+  const auto* logw = reinterpret_cast<const float*>(stage + L::kRawBytes);
+#pragma unroll
+  for (int tok = 0; tok < kTokens; ++tok) {
+    float* row = rows + tok * L::kRow;
+    for (int c = threadIdx.x; c < L::kChunks; c += kThreads) {
+      if (c < L::kRawChunks) {
+        const int e = 8 * c;
+        const uint4 x = *reinterpret_cast<const uint4*>(raw + tok * L::kRawRow + e);
+        const float f = e < DK ? p.scale : 1.f;
+        // q, k, a, b keep their offsets; v moves past w (at 4 dk) to 5 dk.
+        float* dst = row + (e < 4 * DK ? e : e + DK);
+        *reinterpret_cast<float4*>(dst) =
+            make_float4(f * bf16_low(x.x), f * bf16_high(x.x), f * bf16_low(x.y), f * bf16_high(x.y));
+        *reinterpret_cast<float4*>(dst + 4) =
+            make_float4(f * bf16_low(x.z), f * bf16_high(x.z), f * bf16_low(x.w), f * bf16_high(x.w));
+      } else {
+        const int e = 4 * (c - L::kRawChunks);
+        const float4 lw = *reinterpret_cast<const float4*>(logw + tok * DK + e);
+        *reinterpret_cast<float4*>(row + 4 * DK + e) =
+            make_float4(__expf(lw.x), __expf(lw.y), __expf(lw.z), __expf(lw.w));
+      }
+    }
+  }
+}
+
+// Sums x over the P consecutive lanes that share a group of columns.
+template <int P>
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll
+  for (int m = 1; m < P; m <<= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+  return x;
+}
+
+// One token: u = S^T a, S = diag(w) S + b u^T + k v^T, o = S^T q over this thread's
+// rows and columns (r: the token's converted row vectors), o summed over the group.
+template <int DK, int P, int C>
+__device__ __forceinline__ void token_step(float (&S)[DK / P / 4][4][C], const float* r, int part, int c0,
+                                           float (&o)[C]) {
+  constexpr int J = DK / P / 4;
+  // Two accumulators per column (even and odd j) halve the dependent FMA chains.
+  float u2[2][C] = {};
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const float4 a4 = *reinterpret_cast<const float4*>(r + 2 * DK + 4 * P * j + 4 * part);
+    const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+#pragma unroll
+      for (int c = 0; c < C; ++c) u2[j & 1][c] = fmaf(av[e], S[j][e][c], u2[j & 1][c]);
+  }
+  float u[C], v[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    u[c] = group_sum<P>(u2[0][c] + u2[1][c]);
+    v[c] = r[5 * DK + c0 + c];
+  }
+  float o2[2][C] = {};
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int i = 4 * P * j + 4 * part;
+    const float4 q4 = *reinterpret_cast<const float4*>(r + i);
+    const float4 k4 = *reinterpret_cast<const float4*>(r + DK + i);
+    const float4 b4 = *reinterpret_cast<const float4*>(r + 3 * DK + i);
+    const float4 w4 = *reinterpret_cast<const float4*>(r + 4 * DK + i);
+    const float qv[4] = {q4.x, q4.y, q4.z, q4.w}, kv[4] = {k4.x, k4.y, k4.z, k4.w};
+    const float bv[4] = {b4.x, b4.y, b4.z, b4.w}, wv[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        S[j][e][c] = fmaf(wv[e], S[j][e][c], fmaf(bv[e], u[c], kv[e] * v[c]));
+        o2[j & 1][c] = fmaf(qv[e], S[j][e][c], o2[j & 1][c]);
+      }
+  }
+#pragma unroll
+  for (int c = 0; c < C; ++c) o[c] = group_sum<P>(o2[0][c] + o2[1][c]);
+}
+
+template <bool kF32Out, int C>
+__device__ __forceinline__ void store_output(void* out, int64_t at, const float (&o)[C]) {
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    if constexpr (kF32Out) static_cast<float*>(out)[at + c] = o[c];
+    else static_cast<bf16_t*>(out)[at + c] = __float2bfloat16(o[c]);
+  }
+}
+
+template <int DK, int P, int C, bool kF32Out>
+__global__ void __launch_bounds__(kColumns / C * P) dplr_recurrent_kernel(Params p) {
+  using L = Layout<DK>;
+  constexpr int kThreads = threads_for<P, C>();
+  constexpr int J = DK / P / 4;  // float4 row groups per thread
+  extern __shared__ __align__(16) unsigned char smem[];
+  const auto stage = [&](int n) { return smem + (n & 1) * L::kStageBytes; };
+  float* rows = reinterpret_cast<float*>(smem + 2 * L::kStageBytes);
+
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int col0 = blockIdx.x * kColumns;
+  const int part = threadIdx.x % P, c0 = C * (threadIdx.x / P);  // c0: first column within the CTA's
+  const bool owns = col0 + c0 < p.dv;  // dv is a multiple of 8: a group of C <= 8 is in or out
+  const int64_t row0 = static_cast<int64_t>(b) * p.T * p.H + h;
+  float* state = p.state + (static_cast<int64_t>(b) * p.H + h) * DK * p.dv + col0 + c0;
+
+  float S[J][4][C];
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+#pragma unroll
+      for (int c = 0; c < C; ++c)
+        S[j][e][c] = owns ? state[static_cast<int64_t>(4 * P * j + 4 * part + e) * p.dv + c] : 0.f;
+
+  const int blocks = (p.T + kTokens - 1) / kTokens;
+  stage_block<DK, kThreads>(p, stage(0), row0, col0, 0);
+  cp_async_commit();
+  if (blocks > 1) stage_block<DK, kThreads>(p, stage(1), row0, col0, 1);
+  cp_async_commit();
+  for (int n = 0; n < blocks; ++n) {
+    cp_async_wait<1>();  // block n has landed (block n + 1 may still be in flight)
+    __syncthreads();     // ... for every thread's copies; and block n - 1's rows are consumed
+    convert_block<DK, kThreads>(p, stage(n), rows);
+    __syncthreads();
+    if (n + 2 < blocks) stage_block<DK, kThreads>(p, stage(n), row0, col0, n + 2);
+    cp_async_commit();  // possibly empty: keeps one group per block for the wait above
+
+    const int count = min(kTokens, p.T - n * kTokens);
+    const int64_t at0 = (row0 + static_cast<int64_t>(n) * kTokens * p.H) * p.dv + col0 + c0;
+    const int64_t step = static_cast<int64_t>(p.H) * p.dv;
+    if (count == kTokens) {
+      // Unrolled, so that one token's output sums overlap the next token's work.
+#pragma unroll
+      for (int tok = 0; tok < kTokens; ++tok) {
+        float o[C];
+        token_step<DK, P, C>(S, rows + tok * L::kRow, part, c0, o);
+        if (part == 0 && owns) store_output<kF32Out, C>(p.o, at0 + tok * step, o);
+      }
+    } else {
+      for (int tok = 0; tok < count; ++tok) {
+        float o[C];
+        token_step<DK, P, C>(S, rows + tok * L::kRow, part, c0, o);
+        if (part == 0 && owns) store_output<kF32Out, C>(p.o, at0 + tok * step, o);
+      }
+    }
+  }
+
+  if (!owns) return;
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+#pragma unroll
+      for (int c = 0; c < C; ++c) state[static_cast<int64_t>(4 * P * j + 4 * part + e) * p.dv + c] = S[j][e][c];
+}
+
+template <int DK, int P, int C, bool kF32Out>
+void launch(const Params& p, int B, int tiles) {
+  constexpr int kBytes = Layout<DK>::kBytes;
+  static_assert(kBytes <= 48 * 1024, "above the default shared-memory limit: opt in first");
+  dplr_recurrent_kernel<DK, P, C, kF32Out><<<dim3(tiles, p.H, B), threads_for<P, C>(), kBytes, stream()>>>(p);
+  SUBQ_CUDA_CHECK_LAUNCH("dplr_recurrent_kernel");
+}
+
+// R = 16 rows and C = 4 columns per thread once that gives two CTAs per multiprocessor,
+// else R = 8 and C = 1.
+template <int DK>
+void launch(const Params& p, int B, bool f32_out) {
+  const int tiles = (p.dv + kColumns - 1) / kColumns;
+  const bool full = static_cast<int64_t>(tiles) * p.H * B >= 2 * static_cast<int64_t>(device_info().multiprocessors);
+  if (full) f32_out ? launch<DK, DK / 16, 4, true>(p, B, tiles) : launch<DK, DK / 16, 4, false>(p, B, tiles);
+  else f32_out ? launch<DK, DK / 8, 1, true>(p, B, tiles) : launch<DK, DK / 8, 1, false>(p, B, tiles);
+}
+
+void check_gpu_tensor(const Tensor& t, DType dtype, const Shape& shape, const char* what) {
+  if (!t.defined()) throw Error(std::string(what) + ": expected a tensor, found none");
+  check_device(t, Device::cuda, what);
+  check_dtype(t, dtype, what);
+  check_contiguous(t, what);
+  check_shape(t, shape, what);
+}
+
+}  // namespace
+
+void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& a, const Tensor& b,
+                            const Tensor& log_w, const Tensor& state, const Tensor& o,
+                            const ops::GeneralizedDeltaRuleOptions& options) {
+  if (!q.defined() || q.ndim() != 4)
+    throw Error("generalized_delta_rule q: expected 4 dimensions [B, T, H, dk], found " +
+                (q.defined() ? q.str() : std::string("none")));
+  if (!v.defined() || v.ndim() != 4)
+    throw Error("generalized_delta_rule v: expected 4 dimensions [B, T, H, dv], found " +
+                (v.defined() ? v.str() : std::string("none")));
+  const int64_t B = q.dim(0), T = q.dim(1), H = q.dim(2), dk = q.dim(3), dv = v.dim(3);
+  if (dk != 64 && dk != 128)
+    throw Error("generalized_delta_rule q: key dim dk must be 64 or 128, found " + q.str());
+  if (dv < 8 || dv % 8 != 0)
+    throw Error("generalized_delta_rule v: value dim dv must be a positive multiple of 8, found " + v.str());
+  if (T < 1) throw Error("generalized_delta_rule q: expected T >= 1, found " + q.str());
+  const Shape keys{B, T, H, dk};
+  check_gpu_tensor(q, DType::bf16, keys, "generalized_delta_rule q");
+  check_gpu_tensor(k, DType::bf16, keys, "generalized_delta_rule k");
+  check_gpu_tensor(a, DType::bf16, keys, "generalized_delta_rule a");
+  check_gpu_tensor(b, DType::bf16, keys, "generalized_delta_rule b");
+  check_gpu_tensor(v, DType::bf16, Shape{B, T, H, dv}, "generalized_delta_rule v");
+  check_gpu_tensor(log_w, DType::f32, keys, "generalized_delta_rule log_w");
+  check_gpu_tensor(state, DType::f32, Shape{B, H, dk, dv}, "generalized_delta_rule state");
+  if (!o.defined()) throw Error("generalized_delta_rule o: expected a tensor, found none");
+  if (o.dtype() != DType::f32 && o.dtype() != DType::bf16)
+    throw Error("generalized_delta_rule o: expected dtype bf16 or f32, found " + o.str());
+  check_gpu_tensor(o, o.dtype(), Shape{B, T, H, dv}, "generalized_delta_rule o");
+  if (!std::isfinite(options.scale))
+    throw Error("generalized_delta_rule: options.scale must be finite, found " + std::to_string(options.scale));
+  if (B > 65535 || H > 65535 || T > (int64_t{1} << 31) - kTokens)
+    throw Error("generalized_delta_rule: sizes exceed the kernel's grid limits: q " + q.str());
+  if (B == 0 || H == 0) return;
+
+  Params p{};
+  p.q = reinterpret_cast<const bf16_t*>(q.device_data<bf16>());
+  p.k = reinterpret_cast<const bf16_t*>(k.device_data<bf16>());
+  p.a = reinterpret_cast<const bf16_t*>(a.device_data<bf16>());
+  p.b = reinterpret_cast<const bf16_t*>(b.device_data<bf16>());
+  p.v = reinterpret_cast<const bf16_t*>(v.device_data<bf16>());
+  p.log_w = log_w.device_data<float>();
+  p.state = state.mutable_device_data<float>();
+  p.o = o.dtype() == DType::f32 ? static_cast<void*>(o.mutable_device_data<float>())
+                                : static_cast<void*>(o.mutable_device_data<bf16>());
+  p.T = static_cast<int>(T);
+  p.H = static_cast<int>(H);
+  p.dv = static_cast<int>(dv);
+  p.scale = options.scale;
+  const bool f32_out = o.dtype() == DType::f32;
+  if (dk == 64) launch<64>(p, static_cast<int>(B), f32_out);
+  else launch<128>(p, static_cast<int>(B), f32_out);
+}
+
+}  // namespace subq::cuda
