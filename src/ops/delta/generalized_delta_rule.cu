@@ -7,15 +7,15 @@
 // GPU the recurrence is bound by its sequential dependence through S, which parallelism
 // over batch, heads and state columns hides once the grid fills the machine.
 //
-// One CTA takes 32 state columns of one (batch, head). P threads share each group of C
-// columns: thread (g, p) holds columns C g .. C g + C - 1 and the R = dk / P rows
-// 4 P j + 4 p + {0..3} (j < R / 4) of S in f32 registers, so both sums over rows
+// One CTA takes W state columns of one (batch, head). P = dk / 8 threads share each
+// group of C columns: thread (g, p) holds columns C g .. C g + C - 1 and the 8 rows
+// 4 P j + 4 p + {0..3} (j = 0, 1) of S in f32 registers, so both sums over rows
 // (u_c = sum_i a_i S_ic and o_c = sum_i q_i S_ic) end in log2(P) warp shuffles, and P
 // consecutive lanes read P consecutive float4s of a token's row vectors, free of bank
-// conflicts. Two shapes (launch()): where the grid fills the GPU, R = 16 and C = 4, so
-// each float4 read feeds 16 state elements (the shared-memory pipe delivers a quarter of
-// the FMA pipe's operands per cycle); on small grids (one sequence, few heads), R = 8 and
-// C = 1, eight times the threads per head and an eighth of the sequential work per token.
+// conflicts. Two shapes (launch()): where the grid fills the GPU, W = 32 and C = 2, so
+// each float4 read feeds 8 state elements (the shared-memory pipe delivers a quarter of
+// the FMA pipe's operands per cycle); on small grids (one sequence, few heads), W = 16
+// and C = 1, four times the CTAs per head and half the sequential work per token.
 //
 // Tokens arrive in blocks of kTokens through cp.async into a raw staging buffer two
 // blocks ahead of use; each block is converted once per CTA to f32 (q times scale,
@@ -37,12 +37,12 @@ namespace {
 
 using bf16_t = __nv_bfloat16;
 
-constexpr int kColumns = 32;  // state columns per CTA
-constexpr int kTokens = 8;    // tokens per staged block
+constexpr int kRows = 8;    // state rows per thread
+constexpr int kTokens = 8;  // tokens per staged block
 
-template <int P, int C>
+template <int DK, int W, int C>
 constexpr int threads_for() {
-  return kColumns / C * P;
+  return W / C * (DK / kRows);
 }
 
 struct Params {
@@ -59,12 +59,12 @@ struct Params {
 };
 
 // Shared memory, per block of kTokens tokens. Raw (two buffers): q, k, a, b rows then the
-// CTA's 32 columns of v in bf16, and log_w in f32. Converted (one buffer): q * scale, k,
+// CTA's W columns of v in bf16, and log_w in f32. Converted (one buffer): q * scale, k,
 // a, b, w, v in f32.
-template <int DK>
+template <int DK, int W>
 struct Layout {
-  static constexpr int kRawRow = 4 * DK + kColumns;  // bf16 elements per token
-  static constexpr int kRow = 5 * DK + kColumns;     // f32 elements per token
+  static constexpr int kRawRow = 4 * DK + W;  // bf16 elements per token
+  static constexpr int kRow = 5 * DK + W;     // f32 elements per token
   static constexpr int kRawBytes = kTokens * kRawRow * 2;
   static constexpr int kStageBytes = kRawBytes + kTokens * DK * 4;
   static constexpr int kBytes = 2 * kStageBytes + kTokens * kRow * 4;
@@ -74,9 +74,9 @@ struct Layout {
 
 // Issues the copies of token block n (tokens past T and columns past dv are zero-filled,
 // reading nothing). row0: the [B, T, H, .] row of this CTA's token 0, (b T) H + h.
-template <int DK, int kThreads>
+template <int DK, int W, int kThreads>
 __device__ __forceinline__ void stage_block(const Params& p, unsigned char* stage, int64_t row0, int col0, int n) {
-  using L = Layout<DK>;
+  using L = Layout<DK, W>;
   auto* raw = reinterpret_cast<bf16_t*>(stage);
   auto* logw = reinterpret_cast<float*>(stage + L::kRawBytes);
 #pragma unroll
@@ -106,9 +106,9 @@ __device__ __forceinline__ void stage_block(const Params& p, unsigned char* stag
 __device__ __forceinline__ float bf16_low(uint32_t x) { return __uint_as_float(x << 16); }
 __device__ __forceinline__ float bf16_high(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
 
-template <int DK, int kThreads>
+template <int DK, int W, int kThreads>
 __device__ __forceinline__ void convert_block(const Params& p, const unsigned char* stage, float* rows) {
-  using L = Layout<DK>;
+  using L = Layout<DK, W>;
   const auto* raw = reinterpret_cast<const bf16_t*>(stage);
   const auto* logw = reinterpret_cast<const float*>(stage + L::kRawBytes);
 #pragma unroll
@@ -145,10 +145,10 @@ __device__ __forceinline__ float group_sum(float x) {
 
 // One token: u = S^T a, S = diag(w) S + b u^T + k v^T, o = S^T q over this thread's
 // rows and columns (r: the token's converted row vectors), o summed over the group.
-template <int DK, int P, int C>
-__device__ __forceinline__ void token_step(float (&S)[DK / P / 4][4][C], const float* r, int part, int c0,
+template <int DK, int C>
+__device__ __forceinline__ void token_step(float (&S)[kRows / 4][4][C], const float* r, int part, int c0,
                                            float (&o)[C]) {
-  constexpr int J = DK / P / 4;
+  constexpr int P = DK / kRows, J = kRows / 4;
   // Two accumulators per column (even and odd j) halve the dependent FMA chains.
   float u2[2][C] = {};
 #pragma unroll
@@ -197,19 +197,19 @@ __device__ __forceinline__ void store_output(void* out, int64_t at, const float 
   }
 }
 
-template <int DK, int P, int C, bool kF32Out>
-__global__ void __launch_bounds__(kColumns / C * P) dplr_recurrent_kernel(Params p) {
-  using L = Layout<DK>;
-  constexpr int kThreads = threads_for<P, C>();
-  constexpr int J = DK / P / 4;  // float4 row groups per thread
+template <int DK, int W, int C, bool kF32Out>
+__global__ void __launch_bounds__(W / C * (DK / kRows)) dplr_recurrent_kernel(Params p) {
+  using L = Layout<DK, W>;
+  constexpr int kThreads = threads_for<DK, W, C>();
+  constexpr int P = DK / kRows, J = kRows / 4;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto stage = [&](int n) { return smem + (n & 1) * L::kStageBytes; };
   float* rows = reinterpret_cast<float*>(smem + 2 * L::kStageBytes);
 
   const int h = blockIdx.y, b = blockIdx.z;
-  const int col0 = blockIdx.x * kColumns;
+  const int col0 = blockIdx.x * W;
   const int part = threadIdx.x % P, c0 = C * (threadIdx.x / P);  // c0: first column within the CTA's
-  const bool owns = col0 + c0 < p.dv;  // dv is a multiple of 8: a group of C <= 8 is in or out
+  const bool owns = col0 + c0 < p.dv;  // dv is a multiple of 8: a group of C <= 2 is in or out
   const int64_t row0 = static_cast<int64_t>(b) * p.T * p.H + h;
   float* state = p.state + (static_cast<int64_t>(b) * p.H + h) * DK * p.dv + col0 + c0;
 
@@ -223,35 +223,25 @@ __global__ void __launch_bounds__(kColumns / C * P) dplr_recurrent_kernel(Params
         S[j][e][c] = owns ? state[static_cast<int64_t>(4 * P * j + 4 * part + e) * p.dv + c] : 0.f;
 
   const int blocks = (p.T + kTokens - 1) / kTokens;
-  stage_block<DK, kThreads>(p, stage(0), row0, col0, 0);
+  stage_block<DK, W, kThreads>(p, stage(0), row0, col0, 0);
   cp_async_commit();
-  if (blocks > 1) stage_block<DK, kThreads>(p, stage(1), row0, col0, 1);
+  if (blocks > 1) stage_block<DK, W, kThreads>(p, stage(1), row0, col0, 1);
   cp_async_commit();
   for (int n = 0; n < blocks; ++n) {
     cp_async_wait<1>();  // block n has landed (block n + 1 may still be in flight)
     __syncthreads();     // ... for every thread's copies; and block n - 1's rows are consumed
-    convert_block<DK, kThreads>(p, stage(n), rows);
+    convert_block<DK, W, kThreads>(p, stage(n), rows);
     __syncthreads();
-    if (n + 2 < blocks) stage_block<DK, kThreads>(p, stage(n), row0, col0, n + 2);
+    if (n + 2 < blocks) stage_block<DK, W, kThreads>(p, stage(n), row0, col0, n + 2);
     cp_async_commit();  // possibly empty: keeps one group per block for the wait above
 
     const int count = min(kTokens, p.T - n * kTokens);
     const int64_t at0 = (row0 + static_cast<int64_t>(n) * kTokens * p.H) * p.dv + col0 + c0;
     const int64_t step = static_cast<int64_t>(p.H) * p.dv;
-    if (count == kTokens) {
-      // Unrolled, so that one token's output sums overlap the next token's work.
-#pragma unroll
-      for (int tok = 0; tok < kTokens; ++tok) {
-        float o[C];
-        token_step<DK, P, C>(S, rows + tok * L::kRow, part, c0, o);
-        if (part == 0 && owns) store_output<kF32Out, C>(p.o, at0 + tok * step, o);
-      }
-    } else {
-      for (int tok = 0; tok < count; ++tok) {
-        float o[C];
-        token_step<DK, P, C>(S, rows + tok * L::kRow, part, c0, o);
-        if (part == 0 && owns) store_output<kF32Out, C>(p.o, at0 + tok * step, o);
-      }
+    for (int tok = 0; tok < count; ++tok) {
+      float o[C];
+      token_step<DK, C>(S, rows + tok * L::kRow, part, c0, o);
+      if (part == 0 && owns) store_output<kF32Out, C>(p.o, at0 + tok * step, o);
     }
   }
 
@@ -264,22 +254,23 @@ __global__ void __launch_bounds__(kColumns / C * P) dplr_recurrent_kernel(Params
       for (int c = 0; c < C; ++c) state[static_cast<int64_t>(4 * P * j + 4 * part + e) * p.dv + c] = S[j][e][c];
 }
 
-template <int DK, int P, int C, bool kF32Out>
-void launch(const Params& p, int B, int tiles) {
-  constexpr int kBytes = Layout<DK>::kBytes;
+template <int DK, int W, int C, bool kF32Out>
+void launch(const Params& p, int B) {
+  constexpr int kBytes = Layout<DK, W>::kBytes;
   static_assert(kBytes <= 48 * 1024, "above the default shared-memory limit: opt in first");
-  dplr_recurrent_kernel<DK, P, C, kF32Out><<<dim3(tiles, p.H, B), threads_for<P, C>(), kBytes, stream()>>>(p);
+  const int tiles = (p.dv + W - 1) / W;
+  dplr_recurrent_kernel<DK, W, C, kF32Out><<<dim3(tiles, p.H, B), threads_for<DK, W, C>(), kBytes, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("dplr_recurrent_kernel");
 }
 
-// R = 16 rows and C = 4 columns per thread once that gives two CTAs per multiprocessor,
-// else R = 8 and C = 1.
+// 32 columns per CTA, 2 per thread, once that gives two CTAs per multiprocessor; else 16
+// and 1.
 template <int DK>
 void launch(const Params& p, int B, bool f32_out) {
-  const int tiles = (p.dv + kColumns - 1) / kColumns;
-  const bool full = static_cast<int64_t>(tiles) * p.H * B >= 2 * static_cast<int64_t>(device_info().multiprocessors);
-  if (full) f32_out ? launch<DK, DK / 16, 4, true>(p, B, tiles) : launch<DK, DK / 16, 4, false>(p, B, tiles);
-  else f32_out ? launch<DK, DK / 8, 1, true>(p, B, tiles) : launch<DK, DK / 8, 1, false>(p, B, tiles);
+  const int64_t wide_ctas = static_cast<int64_t>(p.dv + 31) / 32 * p.H * B;
+  const bool full = wide_ctas >= 2 * static_cast<int64_t>(device_info().multiprocessors);
+  if (full) f32_out ? launch<DK, 32, 2, true>(p, B) : launch<DK, 32, 2, false>(p, B);
+  else f32_out ? launch<DK, 16, 1, true>(p, B) : launch<DK, 16, 1, false>(p, B);
 }
 
 void check_gpu_tensor(const Tensor& t, DType dtype, const Shape& shape, const char* what) {
