@@ -306,10 +306,20 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     const bool direct_qk = aligned_dim && rows <= kDirectRows;
     float* kt = t.kt.data();
     if (!amx && !direct_qk) TransposeKeys(kbase + k0 * k_row_stride, k_row_stride, kn, Dh, kt, Bkp);
-    for (int64_t j = 0; j < kn && !amx && !aligned_dim; ++j) {
+    // V rows are read once per group of kMaxRows query rows. In place they sit a whole
+    // token's heads apart (often a multiple of 4 KiB, so a block's rows share L1 sets and
+    // evict each other between groups): with more than one group, or a dim that needs
+    // padding, they are first copied (widened) into a contiguous tile.
+    const bool copy_v = !amx && (!aligned_dim || rows > kMaxRows);
+    for (int64_t j = 0; j < kn && copy_v; ++j) {
       const T* vrow = vbase + (k0 + j) * v_row_stride;
       float* dst = t.vs.data() + j * Dp;
-      for (int64_t x = 0; x < Dh; ++x) dst[x] = KVScalar(vrow[x]);
+      if (aligned_dim) {
+        const DF d;
+        for (int64_t x = 0; x < Dh; x += static_cast<int64_t>(hn::Lanes(d))) hn::Store(LoadKV(d, vrow + x), d, dst + x);
+      } else {
+        for (int64_t x = 0; x < Dh; ++x) dst[x] = KVScalar(vrow[x]);
+      }
     }
 
     float* s = t.s.data();
@@ -362,10 +372,10 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
         const float* add = t.amx.o.data() + r * Dh;
         for (int64_t x = 0; x < Dh; x += N) hn::Store(hn::MulAdd(hn::Load(d, o + x), a, hn::LoadU(d, add + x)), d, o + x);
       }
-    } else if (aligned_dim) {
-      pv(vbase + k0 * v_row_stride, v_row_stride);
-    } else {
+    } else if (copy_v) {
       pv(static_cast<const float*>(t.vs.data()), Dp);
+    } else {
+      pv(vbase + k0 * v_row_stride, v_row_stride);
     }
   }
   if (amx) detail::amx_end();
