@@ -65,6 +65,28 @@ bool ElementRule::covers(int64_t q0, int64_t q1, int64_t k0, int64_t k1) const {
   return true;
 }
 
+bool ElementRule::key_ranges(int64_t q_pos, int64_t k_end, int64_t& lo, int64_t& hi, int64_t& sink_hi) const {
+  const bool windowed = window_left >= 0 || window_right >= 0;
+  lo = 0;
+  hi = k_end - 1;
+  if (causal) hi = std::min(hi, q_pos);
+  // Sinks are exempt from the window only: they keep the causal bound.
+  sink_hi = windowed && sinks > 0 ? std::min(sinks - 1, hi) : -1;
+  if (window_left >= 0) lo = std::max(lo, q_pos - window_left);
+  if (window_right >= 0) hi = std::min(hi, q_pos + window_right);
+  if (neighborhood) {
+    // allows() compares coordinates modulo the grid; inside one grid a 1-D undilated
+    // window is the interval [start, start + kernel - 1].
+    if (nbhd.ndim != 1 || nbhd.dilation[0] != 1 || sink_hi >= 0 || q_pos >= nbhd.grid[0] || k_end > nbhd.grid[0])
+      return false;
+    const int64_t start = nbhd.window_start(0, q_pos);
+    lo = std::max(lo, start);
+    hi = std::min(hi, start + nbhd.kernel[0] - 1);
+    if (nbhd.causal[0]) hi = std::min(hi, q_pos);
+  }
+  return true;
+}
+
 double BlockMask::density() const {
   const int64_t denom = dense_block_pairs(*this);
   return denom == 0 ? 0.0 : static_cast<double>(key_blocks.size()) / static_cast<double>(denom);

@@ -56,6 +56,11 @@ struct ElementRule {
   // True only if every pair of the position ranges [q0, q1] x [k0, k1] is allowed, so the
   // executor may skip the per-element test (false is always safe).
   bool covers(int64_t q0, int64_t q1, int64_t k0, int64_t k1) const;
+  // For the query at q_pos and key positions 0..k_end-1: the allowed keys are those in
+  // [lo, hi] or at most sink_hi (each range possibly empty), as allows() would say
+  // element by element. False where the rule has no such form (multi-dimensional or
+  // dilated neighborhoods; sinks beside a neighborhood); then test each element.
+  bool key_ranges(int64_t q_pos, int64_t k_end, int64_t& lo, int64_t& hi, int64_t& sink_hi) const;
 };
 
 struct BlockMask {

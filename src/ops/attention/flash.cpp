@@ -346,10 +346,16 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     for (int64_t r = 0; r < rows; ++r) {
       float* srow = s + r * Bkp;
       if (pb.softcap > 0.f) SoftcapRow(srow, Bkp, pb.softcap);
+      const int64_t qp = t.qpos[static_cast<size_t>(r)];
+      int64_t lo, hi, sink_hi;
       if (full) {
         std::fill(srow + kn, srow + Bkp, ninf);
+      } else if (!pb.key_positions && rule.key_ranges(qp, pb.kv_len, lo, hi, sink_hi)) {
+        for (int64_t j = 0; j < Bkp; ++j) {
+          const int64_t k = k0 + j;
+          if (j >= kn || ((k < lo || k > hi) && k > sink_hi)) srow[j] = ninf;
+        }
       } else {
-        const int64_t qp = t.qpos[static_cast<size_t>(r)];
         for (int64_t j = 0; j < Bkp; ++j)
           if (j >= kn || !rule.allows(qp, kpos(k0 + j))) srow[j] = ninf;
       }

@@ -267,6 +267,42 @@ TEST(FlashAttention, RejectsBadArguments) {
   EXPECT_THROW(a.f32_keys("selector"), Error);
 }
 
+// The executor masks by key_ranges() where the rule has that form; it must say exactly
+// what allows() says element by element, over every query and key position.
+TEST(ElementRule, KeyRangesAgreeWithAllows) {
+  const int64_t T = 150;
+  std::vector<ElementRule> rules(8);
+  rules[0].causal = true;
+  rules[1].window_left = 20;
+  rules[1].window_right = 7;
+  rules[2].causal = true;
+  rules[2].window_left = 33;
+  rules[2].sinks = 4;
+  rules[3].window_left = 0;
+  rules[3].sinks = 200;
+  for (int i = 4; i < 8; ++i) {
+    ElementRule& r = rules[static_cast<size_t>(i)];
+    r.neighborhood = true;
+    r.nbhd.grid[0] = T;
+    r.nbhd.kernel[0] = i == 7 ? 31 : 17;
+    r.nbhd.stride[0] = i == 6 ? 4 : 1;
+    r.nbhd.causal[0] = i == 5;  // causal through the neighborhood alone
+  }
+  rules[7].nbhd.dilation[0] = 3;  // dilated: not a range, must say so
+  for (size_t i = 0; i < rules.size(); ++i) {
+    const ElementRule& r = rules[i];
+    int ranged = 0;
+    for (int64_t q = 0; q < T; ++q) {
+      int64_t lo, hi, sink_hi;
+      if (!r.key_ranges(q, T, lo, hi, sink_hi)) continue;
+      ++ranged;
+      for (int64_t k = 0; k < T; ++k)
+        ASSERT_EQ(r.allows(q, k), (k >= lo && k <= hi) || k <= sink_hi) << "rule " << i << " q " << q << " k " << k;
+    }
+    EXPECT_EQ(ranged, i == 7 ? 0 : T) << "rule " << i;
+  }
+}
+
 TEST(BlockMask, ValidateRejectsUnsortedRows) {
   BlockMask m = attn::dense_mask(10, 100, false, 0, 10, 10);
   ASSERT_NO_THROW(m.validate());
