@@ -43,9 +43,27 @@ class AlignedFloats {
   hwy::AlignedFreeUniquePtr<float[]> p_;
 };
 
+// A key block made ready for the tile kernel: K transposed ([Dh, Bk], padded) and,
+// when filled, V widened into a contiguous [Bk, Dh] tile. Query blocks of one head visit
+// overlapping key blocks under sliding-window, neighborhood and block-sparse masks (each
+// key block of a 512-token window is visited by 8 query blocks), so each thread keeps the
+// last few it prepared.
+struct PreparedBlock {
+  AlignedFloats kt, vs;
+  const void* keys = nullptr;  // the head's first key; with block, the tag
+  int64_t block = -1;
+  bool has_v = false;
+  uint64_t last_use = 0;
+};
+constexpr size_t kPreparedBlocks = 8;
+// Up to this many query rows, Q·K^T is computed as dot products over untransposed keys.
+constexpr int64_t kDirectRows = 8;
+
 // Per-thread tile buffers, allocated once per call.
 struct Tile {
-  AlignedFloats q, kt, vs, s, o;
+  std::vector<PreparedBlock> prepared;  // only for tiles of more than kDirectRows rows
+  uint64_t uses = 0;
+  AlignedFloats q, s, o;
   std::vector<float> m, l, alpha;
   std::vector<int64_t> qpos;
   std::vector<int32_t> blocks;
@@ -78,8 +96,7 @@ using VF = hn::Vec<DF>;
 // Register tile width in vectors: AVX-512 has 32 registers, AVX2 and below 16.
 constexpr int kMaxCols = HWY_TARGET <= HWY_AVX3 ? 4 : 2;
 constexpr int kMaxRows = 4;
-// Up to this many query rows, Q·K^T is computed as dot products over untransposed keys.
-constexpr int64_t kDirectRows = 8;
+using detail::kDirectRows;
 
 // One vector of keys or values as stored (f32 or bf16), widened to f32: bf16 is the high
 // half of an f32, so widening is a zero-extension and a shift.
@@ -224,10 +241,10 @@ HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t
       return hn::BitCast(d, hn::ShiftLeft<16>(bits));
     }
   };
+  const int64_t depth4 = depth / 4 * 4;
   for (; j + 4 <= keys; j += 4) {
     const T* k0 = k + j * k_stride;
-    int64_t x = 0;
-    for (; x + 4 <= depth; x += 4) {
+    for (int64_t x = 0; x < depth4; x += 4) {
       const auto r0 = load4(k0 + x), r1 = load4(k0 + k_stride + x);
       const auto r2 = load4(k0 + 2 * k_stride + x), r3 = load4(k0 + 3 * k_stride + x);
       const auto t0 = hn::InterleaveLower(d, r0, r1), t1 = hn::InterleaveLower(d, r2, r3);
@@ -237,7 +254,7 @@ HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t
       hn::StoreU(hn::ConcatLowerLower(d, t3, t2), d, kt + (x + 2) * ldk + j);
       hn::StoreU(hn::ConcatUpperUpper(d, t3, t2), d, kt + (x + 3) * ldk + j);
     }
-    for (; x < depth; ++x)
+    for (int64_t x = depth4; x < depth; ++x)
       for (int64_t i = 0; i < 4; ++i) kt[x * ldk + j + i] = KVScalar(k0[i * k_stride + x]);
   }
 #endif
@@ -282,6 +299,51 @@ HWY_INLINE void SoftcapRow(float* HWY_RESTRICT s, int64_t cols, float cap) {
   for (int64_t j = 0; j < cols; j += N) hn::Store(hn::Mul(vc, hn::Tanh(d, hn::Mul(hn::Load(d, s + j), inv))), d, s + j);
 }
 
+// V rows [j < keys] widened into a contiguous f32 tile of row length Dp.
+template <class T>
+HWY_INLINE void CopyValues(const T* HWY_RESTRICT v, int64_t v_stride, int64_t keys, int64_t Dh, int64_t Dp,
+                           float* HWY_RESTRICT vs) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t j = 0; j < keys; ++j) {
+    const T* vrow = v + j * v_stride;
+    float* dst = vs + j * Dp;
+    if (Dh == Dp) {
+      for (int64_t x = 0; x < Dh; x += N) hn::Store(LoadKV(d, vrow + x), d, dst + x);
+    } else {
+      for (int64_t x = 0; x < Dh; ++x) dst[x] = KVScalar(vrow[x]);
+    }
+  }
+}
+
+// The thread's prepared copy of key block `block` of the head at kbase: found among the
+// last kPreparedBlocks, else made in the least recently used slot. V is copied only when
+// the caller reads it from the tile (with_v) and no earlier use copied it.
+template <class T>
+detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, const T* vbase, int64_t v_stride,
+                                    int64_t block, int64_t k0, int64_t kn, int64_t Dh, int64_t Dp, int64_t Bkp,
+                                    bool with_v) {
+  detail::PreparedBlock* slot = nullptr;
+  for (detail::PreparedBlock& p : t.prepared)
+    if (p.keys == kbase && p.block == block) slot = &p;
+  if (!slot) {
+    slot = &t.prepared.front();
+    for (detail::PreparedBlock& p : t.prepared)
+      if (p.last_use < slot->last_use) slot = &p;
+    TransposeKeys(kbase + k0 * k_stride, k_stride, kn, Dh, slot->kt.data(), Bkp);
+    for (int64_t x = 0; x < Dh; ++x) std::fill(slot->kt.data() + x * Bkp + kn, slot->kt.data() + (x + 1) * Bkp, 0.f);
+    slot->keys = kbase;
+    slot->block = block;
+    slot->has_v = false;
+  }
+  if (with_v && !slot->has_v) {
+    CopyValues(vbase + k0 * v_stride, v_stride, kn, Dh, Dp, slot->vs.data());
+    slot->has_v = true;
+  }
+  slot->last_use = ++t.uses;
+  return *slot;
+}
+
 // Runs `rows` query rows already in tile.q (pre-scaled, positions in tile.qpos, running
 // state in tile.o / m / l) over the listed key blocks of one key/value head.
 // kDh > 0 fixes the head dimension at compile time (the 64 and 128 fast paths); T is the
@@ -304,22 +366,23 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     // unless there are only a few query rows.
     const bool aligned_dim = Dh == Dp;
     const bool direct_qk = aligned_dim && rows <= kDirectRows;
-    float* kt = t.kt.data();
-    if (!amx && !direct_qk) TransposeKeys(kbase + k0 * k_row_stride, k_row_stride, kn, Dh, kt, Bkp);
     // V rows are read once per group of kMaxRows query rows. In place they sit a whole
     // token's heads apart (often a multiple of 4 KiB, so a block's rows share L1 sets and
     // evict each other between groups): with more than one group, or a dim that needs
     // padding, they are first copied (widened) into a contiguous tile.
     const bool copy_v = !amx && (!aligned_dim || rows > kMaxRows);
-    for (int64_t j = 0; j < kn && copy_v; ++j) {
-      const T* vrow = vbase + (k0 + j) * v_row_stride;
-      float* dst = t.vs.data() + j * Dp;
-      if (aligned_dim) {
-        const DF d;
-        for (int64_t x = 0; x < Dh; x += static_cast<int64_t>(hn::Lanes(d))) hn::Store(LoadKV(d, vrow + x), d, dst + x);
-      } else {
-        for (int64_t x = 0; x < Dh; ++x) dst[x] = KVScalar(vrow[x]);
-      }
+    float* kt = nullptr;
+    float* vs = nullptr;
+    if (!amx && !direct_qk) {
+      detail::PreparedBlock& pbk = PrepareBlock(t, kbase, k_row_stride, vbase, v_row_stride, blocks[bi], k0, kn, Dh,
+                                                Dp, Bkp, copy_v);
+      kt = pbk.kt.data();
+      vs = pbk.vs.data();
+    } else if (copy_v) {
+      // Slot 0's V tile as scratch: its K stays prepared, its V is copied again on reuse.
+      t.prepared.front().has_v = false;
+      vs = t.prepared.front().vs.data();
+      CopyValues(vbase + k0 * v_row_stride, v_row_stride, kn, Dh, Dp, vs);
     }
 
     float* s = t.s.data();
@@ -334,7 +397,6 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
         QKDirect<kMaxRows>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
       for (; r0 < rows; ++r0) QKDirect<1>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
     } else {
-      for (int64_t x = 0; x < Dh; ++x) std::fill(kt + x * Bkp + kn, kt + (x + 1) * Bkp, 0.f);
       int64_t r0 = 0;
       for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
         QKRows<kMaxRows>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
@@ -379,7 +441,7 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
         for (int64_t x = 0; x < Dh; x += N) hn::Store(hn::MulAdd(hn::Load(d, o + x), a, hn::LoadU(d, add + x)), d, o + x);
       }
     } else if (copy_v) {
-      pv(static_cast<const float*>(t.vs.data()), Dp);
+      pv(static_cast<const float*>(vs), Dp);
     } else {
       pv(vbase + k0 * v_row_stride, v_row_stride);
     }
@@ -433,8 +495,13 @@ std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb, int64_t ma
   for (Tile& t : tiles) {
     const size_t rows = static_cast<size_t>(max_rows);
     t.q.assign(rows * static_cast<size_t>(pb.padded_dim), 0.f);
-    t.kt.assign(static_cast<size_t>(pb.padded_dim * pb.padded_k_block), 0.f);
-    t.vs.assign(static_cast<size_t>(pb.padded_k_block * pb.padded_dim), 0.f);
+    // Tiles of more than kDirectRows rows keep kPreparedBlocks key blocks; smaller ones
+    // (decode) one, used only when the head dim needs padding.
+    t.prepared.resize(max_rows > detail::kDirectRows ? detail::kPreparedBlocks : 1);
+    for (detail::PreparedBlock& p : t.prepared) {
+      p.kt.assign(static_cast<size_t>(pb.padded_dim * pb.padded_k_block), 0.f);
+      p.vs.assign(static_cast<size_t>(pb.padded_k_block * pb.padded_dim), 0.f);
+    }
     t.s.assign(rows * static_cast<size_t>(pb.padded_k_block), 0.f);
     t.o.assign(rows * static_cast<size_t>(pb.padded_dim), 0.f);
     t.m.assign(rows, 0.f);

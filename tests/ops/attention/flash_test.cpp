@@ -45,7 +45,8 @@ TEST(FlashAttention, DenseCausalAndFullOverSizes) {
     auto rng = rng_for_test();
     struct Size { int64_t T, Dh, Hq, Hkv; };
     for (const Size s : {Size{1, 64, 2, 2}, Size{17, 32, 4, 1}, Size{100, 80, 4, 4}, Size{100, 128, 8, 2},
-                         Size{61, 256, 2, 1}, Size{33, 72, 3, 3}, Size{23, 34, 2, 1}}) {
+                         Size{61, 256, 2, 1}, Size{33, 72, 3, 3}, Size{23, 34, 2, 1},
+                         Size{39, 64, 4, 1}}) {
       for (bool causal : {true, false}) {
         const DType kv = kKVTypes[causal];  // each size with both K/V dtypes
         AttnProblem p(rng, 2, s.T, s.T, s.Hq, s.Hkv, s.Dh, kv);
