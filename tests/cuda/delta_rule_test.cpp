@@ -72,12 +72,6 @@ std::vector<double> reference_run(const Case& c, const Inputs& in, std::vector<d
                                opt.scale, state);
 }
 
-double max_abs(const std::vector<double>& v) {
-  double m = 1e-30;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-
 void expect_near_reference(const std::vector<double>& got, const std::vector<double>& want, const std::string& what) {
   expect_close(got, want, 1e-2, 2e-2 * max_abs(want), what);
 }

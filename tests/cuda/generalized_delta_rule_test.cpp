@@ -76,12 +76,6 @@ std::vector<double> reference_run(const Case& c, const Inputs& in, std::vector<d
                                            to_double(in.b), to_double(in.log_w), c.scale, state);
 }
 
-double max_abs(const std::vector<double>& v) {
-  double m = 1e-30;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-
 void expect_near_reference(const std::vector<double>& got, const std::vector<double>& want, DType dtype,
                            const std::string& what) {
   const double rtol = dtype == DType::bf16 ? 1e-3 + 1.0 / 256 : 1e-3;

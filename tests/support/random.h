@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -84,6 +85,13 @@ inline std::vector<double> to_double(const Tensor& t) {
     ADD_FAILURE() << "to_double: unsupported dtype " << c.str();
   }
   return v;
+}
+
+// The largest |v| (at least 1e-30), the scale of an absolute tolerance.
+inline double max_abs(const std::vector<double>& v) {
+  double m = 1e-30;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
 }
 
 // Expects every element finite and |got - want| <= atol + rtol * |want|. Reports the

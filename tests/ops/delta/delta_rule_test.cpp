@@ -33,12 +33,6 @@ struct Case {
   float gate_lo = -0.5f, gate_hi = 0.f;
 };
 
-double max_abs(const std::vector<double>& v) {
-  double m = 1e-30;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-
 void check_case(const Case& c, bool all_targets = true) {
   const auto& s = c.s;
   SCOPED_TRACE("B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " Hq/Hk/Hv=" + std::to_string(s.Hq) + "/" +

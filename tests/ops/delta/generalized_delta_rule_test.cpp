@@ -34,12 +34,6 @@ struct Case {
   bool rwkv_low_rank = true;  // else a, b uniform in +-0.5 / sqrt(dk)
 };
 
-double max_abs(const std::vector<double>& v) {
-  double m = 1e-30;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-
 // a = -kappa, b = kappa * eta for kappa a unit vector per (b, t, h).
 void rwkv_low_rank(std::mt19937_64& rng, const Case& c, Tensor& a, Tensor& b) {
   const Shape shape{c.B, c.T, c.H, c.dk};

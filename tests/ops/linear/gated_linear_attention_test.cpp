@@ -36,12 +36,6 @@ struct Case {
   float gate_lo = -0.5f, gate_hi = 0.f;  // range of log a for per-token gates
 };
 
-double max_abs(const std::vector<double>& v) {
-  double m = 1e-30;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-
 std::string describe(const Case& c) {
   return "B=" + std::to_string(c.s.B) + " T=" + std::to_string(c.s.T) + " Hq/Hk/Hv=" + std::to_string(c.s.Hq) + "/" +
          std::to_string(c.s.Hk) + "/" + std::to_string(c.s.Hv) + " dk=" + std::to_string(c.s.dk) +
