@@ -61,7 +61,7 @@ constexpr int64_t kDirectRows = 8;
 
 // Per-thread tile buffers, allocated once per call.
 struct Tile {
-  std::vector<PreparedBlock> prepared;  // only for tiles of more than kDirectRows rows
+  std::vector<PreparedBlock> prepared;  // kPreparedBlocks slots; one for decode tiles (make_tiles)
   uint64_t uses = 0;
   AlignedFloats q, s, o;
   std::vector<float> m, l, alpha;
