@@ -1,11 +1,11 @@
 // The generalized (DPLR) delta rule, token by token, with the state in registers.
 //
-// Why the recurrence and not a chunked tensor-core form: per token and head the
-// recurrence does about 5 dk dv multiply-adds (u = S^T a, the update, o = S^T q), and the
-// chunked DPLR form as many or more at dk = 64 (RWKV-7's head size) besides four
-// intra-chunk matrices and a triangular solve per chunk (docs/architecture.md). On the
-// GPU the recurrence is bound by its sequential dependence through S, which parallelism
-// over batch, heads and state columns hides once the grid fills the machine.
+// Per token and head the recurrence does about 5 dk dv multiply-adds (u = S^T a, the
+// update, o = S^T q) on CUDA cores, bound by its sequential dependence through S, which
+// parallelism over batch, heads and state columns hides only once the grid fills the GPU.
+// A chunked form does as many FLOPs at dk = 64 but most of them on tensor cores, and wins
+// prefill (fla's chunk_rwkv7 is 1.1-2.4x faster on an H200, docs/benchmarks.md); this
+// kernel is the decode path and the prefill path until such a form exists here.
 //
 // One CTA takes W state columns of one (batch, head). P = dk / 8 threads share each
 // group of C columns: thread (g, p) holds columns C g .. C g + C - 1 and the 8 rows
