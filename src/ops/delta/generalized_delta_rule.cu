@@ -79,26 +79,26 @@ __device__ __forceinline__ void stage_block(const Params& p, unsigned char* stag
   using L = Layout<DK, W>;
   auto* raw = reinterpret_cast<bf16_t*>(stage);
   auto* logw = reinterpret_cast<float*>(stage + L::kRawBytes);
-#pragma unroll
-  for (int tok = 0; tok < kTokens; ++tok) {
+  // One flat loop over (token, piece): a loop per token would leave most threads idle
+  // (a token has about 3 pieces per 8 threads) and cost each of them the loop control.
+  for (int i = threadIdx.x; i < kTokens * L::kChunks; i += kThreads) {
+    const int tok = i / L::kChunks, c = i % L::kChunks;
     const int t = n * kTokens + tok;
     const bool valid = t < p.T;
     const int64_t row = valid ? row0 + static_cast<int64_t>(t) * p.H : 0;
-    for (int c = threadIdx.x; c < L::kChunks; c += kThreads) {
-      if (c < L::kRawChunks) {
-        const int e = 8 * c, which = e / DK;  // q, k, a, b, then v
-        if (which < 4) {
-          const bf16_t* src = which == 0 ? p.q : which == 1 ? p.k : which == 2 ? p.a : p.b;
-          cp_async_16(raw + tok * L::kRawRow + e, src + row * DK + e % DK, valid);
-        } else {
-          const int col = col0 + e - 4 * DK;
-          const bool in = valid && col < p.dv;
-          cp_async_16(raw + tok * L::kRawRow + e, p.v + (in ? row * p.dv + col : 0), in);
-        }
+    if (c < L::kRawChunks) {
+      const int e = 8 * c, which = e / DK;  // q, k, a, b, then v
+      if (which < 4) {
+        const bf16_t* src = which == 0 ? p.q : which == 1 ? p.k : which == 2 ? p.a : p.b;
+        cp_async_16(raw + tok * L::kRawRow + e, src + row * DK + e % DK, valid);
       } else {
-        const int e = 4 * (c - L::kRawChunks);
-        cp_async_16(logw + tok * DK + e, p.log_w + row * DK + e, valid);
+        const int col = col0 + e - 4 * DK;
+        const bool in = valid && col < p.dv;
+        cp_async_16(raw + tok * L::kRawRow + e, p.v + (in ? row * p.dv + col : 0), in);
       }
+    } else {
+      const int e = 4 * (c - L::kRawChunks);
+      cp_async_16(logw + tok * DK + e, p.log_w + row * DK + e, valid);
     }
   }
 }
@@ -111,26 +111,24 @@ __device__ __forceinline__ void convert_block(const Params& p, const unsigned ch
   using L = Layout<DK, W>;
   const auto* raw = reinterpret_cast<const bf16_t*>(stage);
   const auto* logw = reinterpret_cast<const float*>(stage + L::kRawBytes);
-#pragma unroll
-  for (int tok = 0; tok < kTokens; ++tok) {
+  for (int i = threadIdx.x; i < kTokens * L::kChunks; i += kThreads) {
+    const int tok = i / L::kChunks, c = i % L::kChunks;
     float* row = rows + tok * L::kRow;
-    for (int c = threadIdx.x; c < L::kChunks; c += kThreads) {
-      if (c < L::kRawChunks) {
-        const int e = 8 * c;
-        const uint4 x = *reinterpret_cast<const uint4*>(raw + tok * L::kRawRow + e);
-        const float f = e < DK ? p.scale : 1.f;
-        // q, k, a, b keep their offsets; v moves past w (at 4 dk) to 5 dk.
-        float* dst = row + (e < 4 * DK ? e : e + DK);
-        *reinterpret_cast<float4*>(dst) =
-            make_float4(f * bf16_low(x.x), f * bf16_high(x.x), f * bf16_low(x.y), f * bf16_high(x.y));
-        *reinterpret_cast<float4*>(dst + 4) =
-            make_float4(f * bf16_low(x.z), f * bf16_high(x.z), f * bf16_low(x.w), f * bf16_high(x.w));
-      } else {
-        const int e = 4 * (c - L::kRawChunks);
-        const float4 lw = *reinterpret_cast<const float4*>(logw + tok * DK + e);
-        *reinterpret_cast<float4*>(row + 4 * DK + e) =
-            make_float4(__expf(lw.x), __expf(lw.y), __expf(lw.z), __expf(lw.w));
-      }
+    if (c < L::kRawChunks) {
+      const int e = 8 * c;
+      const uint4 x = *reinterpret_cast<const uint4*>(raw + tok * L::kRawRow + e);
+      const float f = e < DK ? p.scale : 1.f;
+      // q, k, a, b keep their offsets; v moves past w (at 4 dk) to 5 dk.
+      float* dst = row + (e < 4 * DK ? e : e + DK);
+      *reinterpret_cast<float4*>(dst) =
+          make_float4(f * bf16_low(x.x), f * bf16_high(x.x), f * bf16_low(x.y), f * bf16_high(x.y));
+      *reinterpret_cast<float4*>(dst + 4) =
+          make_float4(f * bf16_low(x.z), f * bf16_high(x.z), f * bf16_low(x.w), f * bf16_high(x.w));
+    } else {
+      const int e = 4 * (c - L::kRawChunks);
+      const float4 lw = *reinterpret_cast<const float4*>(logw + tok * DK + e);
+      *reinterpret_cast<float4*>(row + 4 * DK + e) =
+          make_float4(__expf(lw.x), __expf(lw.y), __expf(lw.z), __expf(lw.w));
     }
   }
 }
