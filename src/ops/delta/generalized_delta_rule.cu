@@ -4,8 +4,9 @@
 // update, o = S^T q) on CUDA cores, bound by its sequential dependence through S, which
 // parallelism over batch, heads and state columns hides only once the grid fills the GPU.
 // A chunked form does as many FLOPs at dk = 64 but most of them on tensor cores, and wins
-// prefill (fla's chunk_rwkv7 is 1.1-2.4x faster on an H200, docs/benchmarks.md); this
-// kernel is the decode path and the prefill path until such a form exists here.
+// prefill of one or two sequences (fla's chunk_rwkv7 is 1.6-1.7x faster there on an H200,
+// docs/benchmarks.md); this kernel is the decode path, and the prefill path until such a
+// form exists here.
 //
 // One CTA takes W state columns of one (batch, head). P = dk / 8 threads share each
 // group of C columns: thread (g, p) holds columns C g .. C g + C - 1 and the 8 rows
