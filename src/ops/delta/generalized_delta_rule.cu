@@ -16,7 +16,7 @@
 // conflicts. Two shapes (launch()): where the grid fills the GPU, W = 32 and C = 2, so
 // each float4 read feeds 8 state elements (the shared-memory pipe delivers a quarter of
 // the FMA pipe's operands per cycle); on small grids (one sequence, few heads), W = 16
-// and C = 1, four times the CTAs per head and half the sequential work per token.
+// and C = 1, twice the CTAs per head and half the sequential work per thread and token.
 //
 // Tokens arrive in blocks of kTokens through cp.async into a raw staging buffer two
 // blocks ahead of use; each block is converted once per CTA to f32 (q times scale,
