@@ -14,6 +14,7 @@ namespace {
 struct ScanCase {
   int64_t batch, T, D, N, G;
   bool with_skip, with_gate, with_bias, softplus;
+  float dt_lo = -3.f, dt_hi = 0.5f;  // raw dt range when softplus is applied
 };
 
 struct ScanData {
@@ -32,7 +33,7 @@ ScanData make_scan(const ScanCase& c, std::mt19937_64& rng) {
   const size_t btgn = static_cast<size_t>(c.batch * c.T * c.G * c.N);
   // Without softplus dt is used as given, so it must be positive (a step, not a growth).
   const auto x = uniform(rng, btd), z = uniform(rng, btd, -2.f, 2.f);
-  const auto dt = c.softplus ? uniform(rng, btd, -3.f, 0.5f) : uniform(rng, btd, 0.01f, 0.3f);
+  const auto dt = c.softplus ? uniform(rng, btd, c.dt_lo, c.dt_hi) : uniform(rng, btd, 0.01f, 0.3f);
   const auto A = uniform(rng, static_cast<size_t>(c.D * c.N), -2.f, -0.05f);
   const auto B = uniform(rng, btgn), C = uniform(rng, btgn);
   const auto D = uniform(rng, static_cast<size_t>(c.D));
@@ -74,9 +75,10 @@ TEST(CudaSelectiveScan, MatchesReferenceOnAwkwardSizes) {
   run_scan({1, 3, 64, 1, 1, true, false, false, true});
   run_scan({2, 127, 37, 16, 1, true, true, true, true});
   run_scan({1, 1000, 48, 16, 1, true, true, true, true});   // several time chunks
-  run_scan({1, 1000, 48, 64, 4, false, true, true, false});  // groups, 4 slices per channel
-  run_scan({2, 300, 6, 256, 2, true, true, false, true});    // largest N: 16 slices
-  run_scan({1, 2000, 20, 24, 5, true, false, true, true});   // N not a multiple of the 16-state slice
+  run_scan({1, 1000, 48, 64, 4, false, true, true, false});  // groups, 16 lanes per channel
+  run_scan({2, 300, 6, 256, 2, true, true, false, true});    // largest N: 32 lanes of 8 states
+  run_scan({1, 2000, 20, 24, 5, true, false, true, true});   // N padded to 8 lanes of 4 states
+  run_scan({2, 200, 40, 16, 1, true, true, true, true, -40.f, 40.f});  // softplus far into both tails
 }
 
 TEST(CudaSelectiveScan, ConsecutiveCallsContinueTheSequence) {

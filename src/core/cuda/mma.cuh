@@ -1,5 +1,5 @@
 // Tensor-core and async-copy building blocks (sm_80+) shared by the CUDA kernels:
-// cp.async 16-byte copies, ldmatrix, and the bf16 m16n8k16 mma with f32 accumulators.
+// cp.async 16- and 4-byte copies, ldmatrix, and the bf16 m16n8k16 mma with f32 accumulators.
 // Fragment layouts are those of the PTX ISA for mma.m16n8k16 (row.col).
 #pragma once
 
@@ -18,6 +18,11 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
                "r"(valid ? 16 : 0));
+}
+// The same for 4 bytes (through L1): single floats, e.g. rows that need not be aligned.
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>

@@ -82,13 +82,6 @@ __device__ __forceinline__ void load_f32_tile(float* s, const float* g, int64_t 
                                 2 * ld, valid);
 }
 
-// Copies 4 bytes global -> shared asynchronously (zeros when !valid; the source must
-// still be a valid address): the per-token gates, which are H floats apart.
-__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
-               "r"(valid ? 4 : 0));
-}
-
 struct TokenGate {
   float g;  // log2 a
   float w;  // value scale

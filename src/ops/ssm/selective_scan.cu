@@ -1,16 +1,27 @@
-// Selective scan, parallel over (batch, channel, 16-state slice) threads and over time
-// chunks. A thread keeps its 16 states in registers; the lanes holding one channel's
-// slices sum y with warp shuffles. When batch x channels alone cannot fill the GPU,
-// time is cut into chunks and scanned in three passes:
-//   1. each chunk's end state from a zero start, and its sum of dt (the chunk's decay is
-//      exp(A * sum dt), computed in log space),
-//   2. a short sequential pass over chunks turns these into each chunk's start state,
-//   3. each chunk rescans from its true start state and writes y.
-// Pass 1 re-reads x, dt and B: the price of parallelism over time at small batch.
-// B and C rows are shared by the channels of a group: read through L1 (broadcast).
+// Selective scan, parallel over (batch, channel, state slice) lanes and over time chunks.
+//
+// L adjacent lanes share a channel, each holding SPL of its N states in registers; a
+// block of kThreads lanes owns kThreads / L channels. Time runs through shared memory in
+// tiles of `tile` tokens, loaded by cp.async one tile ahead: the x, dt and z rows of the
+// block's channels and the B and C rows of the groups they read. Per tile the block
+//   1. turns dt into softplus(dt + bias), u = dt x and z into silu(z), once per element
+//      (not once per lane: these cost special-function ops too),
+//   2. scans: per step a lane spends SPL exp2 and FMAs, and the L lanes of a channel sum
+//      sum_n C h with shuffles,
+//   3. writes y = (sum_n C h + D x) silu(z) with coalesced stores.
+// With N = 16, four lanes of four states per channel keep a step near one instruction per
+// exp2, the special-function rate. When batch x channel blocks cannot fill the GPU, time
+// is cut into chunks, three passes:
+//   a. each chunk's end state from a zero start and its sum of dt (the kernel without
+//      outputs),
+//   b. a short sequential pass over chunks turns these into each chunk's start state,
+//   c. each chunk rescans from its true start state and writes y.
+// Passes a and c both spend the exps, so chunking doubles the work: it is used only where
+// the grid alone would leave most of the GPU idle.
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <initializer_list>
 #include <string>
 
 #include "src/core/cuda/check.cuh"
@@ -22,19 +33,10 @@ namespace subq::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kSlice = 16;  // states per thread
-// Steps ahead whose inputs are prefetched into L1: a thread's scan is a chain of
-// dependent steps, and few threads fit per SM, so without it every step waits a full
-// DRAM round trip. The time loops are not unrolled: unrolling 2 or 4 steps took the
-// registers from 110 to 143 / 163 (fewer resident warps) and cost 1.2-1.4x on an H200
-// (2026-12-02). The explicit minimum of 1 block per SM in the launch bounds matters: with
-// it ptxas gives the output pass 110 registers, without it 80 and 1.25x the time (the
-// extra resident warps then likely share L1 among more prefetched steps; not profiled).
-// Hoisting dt's softplus into an element-wise pass and stepping pointers
-// instead of indexing (179 instead of 248 instructions per step, 77 registers) measured
-// 0.82-0.91x of this form in the same call: not kept.
-constexpr int kAhead = 16;
 constexpr float kLog2e = 1.4426950408889634f;
+// Shared memory per block that picks the tile length (below the 48 KB that needs no
+// opt-in; at N = 16 and G = 1 it gives 32-token tiles and 6 blocks per SM).
+constexpr int kSmemBudget = 48 * 1024;
 
 struct Params {
   const float *x, *dt, *A, *B, *C, *Dskip, *z, *dt_bias;
@@ -44,106 +46,246 @@ struct Params {
   float* chunk_start;  // [batch, chunks, D, N]: true start state of each chunk
   float* chunk_dtsum;  // [batch, chunks, D]
   int T, D, N, G, chunk_len, chunks;
+  int tile;              // tokens per shared-memory tile
+  int groups_per_block;  // B and C groups a block's channels can span
   bool softplus;
 };
 
-__device__ __forceinline__ float effective_dt(bool softplus, float raw, float bias) {
-  const float v = raw + bias;
-  return softplus ? (v <= 20.f ? log1pf(__expf(v)) : v) : v;
-}
-
-// This thread's (batch, channel, slice, chunk); lanes of one channel are adjacent.
-template <int S>
-struct Slot {
-  int b, d, n0, chunk, t0, t1;
-  bool valid;
-  __device__ Slot(const Params& p) {
-    const int local = threadIdx.x / S;
-    n0 = (threadIdx.x % S) * kSlice;
-    const int channel = blockIdx.x * (kThreads / S) + local;
-    valid = channel < p.D;
-    d = valid ? channel : p.D - 1;  // idle lanes still join the shuffles
-    b = blockIdx.y;
-    chunk = blockIdx.z;
-    t0 = chunk * p.chunk_len;
-    t1 = min(p.T, t0 + p.chunk_len);
-  }
+// Floats of shared memory: two stages of x, dt, z tiles [tile][channels] and B, C tiles
+// [tile][groups][padded N], then u [tile][channels].
+struct TileLayout {
+  int channels, states, tile, groups;
+  __host__ __device__ int xdz() const { return tile * channels; }
+  __host__ __device__ int bc() const { return tile * groups * states; }
+  __host__ __device__ int stage() const { return 3 * xdz() + 2 * bc(); }
+  __host__ __device__ int floats() const { return 2 * stage() + xdz(); }
 };
 
-// 16 consecutive entries of a B or C row from n0; zeros past N, so states past N stay 0.
-// kVec: N % 4 == 0 and 16-byte aligned rows, read as float4.
-template <bool kVec>
-__device__ __forceinline__ void load_slice(float (&v)[kSlice], const float* __restrict__ row, int n0, int N) {
-  if constexpr (kVec) {
+// softplus(v) = max(v, 0) + log1p(w), w = exp(-|v|) in (0, 1], with log1p(w) =
+// 2 atanh(s), s = w / (2 + w) <= 1/3, as its odd series to s^15 (next term below 2^-26
+// relative): a few ulp like log1pf, at a third of its instructions and without its
+// branches. (w below 2^-126 flushes to 0: softplus is then max(v, 0), off by < 2^-126.)
+__device__ __forceinline__ float softplus(float v) {
+  const float w = fast_exp2(-fabsf(v) * kLog2e);
+  const float s = __fdividef(w, 2.f + w), s2 = s * s;
+  float p = 1.f / 15;
+  p = fmaf(p, s2, 1.f / 13);
+  p = fmaf(p, s2, 1.f / 11);
+  p = fmaf(p, s2, 1.f / 9);
+  p = fmaf(p, s2, 1.f / 7);
+  p = fmaf(p, s2, 1.f / 5);
+  p = fmaf(p, s2, 1.f / 3);
+  p = fmaf(p, s2, 1.f);
+  return fmaf(2.f * s, p, fmaxf(v, 0.f));
+}
+
+__device__ __forceinline__ float effective_dt(bool softplus_dt, float raw, float bias) {
+  const float v = raw + bias;
+  return softplus_dt ? softplus(v) : v;
+}
+
+// SPL consecutive floats of shared memory, 16-byte aligned.
+template <int SPL>
+__device__ __forceinline__ void load_states(float (&v)[SPL], const float* s) {
 #pragma unroll
-    for (int i = 0; i < kSlice; i += 4) {
-      const float4 q = n0 + i < N ? __ldg(reinterpret_cast<const float4*>(row + n0 + i)) : make_float4(0, 0, 0, 0);
-      v[i] = q.x;
-      v[i + 1] = q.y;
-      v[i + 2] = q.z;
-      v[i + 3] = q.w;
-    }
+  for (int i = 0; i < SPL; i += 4) {
+    const float4 q = *reinterpret_cast<const float4*>(s + i);
+    v[i] = q.x;
+    v[i + 1] = q.y;
+    v[i + 2] = q.z;
+    v[i + 3] = q.w;
+  }
+}
+
+// Steps scanned as one group: L (up to 8), so that channel_sum spreads the group's L sums
+// over the channel's L lanes; one step per group for wider channels.
+constexpr int steps_per_group(int L) { return L <= 8 ? L : 1; }
+
+// Sums y[r] over the L lanes of a channel. R == L: a reduce-scatter in log2(L) rounds of
+// halving (L - 1 shuffles per lane for L steps); the lane ends with step `slice`'s sum in
+// y[0] and returns slice. R == 1: a butterfly; lane 0 returns step 0, the others -1.
+template <int L, int R>
+__device__ __forceinline__ int channel_sum(float (&y)[R], int slice) {
+  if constexpr (R == 1) {
+#pragma unroll
+    for (int m = 1; m < L; m <<= 1) y[0] += __shfl_xor_sync(0xffffffffu, y[0], m);
+    return slice == 0 ? 0 : -1;
   } else {
+    static_assert(R == L);
 #pragma unroll
-    for (int i = 0; i < kSlice; ++i) v[i] = n0 + i < N ? __ldg(row + n0 + i) : 0.f;
-  }
-}
-
-__device__ __forceinline__ void prefetch_l1(const float* p) {
-  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
-}
-
-__device__ __forceinline__ void load_decay(float (&a2)[kSlice], const Params& p, int d, int n0) {
+    for (int m = L / 2, half = L / 2; m >= 1; m /= 2, half /= 2) {
+      const bool upper = slice & m;
 #pragma unroll
-  for (int i = 0; i < kSlice; ++i) a2[i] = n0 + i < p.N ? p.A[static_cast<int64_t>(d) * p.N + n0 + i] * kLog2e : 0.f;
-}
-
-// Pass 1: end state of each chunk from a zero start, and the chunk's sum of dt.
-template <int S, bool kVec>
-__global__ void __launch_bounds__(kThreads, 1) chunk_end_state_kernel(const Params p) {
-  const Slot<S> s(p);
-  const float* __restrict__ x = p.x;
-  const float* __restrict__ dt = p.dt;
-  const float* __restrict__ Bm = p.B;
-  float a2[kSlice], h[kSlice];
-  load_decay(a2, p, s.d, s.n0);
-#pragma unroll
-  for (int i = 0; i < kSlice; ++i) h[i] = 0.f;
-  const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
-  const int g = s.d / (p.D / p.G);
-  float dtsum = 0.f;
-  for (int t = s.t0; t < min(s.t1, s.t0 + kAhead); ++t) {
-    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
-    prefetch_l1(dt + bt * p.D + s.d);
-    prefetch_l1(x + bt * p.D + s.d);
-    prefetch_l1(Bm + (bt * p.G + g) * p.N + s.n0);
-  }
-#pragma unroll 1
-  for (int t = s.t0; t < s.t1; ++t) {
-    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
-    const float dtv = effective_dt(p.softplus, __ldg(dt + bt * p.D + s.d), bias);
-    const float xv = __ldg(x + bt * p.D + s.d);
-    if (t + kAhead < s.t1) {
-      const int64_t ahead = bt + kAhead;
-      prefetch_l1(dt + ahead * p.D + s.d);
-      prefetch_l1(x + ahead * p.D + s.d);
-      prefetch_l1(Bm + (ahead * p.G + g) * p.N + s.n0);
+      for (int j = 0; j < half; ++j) {
+        const float send = upper ? y[j] : y[j + half];
+        const float keep = upper ? y[j + half] : y[j];
+        y[j] = keep + __shfl_xor_sync(0xffffffffu, send, m);
+      }
     }
-    float bv[kSlice];
-    load_slice<kVec>(bv, Bm + (bt * p.G + g) * p.N, s.n0, p.N);
-    dtsum += dtv;
-#pragma unroll
-    for (int i = 0; i < kSlice; ++i) h[i] = fmaf(fast_exp2(dtv * a2[i]), h[i], dtv * xv * bv[i]);
+    return slice;
   }
-  if (!s.valid) return;
-  const int64_t cd = (static_cast<int64_t>(s.b) * p.chunks + s.chunk) * p.D + s.d;
-  if (s.n0 == 0) p.chunk_dtsum[cd] = dtsum;
-#pragma unroll
-  for (int i = 0; i < kSlice; ++i)
-    if (s.n0 + i < p.N) p.chunk_end[cd * p.N + s.n0 + i] = h[i];
 }
 
-// Pass 2: one thread per (batch, channel, state) walks the chunks in order. Its loads do
+// kOut: pass c (or the only pass), from the start state, writing y; otherwise pass a,
+// from a zero start, writing the chunk's end state and sum of dt.
+// kVec: D and N multiples of 4 and every row 16-byte aligned.
+template <int L, int SPL, bool kOut, bool kVec>
+__global__ void __launch_bounds__(kThreads) scan_kernel(const Params p) {
+  constexpr int CH = kThreads / L, NP = L * SPL, R = steps_per_group(L);
+  static_assert(SPL % 4 == 0 && kThreads % CH == 0);
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const TileLayout lay{CH, NP, p.tile, p.groups_per_block};
+  const int TT = lay.tile, ng = lay.groups;
+  float* u = smem + 2 * lay.stage();
+  const int c0 = blockIdx.x * CH, b = blockIdx.y, chunk = blockIdx.z;
+  const int t0 = chunk * p.chunk_len, t1 = min(p.T, t0 + p.chunk_len);
+  const int gs = p.D / p.G, g0 = c0 / gs;
+  const int tid = threadIdx.x;
+
+  // Element-wise role (steps 1 and 3): one channel per thread, as kThreads % CH == 0.
+  const int ec = tid % CH;
+  const bool ec_valid = c0 + ec < p.D;
+  const float bias = p.dt_bias && ec_valid ? p.dt_bias[c0 + ec] : 0.f;
+
+  // Scan role: channel lc of the block, states [slice * SPL, slice * SPL + SPL). Idle
+  // channels past D scan zeros (they still join the shuffles) and write nothing.
+  const int lc = tid / L, slice = tid % L;
+  const bool lane_valid = c0 + lc < p.D;
+  const int d = lane_valid ? c0 + lc : p.D - 1;
+  const int gl = d / gs - g0;
+  const float skip_l = p.Dskip ? p.Dskip[d] : 0.f;
+  float a2[SPL], h[SPL];
+  const float* h0 = p.chunks > 1 ? p.chunk_start + ((static_cast<int64_t>(b) * p.chunks + chunk) * p.D + d) * p.N
+                                 : p.state + (static_cast<int64_t>(b) * p.D + d) * p.N;
+#pragma unroll
+  for (int i = 0; i < SPL; ++i) {
+    const int n = slice * SPL + i;
+    a2[i] = n < p.N ? p.A[static_cast<int64_t>(d) * p.N + n] * kLog2e : 0.f;
+    h[i] = kOut && n < p.N ? h0[n] : 0.f;
+  }
+  float dtsum = 0.f;
+
+  // Copies of V floats: 16 bytes where rows allow (kVec), else 4.
+  constexpr int V = kVec ? 4 : 1;
+  auto copy = [](float* dst, const float* src, bool ok) {
+    if constexpr (kVec) cp_async_16(dst, src, ok);
+    else cp_async_4(dst, src, ok);
+  };
+  auto issue = [&](int k) {
+    float* s = smem + (k & 1) * lay.stage();
+    const int tb = t0 + k * TT;
+    const int64_t row0 = (static_cast<int64_t>(b) * p.T + tb) * p.D + c0;
+    constexpr int kRowPieces = CH / V;
+    for (int e = tid; e < TT * kRowPieces; e += kThreads) {
+      const int t = e / kRowPieces, c = e % kRowPieces * V;
+      const bool ok = tb + t < t1 && c0 + c < p.D;
+      const int64_t at = ok ? row0 + static_cast<int64_t>(t) * p.D + c : 0;
+      copy(s + t * CH + c, p.x + at, ok);
+      copy(s + lay.xdz() + t * CH + c, p.dt + at, ok);
+      if (kOut && p.z) copy(s + 2 * lay.xdz() + t * CH + c, p.z + at, ok);
+    }
+    float* bs = s + 3 * lay.xdz();
+    const int64_t bc0 = (static_cast<int64_t>(b) * p.T + tb) * p.G;
+    const int bc_pieces = ng * NP / V;
+    for (int e = tid; e < TT * bc_pieces; e += kThreads) {
+      const int t = e / bc_pieces, r = e % bc_pieces * V, g = g0 + r / NP, n = r % NP;
+      const bool ok = tb + t < t1 && g < p.G && n < p.N;
+      const int64_t at = ok ? (bc0 + static_cast<int64_t>(t) * p.G + g) * p.N + n : 0;
+      copy(bs + t * ng * NP + r, p.B + at, ok);
+      if (kOut) copy(bs + lay.bc() + t * ng * NP + r, p.C + at, ok);
+    }
+    cp_async_commit();
+  };
+
+  const int tiles = (t1 - t0 + TT - 1) / TT;
+  issue(0);
+  for (int k = 0; k < tiles; ++k) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile k visible; every reader of tile k - 1's stage and of u done
+    if (k + 1 < tiles) issue(k + 1);
+    float* xs = smem + (k & 1) * lay.stage();
+    float* dts = xs + lay.xdz();
+    float* zs = dts + lay.xdz();
+    const float* bs = zs + lay.xdz();
+    const float* cs = bs + lay.bc();
+    const int nt = min(TT, t1 - t0 - k * TT);
+
+    // Steps run in groups of R; the group's padding steps get dt = 0 and u = 0, which
+    // leave the state as it is.
+    const int ntp = (nt + R - 1) / R * R;
+    for (int e = tid; e < ntp * CH; e += kThreads) {
+      const float dtv = e < nt * CH ? effective_dt(p.softplus, dts[e], bias) : 0.f;
+      dts[e] = dtv;
+      u[e] = dtv * xs[e];
+      if (kOut && p.z) zs[e] = __fdividef(zs[e], 1.f + fast_exp2(-zs[e] * kLog2e));
+    }
+    __syncthreads();
+
+    // A group's shared-memory reads all come first, so its exp2s need not wait on the
+    // previous step's shuffles and stores.
+    for (int t = 0; t < ntp; t += R) {
+      float dtv[R], uv[R], bv[R][SPL];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        dtv[r] = dts[(t + r) * CH + lc];
+        uv[r] = u[(t + r) * CH + lc];
+        load_states<SPL>(bv[r], bs + ((t + r) * ng + gl) * NP + slice * SPL);
+      }
+      if constexpr (kOut) {
+        float cv[R][SPL], yv[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) load_states<SPL>(cv[r], cs + ((t + r) * ng + gl) * NP + slice * SPL);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          yv[r] = 0.f;
+#pragma unroll
+          for (int i = 0; i < SPL; ++i) {
+            h[i] = fmaf(fast_exp2(dtv[r] * a2[i]), h[i], uv[r] * bv[r][i]);
+            yv[r] = fmaf(cv[r][i], h[i], yv[r]);
+          }
+        }
+        // x[t] becomes sum_n C h + D x, written by the one lane that reads it here.
+        const int step = channel_sum<L, R>(yv, slice);
+        if (step >= 0) {
+          float* out = xs + (t + step) * CH + lc;
+          *out = fmaf(skip_l, *out, yv[0]);
+        }
+      } else {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+          for (int i = 0; i < SPL; ++i) h[i] = fmaf(fast_exp2(dtv[r] * a2[i]), h[i], uv[r] * bv[r][i]);
+          dtsum += dtv[r];
+        }
+      }
+    }
+
+    if constexpr (kOut) {
+      __syncthreads();
+      if (ec_valid) {
+        float* y = p.y + (static_cast<int64_t>(b) * p.T + t0 + k * TT) * p.D + c0 + ec;
+        for (int e = tid; e < nt * CH; e += kThreads) y[static_cast<int64_t>(e / CH) * p.D] = p.z ? xs[e] * zs[e] : xs[e];
+      }
+    }
+  }
+
+  if (!lane_valid) return;
+  float* hs;
+  if constexpr (kOut) {
+    if (p.chunks > 1) return;
+    hs = p.state + (static_cast<int64_t>(b) * p.D + d) * p.N;
+  } else {
+    const int64_t cd = (static_cast<int64_t>(b) * p.chunks + chunk) * p.D + d;
+    if (slice == 0) p.chunk_dtsum[cd] = dtsum;
+    hs = p.chunk_end + cd * p.N;
+  }
+#pragma unroll
+  for (int i = 0; i < SPL; ++i)
+    if (slice * SPL + i < p.N) hs[slice * SPL + i] = h[i];
+}
+
+// Pass b: one thread per (batch, channel, state) walks the chunks in order. Its loads do
 // not depend on the carried state, so unrolled iterations keep several in flight.
 __global__ void chunk_carry_kernel(const Params p, int batch) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -165,86 +307,34 @@ __global__ void chunk_carry_kernel(const Params p, int batch) {
   p.state[i] = h;
 }
 
-// Pass 3 (the only pass for one chunk): scan from the true start state, write y.
-template <int S, bool kVec>
-__global__ void __launch_bounds__(kThreads, 1) scan_output_kernel(const Params p) {
-  const Slot<S> s(p);
-  const float* __restrict__ x = p.x;
-  const float* __restrict__ dt = p.dt;
-  const float* __restrict__ z = p.z;
-  const float* __restrict__ Bm = p.B;
-  const float* __restrict__ Cm = p.C;
-  float* __restrict__ y = p.y;
-  float a2[kSlice], h[kSlice];
-  load_decay(a2, p, s.d, s.n0);
-  const float* h0 = p.chunks > 1
-                        ? p.chunk_start + ((static_cast<int64_t>(s.b) * p.chunks + s.chunk) * p.D + s.d) * p.N
-                        : p.state + (static_cast<int64_t>(s.b) * p.D + s.d) * p.N;
-#pragma unroll
-  for (int i = 0; i < kSlice; ++i) h[i] = s.n0 + i < p.N ? h0[s.n0 + i] : 0.f;
-  const float bias = p.dt_bias ? p.dt_bias[s.d] : 0.f;
-  const float skip = p.Dskip ? p.Dskip[s.d] : 0.f;
-  const int g = s.d / (p.D / p.G);
-  for (int t = s.t0; t < min(s.t1, s.t0 + kAhead); ++t) {
-    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
-    prefetch_l1(dt + bt * p.D + s.d);
-    prefetch_l1(x + bt * p.D + s.d);
-    if (z) prefetch_l1(z + bt * p.D + s.d);
-    prefetch_l1(Bm + (bt * p.G + g) * p.N + s.n0);
-    prefetch_l1(Cm + (bt * p.G + g) * p.N + s.n0);
-  }
-#pragma unroll 1
-  for (int t = s.t0; t < s.t1; ++t) {
-    const int64_t bt = static_cast<int64_t>(s.b) * p.T + t;
-    const float dtv = effective_dt(p.softplus, __ldg(dt + bt * p.D + s.d), bias);
-    const float xv = __ldg(x + bt * p.D + s.d);
-    const float zv = z ? __ldg(z + bt * p.D + s.d) : 0.f;
-    if (t + kAhead < s.t1) {
-      const int64_t ahead = bt + kAhead;
-      prefetch_l1(dt + ahead * p.D + s.d);
-      prefetch_l1(x + ahead * p.D + s.d);
-      if (z) prefetch_l1(z + ahead * p.D + s.d);
-      prefetch_l1(Bm + (ahead * p.G + g) * p.N + s.n0);
-      prefetch_l1(Cm + (ahead * p.G + g) * p.N + s.n0);
-    }
-    float bv[kSlice], cv[kSlice];
-    load_slice<kVec>(bv, Bm + (bt * p.G + g) * p.N, s.n0, p.N);
-    load_slice<kVec>(cv, Cm + (bt * p.G + g) * p.N, s.n0, p.N);
-    float yv = 0.f;
-#pragma unroll
-    for (int i = 0; i < kSlice; ++i) {
-      h[i] = fmaf(fast_exp2(dtv * a2[i]), h[i], dtv * xv * bv[i]);
-      yv = fmaf(cv[i], h[i], yv);
-    }
-#pragma unroll
-    for (int off = 1; off < S; off <<= 1) yv += __shfl_xor_sync(0xffffffffu, yv, off);
-    if (s.valid && s.n0 == 0) {
-      float out = fmaf(skip, xv, yv);
-      if (z) out *= zv / (1.f + __expf(-zv));
-      y[bt * p.D + s.d] = out;
-    }
-  }
-  if (p.chunks == 1 && s.valid) {
-    float* hs = p.state + (static_cast<int64_t>(s.b) * p.D + s.d) * p.N;
-#pragma unroll
-    for (int i = 0; i < kSlice; ++i)
-      if (s.n0 + i < p.N) hs[s.n0 + i] = h[i];
-  }
+// Tile length: the longest (up to 64 tokens) whose shared memory fits the budget, and at
+// least one step group: past the budget only for many groups of wide states (at worst
+// 8 tokens of N = 32 with a group per channel, 73 KB).
+TileLayout pick_layout(int channels, int states, int group_steps, int D, int G) {
+  const int gs = D / G;
+  TileLayout lay{channels, states, 64, std::min(G, (channels - 1) / gs + 2)};
+  while (lay.tile > group_steps && lay.floats() * 4 > kSmemBudget) lay.tile /= 2;
+  return lay;
 }
 
-// Time chunks: as many as fill one wave of resident blocks (each thread's scan is a
-// chain of dependent steps, so idle SMs cannot be made up by longer chains elsewhere),
-// none shorter than 64 steps; one chunk (a single pass) when batch x channels already
-// fill the GPU.
-template <int S, bool kVec>
+// Time chunks: none while batch x channel blocks fill a quarter of the resident blocks;
+// otherwise as many as fill them all, none shorter than 64 steps. On an H200 (N = 16,
+// 792 resident blocks) chunking 8 x 1536 channels (384 blocks) cost 0.91 instead of
+// 0.65 ms, and not chunking 1 x 2048 channels (64 blocks) 1.00 instead of 0.32 ms.
+template <int L, int SPL, bool kVec>
 void launch(Params p, int batch) {
-  static const int resident = [] {
-    int blocks = 0;
-    SUBQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, scan_output_kernel<S, kVec>, kThreads, 0));
-    return std::max(1, blocks) * device_info().multiprocessors;
-  }();
-  const int64_t blocks_x = (p.D + kThreads / S - 1) / (kThreads / S);
-  int64_t chunks = std::clamp<int64_t>(resident / (blocks_x * batch), 1, std::max(1, p.T / 64));
+  constexpr int CH = kThreads / L;
+  const TileLayout lay = pick_layout(CH, L * SPL, steps_per_group(L), p.D, p.G);
+  p.tile = lay.tile;
+  p.groups_per_block = lay.groups;
+  const int smem = lay.floats() * 4;
+  SUBQ_CUDA_CHECK(cudaFuncSetAttribute(scan_kernel<L, SPL, true, kVec>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  SUBQ_CUDA_CHECK(cudaFuncSetAttribute(scan_kernel<L, SPL, false, kVec>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  int per_sm = 0;
+  SUBQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, scan_kernel<L, SPL, true, kVec>, kThreads, smem));
+  const int64_t resident = static_cast<int64_t>(std::max(1, per_sm)) * device_info().multiprocessors;
+  const int64_t blocks_x = (p.D + CH - 1) / CH, base = blocks_x * batch;
+  int64_t chunks = base * 4 >= resident ? 1 : std::clamp<int64_t>(resident / base, 1, std::max(1, p.T / 64));
   const int64_t chunk_len = (p.T + chunks - 1) / chunks;
   chunks = (p.T + chunk_len - 1) / chunk_len;
   p.chunk_len = static_cast<int>(chunk_len);
@@ -258,14 +348,18 @@ void launch(Params p, int batch) {
     p.chunk_end = chunk_end.mutable_device_data<float>();
     p.chunk_start = chunk_start.mutable_device_data<float>();
     p.chunk_dtsum = chunk_dtsum.mutable_device_data<float>();
-    chunk_end_state_kernel<S, kVec><<<grid, kThreads, 0, stream()>>>(p);
-    SUBQ_CUDA_CHECK_LAUNCH("chunk_end_state_kernel");
+    scan_kernel<L, SPL, false, kVec><<<grid, kThreads, smem, stream()>>>(p);
+    SUBQ_CUDA_CHECK_LAUNCH("selective scan chunk end states");
     const int64_t n = static_cast<int64_t>(batch) * p.D * p.N;
     chunk_carry_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream()>>>(p, batch);
-    SUBQ_CUDA_CHECK_LAUNCH("chunk_carry_kernel");
+    SUBQ_CUDA_CHECK_LAUNCH("selective scan chunk carry");
   }
-  scan_output_kernel<S, kVec><<<grid, kThreads, 0, stream()>>>(p);
-  SUBQ_CUDA_CHECK_LAUNCH("scan_output_kernel");
+  scan_kernel<L, SPL, true, kVec><<<grid, kThreads, smem, stream()>>>(p);
+  SUBQ_CUDA_CHECK_LAUNCH("selective scan");
+}
+
+bool aligned16(std::initializer_list<const float*> rows) {
+  return std::all_of(rows.begin(), rows.end(), [](const float* r) { return reinterpret_cast<uintptr_t>(r) % 16 == 0; });
 }
 
 void check_f32(const Tensor& t, const char* what) {
@@ -313,8 +407,6 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
   if (batch > 65535) throw Error("selective_scan x: batch " + std::to_string(batch) + " exceeds 65535");
   if (batch == 0 || D == 0 || T == 0) return;
 
-  int slices = 1;
-  while (slices * kSlice < N) slices *= 2;
   Params p{};
   p.x = in.x.device_data<float>();
   p.dt = in.dt.device_data<float>();
@@ -332,18 +424,17 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
   p.G = static_cast<int>(G);
   p.softplus = in.dt_softplus;
   const int b = static_cast<int>(batch);
-  const bool vec = N % 4 == 0 && reinterpret_cast<uintptr_t>(p.B) % 16 == 0 && reinterpret_cast<uintptr_t>(p.C) % 16 == 0;
-  switch (slices * 2 + (vec ? 1 : 0)) {
-    case 2: launch<1, false>(p, b); break;
-    case 3: launch<1, true>(p, b); break;
-    case 4: launch<2, false>(p, b); break;
-    case 5: launch<2, true>(p, b); break;
-    case 8: launch<4, false>(p, b); break;
-    case 9: launch<4, true>(p, b); break;
-    case 16: launch<8, false>(p, b); break;
-    case 17: launch<8, true>(p, b); break;
-    case 32: launch<16, false>(p, b); break;
-    default: launch<16, true>(p, b); break;
+  // Four states per lane and the fewest lanes that hold N (N = 16: four lanes), eight
+  // states per lane past 128.
+  const bool vec = D % 4 == 0 && N % 4 == 0 && aligned16({p.x, p.dt, p.z, p.B, p.C});
+  switch (N <= 4 ? 1 : N <= 8 ? 2 : N <= 16 ? 4 : N <= 32 ? 8 : N <= 64 ? 16 : N <= 128 ? 32 : 64) {
+    case 1: vec ? launch<1, 4, true>(p, b) : launch<1, 4, false>(p, b); break;
+    case 2: vec ? launch<2, 4, true>(p, b) : launch<2, 4, false>(p, b); break;
+    case 4: vec ? launch<4, 4, true>(p, b) : launch<4, 4, false>(p, b); break;
+    case 8: vec ? launch<8, 4, true>(p, b) : launch<8, 4, false>(p, b); break;
+    case 16: vec ? launch<16, 4, true>(p, b) : launch<16, 4, false>(p, b); break;
+    case 32: vec ? launch<32, 4, true>(p, b) : launch<32, 4, false>(p, b); break;
+    default: vec ? launch<32, 8, true>(p, b) : launch<32, 8, false>(p, b); break;
   }
 }
 
