@@ -159,30 +159,39 @@ SUBQ_BENCH_CASES(attention_prefill) {
   return cases;
 }
 
-// One decode token for 32 query heads over T cached keys of 8 KV heads, Dh = 128, the
-// cache in f32 or bf16: memory-bound, every K/V byte read once.
+// One decode token over T cached keys in each of `layers` caches (as a model's layers
+// hold them: with several, the caches outgrow the last-level cache and are read from
+// memory, as in a model's decode step), the cache in f32 or bf16: memory-bound, every K/V
+// byte read once.
 class SplitDecode final : public Instance {
  public:
-  SplitDecode(int64_t T, DType cache) : T_(T), cache_(cache) {
-    q_ = random_f32({1, 1, 32, 128}, -1.f, 1.f, 4);
-    k_ = as_cache(random_f32({1, T, 8, 128}, -1.f, 1.f, 5));
-    v_ = as_cache(random_f32({1, T, 8, 128}, -1.f, 1.f, 6));
-    o_ = Tensor::empty(DType::f32, {1, 1, 32, 128});
-    args_ = args_of(q_, k_, v_, o_);
+  SplitDecode(int64_t T, DType cache, int64_t q_heads, int64_t kv_heads, int64_t dim, int64_t layers = 1)
+      : T_(T), cache_(cache), hq_(q_heads), hkv_(kv_heads), dim_(dim) {
+    q_ = random_f32({1, 1, hq_, dim_}, -1.f, 1.f, 4);
+    o_ = Tensor::empty(DType::f32, {1, 1, hq_, dim_});
+    for (int64_t l = 0; l < layers; ++l) {
+      k_.push_back(as_cache(random_f32({1, T, hkv_, dim_}, -1.f, 1.f, 5 + 2 * static_cast<uint64_t>(l))));
+      v_.push_back(as_cache(random_f32({1, T, hkv_, dim_}, -1.f, 1.f, 6 + 2 * static_cast<uint64_t>(l))));
+      args_.push_back(args_of(q_, k_.back(), v_.back(), o_));
+    }
     rule_.causal = true;
   }
-  void run() override { attn::decode_attention(args_, rule_, T_ - 1); }
-  double flops() const override { return 4.0 * static_cast<double>(T_) * 32 * 128; }
+  void run() override {
+    for (const attn::AttentionArgs& a : args_) attn::decode_attention(a, rule_, T_ - 1);
+  }
+  double flops() const override { return layers() * 4.0 * static_cast<double>(T_) * static_cast<double>(hq_ * dim_); }
   double bytes() const override {
-    return 2.0 * static_cast<double>(dtype_size(cache_)) * static_cast<double>(T_) * 8 * 128;
+    return layers() * 2.0 * static_cast<double>(dtype_size(cache_)) * static_cast<double>(T_) *
+           static_cast<double>(hkv_ * dim_);
   }
   int64_t tokens() const override { return 1; }
   std::optional<double> max_rel_err() override {
-    run();
-    return sampled_rel_err(args_, [](int64_t, int64_t, int64_t) { return true; });
+    attn::decode_attention(args_.back(), rule_, T_ - 1);
+    return sampled_rel_err(args_.back(), [](int64_t, int64_t, int64_t) { return true; });
   }
 
  private:
+  double layers() const { return static_cast<double>(args_.size()); }
   Tensor as_cache(const Tensor& f) const {
     if (cache_ == DType::f32) return f;
     Tensor t = Tensor::empty(cache_, f.shape());
@@ -191,8 +200,10 @@ class SplitDecode final : public Instance {
   }
   int64_t T_;
   DType cache_;
-  Tensor q_, k_, v_, o_;
-  attn::AttentionArgs args_;
+  int64_t hq_, hkv_, dim_;
+  Tensor q_, o_;
+  std::vector<Tensor> k_, v_;
+  std::vector<attn::AttentionArgs> args_;
   attn::ElementRule rule_;
 };
 
@@ -204,8 +215,15 @@ SUBQ_BENCH_CASES(attention_decode) {
                          .family = "attention",
                          .shape = "Hq=32 Hkv=8 Dh=128 " + dt + " cache, 1 token",
                          .seq = {16384, 32768},
-                         .make = [cache](int64_t T) { return std::make_unique<SplitDecode>(T, cache); }});
+                         .make = [cache](int64_t T) { return std::make_unique<SplitDecode>(T, cache, 32, 8, 128); }});
   }
+  // Llama-160M's attention in one decode step: 12 layers of 12 heads of 64 (multi-head: one
+  // query row per key/value head, each key used once).
+  cases.push_back(Case{.name = "attention.decode.mha.bf16",
+                       .family = "attention",
+                       .shape = "12 layers Hq=Hkv=12 Dh=64 bf16 cache, 1 token",
+                       .seq = {16384, 32768},
+                       .make = [](int64_t T) { return std::make_unique<SplitDecode>(T, DType::bf16, 12, 12, 64, 12); }});
   return cases;
 }
 

@@ -34,6 +34,10 @@ class MixerState {
   // saved keep these defaults, which throw.
   virtual std::vector<Tensor> snapshot() const;
   virtual void restore(const std::vector<Tensor>& tensors);
+  // Makes room for `tokens` tokens of context in all, so that a state growing with the
+  // sequence (a KV cache) need not grow, copying itself, while they are fed. A hint:
+  // states of fixed or bounded size ignore it.
+  virtual void reserve(int64_t /*tokens*/) {}
 };
 
 // The state of a recurrent mixer: a fixed list of f32 tensors whose shapes depend only on

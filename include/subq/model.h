@@ -35,6 +35,8 @@ class ModelState {
   virtual ~ModelState() = default;
   virtual int64_t position() const = 0;
   virtual size_t state_bytes() const = 0;
+  // Room for `tokens` tokens of context in all (MixerState::reserve); a hint.
+  virtual void reserve(int64_t /*tokens*/) {}
 };
 
 struct LoadOptions {

@@ -34,6 +34,9 @@ class AttentionState : public MixerState {
     for (const auto& c : caches) n += c.bytes();
     return n;
   }
+  void reserve(int64_t tokens) override {
+    for (auto& c : caches) c.reserve_tokens(tokens);
+  }
   // Per sequence: keys [slots, Hkv, Dh] in the cache dtype, values, positions i32
   // [slots], next position i32 [1].
   std::vector<Tensor> snapshot() const override {

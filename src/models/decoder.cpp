@@ -74,6 +74,10 @@ class DecoderState final : public ModelState {
       if (s) n += s->state_bytes();
     return n;
   }
+  void reserve(int64_t tokens) override {
+    for (const auto& s : layers)
+      if (s) s->reserve(tokens);
+  }
 };
 
 void add_into(const Tensor& x, const Tensor& y) {

@@ -34,6 +34,10 @@ void KVCache::reserve(int64_t slots) {
   capacity_ = slots;
 }
 
+void KVCache::reserve_tokens(int64_t tokens) {
+  if (!bounded() && tokens > capacity_) reserve(tokens);
+}
+
 void KVCache::append(const float* k, const float* v, int64_t src_stride, int64_t tokens) {
   if (tokens <= 0) return;
   if (next_pos_ + tokens > std::numeric_limits<int32_t>::max())

@@ -34,6 +34,9 @@ class KVCache {
   void append(const float* k, const float* v, int64_t row_stride, int64_t tokens);
   // Window caches drop the slots no future query can see and return to their bound.
   void evict();
+  // Room for `tokens` slots in all (unbounded caches; window caches are bounded already):
+  // appending up to there then never regrows, which copies the whole cache.
+  void reserve_tokens(int64_t tokens);
   // Replaces the contents (restoring a saved state): `slots` rows of keys and values in
   // dtype(), and their positions (strictly increasing, below next_pos). Throws Error if
   // they do not fit this cache (more slots than a window cache keeps, unsorted or

@@ -103,6 +103,29 @@ TEST(KVCache, UnboundedKeepsEverything) {
   EXPECT_GE(c.bytes(), 50u * 2 * 16 * 4);
 }
 
+// Reserved room is used in place: appends up to it keep the storage (no regrowth copies)
+// and the rows already held; a window cache ignores the hint and keeps its bound.
+TEST(KVCache, ReserveTokensAvoidsRegrowth) {
+  auto rng = rng_for_test();
+  attn::KVCache c(2, 8);
+  const auto k = uniform(rng, 70 * 16), v = uniform(rng, 70 * 16);
+  c.append(k.data(), v.data(), 16, 3);
+  c.reserve_tokens(70);
+  const void* keys = c.keys();
+  for (int64_t t = 3; t < 70; t += 9) c.append(k.data() + t * 16, v.data() + t * 16, 16, std::min<int64_t>(9, 70 - t));
+  EXPECT_EQ(c.keys(), keys);
+  ASSERT_EQ(c.slots(), 70);
+  for (int64_t s = 0; s < 70; ++s) {
+    EXPECT_EQ(c.positions()[s], s);
+    EXPECT_EQ(static_cast<const float*>(c.keys())[s * 16 + 7], k[static_cast<size_t>(s * 16 + 7)]);
+    EXPECT_EQ(static_cast<const float*>(c.values())[s * 16 + 9], v[static_cast<size_t>(s * 16 + 9)]);
+  }
+  attn::KVCache w(1, 4, 10, 3);
+  const size_t bound = w.bytes();
+  w.reserve_tokens(1000);
+  EXPECT_EQ(w.bytes(), bound);
+}
+
 // Window 10, sinks 3: after any sequence of chunks the cache holds positions 0..2 and
 // the last 9, with their own rows, and its size stays at the bound.
 TEST(KVCache, WindowEvictionKeepsSinksAndRecentKeys) {
