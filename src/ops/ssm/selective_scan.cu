@@ -29,7 +29,6 @@
 #include "src/core/cuda/mma.cuh"
 #include "src/ops/ssm/selective_scan_cuda.h"
 
-#define SCAN_VARIANT 0
 namespace subq::cuda {
 namespace {
 
@@ -225,9 +224,6 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(const Params p) {
 
     // A group's shared-memory reads all come first, so its exp2s need not wait on the
     // previous step's shuffles and stores.
-#if SCAN_VARIANT == 1
-#pragma unroll 2
-#endif
     for (int t = 0; t < ntp; t += R) {
       float dtv[R], uv[R], bv[R][SPL];
 #pragma unroll
@@ -434,11 +430,7 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
   switch (N <= 4 ? 1 : N <= 8 ? 2 : N <= 16 ? 4 : N <= 32 ? 8 : N <= 64 ? 16 : N <= 128 ? 32 : 64) {
     case 1: vec ? launch<1, 4, true>(p, b) : launch<1, 4, false>(p, b); break;
     case 2: vec ? launch<2, 4, true>(p, b) : launch<2, 4, false>(p, b); break;
-#if SCAN_VARIANT == 2
-    case 4: vec ? launch<2, 8, true>(p, b) : launch<2, 8, false>(p, b); break;
-#else
     case 4: vec ? launch<4, 4, true>(p, b) : launch<4, 4, false>(p, b); break;
-#endif
     case 8: vec ? launch<8, 4, true>(p, b) : launch<8, 4, false>(p, b); break;
     case 16: vec ? launch<16, 4, true>(p, b) : launch<16, 4, false>(p, b); break;
     case 32: vec ? launch<32, 4, true>(p, b) : launch<32, 4, false>(p, b); break;
