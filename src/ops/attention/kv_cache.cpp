@@ -24,12 +24,15 @@ KVCache::KVCache(int64_t kv_heads, int64_t head_dim, int64_t window, int64_t sin
 }
 
 void KVCache::reserve(int64_t slots) {
-  const size_t n = static_cast<size_t>(slots) * row_bytes();
-  k_.resize(n);
-  v_.resize(n);
+  Tensor k = Tensor::empty(dtype_, {slots, heads_, dim_}), v = Tensor::empty(dtype_, {slots, heads_, dim_});
+  const size_t keep = static_cast<size_t>(std::min(len_, slots)) * row_bytes();
+  if (keep > 0) {
+    std::memcpy(k.mutable_raw_data(), key_bytes(), keep);
+    std::memcpy(v.mutable_raw_data(), value_bytes(), keep);
+  }
+  k_ = std::move(k);
+  v_ = std::move(v);
   pos_.resize(static_cast<size_t>(slots));
-  k_.shrink_to_fit();
-  v_.shrink_to_fit();
   pos_.shrink_to_fit();
   capacity_ = slots;
 }
@@ -46,8 +49,8 @@ void KVCache::append(const float* k, const float* v, int64_t src_stride, int64_t
   const size_t row = static_cast<size_t>(row_stride()), rb = row_bytes();
   for (int64_t t = 0; t < tokens; ++t) {
     const size_t slot = static_cast<size_t>(len_ + t);
-    std::byte* kd = k_.data() + slot * rb;
-    std::byte* vd = v_.data() + slot * rb;
+    std::byte* kd = key_bytes() + slot * rb;
+    std::byte* vd = value_bytes() + slot * rb;
     if (dtype_ == DType::bf16) {
       ops::f32_to_bf16(k + t * src_stride, reinterpret_cast<bf16*>(kd), row);
       ops::f32_to_bf16(v + t * src_stride, reinterpret_cast<bf16*>(vd), row);
@@ -70,8 +73,8 @@ void KVCache::evict() {
     const int32_t p = pos_[static_cast<size_t>(s)];
     if (p >= sinks_ && p < oldest) continue;
     if (kept != s) {
-      std::memmove(k_.data() + static_cast<size_t>(kept) * rb, k_.data() + static_cast<size_t>(s) * rb, rb);
-      std::memmove(v_.data() + static_cast<size_t>(kept) * rb, v_.data() + static_cast<size_t>(s) * rb, rb);
+      std::memmove(key_bytes() + static_cast<size_t>(kept) * rb, key_bytes() + static_cast<size_t>(s) * rb, rb);
+      std::memmove(value_bytes() + static_cast<size_t>(kept) * rb, value_bytes() + static_cast<size_t>(s) * rb, rb);
       pos_[static_cast<size_t>(kept)] = p;
     }
     ++kept;
@@ -90,8 +93,8 @@ void KVCache::assign(const void* k, const void* v, const int32_t* positions, int
   if (slots > capacity_) reserve(slots);
   const size_t n = static_cast<size_t>(slots) * row_bytes();
   if (n > 0) {
-    std::memcpy(k_.data(), k, n);
-    std::memcpy(v_.data(), v, n);
+    std::memcpy(key_bytes(), k, n);
+    std::memcpy(value_bytes(), v, n);
     std::copy_n(positions, slots, pos_.data());
   }
   len_ = slots;

@@ -25,8 +25,8 @@ class KVCache {
   int64_t row_stride() const { return heads_ * dim_; }  // elements of dtype()
   bool bounded() const { return window_ > 0; }
   // Rows of dtype() elements, row_stride() apart.
-  const void* keys() const { return k_.data(); }
-  const void* values() const { return v_.data(); }
+  const void* keys() const { return k_.defined() ? k_.raw_data() : nullptr; }
+  const void* values() const { return v_.defined() ? v_.raw_data() : nullptr; }
   const int32_t* positions() const { return pos_.data(); }
 
   // Appends `tokens` rows at positions next_position()...; k and v rows are f32
@@ -49,11 +49,16 @@ class KVCache {
  private:
   void reserve(int64_t slots);
   size_t row_bytes() const { return static_cast<size_t>(row_stride()) * dtype_size(dtype_); }
+  std::byte* key_bytes() const { return static_cast<std::byte*>(k_.mutable_raw_data()); }
+  std::byte* value_bytes() const { return static_cast<std::byte*>(v_.mutable_raw_data()); }
 
   int64_t heads_, dim_, window_, sinks_;
   DType dtype_;
   int64_t len_ = 0, capacity_ = 0, next_pos_ = 0;
-  std::vector<std::byte> k_, v_;
+  // [capacity, kv_heads, head_dim] tensors, so that a large cache gets the huge pages
+  // tensor storage asks for: decode walks each head's rows a token apart, and on 4 KiB
+  // pages nearly every key costs a TLB walk.
+  Tensor k_, v_;
   std::vector<int32_t> pos_;
 };
 
