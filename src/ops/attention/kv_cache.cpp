@@ -38,7 +38,7 @@ void KVCache::reserve(int64_t slots) {
 }
 
 void KVCache::reserve_tokens(int64_t tokens) {
-  if (!bounded() && tokens > capacity_) reserve(tokens);
+  if (!bounded() && tokens > capacity_) reserve(std::max(tokens, 2 * capacity_));
 }
 
 void KVCache::append(const float* k, const float* v, int64_t src_stride, int64_t tokens) {

@@ -35,7 +35,9 @@ class KVCache {
   // Window caches drop the slots no future query can see and return to their bound.
   void evict();
   // Room for `tokens` slots in all (unbounded caches; window caches are bounded already):
-  // appending up to there then never regrows, which copies the whole cache.
+  // appending up to there then never regrows, which copies the whole cache. Like append,
+  // it at least doubles a cache it grows, so that a reservation per decoded token costs
+  // amortised O(1), not a copy each.
   void reserve_tokens(int64_t tokens);
   // Replaces the contents (restoring a saved state): `slots` rows of keys and values in
   // dtype(), and their positions (strictly increasing, below next_pos). Throws Error if
