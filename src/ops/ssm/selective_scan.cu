@@ -11,8 +11,8 @@
 //   3. writes y = (sum_n C h + D x) silu(z) with coalesced stores.
 // With N = 16 a channel takes four lanes of four states: about 8 instructions per exp2 on
 // an H200 (Nsight Compute), short of the special-function rate; other splits are not yet
-// measured. When batch x channel
-// blocks cannot fill the GPU, time is cut into chunks, three passes:
+// measured. When batch x channel blocks cannot fill the GPU, time is cut into chunks,
+// three passes:
 //   a. each chunk's end state from a zero start and its sum of dt (the kernel without
 //      outputs),
 //   b. a short sequential pass over chunks turns these into each chunk's start state,
