@@ -1,3 +1,22 @@
+// Highway compiles the dot product once per SIMD target; the rest is plain C++.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/ops/attention/selectors/selector_math.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/dot/dot-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace subq::attn::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+float DotF32(const float* a, const float* b, size_t n) {
+  return hn::Dot::Compute<0>(hn::ScalableTag<float>(), a, b, n);
+}
+
+}  // namespace subq::attn::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
 #include "src/ops/attention/selectors/selector_math.h"
 
 #include <algorithm>
@@ -30,10 +49,13 @@ std::vector<float> block_means(const float* x, int64_t batch_stride, int64_t row
   return out;
 }
 
+HWY_EXPORT(DotF32);
+
+// Selectors score many short vectors (head dims of 64-256): one vector FMA per lane group
+// instead of a serial chain of adds, which made MoBA's block scoring a quarter of its time
+// at 128K.
 float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+  return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, static_cast<size_t>(n));
 }
 
 std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double mass) {
@@ -81,3 +103,4 @@ BlockMask assemble_rows(const MaskGeometry& g, int64_t batch, int64_t heads, std
 }
 
 }  // namespace subq::attn
+#endif  // HWY_ONCE
