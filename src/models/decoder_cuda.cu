@@ -578,6 +578,12 @@ class DeviceDecoderState final : public ModelState {
   std::unique_ptr<DecodeGraph> graph;
 
   int64_t position() const override { return position_; }
+  // Grows every KV cache now, outside any capture, so that decoding up to `tokens` keeps
+  // one layout and replays one graph instead of regrowing and recapturing on the way.
+  void reserve(int64_t tokens) override {
+    for (const auto& l : layers)
+      if (l) l->prepare(tokens);
+  }
   size_t state_bytes() const override {
     size_t n = 0;
     for (const auto& l : layers)

@@ -134,7 +134,9 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaFixture,
 
 // One-token steps replay a captured CUDA graph; a KV cache that grows (capacity 256, then
 // 512) forces an eager step and a new capture. Each step equals the eager decoder's (the
-// same kernels) and one prefill over the whole sequence.
+// same kernels) and one prefill over the whole sequence. A third run reserves room for
+// every step after the prompt (ModelState::reserve copies the cached keys into the larger
+// cache once) and must give the same steps.
 TEST(CudaModel, GraphDecodeAcrossCacheGrowthMatchesEagerAndPrefill) {
   SUBQ_REQUIRE_GPU();
   auto rng = test::rng_for_test();
@@ -147,12 +149,13 @@ TEST(CudaModel, GraphDecodeAcrossCacheGrowthMatchesEagerAndPrefill) {
   std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(V - 1));
   std::vector<int32_t> seq(static_cast<size_t>(prompt + steps));
   for (auto& t : seq) t = id(rng);
-  std::vector<std::vector<std::vector<double>>> stepped(2);
-  for (int m = 0; m < 2; ++m) {
-    const Model& model = m == 0 ? *graphed : *eager;
+  std::vector<std::vector<std::vector<double>>> stepped(3);
+  for (int m = 0; m < 3; ++m) {
+    const Model& model = m == 1 ? *eager : *graphed;
     auto state = model.new_state();
     Tensor last = test::nan_tensor({1, V});
     model.forward(std::span<const int32_t>(seq.data(), static_cast<size_t>(prompt)), *state, last);
+    if (m == 2) state->reserve(prompt + steps);
     for (int64_t i = 0; i < steps; ++i) {
       last = test::nan_tensor({1, V});
       model.forward(std::span<const int32_t>(&seq[static_cast<size_t>(prompt + i)], 1), *state, last);
@@ -167,6 +170,8 @@ TEST(CudaModel, GraphDecodeAcrossCacheGrowthMatchesEagerAndPrefill) {
   for (int64_t i = 0; i < steps; ++i) {
     const std::vector<float> g(stepped[0][i].begin(), stepped[0][i].end());
     test::expect_close(test::tensor_from(g, {V}), stepped[1][i], 1e-6, 1e-6 * scale, "graph vs eager step " + std::to_string(i));
+    test::expect_close(test::tensor_from(g, {V}), stepped[2][i], 1e-6, 1e-6 * scale,
+                       "graph vs reserved graph step " + std::to_string(i));
     test::expect_close(test::tensor_from(g, {V}), row(whole, prompt + i), 1e-2, 1e-2 * scale,
                        "graph step vs prefill " + std::to_string(i));
   }
