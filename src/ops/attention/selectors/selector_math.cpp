@@ -37,12 +37,16 @@ std::vector<float> block_means(const float* x, int64_t batch_stride, int64_t row
     const int64_t b = item / nb, blk = item % nb;
     const int64_t r0 = blk * block, r1 = std::min(rows, r0 + block);
     const float inv = 1.f / static_cast<float>(r1 - r0);
-    for (int64_t h = 0; h < heads; ++h) {
-      float* o = out.data() + ((b * heads + h) * nb + blk) * dim;
-      for (int64_t r = r0; r < r1; ++r) {
+    // Row by row, all heads at once: each token's heads are one contiguous run, which the
+    // prefetchers follow; head by head, the rows sit a token apart.
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t h = 0; h < heads; ++h) {
+        float* o = out.data() + ((b * heads + h) * nb + blk) * dim;
         const float* src = x + b * batch_stride + r * row_stride + h * dim;
         for (int64_t d = 0; d < dim; ++d) o[d] += src[d];
       }
+    for (int64_t h = 0; h < heads; ++h) {
+      float* o = out.data() + ((b * heads + h) * nb + blk) * dim;
       for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
     }
   });
