@@ -57,6 +57,9 @@ void softmax(const Tensor& x, const Tensor& y);
 void silu(const Tensor& x, const Tensor& y);
 void softplus(const Tensor& x, const Tensor& y);
 void exp(const Tensor& x, const Tensor& y);
+// The MLP activations of the architectures subq loads: SiLU, GELU's tanh approximation
+// (Hugging Face's gelu_pytorch_tanh) and Nemotron-H's squared ReLU, max(x, 0)^2.
+enum class Activation { silu, gelu_tanh, relu2 };
 
 // ---- Positions and embeddings -------------------------------------------------------
 // Rotary embedding in place on x[T, H, Dh] (f32), NeoX / Llama "rotate half" layout over

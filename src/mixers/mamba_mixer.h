@@ -69,10 +69,11 @@ class MambaMixer final : public Mixer {
   // conv_weight [d_inner, d_conv]. Biases undefined where the config has none.
   struct Prepared {
     Tensor in_proj, in_proj_bias, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A, D, out_proj, out_proj_bias;
+    Tensor dt_norm, b_norm, c_norm;  // undefined without inner_norms
   };
   Prepared prepared() const {
     return {in_proj_, in_proj_bias_, conv_weight_, conv_bias_, x_proj_, dt_proj_, dt_bias_, A_, D_, out_proj_,
-            out_proj_bias_};
+            out_proj_bias_, dt_norm_, b_norm_, c_norm_};
   }
   std::unique_ptr<MixerState> new_state(int64_t batch) const override;
   void forward(const Tensor& x, MixerState& state, const Tensor& y) const override;

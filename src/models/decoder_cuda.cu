@@ -6,15 +6,16 @@
 //     and the split-KV kernel for decode, over a bf16 KV cache. Head dims below 64, 128
 //     or 256 are zero-padded to it: padded channels add nothing to q . k and their
 //     outputs are dropped.
-//   * Mamba-1 on the causal conv1d and selective scan kernels; Mamba-2 on the conv1d and
-//     the tensor-core SSD kernel (x, B, C in bf16; head and state sizes below 64 or 128
-//     zero-padded to it, which adds nothing to the state or the output).
-//   * SwiGLU and relu2 MLPs.
+//   * Mamba-1 (and Jamba's variant, with dt, B and C RMS-normalised) on the causal conv1d
+//     and selective scan kernels; Mamba-2 on the conv1d and the tensor-core SSD kernel
+//     (x, B, C in bf16; head and state sizes below 64 or 128 zero-padded to it, which
+//     adds nothing to the state or the output).
+//   * MLPs and mixtures of experts as src/models/feed_forward_cuda.cu runs them.
 //   * A sparse prefill policy builds the prompt's BlockMask on the CPU (the dynamic
 //     selectors from host copies of q and k) for the block-sparse flash kernel.
-//   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager).
-// Other layer kinds (mixtures of experts, other MLP activations, Jamba's Mamba), the
-// evicting window policy, soft-capping, q/k norms and LayerNorm are an Error at load
+//   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager),
+//     unless a mixture of experts reads its routes back to the host.
+// The evicting window policy, soft-capping, q/k norms and LayerNorm are an Error at load
 // naming the layer. States are saved in the CPU decoder's format (attention as a bf16
 // cache), so a state saved on one device continues on the other.
 #include <cuda_runtime.h>
@@ -33,6 +34,8 @@
 #include "src/mixers/mamba2_mixer.h"
 #include "src/mixers/mamba_mixer.h"
 #include "src/models/decoder.h"
+#include "src/models/device_linear.h"
+#include "src/models/feed_forward_cuda.h"
 #include "src/ops/attention/flash_attention.h"
 #include "src/ops/common/cuda_ops.h"
 #include "src/ops/conv/causal_conv1d_cuda.h"
@@ -42,8 +45,6 @@
 namespace subq {
 namespace {
 
-Tensor upload_or_empty(const Tensor& t) { return t.defined() ? cuda::to_device(t) : Tensor(); }
-
 // Columns [c0, c1) of a [T, W] GPU matrix as a contiguous [T, c1 - c0] tensor: a view
 // when they already are one (a single row: every decode step), else a copy.
 Tensor columns(const Tensor& m, int64_t c0, int64_t c1) {
@@ -52,46 +53,6 @@ Tensor columns(const Tensor& m, int64_t c0, int64_t c1) {
   const Tensor out = cuda::empty(m.dtype(), {m.dim(0), c1 - c0});
   cuda::copy_rows(s, out);
   return out;
-}
-
-// A weight [N, K] in GPU memory in the checkpoint's dtype, and its f32 bias.
-struct DeviceLinear {
-  Tensor w, bias;
-  DeviceLinear() = default;
-  DeviceLinear(const Tensor& weight, const Tensor& b) : w(cuda::to_device(weight)), bias(upload_or_empty(b)) {}
-  // The dtype x should arrive in (a norm or copy writes it so, saving a conversion).
-  DType input_dtype() const { return w.dtype(); }
-  // y[M, N] (f32) = x[M, K] W^T + bias; x in the weight's dtype, or f32 (rounded here).
-  void apply(const Tensor& x, const Tensor& y) const {
-    if (x.dtype() == w.dtype()) return cuda::linear(x, w, bias, y);
-    const Tensor rounded = cuda::empty(w.dtype(), x.shape());
-    cuda::convert(x, rounded);
-    cuda::linear(rounded, w, bias, y);
-  }
-};
-
-// Weights stacked along their output rows (one matmul for q/k/v, one for gate/up),
-// biases likewise, zeros where one part has none. Host tensors of one dtype.
-DeviceLinear stacked(const std::vector<std::pair<Tensor, Tensor>>& parts, const std::string& where) {
-  const DType dt = parts[0].first.dtype();
-  const int64_t K = parts[0].first.dim(1);
-  int64_t rows = 0;
-  bool any_bias = false;
-  for (const auto& [w, b] : parts) {
-    if (w.dtype() != dt)
-      throw Error("device cuda: " + where + ": projections of mixed dtypes (" + w.str() + ", " + parts[0].first.str() + ")");
-    rows += w.dim(0);
-    any_bias = any_bias || b.defined();
-  }
-  Tensor w = Tensor::empty(dt, {rows, K}), bias = any_bias ? Tensor::zeros(DType::f32, {rows}) : Tensor();
-  int64_t r = 0;
-  for (const auto& [pw, pb] : parts) {
-    const Tensor c = pw.is_contiguous() ? pw : pw.contiguous();
-    std::memcpy(static_cast<std::byte*>(w.mutable_raw_data()) + r * K * dtype_size(dt), c.raw_data(), c.nbytes());
-    if (pb.defined()) std::copy_n(pb.data<float>(), pw.dim(0), bias.mutable_data<float>() + r);
-    r += pw.dim(0);
-  }
-  return {w, bias};
 }
 
 struct DeviceNorm {
@@ -352,8 +313,7 @@ class MambaDeviceState final : public DeviceLayerState {
 
 class DeviceMamba final : public DeviceMixer {
  public:
-  DeviceMamba(const MambaMixer& m, const std::string& where) : c_(m.config()) {
-    if (c_.inner_norms) throw Error("device cuda: " + where + ": Jamba's Mamba variant (inner norms) is CPU-only for now");
+  explicit DeviceMamba(const MambaMixer& m) : c_(m.config()) {
     const MambaMixer::Prepared p = m.prepared();
     in_proj_ = {p.in_proj, p.in_proj_bias};
     x_proj_ = {p.x_proj, Tensor()};
@@ -364,6 +324,9 @@ class DeviceMamba final : public DeviceMixer {
     dt_bias_ = cuda::to_device(p.dt_bias);
     A_ = cuda::to_device(p.A);
     D_ = cuda::to_device(p.D);
+    if (c_.inner_norms)
+      for (auto [from, to] : {std::pair{&p.dt_norm, &dt_norm_}, {&p.b_norm, &b_norm_}, {&p.c_norm, &c_norm_}})
+        *to = cuda::to_device(*from);
   }
 
   DType input_dtype() const override { return in_proj_.input_dtype(); }
@@ -380,12 +343,16 @@ class DeviceMamba final : public DeviceMixer {
 
     const Tensor xdbl = cuda::empty(DType::f32, {T, R + 2 * N});
     x_proj_.apply(xc.view({T, I}), xdbl);
-    const Tensor Bm = columns(xdbl, R, R + N).view({1, T, N}), Cm = columns(xdbl, R + N, R + 2 * N).view({1, T, N});
+    const Tensor dt_low = columns(xdbl, 0, R), Bm = columns(xdbl, R, R + N), Cm = columns(xdbl, R + N, R + 2 * N);
+    if (c_.inner_norms)  // Jamba: each part RMS-normalised before use (in place)
+      for (auto [part, w] : {std::pair{&dt_low, &dt_norm_}, {&Bm, &b_norm_}, {&Cm, &c_norm_}})
+        cuda::rms_norm(*part, *w, c_.inner_norm_eps, *part);
     const Tensor dt = cuda::empty(DType::f32, {1, T, I});
-    dt_proj_.apply(columns(xdbl, 0, R), dt.view({T, I}));
+    dt_proj_.apply(dt_low, dt.view({T, I}));
 
     const Tensor ys = cuda::empty(DType::f32, {1, T, I});
-    cuda::selective_scan({xc, dt, A_, Bm, Cm, D_, z, dt_bias_, /*dt_softplus=*/true}, s.ssm, ys);
+    cuda::selective_scan({xc, dt, A_, Bm.view({1, T, N}), Cm.view({1, T, N}), D_, z, dt_bias_, /*dt_softplus=*/true},
+                         s.ssm, ys);
     out_proj_.apply(ys.view({T, I}), y);
   }
 
@@ -393,6 +360,7 @@ class DeviceMamba final : public DeviceMixer {
   MambaConfig c_;
   DeviceLinear in_proj_, x_proj_, dt_proj_, out_proj_;
   Tensor conv_weight_, conv_bias_, dt_bias_, A_, D_;
+  Tensor dt_norm_, b_norm_, c_norm_;  // Jamba's inner norms, or undefined
 };
 
 // ---- Mamba-2 ---------------------------------------------------------------------------
@@ -499,52 +467,12 @@ class DeviceMamba2 final : public DeviceMixer {
   Tensor conv_w_, conv_b_, dt_bias_, A_, D_, norm_w_;
 };
 
-// ---- MLP -------------------------------------------------------------------------------
-
-class DeviceMlp {
- public:
-  DeviceMlp(const FeedForward& f, const std::string& where) {
-    const FeedForward::Weights m = f.weights();
-    using Kind = FeedForward::Weights::Kind;
-    if (m.kind == Kind::gated && m.act == Activation::silu) {
-      gate_up_ = stacked({{m.w.gate, m.w.gate_bias}, {m.w.up, m.w.up_bias}}, where);
-      F_ = m.w.gate.dim(0);
-    } else if (m.kind == Kind::plain && m.act == Activation::relu2) {
-      up_ = {m.w.up, Tensor()};
-      F_ = m.w.up.dim(0);
-    } else {
-      throw Error("device cuda: " + where +
-                  ": only SwiGLU and relu2 MLPs run on the GPU for now (not mixtures of experts or other activations)");
-    }
-    down_ = {m.w.down, m.w.down_bias};
-  }
-  DType input_dtype() const { return (gate_up_.w.defined() ? gate_up_ : up_).input_dtype(); }
-  void forward(const Tensor& x, const Tensor& y) const {
-    const int64_t T = x.dim(0);
-    const Tensor act = cuda::empty(down_.input_dtype(), {T, F_});
-    if (gate_up_.w.defined()) {
-      const Tensor gu = cuda::empty(DType::f32, {T, 2 * F_});
-      gate_up_.apply(x, gu);
-      cuda::silu_mul(gu, act);
-    } else {
-      const Tensor h = cuda::empty(DType::f32, {T, F_});
-      up_.apply(x, h);
-      cuda::relu_squared(h, act);
-    }
-    down_.apply(act, y);
-  }
-
- private:
-  DeviceLinear gate_up_, up_, down_;  // SwiGLU: gate and up stacked (one matmul); relu2: up
-  int64_t F_ = 0;
-};
-
 // ---- the model -------------------------------------------------------------------------
 
 struct DeviceBlock {
   DeviceNorm mixer_norm, mlp_norm;
   std::unique_ptr<DeviceMixer> mixer;
-  std::unique_ptr<DeviceMlp> mlp;
+  std::unique_ptr<DeviceFeedForward> mlp;
 };
 
 // One decode step captured as a CUDA graph: every kernel of the step, replayed with one
@@ -610,7 +538,7 @@ class CudaDecoder final : public Model {
         if (const auto* a = dynamic_cast<const AttentionMixer*>(b.mixer.get()))
           d.mixer = std::make_unique<DeviceAttention>(*a, where);
         else if (const auto* m = dynamic_cast<const MambaMixer*>(b.mixer.get()))
-          d.mixer = std::make_unique<DeviceMamba>(*m, where);
+          d.mixer = std::make_unique<DeviceMamba>(*m);
         else if (const auto* m2 = dynamic_cast<const mixers::Mamba2Mixer*>(b.mixer.get()))
           d.mixer = std::make_unique<DeviceMamba2>(*m2, where);
         else
@@ -619,7 +547,7 @@ class CudaDecoder final : public Model {
       }
       if (b.mlp) {
         d.mlp_norm = upload_norm(b.mlp_norm, where + " MLP norm");
-        d.mlp = std::make_unique<DeviceMlp>(*b.mlp, where);
+        d.mlp = make_device_feed_forward(*b.mlp, where);
       }
       blocks_.push_back(std::move(d));
     }
@@ -628,7 +556,8 @@ class CudaDecoder final : public Model {
     head_.w = spec.head.raw_data() == spec.embedding.raw_data() ? embedding_ : cuda::to_device(spec.head);
     final_norm_ = upload_norm(spec.final_norm, "final norm");
     embedding_scale_ = spec.embedding_scale;
-    for (const auto& b : blocks_) graphs_ = graphs_ && (!b.mixer || b.mixer->graph_safe());
+    for (const auto& b : blocks_)
+      graphs_ = graphs_ && (!b.mixer || b.mixer->graph_safe()) && (!b.mlp || b.mlp->graph_safe());
     if (const char* env = std::getenv("SUBQ_CUDA_GRAPHS")) graphs_ = graphs_ && std::string(env) != "0";
   }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -120,9 +121,6 @@ void top_k(const float* v, int64_t n, int64_t k, std::vector<int64_t>& order) {
   order.resize(static_cast<size_t>(k));
 }
 
-// routes[e]: the (token, weight) pairs sent to expert e.
-using Routes = std::vector<std::vector<std::pair<int64_t, float>>>;
-
 // What every mixture shares once its router has spoken: each expert runs once, on its
 // tokens' rows gathered together, and y[t] = sum over t's routes of weight * output.
 // x and y are [T, W], W the experts' width.
@@ -162,7 +160,75 @@ void check_router(const Tensor& w) {
     throw Error("MoE: router weight must be [E, D], found " + (w.defined() ? w.str() : std::string("nothing")));
 }
 
-class SoftmaxMoe final : public FeedForward {
+// The router's outputs for some tokens: f32 [T, E], contiguous.
+void check_router_out(const Tensor& out, int64_t E) {
+  check_dtype(out, DType::f32, "MoE: router outputs");
+  if (out.ndim() != 2 || out.dim(1) != E)
+    throw Error("MoE: router outputs must be [T, " + std::to_string(E) + "], found " + out.str());
+  check_contiguous(out, "MoE: router outputs");
+}
+
+// Softmax over the E experts, the k best taken, their weights normalised to sum 1 when
+// `normalize`.
+Routes softmax_routes(const Tensor& router_out, int64_t E, int64_t k, bool normalize) {
+  check_router_out(router_out, E);
+  const int64_t T = router_out.dim(0);
+  Tensor probs = Tensor::empty(DType::f32, {T, E});
+  softmax(router_out, probs);
+  Routes routes(static_cast<size_t>(E));
+  std::vector<int64_t> order;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* p = probs.data<float>() + t * E;
+    top_k(p, E, k, order);
+    float norm = 1.f;
+    if (normalize) {
+      norm = 0.f;
+      for (int64_t e : order) norm += p[e];
+    }
+    for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, p[e] / norm});
+  }
+  return routes;
+}
+
+// GroupLimitedRouter's rule (see feed_forward.h).
+Routes group_limited_routes(const Tensor& router_out, const GroupLimitedRouter& r) {
+  check_router_out(router_out, r.weight.dim(0));
+  const int64_t T = router_out.dim(0), E = r.weight.dim(0), G = E / r.n_group;
+  Tensor scores = Tensor::empty(DType::f32, {T, E});
+  float* s = scores.mutable_data<float>();
+  const float* logit = router_out.data<float>();
+  for (int64_t i = 0; i < T * E; ++i) s[i] = 1.f / (1.f + std::exp(-logit[i]));
+  const float* bias = r.correction_bias.data<float>();
+  Routes routes(static_cast<size_t>(E));
+  std::vector<float> choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(r.n_group));
+  std::vector<int64_t> order;
+  std::vector<char> kept(static_cast<size_t>(r.n_group));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* st = s + t * E;
+    for (int64_t e = 0; e < E; ++e) choice[static_cast<size_t>(e)] = st[e] + bias[e];
+    for (int64_t g = 0; g < r.n_group; ++g) {
+      const float* c = choice.data() + g * G;
+      top_k(c, G, 2, order);
+      group_score[static_cast<size_t>(g)] = c[order[0]] + c[order[1]];
+    }
+    top_k(group_score.data(), r.n_group, r.topk_group, order);
+    std::fill(kept.begin(), kept.end(), 0);
+    for (int64_t g : order) kept[static_cast<size_t>(g)] = 1;
+    for (int64_t e = 0; e < E; ++e)
+      if (!kept[static_cast<size_t>(e / G)]) choice[static_cast<size_t>(e)] = -std::numeric_limits<float>::infinity();
+    top_k(choice.data(), E, r.num_experts_per_tok, order);
+    float norm = 1.f;
+    if (r.norm_topk_prob) {
+      norm = 0.f;
+      for (int64_t e : order) norm += st[e];
+      norm += 1e-20f;
+    }
+    for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, st[e] / norm * r.routed_scaling_factor});
+  }
+  return routes;
+}
+
+class SoftmaxMoe final : public MixtureOfExperts {
  public:
   SoftmaxMoe(Tensor router, std::vector<GatedWeights> experts, int64_t top_k, bool normalize, Activation act)
       : router_(std::move(router)), top_k_(top_k), normalize_(normalize) {
@@ -175,25 +241,17 @@ class SoftmaxMoe final : public FeedForward {
   }
   void forward(const Tensor& x, const Tensor& y) const override {
     check_io(x, y, D_);
-    const int64_t T = x.dim(0), E = router_.dim(0);
-    Tensor logits = Tensor::empty(DType::f32, {T, E});
+    Tensor logits = Tensor::empty(DType::f32, {x.dim(0), router_.dim(0)});
     linear(x, router_, Tensor(), logits);
-    softmax(logits, logits);
-    Routes routes(static_cast<size_t>(E));
-    std::vector<int64_t> order;
-    for (int64_t t = 0; t < T; ++t) {
-      const float* p = logits.data<float>() + t * E;
-      top_k(p, E, top_k_, order);
-      float norm = 1.f;
-      if (normalize_) {
-        norm = 0.f;
-        for (int64_t e : order) norm += p[e];
-      }
-      for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, p[e] / norm});
-    }
-    run_experts(experts_, routes, x, y);
+    run_experts(experts_, softmax_routes(logits, router_.dim(0), top_k_, normalize_), x, y);
   }
   int64_t width() const override { return D_; }
+  Parts parts() const override {
+    return {router_, &experts_, Tensor(), Tensor(), nullptr,
+            [E = router_.dim(0), k = top_k_, normalize = normalize_](const Tensor& out) {
+              return softmax_routes(out, E, k, normalize);
+            }};
+  }
 
  private:
   Tensor router_;
@@ -203,7 +261,7 @@ class SoftmaxMoe final : public FeedForward {
   int64_t D_ = 0;
 };
 
-class GroupLimitedMoe final : public FeedForward {
+class GroupLimitedMoe final : public MixtureOfExperts {
  public:
   GroupLimitedMoe(GroupLimitedRouter router, std::vector<std::unique_ptr<FeedForward>> experts, Tensor latent_in,
                   Tensor latent_out, std::unique_ptr<FeedForward> shared)
@@ -247,7 +305,9 @@ class GroupLimitedMoe final : public FeedForward {
   void forward(const Tensor& x, const Tensor& y) const override {
     check_io(x, y, D_);
     const int64_t T = x.dim(0);
-    const Routes routes = route(x);
+    Tensor scores = Tensor::empty(DType::f32, {T, r_.weight.dim(0)});
+    linear(x, r_.weight, Tensor(), scores);
+    const Routes routes = group_limited_routes(scores, r_);
     if (latent_in_.defined()) {
       Tensor h = Tensor::empty(DType::f32, {T, L_}), routed = Tensor::empty(DType::f32, {T, L_});
       linear(x, latent_in_, Tensor(), h);
@@ -263,44 +323,12 @@ class GroupLimitedMoe final : public FeedForward {
     for (int64_t i = 0; i < T * D_; ++i) out[i] += add[i];
   }
   int64_t width() const override { return D_; }
-
- private:
-  Routes route(const Tensor& x) const {
-    const int64_t T = x.dim(0), E = r_.weight.dim(0), G = E / r_.n_group;
-    Tensor scores = Tensor::empty(DType::f32, {T, E});
-    linear(x, r_.weight, Tensor(), scores);
-    float* s = scores.mutable_data<float>();
-    for (int64_t i = 0; i < T * E; ++i) s[i] = 1.f / (1.f + std::exp(-s[i]));
-    const float* bias = r_.correction_bias.data<float>();
-    Routes routes(static_cast<size_t>(E));
-    std::vector<float> choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(r_.n_group));
-    std::vector<int64_t> order;
-    std::vector<char> kept(static_cast<size_t>(r_.n_group));
-    for (int64_t t = 0; t < T; ++t) {
-      const float* st = s + t * E;
-      for (int64_t e = 0; e < E; ++e) choice[static_cast<size_t>(e)] = st[e] + bias[e];
-      for (int64_t g = 0; g < r_.n_group; ++g) {
-        const float* c = choice.data() + g * G;
-        top_k(c, G, 2, order);
-        group_score[static_cast<size_t>(g)] = c[order[0]] + c[order[1]];
-      }
-      top_k(group_score.data(), r_.n_group, r_.topk_group, order);
-      std::fill(kept.begin(), kept.end(), 0);
-      for (int64_t g : order) kept[static_cast<size_t>(g)] = 1;
-      for (int64_t e = 0; e < E; ++e)
-        if (!kept[static_cast<size_t>(e / G)]) choice[static_cast<size_t>(e)] = -std::numeric_limits<float>::infinity();
-      top_k(choice.data(), E, r_.num_experts_per_tok, order);
-      float norm = 1.f;
-      if (r_.norm_topk_prob) {
-        norm = 0.f;
-        for (int64_t e : order) norm += st[e];
-        norm += 1e-20f;
-      }
-      for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, st[e] / norm * r_.routed_scaling_factor});
-    }
-    return routes;
+  Parts parts() const override {
+    return {r_.weight, &experts_, latent_in_, latent_out_, shared_.get(),
+            [r = r_](const Tensor& out) { return group_limited_routes(out, r); }};
   }
 
+ private:
   GroupLimitedRouter r_;
   std::vector<std::unique_ptr<FeedForward>> experts_;
   Tensor latent_in_, latent_out_;

@@ -6,15 +6,17 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "subq/ops.h"
 #include "subq/tensor.h"
 
 namespace subq {
 
-enum class Activation { silu, gelu_tanh, relu2 };
 // Parses a Hugging Face activation name ("silu", "swish", "gelu_pytorch_tanh", "relu2").
 Activation parse_activation(const std::string& name);
 
@@ -30,13 +32,35 @@ class FeedForward {
   virtual void forward(const Tensor& x, const Tensor& y) const = 0;
   virtual int64_t width() const = 0;  // D
   // The weights of a gated or plain MLP, for a backend that runs the MLP itself (the CUDA
-  // decoder); the mixtures of experts expose none (kind none).
+  // decoder); a mixture of experts exposes none here (kind none) but its parts through
+  // MixtureOfExperts.
   struct Weights {
     enum class Kind { none, gated, plain } kind = Kind::none;
     GatedWeights w;  // plain: up and down only
     Activation act = Activation::silu;
   };
   virtual Weights weights() const { return {}; }
+};
+
+// routes[e]: the (token, weight) pairs a mixture of experts sends to expert e, tokens
+// ascending.
+using Routes = std::vector<std::vector<std::pair<int64_t, float>>>;
+
+// A mixture of experts opened up for a backend that runs the matmuls itself (the CUDA
+// decoder): y[t] = latent_out(sum over t's routes of weight * expert(latent_in(x))[t])
+// + shared(x)[t], each projection or the shared expert left out where undefined.
+class MixtureOfExperts : public FeedForward {
+ public:
+  struct Parts {
+    Tensor router;                                             // [E, D]
+    const std::vector<std::unique_ptr<FeedForward>>* experts;  // E, each of width L (D without latents)
+    Tensor latent_in, latent_out;                              // [L, D], [D, L], or undefined
+    const FeedForward* shared = nullptr;                       // width D, or none
+    // The routes of T tokens from the router's outputs x · router^T (f32 [T, E]); holds
+    // its parameters by value, so it outlives the mixture.
+    std::function<Routes(const Tensor& router_out)> route;
+  };
+  virtual Parts parts() const = 0;
 };
 
 std::unique_ptr<FeedForward> make_gated_mlp(GatedWeights w, Activation act);

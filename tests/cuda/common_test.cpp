@@ -1,10 +1,13 @@
 // The common primitives on the GPU against the float64 references (tests/reference).
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <string>
 
 #include "src/ops/common/cuda_ops.h"
 #include "tests/cuda/cuda_test.h"
 #include "tests/reference/common.h"
+#include "tests/reference/mlp.h"
 
 namespace subq::test {
 namespace {
@@ -198,10 +201,10 @@ TEST(CudaCommon, CopyRowsPadsTruncatesAndReadsColumnRanges) {
   EXPECT_THROW(cuda::copy_rows(cuda::empty(DType::f16, {R, W}), cuda::empty(DType::bf16, {R, W})), Error);
 }
 
-TEST(CudaCommon, AddSiluMulScale) {
+TEST(CudaCommon, AddAndScale) {
   SUBQ_REQUIRE_GPU();
   auto rng = rng_for_test();
-  const int64_t M = 7, F = 601, n = M * F;
+  const int64_t n = 4207;
   const auto a = uniform(rng, n, -4.f, 4.f), b = uniform(rng, n, -4.f, 4.f);
   const Tensor x = device_f32(a, {n});
   cuda::add_into(x, device_f32(b, {n}));
@@ -213,23 +216,96 @@ TEST(CudaCommon, AddSiluMulScale) {
   expect_close(device_values(x), sum, 1e-7, 1e-7, "add_into");
   cuda::scale(x, 0.37f);
   expect_close(device_values(x), scaled, 1e-6, 1e-7, "scale");
+  EXPECT_THROW(cuda::add_into(x, cuda::empty(DType::f32, {n + 1})), Error);
+}
 
-  // silu_mul over [M, 2F]: gate in the first F columns, up in the last F.
+// Every activation, plain and gated ([M, 2F]: gate in the first F columns, up in the last
+// F), into f32, bf16 and f16.
+TEST(CudaCommon, ActivationsPlainAndGated) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t M = 7, F = 601, n = M * F;
+  const auto a = uniform(rng, n, -4.f, 4.f), b = uniform(rng, n, -4.f, 4.f);
   std::vector<float> gu(2 * n);
-  std::vector<double> prod(n);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t j = 0; j < F; ++j) {
       gu[m * 2 * F + j] = a[m * F + j];
       gu[m * 2 * F + F + j] = b[m * F + j];
-      prod[m * F + j] = ref::silu(a[m * F + j]) * b[m * F + j];
     }
-  for (DType dt : {DType::f32, DType::bf16}) {
-    const Tensor y = poisoned_device_tensor(dt, {M, F});
-    cuda::silu_mul(device_f32(gu, {M, 2 * F}), y);
-    expect_close(device_values(y), prod, dt == DType::f32 ? 2e-6 : 4e-3, 1e-6, "silu_mul");
+  for (auto [act, kind] : {std::pair{Activation::silu, 0}, {Activation::gelu_tanh, 1}, {Activation::relu2, 2}}) {
+    std::vector<double> plain(n), gated(n);
+    for (int64_t i = 0; i < n; ++i) {
+      plain[i] = ref::act(kind, a[i]);
+      gated[i] = plain[i] * b[i];
+    }
+    for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+      // f32: fast exp / tanh, a few ulp of values up to 16; bf16 / f16: one rounding.
+      const double tol = dt == DType::f32 ? 2e-6 : dt == DType::bf16 ? 4e-3 : 1e-3;
+      const std::string what = "activation " + std::to_string(kind) + " into " + std::string(dtype_name(dt));
+      const Tensor y = poisoned_device_tensor(dt, {M, F});
+      cuda::activation(act, device_f32(a, {M, F}), y);
+      expect_close(device_values(y), plain, tol, 1e-6, what);
+      const Tensor g = poisoned_device_tensor(dt, {M, F});
+      cuda::gated_activation(act, device_f32(gu, {M, 2 * F}), g);
+      expect_close(device_values(g), gated, tol, 1e-6, "gated " + what);
+    }
   }
-  EXPECT_THROW(cuda::add_into(x, cuda::empty(DType::f32, {n + 1})), Error);
-  EXPECT_THROW(cuda::silu_mul(device_f32(gu, {M, 2 * F}), cuda::empty(DType::f32, {M, F + 1})), Error);
+  EXPECT_THROW(cuda::activation(Activation::silu, device_f32(a, {n}), cuda::empty(DType::f32, {n + 1})), Error);
+  EXPECT_THROW(cuda::gated_activation(Activation::silu, device_f32(gu, {M, 2 * F}), cuda::empty(DType::f32, {M, F + 1})),
+               Error);
+  EXPECT_THROW(cuda::gated_activation(Activation::silu, device_f32(gu, {2 * M, F}), cuda::empty(DType::i32, {2 * M, F / 2})),
+               Error);
+}
+
+// A mixture of experts' row traffic: rows gathered in any order (repeats allowed) in f32
+// and bf16, and weighted rows added into distinct rows of an output.
+TEST(CudaCommon, GatherAndScatterAddRows) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t R = 19, W = 37, n = 11;
+  const auto src = uniform(rng, R * W, -2.f, 2.f), rows = uniform(rng, n * W, -2.f, 2.f),
+             base = uniform(rng, R * W, -2.f, 2.f), weights = uniform(rng, n, 0.f, 1.f);
+  std::vector<int32_t> gather_index(n), scatter_index(R);
+  for (auto& i : gather_index) i = static_cast<int32_t>(rng() % R);
+  std::iota(scatter_index.begin(), scatter_index.end(), 0);
+  std::shuffle(scatter_index.begin(), scatter_index.end(), rng);
+  scatter_index.resize(n);
+  const auto device_i32 = [](const std::vector<int32_t>& v) {
+    Tensor t = Tensor::empty(DType::i32, {static_cast<int64_t>(v.size())});
+    std::copy(v.begin(), v.end(), t.mutable_data<int32_t>());
+    return cuda::to_device(t);
+  };
+  const Tensor gi = device_i32(gather_index), si = device_i32(scatter_index);
+
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor s = device_f32(src, {R, W});
+    if (dt != DType::f32) {
+      s = cuda::empty(dt, {R, W});
+      cuda::convert(device_f32(src, {R, W}), s);
+    }
+    const Tensor out = poisoned_device_tensor(dt, {n, W});
+    cuda::gather_rows(s, gi, out);
+    std::vector<double> want(n * W);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < W; ++j) {
+        const float v = src[gather_index[i] * W + j];
+        want[i * W + j] = dt == DType::f32 ? v : to_float(to_bf16(v));
+      }
+    expect_close(device_values(out), want, 0, 0, "gather_rows");
+  }
+
+  const Tensor dst = device_f32(base, {R, W});
+  cuda::scatter_add_rows(device_f32(rows, {n, W}), si, device_f32(weights, {n}), dst);
+  std::vector<double> want(base.begin(), base.end());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < W; ++j) want[scatter_index[i] * W + j] += double{weights[i]} * rows[i * W + j];
+  expect_close(device_values(dst), want, 1e-6, 1e-6, "scatter_add_rows");
+
+  EXPECT_THROW(cuda::gather_rows(device_f32(src, {R, W}), gi, cuda::empty(DType::f32, {n, W + 1})), Error);
+  EXPECT_THROW(cuda::gather_rows(device_f32(src, {R, W}), gi, cuda::empty(DType::bf16, {n, W})), Error);
+  EXPECT_THROW(cuda::scatter_add_rows(device_f32(rows, {n, W}), si, device_f32(weights, {n - 1}), dst), Error);
+  EXPECT_THROW(cuda::scatter_add_rows(device_f32(rows, {n, W}), gi.slice(0, 0, n - 1), device_f32(weights, {n}), dst),
+               Error);
 }
 
 // The residual add fused into RMSNorm (x += r, then y = norm(x)), with a bf16 output.
@@ -325,21 +401,6 @@ TEST(CudaCommon, GatedRmsNormOverGroups) {
   cuda::gated_rms_norm(inplace, zd, wd, group, 1e-5f, inplace);
   expect_close(device_values(inplace), want, 2e-5, 1e-6, "gated_rms_norm in place");
   EXPECT_THROW(cuda::gated_rms_norm(device_f32(x, {R, I}), zd, wd, 25, 1e-5f, inplace), Error);
-}
-
-TEST(CudaCommon, ReluSquared) {
-  SUBQ_REQUIRE_GPU();
-  auto rng = rng_for_test();
-  const int64_t n = 1037;
-  const auto x = uniform(rng, n, -3.f, 3.f);
-  std::vector<double> want(n);
-  for (int64_t i = 0; i < n; ++i) want[i] = x[i] > 0 ? double{x[i]} * x[i] : 0.0;
-  for (DType dt : {DType::f32, DType::bf16}) {
-    const Tensor y = poisoned_device_tensor(dt, {n});
-    cuda::relu_squared(device_f32(x, {n}), y);
-    expect_close(device_values(y), want, dt == DType::f32 ? 1e-7 : 4e-3, 1e-7, "relu_squared");
-  }
-  EXPECT_THROW(cuda::relu_squared(device_f32(x, {n}), cuda::empty(DType::f32, {n + 1})), Error);
 }
 
 }  // namespace

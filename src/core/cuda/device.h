@@ -70,6 +70,8 @@ void end_graph_pool();
 Tensor empty(DType dtype, const Shape& shape);
 Tensor to_device(const Tensor& host);  // any CPU tensor (made contiguous first)
 Tensor to_host(const Tensor& device);  // a contiguous CUDA tensor
+// Sets every byte of a contiguous GPU tensor to 0 (on the stream).
+void zero(const Tensor& t);
 // Copies between two contiguous tensors of equal dtype and shape, any devices.
 void copy(const Tensor& src, const Tensor& dst);
 

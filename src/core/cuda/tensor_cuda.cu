@@ -33,6 +33,12 @@ Tensor empty(DType dtype, const Shape& shape) {
   return Tensor::view_of(std::make_shared<DeviceStorage>(bytes), 0, dtype, shape);
 }
 
+void zero(const Tensor& t) {
+  check_device(t, Device::cuda, "cuda::zero");
+  check_contiguous(t, "cuda::zero");
+  if (t.nbytes() > 0) SUBQ_CUDA_CHECK(cudaMemsetAsync(mutable_bytes_of(t), 0, t.nbytes(), stream()));
+}
+
 void copy(const Tensor& src, const Tensor& dst) {
   check_contiguous(src, "cuda::copy src");
   check_contiguous(dst, "cuda::copy dst");

@@ -1,7 +1,9 @@
-// Element-wise kernels: SiLU, residual add, scaling, dtype conversion (grid-stride loops).
+// Element-wise kernels: activations, residual add, scaling, dtype conversion, row gathers
+// and scatters (grid-stride loops).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
 #include <string>
 
 #include "src/core/cuda/check.cuh"
@@ -52,28 +54,71 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
     x[i] += y[i];
 }
 
-template <class Out>
-__global__ void silu_mul_kernel(const float* gate_up, Out* out, int64_t F, int64_t n) {
+template <Activation A>
+__device__ __forceinline__ float activate(float v) {
+  if constexpr (A == Activation::silu) {
+    return v / (1.f + __expf(-v));
+  } else if constexpr (A == Activation::gelu_tanh) {
+    return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+  } else {
+    const float r = fmaxf(v, 0.f);
+    return r * r;
+  }
+}
+
+template <Activation A, class Out>
+__global__ void gated_activation_kernel(const float* gate_up, Out* out, int64_t F, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate_up[i / F * 2 * F + i % F], u = gate_up[i / F * 2 * F + F + i % F];
-    out[i] = narrow<Out>(g / (1.f + __expf(-g)) * u);
+    const float* row = gate_up + i / F * 2 * F;
+    out[i] = narrow<Out>(activate<A>(row[i % F]) * row[F + i % F]);
   }
+}
+
+template <Activation A, class Out>
+__global__ void activation_kernel(const float* x, Out* y, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = narrow<Out>(activate<A>(x[i]));
+}
+
+// Calls launch.template operator()<A, Out>() for the activation and out's dtype.
+template <class Launch>
+void with_activation(Activation act, const Tensor& out, const char* what, Launch&& launch) {
+  const auto by_dtype = [&]<Activation A>() {
+    switch (out.dtype()) {
+      case DType::f32: return launch.template operator()<A, float>();
+      case DType::bf16: return launch.template operator()<A, __nv_bfloat16>();
+      case DType::f16: return launch.template operator()<A, __half>();
+      default: throw Error(std::string(what) + ": expected dtype f32, bf16 or f16, found " + out.str());
+    }
+  };
+  switch (act) {
+    case Activation::silu: return by_dtype.template operator()<Activation::silu>();
+    case Activation::gelu_tanh: return by_dtype.template operator()<Activation::gelu_tanh>();
+    case Activation::relu2: return by_dtype.template operator()<Activation::relu2>();
+  }
+  throw Error(std::string(what) + ": unknown activation");
+}
+
+template <class T>
+__global__ void gather_rows_kernel(const T* src, const int32_t* index, T* dst, int64_t W, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = src[index[i / W] * W + i % W];
+}
+
+__global__ void scatter_add_rows_kernel(const float* src, const int32_t* index, const float* weight, float* dst,
+                                        int64_t W, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[index[i / W] * W + i % W] += weight[i / W] * src[i];
 }
 
 __global__ void scale_kernel(float* x, float s, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     x[i] *= s;
-}
-
-template <class Out>
-__global__ void relu_squared_kernel(const float* x, Out* y, int64_t n) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float r = fmaxf(x[i], 0.f);
-    y[i] = narrow<Out>(r * r);
-  }
 }
 
 __global__ void softplus_clamp_kernel(const float* x, int64_t stride, const float* bias, float lo, float hi, float* y,
@@ -143,28 +188,84 @@ void add_into(const Tensor& x, const Tensor& y) {
   SUBQ_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
-void silu_mul(const Tensor& gate_up, const Tensor& out) {
-  check_f32(gate_up, "silu_mul gate_up");
-  check_device(out, Device::cuda, "silu_mul out");
-  check_contiguous(out, "silu_mul out");
+void gated_activation(Activation act, const Tensor& gate_up, const Tensor& out) {
+  check_f32(gate_up, "gated_activation gate_up");
+  check_device(out, Device::cuda, "gated_activation out");
+  check_contiguous(out, "gated_activation out");
   if (gate_up.ndim() != 2 || gate_up.dim(1) % 2 != 0)
-    throw Error("silu_mul gate_up: expected [M, 2F], found " + gate_up.str());
+    throw Error("gated_activation gate_up: expected [M, 2F], found " + gate_up.str());
   const int64_t F = gate_up.dim(1) / 2;
-  check_shape(out, Shape{gate_up.dim(0), F}, "silu_mul out");
+  check_shape(out, Shape{gate_up.dim(0), F}, "gated_activation out");
   const int64_t n = out.numel();
   if (n == 0) return;
-  const float* gu = gate_up.device_data<float>();
-  switch (out.dtype()) {
-    case DType::f32: silu_mul_kernel<<<blocks_for(n), 256, 0, stream()>>>(gu, out.mutable_device_data<float>(), F, n); break;
-    case DType::bf16:
-      silu_mul_kernel<<<blocks_for(n), 256, 0, stream()>>>(gu, static_cast<__nv_bfloat16*>(out.mutable_device_raw_data()), F, n);
+  with_activation(act, out, "gated_activation out", [&]<Activation A, class Out>() {
+    gated_activation_kernel<A><<<blocks_for(n), 256, 0, stream()>>>(
+        gate_up.device_data<float>(), static_cast<Out*>(out.mutable_device_raw_data()), F, n);
+    SUBQ_CUDA_CHECK_LAUNCH("gated_activation_kernel");
+  });
+}
+
+void activation(Activation act, const Tensor& x, const Tensor& y) {
+  check_f32(x, "activation x");
+  check_device(y, Device::cuda, "activation y");
+  check_contiguous(y, "activation y");
+  check_shape(y, x.shape(), "activation y");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  with_activation(act, y, "activation y", [&]<Activation A, class Out>() {
+    activation_kernel<A><<<blocks_for(n), 256, 0, stream()>>>(x.device_data<float>(),
+                                                              static_cast<Out*>(y.mutable_device_raw_data()), n);
+    SUBQ_CUDA_CHECK_LAUNCH("activation_kernel");
+  });
+}
+
+void gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) {
+  check_device(src, Device::cuda, "gather_rows src");
+  check_device(dst, Device::cuda, "gather_rows dst");
+  check_device(index, Device::cuda, "gather_rows index");
+  check_dtype(index, DType::i32, "gather_rows index");
+  check_contiguous(src, "gather_rows src");
+  check_contiguous(dst, "gather_rows dst");
+  check_contiguous(index, "gather_rows index");
+  if (src.ndim() != 2) throw Error("gather_rows src: expected [R, W], found " + src.str());
+  if (index.ndim() != 1) throw Error("gather_rows index: expected [n], found " + index.str());
+  check_dtype(dst, src.dtype(), "gather_rows dst");
+  check_shape(dst, Shape{index.dim(0), src.dim(1)}, "gather_rows dst");
+  const int64_t W = src.dim(1), n = dst.numel();
+  if (n == 0) return;
+  const int32_t* idx = index.device_data<int32_t>();
+  switch (dtype_size(src.dtype())) {
+    case 4:
+      gather_rows_kernel<<<blocks_for(n), 256, 0, stream()>>>(static_cast<const uint32_t*>(src.device_raw_data()), idx,
+                                                              static_cast<uint32_t*>(dst.mutable_device_raw_data()), W, n);
       break;
-    case DType::f16:
-      silu_mul_kernel<<<blocks_for(n), 256, 0, stream()>>>(gu, static_cast<__half*>(out.mutable_device_raw_data()), F, n);
+    case 2:
+      gather_rows_kernel<<<blocks_for(n), 256, 0, stream()>>>(static_cast<const uint16_t*>(src.device_raw_data()), idx,
+                                                              static_cast<uint16_t*>(dst.mutable_device_raw_data()), W, n);
       break;
-    default: throw Error("silu_mul out: expected dtype f32, bf16 or f16, found " + out.str());
+    default: throw Error("gather_rows src: expected 2- or 4-byte elements, found " + src.str());
   }
-  SUBQ_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+  SUBQ_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+}
+
+void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, const Tensor& dst) {
+  check_f32(src, "scatter_add_rows src");
+  check_f32(weight, "scatter_add_rows weight");
+  check_f32(dst, "scatter_add_rows dst");
+  check_device(index, Device::cuda, "scatter_add_rows index");
+  check_dtype(index, DType::i32, "scatter_add_rows index");
+  check_contiguous(index, "scatter_add_rows index");
+  if (src.ndim() != 2) throw Error("scatter_add_rows src: expected [n, W], found " + src.str());
+  if (dst.ndim() != 2 || dst.dim(1) != src.dim(1))
+    throw Error("scatter_add_rows dst: expected [R, " + std::to_string(src.dim(1)) + "], found " + dst.str());
+  check_shape(index, Shape{src.dim(0)}, "scatter_add_rows index");
+  check_shape(weight, Shape{src.dim(0)}, "scatter_add_rows weight");
+  const int64_t n = src.numel();
+  if (n == 0) return;
+  scatter_add_rows_kernel<<<blocks_for(n), 256, 0, stream()>>>(src.device_data<float>(), index.device_data<int32_t>(),
+                                                               weight.device_data<float>(),
+                                                               dst.mutable_device_data<float>(), src.dim(1), n);
+  SUBQ_CUDA_CHECK_LAUNCH("scatter_add_rows_kernel");
 }
 
 void scale(const Tensor& x, float s) {
@@ -172,27 +273,6 @@ void scale(const Tensor& x, float s) {
   if (x.numel() == 0) return;
   scale_kernel<<<blocks_for(x.numel()), 256, 0, stream()>>>(x.mutable_device_data<float>(), s, x.numel());
   SUBQ_CUDA_CHECK_LAUNCH("scale_kernel");
-}
-
-void relu_squared(const Tensor& x, const Tensor& y) {
-  check_f32(x, "relu_squared x");
-  check_device(y, Device::cuda, "relu_squared y");
-  check_contiguous(y, "relu_squared y");
-  check_shape(y, x.shape(), "relu_squared y");
-  const int64_t n = x.numel();
-  if (n == 0) return;
-  const float* xp = x.device_data<float>();
-  switch (y.dtype()) {
-    case DType::f32: relu_squared_kernel<<<blocks_for(n), 256, 0, stream()>>>(xp, y.mutable_device_data<float>(), n); break;
-    case DType::bf16:
-      relu_squared_kernel<<<blocks_for(n), 256, 0, stream()>>>(xp, static_cast<__nv_bfloat16*>(y.mutable_device_raw_data()), n);
-      break;
-    case DType::f16:
-      relu_squared_kernel<<<blocks_for(n), 256, 0, stream()>>>(xp, static_cast<__half*>(y.mutable_device_raw_data()), n);
-      break;
-    default: throw Error("relu_squared y: expected dtype f32, bf16 or f16, found " + y.str());
-  }
-  SUBQ_CUDA_CHECK_LAUNCH("relu_squared_kernel");
 }
 
 void softplus_clamp(const Tensor& x, const Tensor& bias, float lo, float hi, const Tensor& y) {

@@ -29,13 +29,21 @@ void copy_rows(const Tensor& src, const Tensor& dst);
 
 // x += y, f32, equal element counts.
 void add_into(const Tensor& x, const Tensor& y);
-// SwiGLU's product: out[m, j] = silu(gate_up[m, j]) * gate_up[m, F + j] for gate_up
+// A gated MLP's product: out[m, j] = act(gate_up[m, j]) * gate_up[m, F + j] for gate_up
 // f32 [M, 2F] (the gate and up projections as one matmul), out [M, F] f32, bf16 or f16.
-void silu_mul(const Tensor& gate_up, const Tensor& out);
+void gated_activation(Activation act, const Tensor& gate_up, const Tensor& out);
+// y = act(x), x f32, y f32, bf16 or f16 of x's shape.
+void activation(Activation act, const Tensor& x, const Tensor& y);
 // x *= s, f32.
 void scale(const Tensor& x, float s);
-// y = max(x, 0)^2 (Nemotron-H's relu2), x f32, y f32, bf16 or f16 of x's shape.
-void relu_squared(const Tensor& x, const Tensor& y);
+
+// A mixture of experts' row traffic; index i32 [n] on the GPU, made by the host and not
+// checked here: every entry must be a row of the tensor it indexes.
+// dst[i, :] = src[index[i], :]; src [R, W] and dst [n, W] contiguous, one dtype.
+void gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst);
+// dst[index[i], :] += weight[i] * src[i, :]; src f32 [n, W], weight f32 [n], dst f32
+// [R, W], all contiguous; the entries of index must be distinct.
+void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, const Tensor& dst);
 // Mamba-2's dt: y[r, h] = clamp(softplus(x[r, h] + bias[h]), lo, hi) for x [R, H] f32
 // with unit column stride (rows may be strided: a column range of in_proj's output),
 // bias f32 [H], y f32 [R, H] contiguous.
