@@ -303,7 +303,7 @@ TEST(CudaCommon, GatherAndScatterAddRows) {
 
   EXPECT_THROW(cuda::gather_rows(device_f32(src, {R, W}), gi, cuda::empty(DType::f32, {n, W + 1})), Error);
   EXPECT_THROW(cuda::gather_rows(device_f32(src, {R, W}), gi, cuda::empty(DType::bf16, {n, W})), Error);
-  EXPECT_THROW(cuda::scatter_add_rows(device_f32(rows, {n, W}), si, device_f32(weights, {n - 1}), dst), Error);
+  EXPECT_THROW(cuda::scatter_add_rows(device_f32(rows, {n, W}), si, cuda::empty(DType::f32, {n - 1}), dst), Error);
   EXPECT_THROW(cuda::scatter_add_rows(device_f32(rows, {n, W}), gi.slice(0, 0, n - 1), device_f32(weights, {n}), dst),
                Error);
 }
