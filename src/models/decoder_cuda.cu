@@ -15,13 +15,14 @@
 //     selectors from host copies of q and k) for the block-sparse flash kernel.
 //   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager),
 //     unless a mixture of experts reads its routes back to the host.
-// The evicting window policy, soft-capping, q/k norms and LayerNorm are an Error at load
-// naming the layer. States are saved in the CPU decoder's format (attention as a bf16
+//   * The window policy (sinks + sliding window) keeps a bounded ring of keys (KVState).
+// Soft-capping, q/k norms and LayerNorm are an Error at load naming the layer. States are saved in the CPU decoder's format (attention as a bf16
 // cache), so a state saved on one device continues on the other.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -37,6 +38,7 @@
 #include "src/models/device_linear.h"
 #include "src/models/feed_forward_cuda.h"
 #include "src/ops/attention/flash_attention.h"
+#include "src/ops/attention/selectors/static_selectors.h"
 #include "src/ops/common/cuda_ops.h"
 #include "src/ops/conv/causal_conv1d_cuda.h"
 #include "src/ops/linear/gated_linear_attention_cuda.h"
@@ -108,16 +110,38 @@ class DeviceMixer {
 
 // ---- attention ---------------------------------------------------------------------
 
+// The keys and values of one attention layer, bf16 [capacity, Hkv, Dp]. Dense: slot p
+// holds position p. Under a window policy (StreamingLLM: `sinks` first positions plus the
+// last `window`) the cache is a ring of sinks + window slots (cuda::KvRing): a decode step
+// writes its token over the one a window before it and attends to every slot, in any
+// order (softmax does not care); a longer forward lays the kept keys out in position
+// order first (linear()).
 class KVState final : public DeviceLayerState {
  public:
-  KVState(int64_t kv_heads, int64_t head_dim, int64_t padded) : hkv_(kv_heads), dh_(head_dim), dp_(padded) {}
+  KVState(int64_t kv_heads, int64_t head_dim, int64_t padded, cuda::KvRing ring)
+      : ring_(ring), hkv_(kv_heads), dh_(head_dim), dp_(padded) {}
 
-  // Room for `slots` keys, keeping the first `kept`; capacity doubles so that decoding
-  // reallocates O(log T) times.
-  void reserve(int64_t slots, int64_t kept) {
+  bool bounded() const { return ring_.window > 0; }
+  int64_t slot_of(int64_t p) const {
+    return !bounded() || p < ring_.sinks ? p : ring_.sinks + (p - ring_.sinks) % ring_.window;
+  }
+  // The positions a query at `next` or later can still see: [0, sinks) and
+  // [run_start(next), next); all of [0, next) when dense.
+  int64_t sinks_kept(int64_t next) const { return bounded() ? std::min(next, ring_.sinks) : next; }
+  int64_t run_start(int64_t next) const {
+    return bounded() ? std::max(ring_.sinks, next - (ring_.window - 1)) : next;
+  }
+
+  // Room for a sequence of `length` tokens (a ring never holds more than its slots);
+  // capacity doubles so that decoding reallocates O(log T) times. Slots below the
+  // capacity are those of positions below it, so growing copies the first ones.
+  void reserve(int64_t length) {
+    const int64_t slots = bounded() ? std::min(length, ring_.sinks + ring_.window) : length;
     if (slots <= capacity_) return;
-    const int64_t cap = std::max<int64_t>({slots, 2 * capacity_, 256});
+    int64_t cap = std::max<int64_t>({slots, 2 * capacity_, 256});
+    if (bounded()) cap = std::min(cap, ring_.sinks + ring_.window);
     Tensor k = cuda::empty(DType::bf16, {cap, hkv_, dp_}), v = cuda::empty(DType::bf16, {cap, hkv_, dp_});
+    const int64_t kept = std::min(slots_, capacity_);
     if (kept > 0)
       for (auto [from, to] : {std::pair{&k_, &k}, std::pair{&v_, &v}})
         cuda::copy(rows(*from, 0, kept), rows(*to, 0, kept));
@@ -132,26 +156,58 @@ class KVState final : public DeviceLayerState {
   // The first n slots as [1, n, Hkv, Dp].
   Tensor prefix(const Tensor& cache, int64_t n) const { return cache.slice(0, 0, n).view({1, n, hkv_, dp_}); }
 
-  size_t bytes() const override { return static_cast<size_t>(2 * slots_ * hkv_ * dh_) * sizeof(uint16_t); }
-  void prepare(int64_t length) override { reserve(length, slots_); }
+  // Positions [p0, p1) between the cache and slots [b0, b0 + p1 - p0) of a buffer of the
+  // cache's row layout: at most two contiguous runs of a ring, plus the sinks.
+  void move_positions(const Tensor& cache, const Tensor& buffer, int64_t p0, int64_t p1, int64_t b0, bool to_cache) const {
+    while (p0 < p1) {
+      const int64_t s = slot_of(p0);
+      const int64_t n = !bounded() ? p1 - p0
+                        : p0 < ring_.sinks ? std::min(p1, ring_.sinks) - p0
+                                           : std::min(p1 - p0, ring_.sinks + ring_.window - s);
+      const Tensor c = rows(cache, s, s + n), b = rows(buffer, b0, b0 + n);
+      to_cache ? cuda::copy(b, c) : cuda::copy(c, b);
+      p0 += n;
+      b0 += n;
+    }
+  }
+  // The keys (or values) a forward from position `next` can see, in position order, into
+  // the first slots of `buffer`; returns how many.
+  int64_t linear(const Tensor& cache, const Tensor& buffer, int64_t next) const {
+    const int64_t s0 = sinks_kept(next), r0 = run_start(next);
+    move_positions(cache, buffer, 0, s0, 0, false);
+    move_positions(cache, buffer, r0, next, s0, false);
+    return s0 + std::max<int64_t>(next - r0, 0);
+  }
+
+  size_t bytes() const override {
+    return static_cast<size_t>(2 * kept(slots_) * hkv_ * dh_) * sizeof(uint16_t);
+  }
+  int64_t kept(int64_t next) const { return sinks_kept(next) + std::max<int64_t>(next - run_start(next), 0); }
+  void prepare(int64_t length) override { reserve(length); }
   void advance(int64_t length) override { slots_ = length; }
   int64_t layout() const override { return capacity_; }
 
-  // As AttentionState: keys and values [slots, Hkv, Dh] bf16, positions, next position.
+  // As AttentionState: the kept keys and values [n, Hkv, Dh] bf16 in position order,
+  // their positions, the next position.
   std::vector<Tensor> snapshot() const override {
-    Tensor k = Tensor::empty(DType::bf16, {slots_, hkv_, dh_}), v = Tensor::empty(DType::bf16, {slots_, hkv_, dh_});
+    const int64_t n = kept(slots_);
+    Tensor k = Tensor::empty(DType::bf16, {n, hkv_, dh_}), v = Tensor::empty(DType::bf16, {n, hkv_, dh_});
     for (auto [from, to] : {std::pair{&k_, &k}, std::pair{&v_, &v}}) {
-      if (slots_ == 0) break;
-      const Tensor narrow = cuda::empty(DType::bf16, {slots_ * hkv_, dh_});
-      cuda::copy_rows(rows(*from, 0, slots_), narrow);
-      cuda::copy(narrow, to->view({slots_ * hkv_, dh_}));
+      if (n == 0) break;
+      const Tensor ordered = cuda::empty(DType::bf16, {n, hkv_, dp_}), narrow = cuda::empty(DType::bf16, {n * hkv_, dh_});
+      linear(*from, ordered, slots_);
+      cuda::copy_rows(ordered.view({n * hkv_, dp_}), narrow);
+      cuda::copy(narrow, to->view({n * hkv_, dh_}));
     }
-    Tensor pos = Tensor::empty(DType::i32, {slots_}), next = Tensor::empty(DType::i32, {1});
-    for (int64_t i = 0; i < slots_; ++i) pos.mutable_data<int32_t>()[i] = static_cast<int32_t>(i);
+    Tensor pos = Tensor::empty(DType::i32, {n}), next = Tensor::empty(DType::i32, {1});
+    const int64_t s0 = sinks_kept(slots_), r0 = run_start(slots_);
+    for (int64_t i = 0; i < n; ++i) pos.mutable_data<int32_t>()[i] = static_cast<int32_t>(i < s0 ? i : r0 + i - s0);
     next.mutable_data<int32_t>()[0] = static_cast<int32_t>(slots_);
     return {k, v, pos, next};
   }
 
+  // Takes any state holding every position the next query can see (a dense state's extra
+  // keys are dropped under a window policy).
   void restore(const std::vector<Tensor>& t, int64_t position) override {
     if (t.size() != 4) throw Error("attention state: expected 4 tensors, found " + std::to_string(t.size()));
     const Tensor &k = t[0], &v = t[1], &pos = t[2], &next = t[3];
@@ -167,22 +223,44 @@ class KVState final : public DeviceLayerState {
     check_shape(pos, Shape{slots}, "attention state positions");
     check_dtype(next, DType::i32, "attention state next position");
     check_shape(next, Shape{1}, "attention state next position");
-    // The GPU cache holds every key of the sequence in order (dense attention).
-    for (int64_t i = 0; i < slots; ++i)
-      if (pos.data<int32_t>()[i] != i)
-        throw Error("attention state: the GPU decoder keeps every key in order; this state has evicted keys "
-                    "(saved with a window policy)");
-    if (next.data<int32_t>()[0] != slots || slots != position)
-      throw Error("attention state: holds " + std::to_string(slots) + " keys for position " + std::to_string(position));
+    if (next.data<int32_t>()[0] != position)
+      throw Error("attention state: next position " + std::to_string(next.data<int32_t>()[0]) + " for position " +
+                  std::to_string(position));
+    // Row of each position still needed, found in the saved (sorted) positions.
+    const int32_t* p = pos.data<int32_t>();
+    for (int64_t i = 1; i < slots; ++i)
+      if (p[i] <= p[i - 1]) throw Error("attention state: positions must increase");
+    const int64_t n = kept(position), s0 = sinks_kept(position), r0 = run_start(position);
+    std::vector<int64_t> source(static_cast<size_t>(n));
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t want = i < s0 ? i : r0 + i - s0;
+      while (j < slots && p[j] < want) ++j;
+      if (j == slots || p[j] != want)
+        throw Error("attention state: position " + std::to_string(want) +
+                    (bounded() ? " is inside the window but was evicted" : " was evicted (saved with a window policy)"));
+      source[static_cast<size_t>(i)] = j;
+    }
     slots_ = 0;
-    reserve(slots, 0);
-    for (auto [from, to] : {std::pair{&k, &k_}, std::pair{&v, &v_}})
-      if (slots > 0) cuda::copy_rows(cuda::to_device(*from).view({slots * hkv_, dh_}), rows(*to, 0, slots));
-    slots_ = slots;
+    reserve(position);
+    slots_ = position;
+    if (n == 0) return;
+    for (auto [from, to] : {std::pair{&k, &k_}, std::pair{&v, &v_}}) {
+      Tensor picked = Tensor::empty(from->dtype(), {n, hkv_, dh_});
+      const size_t row = static_cast<size_t>(hkv_ * dh_) * dtype_size(from->dtype());
+      for (int64_t i = 0; i < n; ++i)
+        std::memcpy(static_cast<std::byte*>(picked.mutable_raw_data()) + i * row,
+                    static_cast<const std::byte*>(from->raw_data()) + source[static_cast<size_t>(i)] * row, row);
+      const Tensor ordered = cuda::empty(DType::bf16, {n, hkv_, dp_});
+      cuda::copy_rows(cuda::to_device(picked).view({n * hkv_, dh_}), ordered.view({n * hkv_, dp_}));
+      move_positions(*to, ordered, 0, s0, 0, true);
+      move_positions(*to, ordered, r0, position, s0, true);
+    }
   }
 
   Tensor k_, v_;  // bf16 [capacity, Hkv, Dp]
-  int64_t capacity_ = 0, slots_ = 0;
+  int64_t capacity_ = 0, slots_ = 0;  // slots_: the sequence's length
+  cuda::KvRing ring_;
 
  private:
   int64_t hkv_, dh_, dp_;
@@ -199,9 +277,6 @@ int64_t padded(int64_t n, std::initializer_list<int64_t> sizes, const std::strin
 class DeviceAttention final : public DeviceMixer {
  public:
   DeviceAttention(const AttentionMixer& m, const std::string& where) : c_(m.config()) {
-    if (c_.sparse.bounds_cache())
-      throw Error("device cuda: " + where + ": sparse policy " + attn::to_string(c_.sparse) +
-                  " evicts keys from the cache, which the GPU decoder does not do yet (the other selectors run)");
     if (c_.softcap > 0.f) throw Error("device cuda: " + where + ": logit soft-capping is CPU-only for now");
     // No architecture subq loads sets it yet; the GPU path waits for one to test against.
     if (c_.qk_norm) throw Error("device cuda: " + where + ": per-head q/k norms are CPU-only for now");
@@ -219,7 +294,8 @@ class DeviceAttention final : public DeviceMixer {
   bool graph_safe() const override { return c_.n_heads / c_.n_kv_heads <= 16; }
 
   std::unique_ptr<DeviceLayerState> new_state() const override {
-    return std::make_unique<KVState>(c_.n_kv_heads, c_.head_dim, dp_);
+    const cuda::KvRing ring = c_.sparse.bounds_cache() ? cuda::KvRing{c_.sparse.sinks, c_.sparse.window} : cuda::KvRing{};
+    return std::make_unique<KVState>(c_.n_kv_heads, c_.head_dim, dp_, ring);
   }
 
   // The sparse policy's mask for a prompt (the first forward of a sequence), as the CPU
@@ -263,18 +339,24 @@ class DeviceAttention final : public DeviceMixer {
     if (rope_.pairs > 0) cuda::rope(qkv.slice(1, 0, Hq + Hkv), pos.device, rope_);
     const int64_t n = position + T;  // the caller's prepare(n) made room
     const Tensor first = pos.device.slice(0, 0, 1);
-    cuda::kv_append(k, kv.k_, first);
-    cuda::kv_append(v, kv.v_, first);
-
     const Tensor qp = cuda::empty(DType::bf16, {1, T, Hq, dp_}), op = cuda::empty(DType::bf16, {1, T, Hq, dp_});
     cuda::copy_rows(q, qp.view({T, Hq, dp_}));
-    if (!c_.sparse.is_dense() && position == 0 && T > 1)
-      cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, cuda::upload(prompt_mask(q, k)), scale_);
-    else if (T == 1 && graph_safe())
+    if (T == 1 && graph_safe()) {
+      // The length is clamped to the capacity: a full ring is attended whole.
+      cuda::kv_append(k, kv.k_, first, kv.ring_);
+      cuda::kv_append(v, kv.v_, first, kv.ring_);
       cuda::decode_attention(qp, kv.k_.view({1, kv.capacity_, Hkv, dp_}), kv.v_.view({1, kv.capacity_, Hkv, dp_}), op,
                              pos.length, scale_);
-    else
-      cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, /*causal=*/true, scale_);
+    } else if (kv.bounded()) {
+      window_attention(kv, k, v, position, qp, op);
+    } else {
+      cuda::kv_append(k, kv.k_, first);
+      cuda::kv_append(v, kv.v_, first);
+      if (!c_.sparse.is_dense() && position == 0)
+        cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, cuda::upload(prompt_mask(q, k)), scale_);
+      else
+        cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, /*causal=*/true, scale_);
+    }
     // bf16 -> bf16 where wo is bf16 (no conversion), else -> f32 and wo rounds it.
     const Tensor o = cuda::empty(wo_.input_dtype() == DType::bf16 ? DType::bf16 : DType::f32, {T, Hq * Dh});
     cuda::copy_rows(op.view({T * Hq, dp_}), o.view({T * Hq, Dh}));
@@ -282,6 +364,32 @@ class DeviceAttention final : public DeviceMixer {
   }
 
  private:
+  // A forward of several tokens under the window policy: the keys it can see in position
+  // order, then its own, in one buffer whose slot j holds position j + shift; the window
+  // mask in those slot coordinates (sinks keep their slots); then the positions later
+  // queries see written to the ring.
+  void window_attention(KVState& kv, const Tensor& k, const Tensor& v, int64_t position, const Tensor& qp,
+                        const Tensor& op) const {
+    const int64_t T = qp.dim(1), Hkv = c_.n_kv_heads, old = kv.kept(position), L = old + T, shift = position - old;
+    const Tensor kb = cuda::empty(DType::bf16, {L, Hkv, dp_}), vb = cuda::empty(DType::bf16, {L, Hkv, dp_});
+    Tensor at = Tensor::empty(DType::i32, {1});
+    at.mutable_data<int32_t>()[0] = static_cast<int32_t>(old);
+    const Tensor at_device = cuda::to_device(at);
+    for (auto [cache, buffer, part] : {std::tuple{&kv.k_, &kb, &k}, std::tuple{&kv.v_, &vb, &v}}) {
+      kv.linear(*cache, *buffer, position);
+      cuda::kv_append(*part, *buffer, at_device);
+    }
+    const attn::MaskGeometry g{T, L, old, c_.sparse.block, c_.sparse.block, c_.n_heads, nullptr};
+    const cuda::DeviceBlockMask mask = cuda::upload(attn::sliding_window_mask(g, c_.sparse.window, c_.sparse.sinks, true));
+    cuda::flash_attention(qp, kb.view({1, L, Hkv, dp_}), vb.view({1, L, Hkv, dp_}), op, mask, scale_);
+    const int64_t end = position + T, sink_end = std::min(end, c_.sparse.sinks);
+    const int64_t run = std::max(position, kv.run_start(end));
+    for (auto [cache, buffer] : {std::pair{&kv.k_, &kb}, std::pair{&kv.v_, &vb}}) {
+      kv.move_positions(*cache, *buffer, position, sink_end, position - shift, true);
+      kv.move_positions(*cache, *buffer, run, end, run - shift, true);
+    }
+  }
+
   AttentionConfig c_;
   int64_t dp_ = 64;
   DeviceLinear wqkv_, wo_;  // q, k, v stacked: one matmul

@@ -226,6 +226,38 @@ TEST(CudaDecodeAttention, KvAppendWritesOnlyItsSlots) {
   EXPECT_THROW(cuda::kv_append(fused, cuda::empty(DType::bf16, {cap, H, Dp}), cuda::to_device(p)), Error);
 }
 
+// On a ring of 3 sinks and a window of 8, positions below 3 keep their slot and later
+// ones wrap around slots [3, 11); untouched slots stay as they were.
+TEST(CudaDecodeAttention, KvAppendOnRingWrapsPastTheSinks) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const int64_t T = 5, H = 2, Dh = 64, S = 3, W = 8, cap = S + W;
+  const auto x = uniform(rng, static_cast<size_t>(T * H * Dh));
+  const Tensor src = cuda::to_device(tensor_from(x, {T, H, Dh}));
+  for (int64_t pos : {1, 13, 15, 40}) {
+    const Tensor cache = poisoned_device_tensor(DType::bf16, {cap, H, Dh});
+    Tensor p = Tensor::empty(DType::i32, {1});
+    p.mutable_data<int32_t>()[0] = static_cast<int32_t>(pos);
+    cuda::kv_append(src, cache, cuda::to_device(p), {S, W});
+    std::vector<int64_t> token_at(cap, -1);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t q = pos + t;
+      token_at[static_cast<size_t>(q < S ? q : S + (q - S) % W)] = t;
+    }
+    const auto got = device_values(cache);
+    for (int64_t slot = 0; slot < cap; ++slot)
+      for (int64_t j = 0; j < H * Dh; ++j) {
+        const double g = got[static_cast<size_t>(slot * H * Dh + j)];
+        const int64_t t = token_at[static_cast<size_t>(slot)];
+        if (t < 0) EXPECT_TRUE(std::isnan(g)) << "position " << pos << ": slot " << slot << " was written";
+        else EXPECT_EQ(g, to_float(to_bf16(x[static_cast<size_t>(t * H * Dh + j)]))) << "slot " << slot;
+      }
+  }
+  Tensor p = Tensor::empty(DType::i32, {1});
+  p.mutable_data<int32_t>()[0] = 0;
+  EXPECT_THROW(cuda::kv_append(src, cuda::empty(DType::bf16, {cap, H, Dh}), cuda::to_device(p), {S, 4}), Error);
+}
+
 TEST(CudaDecodeAttention, EveryGroupSize) {
   SUBQ_REQUIRE_GPU();
   auto rng = rng_for_test();

@@ -368,20 +368,22 @@ void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
 namespace {
 
 __global__ void kv_append_kernel(const float* src, int64_t token_stride, int64_t head_stride, int64_t T, int64_t H,
-                                 int64_t Dh, __nv_bfloat16* cache, int64_t Dp, int64_t capacity, const int* position) {
+                                 int64_t Dh, __nv_bfloat16* cache, int64_t Dp, int64_t capacity, const int* position,
+                                 KvRing ring) {
   const int64_t pos = *position;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < T * H * Dp;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / (H * Dp), h = i / Dp % H, j = i % Dp;
-    if (pos + t < 0 || pos + t >= capacity) continue;  // the caller reserved room; never write outside it
-    cache[((pos + t) * H + h) * Dp + j] =
+    const int64_t t = i / (H * Dp), h = i / Dp % H, j = i % Dp, p = pos + t;
+    const int64_t slot = ring.window == 0 || p < ring.sinks ? p : ring.sinks + (p - ring.sinks) % ring.window;
+    if (slot < 0 || slot >= capacity) continue;  // the caller reserved room; never write outside it
+    cache[(slot * H + h) * Dp + j] =
         __float2bfloat16_rn(j < Dh ? src[t * token_stride + h * head_stride + j] : 0.f);
   }
 }
 
 }  // namespace
 
-void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position) {
+void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position, const KvRing& ring) {
   check_device(src, Device::cuda, "kv_append src");
   check_dtype(src, DType::f32, "kv_append src");
   if (src.ndim() != 3 || (src.dim(2) > 1 && src.stride(2) != 1))
@@ -396,11 +398,14 @@ void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position) {
   check_dtype(position, DType::i32, "kv_append position");
   check_shape(position, Shape{1}, "kv_append position");
   const int64_t T = src.dim(0), H = src.dim(1), Dh = src.dim(2), Dp = cache.dim(2), n = T * H * Dp;
+  if (ring.window < 0 || ring.sinks < 0 || (ring.window > 0 && T > ring.window))
+    throw Error("kv_append: a ring of " + std::to_string(ring.sinks) + " sinks and window " +
+                std::to_string(ring.window) + " cannot take " + std::to_string(T) + " tokens at once");
   if (n == 0) return;
   kv_append_kernel<<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)), 256, 0, stream()>>>(
       src.device_data<float>(), src.stride(0), src.stride(1), T, H, Dh,
       reinterpret_cast<__nv_bfloat16*>(cache.mutable_device_data<bf16>()), Dp, cache.dim(0),
-      position.device_data<int32_t>());
+      position.device_data<int32_t>(), ring);
   SUBQ_CUDA_CHECK_LAUNCH("kv_append_kernel");
 }
 

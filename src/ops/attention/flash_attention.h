@@ -55,6 +55,14 @@ void decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
 // into cache slots [pos, pos + T) of a bf16 cache [capacity, Hkv, Dp] (Dp >= Dh, padded
 // with zeros), pos read from GPU memory (i32 [1]) when the kernel runs; slots past the
 // capacity are not written.
-void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position);
+// With a ring (window > 0: a cache bounded to `sinks` + `window` slots, StreamingLLM's
+// sinks and sliding window), position p goes to slot p below sinks and to slot
+// sinks + (p - sinks) mod window from there: each position overwrites the one `window`
+// before it, which no later query sees. A ring append of T tokens must not wrap onto
+// itself (T <= window).
+struct KvRing {
+  int64_t sinks = 0, window = 0;  // window 0: no ring, slot = position
+};
+void kv_append(const Tensor& src, const Tensor& cache, const Tensor& position, const KvRing& ring = {});
 
 }  // namespace subq::cuda
