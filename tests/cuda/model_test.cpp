@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
-#include <tuple>
 
 #include "subq/model.h"
 #include "tests/cuda/cuda_test.h"
