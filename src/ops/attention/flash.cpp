@@ -82,6 +82,9 @@ struct TileProblem {
   bool amx = false;                    // Q·K^T and P·V on AMX tiles (flash_amx.h)
 };
 
+// Floats per key block prepared by PackBlocks: K^T [Dp, Bkp] then V [Bkp, Dp].
+inline int64_t PackedBlockFloats(const TileProblem& pb) { return 2 * pb.padded_dim * pb.padded_k_block; }
+
 }  // namespace subq::attn::detail
 #endif
 
@@ -344,13 +347,30 @@ detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, c
   return *slot;
 }
 
+// Key blocks [first, last) of one key/value head prepared into `packed`, block b at
+// b * PackedBlockFloats(): K transposed ([Dh, Bkp], columns past the block's keys zero),
+// then V widened ([Bkp, Dp]).
+template <class T>
+void PackBlocks(const TileProblem& pb, const T* kbase, int64_t k_stride, const T* vbase, int64_t v_stride,
+                int64_t first, int64_t last, float* packed) {
+  const int64_t Dh = pb.head_dim, Dp = pb.padded_dim, Bk = pb.k_block, Bkp = pb.padded_k_block;
+  for (int64_t b = first; b < last; ++b) {
+    const int64_t k0 = b * Bk, kn = std::min(Bk, pb.kv_len - k0);
+    float* kt = packed + b * detail::PackedBlockFloats(pb);
+    TransposeKeys(kbase + k0 * k_stride, k_stride, kn, Dh, kt, Bkp);
+    for (int64_t x = 0; x < Dh; ++x) std::fill(kt + x * Bkp + kn, kt + (x + 1) * Bkp, 0.f);
+    CopyValues(vbase + k0 * v_stride, v_stride, kn, Dh, Dp, kt + Dp * Bkp);
+  }
+}
+
 // Runs `rows` query rows already in tile.q (pre-scaled, positions in tile.qpos, running
-// state in tile.o / m / l) over the listed key blocks of one key/value head.
+// state in tile.o / m / l) over the listed key blocks of one key/value head: prepared
+// up front in `packed` (PackBlocks), or else as they come (PrepareBlock).
 // kDh > 0 fixes the head dimension at compile time (the 64 and 128 fast paths); T is the
 // stored key/value element (float or bf16).
 template <int64_t kDh, class T>
 void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, int64_t k_row_stride,
-                  const T* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
+                  const T* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks, const float* packed) {
   const int64_t Dh = kDh > 0 ? kDh : pb.head_dim;
   const int64_t Dp = pb.padded_dim, Bk = pb.k_block, Bkp = pb.padded_k_block;
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -371,25 +391,29 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     // evict each other between groups): with more than one group, or a dim that needs
     // padding, they are first copied (widened) into a contiguous tile.
     const bool copy_v = !amx && (!aligned_dim || rows > kMaxRows);
-    float* kt = nullptr;
-    float* vs = nullptr;
-    if (!amx && !direct_qk) {
+    const float* kt = nullptr;
+    const float* vs = nullptr;  // V as a contiguous f32 tile of row length Dp, or null: read in place
+    if (packed && !amx) {
+      kt = packed + blocks[bi] * detail::PackedBlockFloats(pb);
+      vs = kt + Dp * Bkp;
+    } else if (!amx && !direct_qk) {
       detail::PreparedBlock& pbk = PrepareBlock(t, kbase, k_row_stride, vbase, v_row_stride, blocks[bi], k0, kn, Dh,
                                                 Dp, Bkp, copy_v);
       kt = pbk.kt.data();
-      vs = pbk.vs.data();
+      if (copy_v) vs = pbk.vs.data();
     } else if (copy_v) {
       // Slot 0's V tile as scratch: its K stays prepared, its V is copied again on reuse.
       t.prepared.front().has_v = false;
-      vs = t.prepared.front().vs.data();
-      CopyValues(vbase + k0 * v_row_stride, v_row_stride, kn, Dh, Dp, vs);
+      float* scratch = t.prepared.front().vs.data();
+      CopyValues(vbase + k0 * v_row_stride, v_row_stride, kn, Dh, Dp, scratch);
+      vs = scratch;
     }
 
     float* s = t.s.data();
     if (amx) {
       detail::amx_scores(t.amx, rows, Dh, reinterpret_cast<const bf16*>(kbase + k0 * k_row_stride), k_row_stride, kn,
                          s, Bkp, Bkp);
-    } else if (direct_qk) {
+    } else if (direct_qk && !kt) {
       for (int64_t r = 0; r < rows; ++r) std::fill(s + r * Bkp + kn, s + (r + 1) * Bkp, 0.f);
       const T* kb = kbase + k0 * k_row_stride;
       int64_t r0 = 0;
@@ -440,8 +464,8 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
         const float* add = t.amx.o.data() + r * Dh;
         for (int64_t x = 0; x < Dh; x += N) hn::Store(hn::MulAdd(hn::Load(d, o + x), a, hn::LoadU(d, add + x)), d, o + x);
       }
-    } else if (copy_v) {
-      pv(static_cast<const float*>(vs), Dp);
+    } else if (vs) {
+      pv(vs, Dp);
     } else {
       pv(vbase + k0 * v_row_stride, v_row_stride);
     }
@@ -451,21 +475,36 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
 
 template <class T>
 void AttendBlocksTyped(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, int64_t k_row_stride,
-                       const T* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
-  if (pb.head_dim == 64) AttendBlocks<64>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
-  else if (pb.head_dim == 128) AttendBlocks<128>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
-  else AttendBlocks<0>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks);
+                       const T* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks,
+                       const float* packed) {
+  if (pb.head_dim == 64)
+    AttendBlocks<64>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks, packed);
+  else if (pb.head_dim == 128)
+    AttendBlocks<128>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks, packed);
+  else
+    AttendBlocks<0>(pb, t, rows, kbase, k_row_stride, vbase, v_row_stride, blocks, nblocks, packed);
 }
 
 // kbase/vbase point at elements of pb.kv_dtype.
 void AttendBlocksDispatch(const TileProblem& pb, Tile& t, int64_t rows, const void* kbase, int64_t k_row_stride,
-                          const void* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks) {
+                          const void* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks,
+                          const float* packed) {
   if (pb.kv_dtype == DType::bf16)
     AttendBlocksTyped(pb, t, rows, static_cast<const hwy::bfloat16_t*>(kbase), k_row_stride,
-                      static_cast<const hwy::bfloat16_t*>(vbase), v_row_stride, blocks, nblocks);
+                      static_cast<const hwy::bfloat16_t*>(vbase), v_row_stride, blocks, nblocks, packed);
   else
     AttendBlocksTyped(pb, t, rows, static_cast<const float*>(kbase), k_row_stride, static_cast<const float*>(vbase),
-                      v_row_stride, blocks, nblocks);
+                      v_row_stride, blocks, nblocks, packed);
+}
+
+void PackBlocksDispatch(const TileProblem& pb, const void* kbase, int64_t k_row_stride, const void* vbase,
+                        int64_t v_row_stride, int64_t first, int64_t last, float* packed) {
+  if (pb.kv_dtype == DType::bf16)
+    PackBlocks(pb, static_cast<const hwy::bfloat16_t*>(kbase), k_row_stride, static_cast<const hwy::bfloat16_t*>(vbase),
+               v_row_stride, first, last, packed);
+  else
+    PackBlocks(pb, static_cast<const float*>(kbase), k_row_stride, static_cast<const float*>(vbase), v_row_stride,
+               first, last, packed);
 }
 
 int64_t VectorLanes() { return static_cast<int64_t>(hn::Lanes(DF())); }
@@ -481,9 +520,25 @@ using detail::Tile;
 using detail::TileProblem;
 
 HWY_EXPORT(AttendBlocksDispatch);
+HWY_EXPORT(PackBlocksDispatch);
 HWY_EXPORT(VectorLanes);
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Visits of the first mask head's query blocks, in the order one thread runs them, that
+// find their key block cold: the first visit of each, and every revisit after more than
+// `warm` visits to other blocks, by which time its K and V rows have left the caches.
+int64_t cold_visits(const BlockMask& mask, int64_t warm) {
+  std::vector<int64_t> last(static_cast<size_t>(mask.num_k_blocks()), -1);
+  int64_t clock = 0, cold = 0;
+  for (int64_t qb = 0; qb < mask.num_q_blocks(); ++qb)
+    for (int32_t block : mask.row(0, 0, qb)) {
+      int64_t& seen = last[static_cast<size_t>(block)];
+      cold += seen < 0 || clock - seen > warm;
+      seen = clock++;
+    }
+  return cold;
+}
 
 // p advanced by `elements` of `dtype`.
 const void* advance(const void* p, int64_t elements, DType dtype) {
@@ -569,29 +624,68 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   const int64_t nqb = mask.num_q_blocks();
   const int64_t group = a.q_heads / a.kv_heads;
   const int64_t Dh = a.head_dim;
-  parallel_for_each(a.batch * a.q_heads * nqb, [&](int64_t item) {
-    Tile& t = tiles[static_cast<size_t>(omp_get_thread_num()) % tiles.size()];
-    const int64_t qb = item % nqb;
-    const int64_t h = (item / nqb) % a.q_heads;
-    const int64_t b = item / (nqb * a.q_heads);
-    const int64_t i0 = qb * mask.q_block;
-    const int64_t rows = std::min(mask.q_block, a.q_len - i0);
-    for (int64_t r = 0; r < rows; ++r)
-      load_query_row(t, pb, r, a.q + b * a.q_batch_stride + (i0 + r) * a.q_row_stride + h * Dh, a.scale,
-                     mask.q_offset + i0 + r);
-    const std::span<const int32_t> blocks = mask.row(b, h, qb);
-    const int64_t kvh = h / group;
-    HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, advance(a.k, b * a.k_batch_stride + kvh * Dh, a.kv_dtype),
-                                               a.k_row_stride, advance(a.v, b * a.v_batch_stride + kvh * Dh, a.kv_dtype),
-                                               a.v_row_stride, blocks.data(), static_cast<int64_t>(blocks.size()));
-    for (int64_t r = 0; r < rows; ++r) {
-      float* out = a.o + b * a.o_batch_stride + (i0 + r) * a.o_row_stride + h * Dh;
-      const float l = t.l[static_cast<size_t>(r)];
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const float* acc = t.o.data() + r * pb.padded_dim;
-      for (int64_t x = 0; x < Dh; ++x) out[x] = acc[x] * inv;
+  const int64_t nkb = (a.kv_len + mask.k_block - 1) / mask.k_block;
+  const auto kv_head = [&](const void* base, int64_t b, int64_t kvh, int64_t batch_stride) {
+    return advance(base, b * batch_stride + kvh * Dh, a.kv_dtype);
+  };
+  // A key block prepared (K transposed, V copied) from cold memory costs a read of rows a
+  // token's heads apart. That is every visit where blocks come in no local order (top-k
+  // and random blocks; the blocks of long causal rows) and, under GQA, every query head's
+  // first visit. When a KV head's cold visits would be over twice its blocks, every block
+  // is prepared once up front instead, in a sequential pass, into a buffer of one KV
+  // head's keys and values in f32; windows and neighborhoods, whose consecutive rows share
+  // their blocks, read them warm and skip it. A KV head's query blocks must still fill
+  // the threads.
+  constexpr int64_t kWarmBytes = int64_t{2} << 20;  // a thread's share of L2 + L3, conservatively
+  const int64_t warm = kWarmBytes / (2 * mask.k_block * Dh * static_cast<int64_t>(dtype_size(a.kv_dtype)));
+  Tensor packed;
+  if (!pb.amx && mask.q_block > detail::kDirectRows && nkb > 0 && group * nqb >= 2 * num_threads() &&
+      group * cold_visits(mask, warm) >= 2 * nkb)
+    packed = Tensor::empty(DType::f32, {nkb * detail::PackedBlockFloats(pb)});
+
+  // Items [first, first + count) of the (batch, head, query block) space.
+  const auto attend = [&](int64_t first, int64_t count, const float* blocks_ready) {
+    parallel_for_each(count, [&](int64_t i) {
+      const int64_t item = first + i;
+      Tile& t = tiles[static_cast<size_t>(omp_get_thread_num()) % tiles.size()];
+      const int64_t qb = item % nqb;
+      const int64_t h = (item / nqb) % a.q_heads;
+      const int64_t b = item / (nqb * a.q_heads);
+      const int64_t i0 = qb * mask.q_block;
+      const int64_t rows = std::min(mask.q_block, a.q_len - i0);
+      for (int64_t r = 0; r < rows; ++r)
+        load_query_row(t, pb, r, a.q + b * a.q_batch_stride + (i0 + r) * a.q_row_stride + h * Dh, a.scale,
+                       mask.q_offset + i0 + r);
+      const std::span<const int32_t> blocks = mask.row(b, h, qb);
+      const int64_t kvh = h / group;
+      HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, kv_head(a.k, b, kvh, a.k_batch_stride), a.k_row_stride,
+                                                 kv_head(a.v, b, kvh, a.v_batch_stride), a.v_row_stride, blocks.data(),
+                                                 static_cast<int64_t>(blocks.size()), blocks_ready);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* out = a.o + b * a.o_batch_stride + (i0 + r) * a.o_row_stride + h * Dh;
+        const float l = t.l[static_cast<size_t>(r)];
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float* acc = t.o.data() + r * pb.padded_dim;
+        for (int64_t x = 0; x < Dh; ++x) out[x] = acc[x] * inv;
+      }
+    });
+  };
+  if (!packed.defined()) {
+    attend(0, a.batch * a.q_heads * nqb, nullptr);
+    return;
+  }
+  // One KV head at a time: its blocks prepared, then its query heads' items (consecutive
+  // in the item order).
+  float* ready = packed.mutable_data<float>();
+  for (int64_t b = 0; b < a.batch; ++b)
+    for (int64_t kvh = 0; kvh < a.kv_heads; ++kvh) {
+      parallel_for(nkb, 4, [&](int64_t first, int64_t last) {
+        HWY_DYNAMIC_DISPATCH(PackBlocksDispatch)(pb, kv_head(a.k, b, kvh, a.k_batch_stride), a.k_row_stride,
+                                                 kv_head(a.v, b, kvh, a.v_batch_stride), a.v_row_stride, first, last,
+                                                 ready);
+      });
+      attend((b * a.q_heads + kvh * group) * nqb, group * nqb, ready);
     }
-  });
 }
 
 void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q_offset, int64_t splits) {
@@ -639,7 +733,8 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
     }
     HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, advance(a.k, b * a.k_batch_stride + kvh * Dh, a.kv_dtype),
                                                a.k_row_stride, advance(a.v, b * a.v_batch_stride + kvh * Dh, a.kv_dtype),
-                                               a.v_row_stride, t.blocks.data(), static_cast<int64_t>(t.blocks.size()));
+                                               a.v_row_stride, t.blocks.data(), static_cast<int64_t>(t.blocks.size()),
+                                               nullptr);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t h = kvh * group + (r0 + r) / Tq, tq = (r0 + r) % Tq;
       const size_t p = part_index(b, h, tq, s);
