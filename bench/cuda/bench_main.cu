@@ -70,7 +70,6 @@ void bench_sparse(std::mt19937_64& rng) {
     const float scale = 0.08838834764f;
     const double dense_ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, scale); });
     cuda::synchronize();
-    const double dense_pairs = 0.5 * static_cast<double>(T) * static_cast<double>(T + 1);
 
     attn::ElementRule causal;
     causal.causal = true;
@@ -95,19 +94,12 @@ void bench_sparse(std::mt19937_64& rng) {
       if (i == 0) {
         for (int64_t t = 0; t < T; ++t) pairs += static_cast<double>(std::min(t + 1, window));
       } else {
-        for (int64_t qb = 0; qb < m.num_q_blocks(); ++qb)
-          for (int32_t kb : m.row(0, 0, qb)) pairs += kb == qb ? 0.5 * blk * (blk + 1) : double(blk) * blk;
+        pairs = causal_block_pairs(m);
       }
       char shape[160];
       std::snprintf(shape, sizeof shape, "B=%lld T=%lld H=%lld D=%lld %s", (long long)B, (long long)T, (long long)H,
                     (long long)D, names[i]);
-      std::printf(
-          "{\"impl\": \"subq\", \"op\": \"sparse_attention\", \"shape\": \"%s\", \"ms\": %.5f, \"tflops\": %.2f, "
-          "\"gbps\": 0, \"density\": %.4f, \"pair_density\": %.4f, \"dense_ms\": %.5f, \"speedup\": %.2f, "
-          "\"ideal\": %.2f}\n",
-          shape, ms, 4.0 * B * H * pairs * D / ms * 1e-9, m.density(), pairs / dense_pairs, dense_ms, dense_ms / ms,
-          1.0 / m.density());
-      std::fflush(stdout);
+      report_sparse(shape, m, ms, dense_ms, pairs, B, H, D);
     }
   }
 }
@@ -197,6 +189,7 @@ int main(int argc, char** argv) {
     const std::string only = argc > 1 ? argv[1] : "";
     if (only.empty() || only == "attention") bench_attention(rng);
     if (only.empty() || only == "sparse") bench_sparse(rng);
+    if (only.empty() || only == "moba") bench_moba(rng);
     if (only.empty() || only == "decode") bench_decode(rng);
     if (only.empty() || only == "scan") bench_scan(rng);
     if (only.empty() || only == "gemm") bench_gemm(rng);

@@ -11,8 +11,9 @@
 //     (x, B, C in bf16; head and state sizes below 64 or 128 zero-padded to it, which
 //     adds nothing to the state or the output).
 //   * MLPs and mixtures of experts as src/models/feed_forward_cuda.cu runs them.
-//   * A sparse prefill policy builds the prompt's BlockMask on the CPU (the dynamic
-//     selectors from host copies of q and k) for the block-sparse flash kernel.
+//   * A sparse prefill policy builds the prompt's BlockMask for the block-sparse flash
+//     kernel: MoBA on the GPU, the other selectors on the CPU (the dynamic ones from
+//     host copies of q and k).
 //   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager),
 //     unless a mixture of experts reads its routes back to the host.
 //   * The window policy (sinks + sliding window) keeps a bounded ring of keys (KVState).
@@ -38,6 +39,7 @@
 #include "src/models/device_linear.h"
 #include "src/models/feed_forward_cuda.h"
 #include "src/ops/attention/flash_attention.h"
+#include "src/ops/attention/selectors/dynamic_selectors_cuda.h"
 #include "src/ops/attention/selectors/static_selectors.h"
 #include "src/ops/common/cuda_ops.h"
 #include "src/ops/conv/causal_conv1d_cuda.h"
@@ -299,12 +301,14 @@ class DeviceAttention final : public DeviceMixer {
   }
 
   // The sparse policy's mask for a prompt (the first forward of a sequence), as the CPU
-  // mixer builds it: the selectors run on the CPU, the dynamic ones on host copies of
-  // the rotated f32 queries and keys (q [T, Hq, Dh], k [T, Hkv, Dh], head ranges of the
-  // fused projection). Later forwards are exact over the cache, as on the CPU.
-  attn::BlockMask prompt_mask(const Tensor& q, const Tensor& k) const {
+  // mixer builds it, from the rotated f32 queries and keys (q [T, Hq, Dh], k [T, Hkv, Dh],
+  // head ranges of the fused projection): MoBA on the GPU; the other selectors on the
+  // CPU, the dynamic ones on host copies of q and k. Later forwards are exact over the
+  // cache, as on the CPU.
+  cuda::DeviceBlockMask prompt_mask(const Tensor& q, const Tensor& k) const {
     const int64_t T = q.dim(0), Hq = c_.n_heads, Hkv = c_.n_kv_heads, Dh = c_.head_dim;
     const attn::MaskGeometry g{T, T, 0, c_.sparse.block, c_.sparse.block, Hq, nullptr};
+    if (c_.sparse.kind == "moba") return cuda::moba_mask(g, q, k, c_.sparse.top_k);
     attn::AttentionArgs qk;
     Tensor qh, kh;
     if (c_.sparse.needs_qk()) {
@@ -326,7 +330,7 @@ class DeviceAttention final : public DeviceMixer {
       qk.head_dim = Dh;
       qk.scale = scale_;
     }
-    return attn::build_mask(c_.sparse, g, qk);
+    return cuda::upload(attn::build_mask(c_.sparse, g, qk));
   }
 
   void forward(const Tensor& x, DeviceLayerState& base, const Positions& pos, const Tensor& y) const override {
@@ -353,7 +357,7 @@ class DeviceAttention final : public DeviceMixer {
       cuda::kv_append(k, kv.k_, first);
       cuda::kv_append(v, kv.v_, first);
       if (!c_.sparse.is_dense() && position == 0)
-        cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, cuda::upload(prompt_mask(q, k)), scale_);
+        cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, prompt_mask(q, k), scale_);
       else
         cuda::flash_attention(qp, kv.prefix(kv.k_, n), kv.prefix(kv.v_, n), op, /*causal=*/true, scale_);
     }

@@ -1,0 +1,22 @@
+// Dynamic sparse-prefill selectors on the GPU: the same masks as dynamic_selectors.h,
+// built from queries and keys already in GPU memory, so a long prompt's mask costs no
+// copy of q and k to the host and no CPU pass over them.
+#pragma once
+
+#include <cstdint>
+
+#include "src/ops/attention/flash_attention.h"
+#include "src/ops/attention/selectors/static_selectors.h"
+#include "subq/tensor.h"
+
+namespace subq::cuda {
+
+// MoBA (attn::moba_mask) for one sequence: q [Tq, Hq, Dh] and k [Tk, Hkv, Dh], f32 in GPU
+// memory, each row a token (rows and heads may be strided, as head ranges of a fused
+// projection; the last dimension contiguous), g as for the CPU selector (q_block ==
+// k_block, causal prefill: Tk >= q_offset + Tq). Block means and scores are f32 sums in
+// another order than the CPU's, so blocks whose scores tie to rounding may be chosen
+// differently; the ranking rule (higher score, then lower block) is the same.
+DeviceBlockMask moba_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, int64_t top_k);
+
+}  // namespace subq::cuda

@@ -1,0 +1,128 @@
+// MoBA's mask built on the GPU against the float64 ranking it must realise and against
+// the CPU selector. The GPU sums block means and scores in another order, so a block may
+// swap with one whose float64 score ties it within rounding; any other difference (a
+// wrong head mapping, mean, causal limit or order) moves scores by far more.
+#include <algorithm>
+#include <cmath>
+
+#include "src/ops/attention/selectors/dynamic_selectors.h"
+#include "src/ops/attention/selectors/dynamic_selectors_cuda.h"
+#include "tests/cuda/cuda_test.h"
+
+namespace subq::test {
+namespace {
+
+struct Case {
+  int64_t q_len, kv_len, q_offset, block, Hq, Hkv, Dh, top_k;
+};
+
+// Mean over rows [b * block, ...) of head h of x [rows, heads, Dh] (row stride `stride`).
+std::vector<double> block_mean(const float* x, int64_t stride, int64_t rows, int64_t h, int64_t Dh, int64_t block,
+                               int64_t b) {
+  std::vector<double> m(static_cast<size_t>(Dh), 0.0);
+  const int64_t r0 = b * block, r1 = std::min(rows, r0 + block);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t d = 0; d < Dh; ++d) m[static_cast<size_t>(d)] += x[r * stride + h * Dh + d];
+  for (double& v : m) v /= static_cast<double>(r1 - r0);
+  return m;
+}
+
+void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
+  SCOPED_TRACE("Tq=" + std::to_string(c.q_len) + " Tk=" + std::to_string(c.kv_len) + " offset=" +
+               std::to_string(c.q_offset) + " block=" + std::to_string(c.block) + " H=" + std::to_string(c.Hq) + "/" +
+               std::to_string(c.Hkv) + " Dh=" + std::to_string(c.Dh) + " top_k=" + std::to_string(c.top_k));
+  // q and k as head ranges of one fused projection, strided as in a model.
+  const int64_t width = (c.Hq + c.Hkv + 1) * c.Dh;
+  const Tensor qh = tensor_from(normal(rng, static_cast<size_t>(c.q_len * width)), {c.q_len, width});
+  const Tensor kh = tensor_from(normal(rng, static_cast<size_t>(c.kv_len * width)), {c.kv_len, width});
+  const Tensor qd = cuda::to_device(qh), kd = cuda::to_device(kh);
+  const Tensor q = qd.view({c.q_len, c.Hq + c.Hkv + 1, c.Dh}).slice(1, 0, c.Hq);
+  const Tensor k = kd.view({c.kv_len, c.Hq + c.Hkv + 1, c.Dh}).slice(1, c.Hq, c.Hq + c.Hkv);
+  const attn::MaskGeometry g{c.q_len, c.kv_len, c.q_offset, c.block, c.block, c.Hq, nullptr};
+  const cuda::DeviceBlockMask gpu = cuda::moba_mask(g, q, k, c.top_k);
+
+  attn::AttentionArgs qk;
+  qk.q = qh.data<float>();
+  qk.k = kh.data<float>() + c.Hq * c.Dh;
+  qk.q_row_stride = qk.k_row_stride = width;
+  qk.q_batch_stride = c.q_len * width;
+  qk.k_batch_stride = c.kv_len * width;
+  qk.q_len = c.q_len;
+  qk.kv_len = c.kv_len;
+  qk.q_heads = c.Hq;
+  qk.kv_heads = c.Hkv;
+  qk.head_dim = c.Dh;
+  const attn::BlockMask cpu = attn::moba_mask(g, qk, c.top_k);
+
+  const attn::BlockMask& m = gpu.host;
+  EXPECT_EQ(m.heads, c.Hq);
+  EXPECT_EQ(m.row_start, cpu.row_start);
+  ASSERT_EQ(m.key_blocks.size(), cpu.key_blocks.size());
+  const int64_t nqb = m.num_q_blocks(), nkb = m.num_k_blocks(), first = c.q_offset / c.block;
+  int64_t differing_rows = 0;
+  for (int64_t h = 0; h < c.Hq; ++h)
+    for (int64_t qb = 0; qb < nqb; ++qb) {
+      const auto row = m.row(0, h, qb);
+      const int64_t past = std::min(first + qb, nkb), keep = std::min(c.top_k, past);
+      ASSERT_EQ(static_cast<int64_t>(row.size()), keep + 1);
+      EXPECT_EQ(row.back(), first + qb) << "the diagonal block closes every row";
+      const auto qm = block_mean(qh.data<float>(), width, c.q_len, h, c.Dh, c.block, qb);
+      std::vector<double> score(static_cast<size_t>(past));
+      double top = 0;
+      for (int64_t kb = 0; kb < past; ++kb) {
+        const auto km = block_mean(kh.data<float>() + c.Hq * c.Dh, width, c.kv_len, h / (c.Hq / c.Hkv), c.Dh,
+                                   c.block, kb);
+        for (int64_t d = 0; d < c.Dh; ++d) score[static_cast<size_t>(kb)] += qm[static_cast<size_t>(d)] * km[static_cast<size_t>(d)];
+        top = std::max(top, std::abs(score[static_cast<size_t>(kb)]));
+      }
+      std::vector<bool> chosen(static_cast<size_t>(past), false);
+      double lowest_kept = INFINITY, highest_left = -INFINITY;
+      for (int64_t i = 0; i < keep; ++i) {
+        ASSERT_LT(row[static_cast<size_t>(i)], past);
+        if (i > 0) {
+          ASSERT_LT(row[static_cast<size_t>(i) - 1], row[static_cast<size_t>(i)]) << "sorted, unique";
+        }
+        chosen[static_cast<size_t>(row[static_cast<size_t>(i)])] = true;
+        lowest_kept = std::min(lowest_kept, score[static_cast<size_t>(row[static_cast<size_t>(i)])]);
+      }
+      for (int64_t kb = 0; kb < past; ++kb)
+        if (!chosen[static_cast<size_t>(kb)]) highest_left = std::max(highest_left, score[static_cast<size_t>(kb)]);
+      EXPECT_GE(lowest_kept, highest_left - 1e-5 * (1 + top)) << "head " << h << " query block " << qb;
+      const auto want = cpu.row(0, h, qb);
+      differing_rows += !std::equal(row.begin(), row.end(), want.begin(), want.end());
+    }
+  EXPECT_LE(differing_rows, std::max<int64_t>(1, c.Hq * nqb / 100)) << "rounding ties are rare on random inputs";
+}
+
+TEST(CudaMobaMask, RealisesTheTopKRankingOfBlockMeans) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  expect_moba_mask(rng, {1000, 1000, 0, 64, 4, 1, 64, 3});
+  expect_moba_mask(rng, {1000, 1000, 0, 128, 6, 2, 128, 2});
+  expect_moba_mask(rng, {129, 129, 0, 64, 2, 2, 80, 1});
+  expect_moba_mask(rng, {64 * 33 + 5, 64 * 33 + 5, 0, 64, 8, 8, 32, 5});
+  expect_moba_mask(rng, {300, 1004, 704, 64, 4, 2, 64, 4});  // chunked prefill against a cache
+  expect_moba_mask(rng, {1, 1, 0, 64, 3, 1, 64, 4});
+  expect_moba_mask(rng, {700, 700, 0, 64, 2, 1, 64, 0});    // the diagonal alone
+  expect_moba_mask(rng, {700, 700, 0, 64, 2, 1, 64, 100});  // every past block
+  expect_moba_mask(rng, {5000, 5000, 0, 64, 3, 3, 128, 37});
+}
+
+TEST(CudaMobaMask, BadInputsAreClearErrors) {
+  SUBQ_REQUIRE_GPU();
+  const attn::MaskGeometry g{100, 100, 0, 64, 64, 4, nullptr};
+  const Tensor q = cuda::empty(DType::f32, {100, 4, 64}), k = cuda::empty(DType::f32, {100, 2, 64});
+  EXPECT_THROW(cuda::moba_mask(g, q, k, -1), Error);
+  EXPECT_THROW(cuda::moba_mask(attn::MaskGeometry{100, 100, 0, 64, 128, 4, nullptr}, q, k, 2), Error);
+  EXPECT_THROW(cuda::moba_mask(g, cuda::empty(DType::bf16, {100, 4, 64}), k, 2), Error);
+  EXPECT_THROW(cuda::moba_mask(g, Tensor::empty(DType::f32, {100, 4, 64}), k, 2), Error);
+  EXPECT_THROW(cuda::moba_mask(g, q, cuda::empty(DType::f32, {100, 3, 64}), 2), Error);
+  EXPECT_THROW(cuda::moba_mask(g, q, cuda::empty(DType::f32, {99, 2, 64}), 2), Error);
+  EXPECT_THROW(cuda::moba_mask(g, q, cuda::empty(DType::f32, {100, 2, 32}), 2), Error);
+  EXPECT_THROW(cuda::moba_mask(attn::MaskGeometry{100, 50, 0, 64, 64, 4, nullptr}, q,
+                               cuda::empty(DType::f32, {50, 2, 64}), 2),
+               Error);
+}
+
+}  // namespace
+}  // namespace subq::test
