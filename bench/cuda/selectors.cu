@@ -55,8 +55,8 @@ void bench_moba(std::mt19937_64& rng) {
     const double dense_ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, scale); });
     const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, mask, scale); });
     cuda::synchronize();
-    report_sparse(std::string("B=1 ") + shape + " moba", mask.host, ms, dense_ms, causal_block_pairs(mask.host), 1, H,
-                  D);
+    const attn::BlockMask listed = cuda::download(mask);
+    report_sparse(std::string("B=1 ") + shape + " moba", listed, ms, dense_ms, causal_block_pairs(listed), 1, H, D);
   }
 }
 

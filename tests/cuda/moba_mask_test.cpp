@@ -16,15 +16,22 @@ struct Case {
   int64_t q_len, kv_len, q_offset, block, Hq, Hkv, Dh, top_k;
 };
 
-// Mean over rows [b * block, ...) of head h of x [rows, heads, Dh] (row stride `stride`).
-std::vector<double> block_mean(const float* x, int64_t stride, int64_t rows, int64_t h, int64_t Dh, int64_t block,
-                               int64_t b) {
-  std::vector<double> m(static_cast<size_t>(Dh), 0.0);
-  const int64_t r0 = b * block, r1 = std::min(rows, r0 + block);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t d = 0; d < Dh; ++d) m[static_cast<size_t>(d)] += x[r * stride + h * Dh + d];
-  for (double& v : m) v /= static_cast<double>(r1 - r0);
-  return m;
+// Means of every block of `block` rows of every head of x [rows, heads, Dh] (row stride
+// `stride`), as [heads][blocks][Dh].
+std::vector<std::vector<std::vector<double>>> block_means(const float* x, int64_t stride, int64_t rows, int64_t heads,
+                                                          int64_t Dh, int64_t block) {
+  const int64_t blocks = (rows + block - 1) / block;
+  std::vector means(static_cast<size_t>(heads), std::vector(static_cast<size_t>(blocks),
+                                                            std::vector<double>(static_cast<size_t>(Dh), 0.0)));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t b = 0; b < blocks; ++b) {
+      auto& m = means[static_cast<size_t>(h)][static_cast<size_t>(b)];
+      const int64_t r0 = b * block, r1 = std::min(rows, r0 + block);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t d = 0; d < Dh; ++d) m[static_cast<size_t>(d)] += x[r * stride + h * Dh + d];
+      for (double& v : m) v /= static_cast<double>(r1 - r0);
+    }
+  return means;
 }
 
 void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
@@ -54,11 +61,15 @@ void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
   qk.head_dim = c.Dh;
   const attn::BlockMask cpu = attn::moba_mask(g, qk, c.top_k);
 
-  const attn::BlockMask& m = gpu.host;
+  EXPECT_TRUE(gpu.host.key_blocks.empty()) << "the blocks stay in GPU memory";
+  const attn::BlockMask m = cuda::download(gpu);
+  EXPECT_NO_THROW(m.validate());
   EXPECT_EQ(m.heads, c.Hq);
   EXPECT_EQ(m.row_start, cpu.row_start);
   ASSERT_EQ(m.key_blocks.size(), cpu.key_blocks.size());
   const int64_t nqb = m.num_q_blocks(), nkb = m.num_k_blocks(), first = c.q_offset / c.block;
+  const auto q_means = block_means(qh.data<float>(), width, c.q_len, c.Hq, c.Dh, c.block);
+  const auto k_means = block_means(kh.data<float>() + c.Hq * c.Dh, width, c.kv_len, c.Hkv, c.Dh, c.block);
   int64_t differing_rows = 0;
   for (int64_t h = 0; h < c.Hq; ++h)
     for (int64_t qb = 0; qb < nqb; ++qb) {
@@ -66,14 +77,14 @@ void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
       const int64_t past = std::min(first + qb, nkb), keep = std::min(c.top_k, past);
       ASSERT_EQ(static_cast<int64_t>(row.size()), keep + 1);
       EXPECT_EQ(row.back(), first + qb) << "the diagonal block closes every row";
-      const auto qm = block_mean(qh.data<float>(), width, c.q_len, h, c.Dh, c.block, qb);
+      const auto& qm = q_means[static_cast<size_t>(h)][static_cast<size_t>(qb)];
       std::vector<double> score(static_cast<size_t>(past));
       double top = 0;
       for (int64_t kb = 0; kb < past; ++kb) {
-        const auto km = block_mean(kh.data<float>() + c.Hq * c.Dh, width, c.kv_len, h / (c.Hq / c.Hkv), c.Dh,
-                                   c.block, kb);
-        for (int64_t d = 0; d < c.Dh; ++d) score[static_cast<size_t>(kb)] += qm[static_cast<size_t>(d)] * km[static_cast<size_t>(d)];
-        top = std::max(top, std::abs(score[static_cast<size_t>(kb)]));
+        const auto& km = k_means[static_cast<size_t>(h / (c.Hq / c.Hkv))][static_cast<size_t>(kb)];
+        double& s = score[static_cast<size_t>(kb)];
+        for (int64_t d = 0; d < c.Dh; ++d) s += qm[static_cast<size_t>(d)] * km[static_cast<size_t>(d)];
+        top = std::max(top, std::abs(s));
       }
       std::vector<bool> chosen(static_cast<size_t>(past), false);
       double lowest_kept = INFINITY, highest_left = -INFINITY;
@@ -106,6 +117,14 @@ TEST(CudaMobaMask, RealisesTheTopKRankingOfBlockMeans) {
   expect_moba_mask(rng, {700, 700, 0, 64, 2, 1, 64, 0});    // the diagonal alone
   expect_moba_mask(rng, {700, 700, 0, 64, 2, 1, 64, 100});  // every past block
   expect_moba_mask(rng, {5000, 5000, 0, 64, 3, 3, 128, 37});
+  expect_moba_mask(rng, {3000, 3000, 0, 64, 4, 4, 256, 6});
+}
+
+TEST(CudaMobaMask, ManyKeyBlocksTakeFewerRowsPerCta) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  // 7500 key blocks: their scores fit shared memory for fewer than 8 rows per CTA.
+  expect_moba_mask(rng, {64 * 7500, 64 * 7500, 0, 64, 1, 1, 32, 3});
 }
 
 TEST(CudaMobaMask, BadInputsAreClearErrors) {
@@ -119,6 +138,8 @@ TEST(CudaMobaMask, BadInputsAreClearErrors) {
   EXPECT_THROW(cuda::moba_mask(g, q, cuda::empty(DType::f32, {100, 3, 64}), 2), Error);
   EXPECT_THROW(cuda::moba_mask(g, q, cuda::empty(DType::f32, {99, 2, 64}), 2), Error);
   EXPECT_THROW(cuda::moba_mask(g, q, cuda::empty(DType::f32, {100, 2, 32}), 2), Error);
+  EXPECT_THROW(cuda::moba_mask(g, cuda::empty(DType::f32, {100, 4, 320}), cuda::empty(DType::f32, {100, 2, 320}), 2),
+               Error);
   EXPECT_THROW(cuda::moba_mask(attn::MaskGeometry{100, 50, 0, 64, 64, 4, nullptr}, q,
                                cuda::empty(DType::f32, {50, 2, 64}), 2),
                Error);

@@ -138,6 +138,23 @@ TEST(CudaSparseAttention, RejectsMasksTheKernelCannotRun) {
   EXPECT_THROW(cuda::flash_attention(q256, q256, q256, q256, cuda::upload(attn::dense_mask(100, 100, true, 0, 128, 64)),
                                      0.0625f),
                Error);
+  // A launch checks the geometry itself, whoever made the device mask.
+  cuda::DeviceBlockMask odd = cuda::upload(attn::dense_mask(100, 100, true));
+  odd.host.q_block = 32;
+  EXPECT_THROW(cuda::flash_attention(q, q, q, q, odd, 0.125f), Error);
+  cuda::DeviceBlockMask hollow = cuda::upload(attn::dense_mask(100, 100, true));
+  hollow.key_blocks = Tensor{};
+  EXPECT_THROW(cuda::flash_attention(q, q, q, q, hollow, 0.125f), Error);
+}
+
+TEST(CudaSparseAttention, DownloadReturnsTheUploadedMask) {
+  SUBQ_REQUIRE_GPU();
+  const attn::BlockMask m = attn::bigbird_mask(attn::MaskGeometry{1000, 1000, 0, 64, 64, 3, nullptr}, 1, 1, 2, 7, true);
+  cuda::DeviceBlockMask d = cuda::upload(m);
+  d.host.key_blocks.clear();  // as a GPU selector leaves it
+  const attn::BlockMask back = cuda::download(d);
+  EXPECT_EQ(back.row_start, m.row_start);
+  EXPECT_EQ(back.key_blocks, m.key_blocks);
 }
 
 // Decode: q [B, 1, H, D] against the first kv_len slots of a larger cache whose unused

@@ -413,19 +413,28 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   else causal ? launch<256, 64, Keys::causal>(p, batch) : launch<256, 64, Keys::all>(p, batch);
 }
 
-DeviceBlockMask upload(const attn::BlockMask& mask) {
-  mask.validate();
+namespace {
+
+// What the kernel's indexing supports; upload() and every launch check it.
+void check_device_geometry(const attn::BlockMask& mask, size_t listed) {
   if (mask.q_block != 64 && mask.q_block != 128)
     throw Error("cuda block mask: q_block must be 64 or 128 on the GPU, found " + std::to_string(mask.q_block));
   if (mask.k_block <= 0 || mask.k_block % kMaskKeyBlock != 0 || mask.k_block > 1024)
     throw Error("cuda block mask: k_block must be a multiple of 64 (at most 1024) on the GPU, found " +
                 std::to_string(mask.k_block));
   if (mask.q_len > (int64_t{1} << 30) || mask.kv_len > (int64_t{1} << 30) || mask.q_offset < 0 ||
-      mask.q_offset > (int64_t{1} << 30) || mask.key_blocks.size() >= (size_t{1} << 31))
+      mask.q_offset > (int64_t{1} << 30) || listed >= (size_t{1} << 31))
     throw Error("cuda block mask: sizes exceed the GPU kernel's 32-bit positions (q_len " +
                 std::to_string(mask.q_len) + ", kv_len " + std::to_string(mask.kv_len) + ", q_offset " +
-                std::to_string(mask.q_offset) + ", " + std::to_string(mask.key_blocks.size()) + " blocks)");
+                std::to_string(mask.q_offset) + ", " + std::to_string(listed) + " blocks)");
   if (mask.rule.neighborhood) mask.rule.nbhd.validate();
+}
+
+}  // namespace
+
+DeviceBlockMask upload(const attn::BlockMask& mask) {
+  mask.validate();
+  check_device_geometry(mask, mask.key_blocks.size());
   DeviceBlockMask d;
   d.host = mask;
   Tensor starts = Tensor::empty(DType::i32, {static_cast<int64_t>(mask.row_start.size())});
@@ -441,6 +450,16 @@ DeviceBlockMask upload(const attn::BlockMask& mask) {
   return d;
 }
 
+attn::BlockMask download(const DeviceBlockMask& mask) {
+  attn::BlockMask m = mask.host;
+  const auto listed = static_cast<size_t>(m.row_start.empty() ? 0 : m.row_start.back());
+  if (m.key_blocks.size() != listed) {
+    const Tensor blocks = to_host(mask.key_blocks);
+    m.key_blocks.assign(blocks.data<int32_t>(), blocks.data<int32_t>() + listed);
+  }
+  return m;
+}
+
 void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                      const DeviceBlockMask& mask, float scale) {
   Params p = check_and_describe(q, k, v, o, scale);
@@ -454,8 +473,11 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                 " must be 1 or match q " + q.str());
   if (D == 256 && m.q_block != 64)
     throw Error("flash_attention mask: head dim 256 needs q_block 64, found " + std::to_string(m.q_block));
-  if (mask.row_start.numel() != static_cast<int64_t>(m.row_start.size()) || mask.row_start.device() != Device::cuda)
-    throw Error("flash_attention mask: not uploaded (use cuda::upload)");
+  if (mask.row_start.numel() != static_cast<int64_t>(m.row_start.size()) || mask.row_start.device() != Device::cuda ||
+      m.row_start.empty() || mask.key_blocks.device() != Device::cuda ||
+      mask.key_blocks.numel() < std::max<int64_t>(1, m.row_start.back()))
+    throw Error("flash_attention mask: not in GPU memory (use cuda::upload)");
+  check_device_geometry(m, static_cast<size_t>(m.row_start.back()));
   if (B == 0 || p.tq == 0 || H == 0) return;
   p.row_start = mask.row_start.device_data<int32_t>();
   p.key_blocks = mask.key_blocks.device_data<int32_t>();

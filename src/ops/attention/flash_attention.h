@@ -18,16 +18,21 @@ namespace subq::cuda {
 void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, bool causal,
                      float scale);
 
-// A BlockMask copied to the GPU once, reusable by every launch over the same mask. The
-// CPU selectors (src/ops/attention/selectors) build the mask; its element rule (causal,
-// window with sinks, neighborhood windows) is evaluated on the GPU inside partially
-// covered tiles. Needs q_block 64 or 128 and k_block a multiple of 64.
+// A BlockMask in GPU memory, reusable by every launch over the same mask: a CPU
+// selector's mask uploaded, or one a GPU selector built there (dynamic_selectors_cuda.h).
+// Its element rule (causal, window with sinks, neighborhood windows) is evaluated on the
+// GPU inside partially covered tiles. The kernel needs q_block 64 or 128 and k_block a
+// multiple of 64.
 struct DeviceBlockMask {
-  attn::BlockMask host;  // the mask as built (its key_blocks/row_start also on the GPU)
-  Tensor row_start;      // i32 [rows + 1] on the GPU
-  Tensor key_blocks;     // i32 [listed blocks] on the GPU
+  // The mask's geometry, rule and row_start; its key_blocks too when uploaded, empty
+  // when a GPU selector built it (download() fetches them).
+  attn::BlockMask host;
+  Tensor row_start;   // i32 [rows + 1] on the GPU
+  Tensor key_blocks;  // i32 [listed blocks] on the GPU
 };
 DeviceBlockMask upload(const attn::BlockMask& mask);
+// The whole mask on the host, key blocks included.
+attn::BlockMask download(const DeviceBlockMask& mask);
 
 // Block-sparse flash attention: visits exactly the key blocks `mask` lists for each
 // (batch, head, query block) and applies its rule inside them; query row i has position
