@@ -72,7 +72,7 @@ inline void report_sparse(const std::string& shape, const attn::BlockMask& m, do
 void bench_linear(std::mt19937_64& rng);  // bench/cuda/linear.cu
 void bench_delta(std::mt19937_64& rng);   // bench/cuda/delta.cu
 void bench_dplr(std::mt19937_64& rng);    // bench/cuda/delta.cu
-void bench_moba(std::mt19937_64& rng);    // bench/cuda/selectors.cu
+void bench_selectors(std::mt19937_64& rng);  // bench/cuda/selectors.cu
 void bench_models(const std::string& root);  // bench/cuda/model.cu
 
 }  // namespace subq::bench::gpu

@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
     const std::string only = argc > 1 ? argv[1] : "";
     if (only.empty() || only == "attention") bench_attention(rng);
     if (only.empty() || only == "sparse") bench_sparse(rng);
-    if (only.empty() || only == "moba") bench_moba(rng);
+    if (only.empty() || only == "selectors") bench_selectors(rng);
     if (only.empty() || only == "decode") bench_decode(rng);
     if (only.empty() || only == "scan") bench_scan(rng);
     if (only.empty() || only == "gemm") bench_gemm(rng);

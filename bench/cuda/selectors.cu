@@ -1,6 +1,7 @@
-// MoBA's mask built on the GPU against the CPU path it replaces (q and k copied to the
-// host, the CPU selector, the mask uploaded), then the block-sparse attention over it
-// beside dense causal attention on the same inputs.
+// The dynamic selectors that build their masks on the GPU (MoBA, HiP) against the CPU
+// path they replace (q and k copied to the host, the CPU selector, the mask uploaded),
+// then the block-sparse attention over each mask beside dense causal attention on the
+// same inputs.
 #include <cstdio>
 #include <random>
 #include <string>
@@ -14,49 +15,56 @@
 
 namespace subq::bench::gpu {
 
-void bench_moba(std::mt19937_64& rng) {
+void bench_selectors(std::mt19937_64& rng) {
   const int64_t H = 32, Hkv = 8, D = 128, blk = 64, top_k = 8;
   const float scale = 0.08838834764f;
+  struct Selector {
+    const char* name;
+    cuda::DeviceBlockMask (*gpu)(const attn::MaskGeometry&, const Tensor&, const Tensor&, int64_t);
+    attn::BlockMask (*cpu)(const attn::MaskGeometry&, const attn::AttentionArgs&, int64_t);
+  };
+  const Selector selectors[] = {{"moba", cuda::moba_mask, attn::moba_mask}, {"hip", cuda::hip_mask, attn::hip_mask}};
   for (int64_t T : {32768, 131072}) {
-    // f32 rotated q and k, as the decoder hands them to the selector; bf16 copies attend.
+    // f32 rotated q and k, as the decoder hands them to a selector; bf16 copies attend.
     const Tensor q32 = random_device(DType::f32, {T, H, D}, rng), k32 = random_device(DType::f32, {T, Hkv, D}, rng);
     const Tensor q = cuda::empty(DType::bf16, {1, T, H, D}), k = cuda::empty(DType::bf16, {1, T, Hkv, D});
     cuda::copy_rows(q32, q.view({T, H, D}));
     cuda::copy_rows(k32, k.view({T, Hkv, D}));
     const Tensor v = random_device(DType::bf16, {1, T, Hkv, D}, rng), o = cuda::empty(DType::bf16, {1, T, H, D});
-    const attn::MaskGeometry g{T, T, 0, blk, blk, H, nullptr};
-    char shape[160];
-    std::snprintf(shape, sizeof shape, "T=%lld H=%lld Hkv=%lld D=%lld block=%lld top_k=%lld", (long long)T,
-                  (long long)H, (long long)Hkv, (long long)D, (long long)blk, (long long)top_k);
-
-    cuda::DeviceBlockMask mask;
-    const double gpu_ms = median_ms([&] { mask = cuda::moba_mask(g, q32, k32, top_k); }, 1, 5);
-    report("moba_mask", std::string(shape) + " on the GPU", gpu_ms, 0, static_cast<double>(q32.nbytes() + k32.nbytes()));
-    const double cpu_ms = median_ms(
-        [&] {
-          const Tensor qh = cuda::to_host(q32), kh = cuda::to_host(k32);
-          attn::AttentionArgs qk;
-          qk.q = qh.data<float>();
-          qk.k = kh.data<float>();
-          qk.q_row_stride = H * D;
-          qk.k_row_stride = Hkv * D;
-          qk.q_batch_stride = T * H * D;
-          qk.k_batch_stride = T * Hkv * D;
-          qk.q_len = qk.kv_len = T;
-          qk.q_heads = H;
-          qk.kv_heads = Hkv;
-          qk.head_dim = D;
-          cuda::upload(attn::moba_mask(g, qk, top_k));
-        },
-        1, 3);
-    report("moba_mask", std::string(shape) + " on the CPU from host copies", cpu_ms, 0,
-           static_cast<double>(q32.nbytes() + k32.nbytes()));
-
     const double dense_ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, scale); });
-    const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, mask, scale); });
-    cuda::synchronize();
-    const attn::BlockMask listed = cuda::download(mask);
-    report_sparse(std::string("B=1 ") + shape + " moba", listed, ms, dense_ms, causal_block_pairs(listed), 1, H, D);
+    const attn::MaskGeometry g{T, T, 0, blk, blk, H, nullptr};
+    for (const Selector& sel : selectors) {
+      char shape[160];
+      std::snprintf(shape, sizeof shape, "T=%lld H=%lld Hkv=%lld D=%lld block=%lld %s top_k=%lld", (long long)T,
+                    (long long)H, (long long)Hkv, (long long)D, (long long)blk, sel.name, (long long)top_k);
+      const std::string op = std::string(sel.name) + "_mask";
+      cuda::DeviceBlockMask mask;
+      const double gpu_ms = median_ms([&] { mask = sel.gpu(g, q32, k32, top_k); }, 1, 5);
+      report(op.c_str(), std::string(shape) + " on the GPU", gpu_ms, 0, static_cast<double>(q32.nbytes() + k32.nbytes()));
+      const double cpu_ms = median_ms(
+          [&] {
+            const Tensor qh = cuda::to_host(q32), kh = cuda::to_host(k32);
+            attn::AttentionArgs qk;
+            qk.q = qh.data<float>();
+            qk.k = kh.data<float>();
+            qk.q_row_stride = H * D;
+            qk.k_row_stride = Hkv * D;
+            qk.q_batch_stride = T * H * D;
+            qk.k_batch_stride = T * Hkv * D;
+            qk.q_len = qk.kv_len = T;
+            qk.q_heads = H;
+            qk.kv_heads = Hkv;
+            qk.head_dim = D;
+            cuda::upload(sel.cpu(g, qk, top_k));
+          },
+          1, 3);
+      report(op.c_str(), std::string(shape) + " on the CPU from host copies", cpu_ms, 0,
+             static_cast<double>(q32.nbytes() + k32.nbytes()));
+      const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, mask, scale); });
+      cuda::synchronize();
+      const attn::BlockMask listed = cuda::download(mask);
+      report_sparse(std::string("B=1 ") + shape, listed, ms, dense_ms, causal_block_pairs(listed), 1, H, D);
+    }
   }
 }
 

@@ -11,6 +11,9 @@
 
 namespace subq::cuda {
 
+// Both build their mask's rows on the GPU and leave the blocks there (DeviceBlockMask's
+// host.key_blocks is empty; download() fetches them).
+
 // MoBA (attn::moba_mask) for one sequence: q [Tq, Hq, Dh] and k [Tk, Hkv, Dh], f32 in GPU
 // memory, each row a token (rows and heads may be strided, as head ranges of a fused
 // projection; the last dimension contiguous), g as for the CPU selector (q_block ==
@@ -18,5 +21,9 @@ namespace subq::cuda {
 // another order than the CPU's, so blocks whose scores tie to rounding may be chosen
 // differently; the ranking rule (higher score, then lower block) is the same.
 DeviceBlockMask moba_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, int64_t top_k);
+
+// HiP (attn::hip_mask) for one sequence, from q and k as for moba_mask; top_k >= 1. As
+// there, rounding may swap blocks whose scores tie, and then the halves below them.
+DeviceBlockMask hip_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, int64_t top_k);
 
 }  // namespace subq::cuda

@@ -1,7 +1,8 @@
-// MoBA's mask built on the GPU against the float64 ranking it must realise and against
-// the CPU selector. The GPU sums block means and scores in another order, so a block may
-// swap with one whose float64 score ties it within rounding; any other difference (a
-// wrong head mapping, mean, causal limit or order) moves scores by far more.
+// The GPU's dynamic selectors against the CPU's on the same queries and keys, and MoBA's
+// mask against the float64 ranking it must realise. The GPU sums block means and scores
+// in another order, so a block may swap with one whose score ties it within rounding (and,
+// in HiP, the halves below it); any other difference (a wrong head mapping, mean, causal
+// limit or order) changes most rows.
 #include <algorithm>
 #include <cmath>
 
@@ -34,49 +35,83 @@ std::vector<std::vector<std::vector<double>>> block_means(const float* x, int64_
   return means;
 }
 
-void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
-  SCOPED_TRACE("Tq=" + std::to_string(c.q_len) + " Tk=" + std::to_string(c.kv_len) + " offset=" +
-               std::to_string(c.q_offset) + " block=" + std::to_string(c.block) + " H=" + std::to_string(c.Hq) + "/" +
-               std::to_string(c.Hkv) + " Dh=" + std::to_string(c.Dh) + " top_k=" + std::to_string(c.top_k));
-  // q and k as head ranges of one fused projection, strided as in a model.
-  const int64_t width = (c.Hq + c.Hkv + 1) * c.Dh;
-  const Tensor qh = tensor_from(normal(rng, static_cast<size_t>(c.q_len * width)), {c.q_len, width});
-  const Tensor kh = tensor_from(normal(rng, static_cast<size_t>(c.kv_len * width)), {c.kv_len, width});
-  const Tensor qd = cuda::to_device(qh), kd = cuda::to_device(kh);
-  const Tensor q = qd.view({c.q_len, c.Hq + c.Hkv + 1, c.Dh}).slice(1, 0, c.Hq);
-  const Tensor k = kd.view({c.kv_len, c.Hq + c.Hkv + 1, c.Dh}).slice(1, c.Hq, c.Hq + c.Hkv);
-  const attn::MaskGeometry g{c.q_len, c.kv_len, c.q_offset, c.block, c.block, c.Hq, nullptr};
-  const cuda::DeviceBlockMask gpu = cuda::moba_mask(g, q, k, c.top_k);
+std::string describe(const Case& c) {
+  return "Tq=" + std::to_string(c.q_len) + " Tk=" + std::to_string(c.kv_len) + " offset=" + std::to_string(c.q_offset) +
+         " block=" + std::to_string(c.block) + " H=" + std::to_string(c.Hq) + "/" + std::to_string(c.Hkv) +
+         " Dh=" + std::to_string(c.Dh) + " top_k=" + std::to_string(c.top_k);
+}
 
-  attn::AttentionArgs qk;
-  qk.q = qh.data<float>();
-  qk.k = kh.data<float>() + c.Hq * c.Dh;
-  qk.q_row_stride = qk.k_row_stride = width;
-  qk.q_batch_stride = c.q_len * width;
-  qk.k_batch_stride = c.kv_len * width;
-  qk.q_len = c.q_len;
-  qk.kv_len = c.kv_len;
-  qk.q_heads = c.Hq;
-  qk.kv_heads = c.Hkv;
-  qk.head_dim = c.Dh;
-  const attn::BlockMask cpu = attn::moba_mask(g, qk, c.top_k);
+// Random q and k as head ranges of one fused projection, strided as in a model, on the
+// host (for the CPU selector) and on the GPU.
+struct QK {
+  int64_t Dh, Hq, Hkv, width;
+  Tensor qh, kh, qd, kd;
 
+  QK(std::mt19937_64& rng, const Case& c) : Dh(c.Dh), Hq(c.Hq), Hkv(c.Hkv), width((c.Hq + c.Hkv + 1) * c.Dh) {
+    qh = tensor_from(normal(rng, static_cast<size_t>(c.q_len * width)), {c.q_len, width});
+    kh = tensor_from(normal(rng, static_cast<size_t>(c.kv_len * width)), {c.kv_len, width});
+    qd = cuda::to_device(qh);
+    kd = cuda::to_device(kh);
+  }
+  Tensor q() const { return qd.view({qd.dim(0), width / Dh, Dh}).slice(1, 0, Hq); }
+  Tensor k() const { return kd.view({kd.dim(0), width / Dh, Dh}).slice(1, Hq, Hq + Hkv); }
+  attn::AttentionArgs args(const Case& c) const {
+    attn::AttentionArgs a;
+    a.q = qh.data<float>();
+    a.k = kh.data<float>() + c.Hq * c.Dh;
+    a.q_row_stride = a.k_row_stride = width;
+    a.q_batch_stride = c.q_len * width;
+    a.k_batch_stride = c.kv_len * width;
+    a.q_len = c.q_len;
+    a.kv_len = c.kv_len;
+    a.q_heads = c.Hq;
+    a.kv_heads = c.Hkv;
+    a.head_dim = c.Dh;
+    return a;
+  }
+};
+
+attn::MaskGeometry geometry(const Case& c) { return {c.q_len, c.kv_len, c.q_offset, c.block, c.block, c.Hq, nullptr}; }
+
+// The GPU mask's structure (blocks only on the GPU, the CPU's row lengths, every row
+// sorted, in range, closed by its diagonal) and how many of its rows differ from the
+// CPU's, which must be few.
+void expect_like_the_cpu(const Case& c, const cuda::DeviceBlockMask& gpu, const attn::BlockMask& cpu) {
   EXPECT_TRUE(gpu.host.key_blocks.empty()) << "the blocks stay in GPU memory";
   const attn::BlockMask m = cuda::download(gpu);
   EXPECT_NO_THROW(m.validate());
   EXPECT_EQ(m.heads, c.Hq);
   EXPECT_EQ(m.row_start, cpu.row_start);
-  ASSERT_EQ(m.key_blocks.size(), cpu.key_blocks.size());
-  const int64_t nqb = m.num_q_blocks(), nkb = m.num_k_blocks(), first = c.q_offset / c.block;
-  const auto q_means = block_means(qh.data<float>(), width, c.q_len, c.Hq, c.Dh, c.block);
-  const auto k_means = block_means(kh.data<float>() + c.Hq * c.Dh, width, c.kv_len, c.Hkv, c.Dh, c.block);
+  const int64_t nqb = m.num_q_blocks(), first = c.q_offset / c.block;
   int64_t differing_rows = 0;
+  for (int64_t h = 0; h < c.Hq; ++h)
+    for (int64_t qb = 0; qb < nqb; ++qb) {
+      const auto row = m.row(0, h, qb), want = cpu.row(0, h, qb);
+      ASSERT_FALSE(row.empty());
+      EXPECT_EQ(row.back(), first + qb) << "the diagonal block closes every row";
+      differing_rows += !std::equal(row.begin(), row.end(), want.begin(), want.end());
+    }
+  EXPECT_LE(differing_rows, std::max<int64_t>(1, c.Hq * nqb / 100)) << "rounding ties are rare on random inputs";
+}
+
+void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
+  SCOPED_TRACE("moba " + describe(c));
+  const QK in(rng, c);
+  const attn::MaskGeometry g = geometry(c);
+  const cuda::DeviceBlockMask gpu = cuda::moba_mask(g, in.q(), in.k(), c.top_k);
+  const attn::BlockMask cpu = attn::moba_mask(g, in.args(c), c.top_k);
+  expect_like_the_cpu(c, gpu, cpu);
+
+  // Every row keeps blocks no float64 score beats by more than rounding.
+  const attn::BlockMask m = cuda::download(gpu);
+  const int64_t nqb = m.num_q_blocks(), nkb = m.num_k_blocks(), first = c.q_offset / c.block;
+  const auto q_means = block_means(in.qh.data<float>(), in.width, c.q_len, c.Hq, c.Dh, c.block);
+  const auto k_means = block_means(in.kh.data<float>() + c.Hq * c.Dh, in.width, c.kv_len, c.Hkv, c.Dh, c.block);
   for (int64_t h = 0; h < c.Hq; ++h)
     for (int64_t qb = 0; qb < nqb; ++qb) {
       const auto row = m.row(0, h, qb);
       const int64_t past = std::min(first + qb, nkb), keep = std::min(c.top_k, past);
       ASSERT_EQ(static_cast<int64_t>(row.size()), keep + 1);
-      EXPECT_EQ(row.back(), first + qb) << "the diagonal block closes every row";
       const auto& qm = q_means[static_cast<size_t>(h)][static_cast<size_t>(qb)];
       std::vector<double> score(static_cast<size_t>(past));
       double top = 0;
@@ -99,10 +134,14 @@ void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
       for (int64_t kb = 0; kb < past; ++kb)
         if (!chosen[static_cast<size_t>(kb)]) highest_left = std::max(highest_left, score[static_cast<size_t>(kb)]);
       EXPECT_GE(lowest_kept, highest_left - 1e-5 * (1 + top)) << "head " << h << " query block " << qb;
-      const auto want = cpu.row(0, h, qb);
-      differing_rows += !std::equal(row.begin(), row.end(), want.begin(), want.end());
     }
-  EXPECT_LE(differing_rows, std::max<int64_t>(1, c.Hq * nqb / 100)) << "rounding ties are rare on random inputs";
+}
+
+void expect_hip_mask(std::mt19937_64& rng, const Case& c) {
+  SCOPED_TRACE("hip " + describe(c));
+  const QK in(rng, c);
+  const attn::MaskGeometry g = geometry(c);
+  expect_like_the_cpu(c, cuda::hip_mask(g, in.q(), in.k(), c.top_k), attn::hip_mask(g, in.args(c), c.top_k));
 }
 
 TEST(CudaMobaMask, RealisesTheTopKRankingOfBlockMeans) {
@@ -125,6 +164,32 @@ TEST(CudaMobaMask, ManyKeyBlocksTakeFewerRowsPerCta) {
   auto rng = rng_for_test();
   // 7500 key blocks: their scores fit shared memory for fewer than 8 rows per CTA.
   expect_moba_mask(rng, {64 * 7500, 64 * 7500, 0, 64, 1, 1, 32, 3});
+}
+
+TEST(CudaHipMask, MatchesTheCpuSelector) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  expect_hip_mask(rng, {1000, 1000, 0, 64, 4, 1, 64, 3});
+  expect_hip_mask(rng, {1000, 1000, 0, 128, 6, 2, 128, 2});
+  expect_hip_mask(rng, {129, 129, 0, 64, 2, 2, 80, 1});
+  expect_hip_mask(rng, {64 * 33 + 5, 64 * 33 + 5, 0, 64, 8, 8, 32, 5});
+  expect_hip_mask(rng, {300, 1004, 704, 64, 4, 2, 64, 4});  // chunked prefill against a cache
+  expect_hip_mask(rng, {1, 1, 0, 64, 3, 1, 64, 4});
+  expect_hip_mask(rng, {700, 700, 0, 64, 2, 1, 64, 100});  // every past block
+  expect_hip_mask(rng, {5000, 5000, 0, 64, 3, 3, 128, 37});  // more than 32 ranges per level
+  expect_hip_mask(rng, {3000, 3000, 0, 64, 4, 4, 256, 6});
+  expect_hip_mask(rng, {64 * 3000, 64 * 3000, 0, 64, 1, 1, 32, 8});
+}
+
+TEST(CudaHipMask, BadInputsAreClearErrors) {
+  SUBQ_REQUIRE_GPU();
+  const attn::MaskGeometry g{100, 100, 0, 64, 64, 4, nullptr};
+  const Tensor q = cuda::empty(DType::f32, {100, 4, 64}), k = cuda::empty(DType::f32, {100, 2, 64});
+  EXPECT_THROW(cuda::hip_mask(g, q, k, 0), Error);
+  // 1000 kept ranges per row outgrow shared memory (1000 key blocks to choose from).
+  const Tensor long_q = cuda::empty(DType::f32, {64000, 1, 32});
+  EXPECT_THROW(cuda::hip_mask(attn::MaskGeometry{64000, 64000, 0, 64, 64, 1, nullptr}, long_q, long_q, 1000), Error);
+  EXPECT_THROW(cuda::hip_mask(g, q, cuda::empty(DType::f32, {100, 3, 64}), 2), Error);
 }
 
 TEST(CudaMobaMask, BadInputsAreClearErrors) {
