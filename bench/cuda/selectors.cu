@@ -1,8 +1,9 @@
-// The dynamic selectors that build their masks on the GPU (MoBA, HiP) against the CPU
-// path they replace (q and k copied to the host, the CPU selector, the mask uploaded),
-// then the block-sparse attention over each mask beside dense causal attention on the
-// same inputs.
+// The dynamic selectors that build their masks on the GPU (MoBA, HiP, XAttention)
+// against the CPU path they replace (q and k copied to the host, the CPU selector, the
+// mask uploaded), then the block-sparse attention over each mask beside dense causal
+// attention on the same inputs.
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <string>
 
@@ -18,12 +19,21 @@ namespace subq::bench::gpu {
 void bench_selectors(std::mt19937_64& rng) {
   const int64_t H = 32, Hkv = 8, D = 128, blk = 64, top_k = 8;
   const float scale = 0.08838834764f;
+  const double threshold = 0.9;
+  const int64_t stride = 8;
   struct Selector {
-    const char* name;
-    cuda::DeviceBlockMask (*gpu)(const attn::MaskGeometry&, const Tensor&, const Tensor&, int64_t);
-    attn::BlockMask (*cpu)(const attn::MaskGeometry&, const attn::AttentionArgs&, int64_t);
+    std::string name;
+    std::function<cuda::DeviceBlockMask(const attn::MaskGeometry&, const Tensor&, const Tensor&)> gpu;
+    std::function<attn::BlockMask(const attn::MaskGeometry&, const attn::AttentionArgs&)> cpu;
   };
-  const Selector selectors[] = {{"moba", cuda::moba_mask, attn::moba_mask}, {"hip", cuda::hip_mask, attn::hip_mask}};
+  const Selector selectors[] = {
+      {"moba top_k=8", [&](auto& g, auto& q, auto& k) { return cuda::moba_mask(g, q, k, top_k); },
+       [&](auto& g, auto& qk) { return attn::moba_mask(g, qk, top_k); }},
+      {"hip top_k=8", [&](auto& g, auto& q, auto& k) { return cuda::hip_mask(g, q, k, top_k); },
+       [&](auto& g, auto& qk) { return attn::hip_mask(g, qk, top_k); }},
+      {"xattention threshold=0.9 stride=8",
+       [&](auto& g, auto& q, auto& k) { return cuda::xattention_mask(g, q, k, threshold, stride, scale); },
+       [&](auto& g, auto& qk) { return attn::xattention_mask(g, qk, threshold, stride); }}};
   for (int64_t T : {32768, 131072}) {
     // f32 rotated q and k, as the decoder hands them to a selector; bf16 copies attend.
     const Tensor q32 = random_device(DType::f32, {T, H, D}, rng), k32 = random_device(DType::f32, {T, Hkv, D}, rng);
@@ -35,11 +45,11 @@ void bench_selectors(std::mt19937_64& rng) {
     const attn::MaskGeometry g{T, T, 0, blk, blk, H, nullptr};
     for (const Selector& sel : selectors) {
       char shape[160];
-      std::snprintf(shape, sizeof shape, "T=%lld H=%lld Hkv=%lld D=%lld block=%lld %s top_k=%lld", (long long)T,
-                    (long long)H, (long long)Hkv, (long long)D, (long long)blk, sel.name, (long long)top_k);
-      const std::string op = std::string(sel.name) + "_mask";
+      std::snprintf(shape, sizeof shape, "T=%lld H=%lld Hkv=%lld D=%lld block=%lld %s", (long long)T, (long long)H,
+                    (long long)Hkv, (long long)D, (long long)blk, sel.name.c_str());
+      const std::string op = sel.name.substr(0, sel.name.find(' ')) + "_mask";
       cuda::DeviceBlockMask mask;
-      const double gpu_ms = median_ms([&] { mask = sel.gpu(g, q32, k32, top_k); }, 1, 5);
+      const double gpu_ms = median_ms([&] { mask = sel.gpu(g, q32, k32); }, 1, 5);
       report(op.c_str(), std::string(shape) + " on the GPU", gpu_ms, 0, static_cast<double>(q32.nbytes() + k32.nbytes()));
       const double cpu_ms = median_ms(
           [&] {
@@ -55,7 +65,8 @@ void bench_selectors(std::mt19937_64& rng) {
             qk.q_heads = H;
             qk.kv_heads = Hkv;
             qk.head_dim = D;
-            cuda::upload(sel.cpu(g, qk, top_k));
+            qk.scale = scale;
+            cuda::upload(sel.cpu(g, qk));
           },
           1, 3);
       report(op.c_str(), std::string(shape) + " on the CPU from host copies", cpu_ms, 0,

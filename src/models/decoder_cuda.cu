@@ -12,8 +12,8 @@
 //     adds nothing to the state or the output).
 //   * MLPs and mixtures of experts as src/models/feed_forward_cuda.cu runs them.
 //   * A sparse prefill policy builds the prompt's BlockMask for the block-sparse flash
-//     kernel: MoBA and HiP on the GPU, the other selectors on the CPU (the dynamic ones
-//     from host copies of q and k).
+//     kernel: MoBA, HiP and XAttention on the GPU, the other selectors on the CPU
+//     (FlexPrefill from host copies of q and k).
 //   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager),
 //     unless a mixture of experts reads its routes back to the host.
 //   * The window policy (sinks + sliding window) keeps a bounded ring of keys (KVState).
@@ -302,14 +302,16 @@ class DeviceAttention final : public DeviceMixer {
 
   // The sparse policy's mask for a prompt (the first forward of a sequence), as the CPU
   // mixer builds it, from the rotated f32 queries and keys (q [T, Hq, Dh], k [T, Hkv, Dh],
-  // head ranges of the fused projection): MoBA and HiP on the GPU; the other selectors
-  // on the CPU, the dynamic ones on host copies of q and k. Later forwards are exact
-  // over the cache, as on the CPU.
+  // head ranges of the fused projection): MoBA, HiP and XAttention on the GPU; the other
+  // selectors on the CPU, FlexPrefill on host copies of q and k. Later forwards are
+  // exact over the cache, as on the CPU.
   cuda::DeviceBlockMask prompt_mask(const Tensor& q, const Tensor& k) const {
     const int64_t T = q.dim(0), Hq = c_.n_heads, Hkv = c_.n_kv_heads, Dh = c_.head_dim;
     const attn::MaskGeometry g{T, T, 0, c_.sparse.block, c_.sparse.block, Hq, nullptr};
     if (c_.sparse.kind == "moba") return cuda::moba_mask(g, q, k, c_.sparse.top_k);
     if (c_.sparse.kind == "hip") return cuda::hip_mask(g, q, k, c_.sparse.top_k);
+    if (c_.sparse.kind == "xattention")
+      return cuda::xattention_mask(g, q, k, c_.sparse.threshold, c_.sparse.stride, scale_);
     attn::AttentionArgs qk;
     Tensor qh, kh;
     if (c_.sparse.needs_qk()) {

@@ -73,15 +73,15 @@ struct QK {
 
 attn::MaskGeometry geometry(const Case& c) { return {c.q_len, c.kv_len, c.q_offset, c.block, c.block, c.Hq, nullptr}; }
 
-// The GPU mask's structure (blocks only on the GPU, the CPU's row lengths, every row
-// sorted, in range, closed by its diagonal) and how many of its rows differ from the
-// CPU's, which must be few.
+// The GPU mask's structure (a valid mask with the CPU's geometry, every row closed by
+// its diagonal) and how many of its rows differ from the CPU's, which must be few.
 void expect_like_the_cpu(const Case& c, const cuda::DeviceBlockMask& gpu, const attn::BlockMask& cpu) {
-  EXPECT_TRUE(gpu.host.key_blocks.empty()) << "the blocks stay in GPU memory";
   const attn::BlockMask m = cuda::download(gpu);
   EXPECT_NO_THROW(m.validate());
   EXPECT_EQ(m.heads, c.Hq);
-  EXPECT_EQ(m.row_start, cpu.row_start);
+  EXPECT_EQ(m.row_start.size(), cpu.row_start.size());
+  EXPECT_EQ(m.q_offset, cpu.q_offset);
+  EXPECT_TRUE(m.rule.causal);
   const int64_t nqb = m.num_q_blocks(), first = c.q_offset / c.block;
   int64_t differing_rows = 0;
   for (int64_t h = 0; h < c.Hq; ++h)
@@ -100,6 +100,8 @@ void expect_moba_mask(std::mt19937_64& rng, const Case& c) {
   const attn::MaskGeometry g = geometry(c);
   const cuda::DeviceBlockMask gpu = cuda::moba_mask(g, in.q(), in.k(), c.top_k);
   const attn::BlockMask cpu = attn::moba_mask(g, in.args(c), c.top_k);
+  EXPECT_TRUE(gpu.host.key_blocks.empty()) << "the blocks stay in GPU memory";
+  EXPECT_EQ(gpu.host.row_start, cpu.row_start);
   expect_like_the_cpu(c, gpu, cpu);
 
   // Every row keeps blocks no float64 score beats by more than rounding.
@@ -141,7 +143,22 @@ void expect_hip_mask(std::mt19937_64& rng, const Case& c) {
   SCOPED_TRACE("hip " + describe(c));
   const QK in(rng, c);
   const attn::MaskGeometry g = geometry(c);
-  expect_like_the_cpu(c, cuda::hip_mask(g, in.q(), in.k(), c.top_k), attn::hip_mask(g, in.args(c), c.top_k));
+  const cuda::DeviceBlockMask gpu = cuda::hip_mask(g, in.q(), in.k(), c.top_k);
+  const attn::BlockMask cpu = attn::hip_mask(g, in.args(c), c.top_k);
+  EXPECT_EQ(gpu.host.row_start, cpu.row_start);
+  expect_like_the_cpu(c, gpu, cpu);
+}
+
+// Case::top_k is read as the stride here.
+void expect_xattention_mask(std::mt19937_64& rng, const Case& c, double threshold) {
+  SCOPED_TRACE("xattention threshold " + std::to_string(threshold) + " " + describe(c));
+  const QK in(rng, c);
+  const attn::MaskGeometry g = geometry(c);
+  const float scale = 1.f / std::sqrt(static_cast<float>(c.Dh));
+  attn::AttentionArgs args = in.args(c);
+  args.scale = scale;
+  expect_like_the_cpu(c, cuda::xattention_mask(g, in.q(), in.k(), threshold, c.top_k, scale),
+                      attn::xattention_mask(g, args, threshold, c.top_k));
 }
 
 TEST(CudaMobaMask, RealisesTheTopKRankingOfBlockMeans) {
@@ -179,6 +196,28 @@ TEST(CudaHipMask, MatchesTheCpuSelector) {
   expect_hip_mask(rng, {5000, 5000, 0, 64, 3, 3, 128, 37});  // more than 32 ranges per level
   expect_hip_mask(rng, {3000, 3000, 0, 64, 4, 4, 256, 6});
   expect_hip_mask(rng, {64 * 3000, 64 * 3000, 0, 64, 1, 1, 32, 8});
+}
+
+TEST(CudaXAttentionMask, MatchesTheCpuSelector) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  expect_xattention_mask(rng, {1000, 1000, 0, 64, 4, 1, 64, 8}, 0.9);
+  expect_xattention_mask(rng, {1000, 1000, 0, 128, 6, 2, 128, 16}, 0.5);
+  expect_xattention_mask(rng, {129, 129, 0, 64, 2, 2, 80, 4}, 0.95);
+  expect_xattention_mask(rng, {64 * 33 + 5, 64 * 33 + 5, 0, 64, 8, 8, 32, 8}, 0.9);
+  expect_xattention_mask(rng, {300, 1004, 704, 64, 4, 2, 64, 8}, 0.8);  // chunked prefill against a cache
+  expect_xattention_mask(rng, {1, 1, 0, 64, 3, 1, 64, 8}, 0.9);
+  expect_xattention_mask(rng, {3000, 3000, 0, 64, 2, 1, 256, 1}, 1.0);  // stride 1: every element, all mass
+}
+
+TEST(CudaXAttentionMask, BadInputsAreClearErrors) {
+  SUBQ_REQUIRE_GPU();
+  const attn::MaskGeometry g{100, 100, 0, 64, 64, 4, nullptr};
+  const Tensor q = cuda::empty(DType::f32, {100, 4, 64}), k = cuda::empty(DType::f32, {100, 2, 64});
+  EXPECT_THROW(cuda::xattention_mask(g, q, k, 0.9, 48, 0.125f), Error);  // stride does not divide the block
+  EXPECT_THROW(cuda::xattention_mask(g, q, k, 0.0, 8, 0.125f), Error);
+  EXPECT_THROW(cuda::xattention_mask(g, q, k, 1.5, 8, 0.125f), Error);
+  EXPECT_THROW(cuda::xattention_mask(g, q, cuda::empty(DType::bf16, {100, 2, 64}), 0.9, 8, 0.125f), Error);
 }
 
 TEST(CudaHipMask, BadInputsAreClearErrors) {

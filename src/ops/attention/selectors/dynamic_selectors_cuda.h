@@ -11,8 +11,8 @@
 
 namespace subq::cuda {
 
-// Both build their mask's rows on the GPU and leave the blocks there (DeviceBlockMask's
-// host.key_blocks is empty; download() fetches them).
+// MoBA and HiP build their mask's rows on the GPU and leave the blocks there
+// (DeviceBlockMask's host.key_blocks is empty; download() fetches them).
 
 // MoBA (attn::moba_mask) for one sequence: q [Tq, Hq, Dh] and k [Tk, Hkv, Dh], f32 in GPU
 // memory, each row a token (rows and heads may be strided, as head ranges of a fused
@@ -25,5 +25,11 @@ DeviceBlockMask moba_mask(const attn::MaskGeometry& g, const Tensor& q, const Te
 // HiP (attn::hip_mask) for one sequence, from q and k as for moba_mask; top_k >= 1. As
 // there, rounding may swap blocks whose scores tie, and then the halves below them.
 DeviceBlockMask hip_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, int64_t top_k);
+
+// XAttention (attn::xattention_mask) for one sequence, from q and k as for moba_mask and
+// the attention's scale: the antidiagonal scores and their per-block softmax mass on the
+// GPU (f32 GEMMs, no TF32), each row's selection on the CPU from those block scores.
+DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, double threshold,
+                                int64_t stride, float scale);
 
 }  // namespace subq::cuda
