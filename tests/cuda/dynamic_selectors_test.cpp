@@ -53,6 +53,15 @@ struct QK {
     qd = cuda::to_device(qh);
     kd = cuda::to_device(kh);
   }
+  // Every token the same as the first, so that all logits of a row tie.
+  void repeat_first_token() {
+    for (Tensor* t : {&qh, &kh}) {
+      float* p = t->mutable_data<float>();
+      for (int64_t r = 1; r < t->dim(0); ++r) std::copy_n(p, width, p + r * width);
+    }
+    qd = cuda::to_device(qh);
+    kd = cuda::to_device(kh);
+  }
   Tensor q() const { return qd.view({qd.dim(0), width / Dh, Dh}).slice(1, 0, Hq); }
   Tensor k() const { return kd.view({kd.dim(0), width / Dh, Dh}).slice(1, Hq, Hq + Hkv); }
   attn::AttentionArgs args(const Case& c) const {
@@ -149,16 +158,19 @@ void expect_hip_mask(std::mt19937_64& rng, const Case& c) {
   expect_like_the_cpu(c, gpu, cpu);
 }
 
-// Case::top_k is read as the stride here.
-void expect_xattention_mask(std::mt19937_64& rng, const Case& c, double threshold) {
-  SCOPED_TRACE("xattention threshold " + std::to_string(threshold) + " " + describe(c));
-  const QK in(rng, c);
+// Case::top_k is read as the stride here. Tied: every token the same, so whole blocks
+// tie and the lower ones must be kept first.
+void expect_xattention_mask(std::mt19937_64& rng, const Case& c, double threshold, bool tied = false) {
+  SCOPED_TRACE("xattention threshold " + std::to_string(threshold) + (tied ? " tied " : " ") + describe(c));
+  QK in(rng, c);
+  if (tied) in.repeat_first_token();
   const attn::MaskGeometry g = geometry(c);
   const float scale = 1.f / std::sqrt(static_cast<float>(c.Dh));
   attn::AttentionArgs args = in.args(c);
   args.scale = scale;
-  expect_like_the_cpu(c, cuda::xattention_mask(g, in.q(), in.k(), threshold, c.top_k, scale),
-                      attn::xattention_mask(g, args, threshold, c.top_k));
+  const cuda::DeviceBlockMask gpu = cuda::xattention_mask(g, in.q(), in.k(), threshold, c.top_k, scale);
+  EXPECT_TRUE(gpu.host.key_blocks.empty()) << "the blocks stay in GPU memory";
+  expect_like_the_cpu(c, gpu, attn::xattention_mask(g, args, threshold, c.top_k));
 }
 
 TEST(CudaMobaMask, RealisesTheTopKRankingOfBlockMeans) {
@@ -208,6 +220,8 @@ TEST(CudaXAttentionMask, MatchesTheCpuSelector) {
   expect_xattention_mask(rng, {300, 1004, 704, 64, 4, 2, 64, 8}, 0.8);  // chunked prefill against a cache
   expect_xattention_mask(rng, {1, 1, 0, 64, 3, 1, 64, 8}, 0.9);
   expect_xattention_mask(rng, {3000, 3000, 0, 64, 2, 1, 256, 1}, 1.0);  // stride 1: every element, all mass
+  expect_xattention_mask(rng, {1000, 1000, 0, 64, 2, 1, 64, 8}, 0.5, true);
+  expect_xattention_mask(rng, {64 * 40, 64 * 40, 0, 64, 1, 1, 64, 4}, 0.9, true);
 }
 
 TEST(CudaXAttentionMask, BadInputsAreClearErrors) {

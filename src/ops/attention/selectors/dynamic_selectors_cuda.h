@@ -11,8 +11,8 @@
 
 namespace subq::cuda {
 
-// MoBA and HiP build their mask's rows on the GPU and leave the blocks there
-// (DeviceBlockMask's host.key_blocks is empty; download() fetches them).
+// Each builds its mask's rows on the GPU and leaves the blocks there (DeviceBlockMask's
+// host.key_blocks is empty; download() fetches them).
 
 // MoBA (attn::moba_mask) for one sequence: q [Tq, Hq, Dh] and k [Tk, Hkv, Dh], f32 in GPU
 // memory, each row a token (rows and heads may be strided, as head ranges of a fused
@@ -27,8 +27,9 @@ DeviceBlockMask moba_mask(const attn::MaskGeometry& g, const Tensor& q, const Te
 DeviceBlockMask hip_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, int64_t top_k);
 
 // XAttention (attn::xattention_mask) for one sequence, from q and k as for moba_mask and
-// the attention's scale: the antidiagonal scores and their per-block softmax mass on the
-// GPU (f32 GEMMs, no TF32), each row's selection on the CPU from those block scores.
+// the attention's scale: antidiagonal scores by f32 GEMMs (no TF32), their per-block
+// softmax mass and each row's selection on the GPU. Sums in another order than the
+// CPU's may move a block whose mass sits on the threshold.
 DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, double threshold,
                                 int64_t stride, float scale);
 

@@ -80,14 +80,6 @@ std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double m
   return kept;
 }
 
-void keep_rows_until_mass(const float* scores, int64_t stride, const std::vector<int64_t>& lengths, double mass,
-                          std::vector<int32_t>* out) {
-  parallel_for_each(static_cast<int64_t>(lengths.size()), [&](int64_t r) {
-    const float* row = scores + r * stride;
-    out[r] = keep_until_mass(std::vector<double>(row, row + lengths[static_cast<size_t>(r)]), mass);
-  });
-}
-
 void check_dynamic_inputs(const MaskGeometry& g, const AttentionArgs& qk, const char* who) {
   check_aligned_blocks(g, who);
   const std::string w = who;

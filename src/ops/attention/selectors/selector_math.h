@@ -22,12 +22,6 @@ float dot(const float* a, const float* b, int64_t n);
 // `mass` (scores are non-negative weights). At least one index when any exists.
 std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double mass);
 
-// out[r] = keep_until_mass of row r's first lengths[r] scores (row r at scores + r *
-// stride), parallel over rows: the selection step of a selector whose scores were
-// computed elsewhere (the GPU's XAttention).
-void keep_rows_until_mass(const float* scores, int64_t stride, const std::vector<int64_t>& lengths, double mass,
-                          std::vector<int32_t>* out);
-
 // Checks a dynamic selector's inputs: block geometry, q/k pointers and sizes.
 void check_dynamic_inputs(const MaskGeometry& g, const AttentionArgs& qk, const char* who);
 
