@@ -173,19 +173,24 @@ void expect_xattention_mask(std::mt19937_64& rng, const Case& c, double threshol
   expect_like_the_cpu(c, gpu, attn::xattention_mask(g, args, threshold, c.top_k));
 }
 
+// Shapes both top-k selectors run: block sizes, GQA ratios, head dims (80: not a multiple
+// of 32), sizes not a multiple of the block, a chunk against a cache, one token, a top_k
+// past every row's blocks, and more than 32 ranges per HiP level.
+const Case kTopKCases[] = {{1000, 1000, 0, 64, 4, 1, 64, 3},
+                           {1000, 1000, 0, 128, 6, 2, 128, 2},
+                           {129, 129, 0, 64, 2, 2, 80, 1},
+                           {64 * 33 + 5, 64 * 33 + 5, 0, 64, 8, 8, 32, 5},
+                           {300, 1004, 704, 64, 4, 2, 64, 4},
+                           {1, 1, 0, 64, 3, 1, 64, 4},
+                           {700, 700, 0, 64, 2, 1, 64, 100},
+                           {5000, 5000, 0, 64, 3, 3, 128, 37},
+                           {3000, 3000, 0, 64, 4, 4, 256, 6}};
+
 TEST(CudaMobaMask, RealisesTheTopKRankingOfBlockMeans) {
   SUBQ_REQUIRE_GPU();
   auto rng = rng_for_test();
-  expect_moba_mask(rng, {1000, 1000, 0, 64, 4, 1, 64, 3});
-  expect_moba_mask(rng, {1000, 1000, 0, 128, 6, 2, 128, 2});
-  expect_moba_mask(rng, {129, 129, 0, 64, 2, 2, 80, 1});
-  expect_moba_mask(rng, {64 * 33 + 5, 64 * 33 + 5, 0, 64, 8, 8, 32, 5});
-  expect_moba_mask(rng, {300, 1004, 704, 64, 4, 2, 64, 4});  // chunked prefill against a cache
-  expect_moba_mask(rng, {1, 1, 0, 64, 3, 1, 64, 4});
-  expect_moba_mask(rng, {700, 700, 0, 64, 2, 1, 64, 0});    // the diagonal alone
-  expect_moba_mask(rng, {700, 700, 0, 64, 2, 1, 64, 100});  // every past block
-  expect_moba_mask(rng, {5000, 5000, 0, 64, 3, 3, 128, 37});
-  expect_moba_mask(rng, {3000, 3000, 0, 64, 4, 4, 256, 6});
+  for (const Case& c : kTopKCases) expect_moba_mask(rng, c);
+  expect_moba_mask(rng, {700, 700, 0, 64, 2, 1, 64, 0});  // the diagonal alone
 }
 
 TEST(CudaMobaMask, ManyKeyBlocksTakeFewerRowsPerCta) {
@@ -198,15 +203,7 @@ TEST(CudaMobaMask, ManyKeyBlocksTakeFewerRowsPerCta) {
 TEST(CudaHipMask, MatchesTheCpuSelector) {
   SUBQ_REQUIRE_GPU();
   auto rng = rng_for_test();
-  expect_hip_mask(rng, {1000, 1000, 0, 64, 4, 1, 64, 3});
-  expect_hip_mask(rng, {1000, 1000, 0, 128, 6, 2, 128, 2});
-  expect_hip_mask(rng, {129, 129, 0, 64, 2, 2, 80, 1});
-  expect_hip_mask(rng, {64 * 33 + 5, 64 * 33 + 5, 0, 64, 8, 8, 32, 5});
-  expect_hip_mask(rng, {300, 1004, 704, 64, 4, 2, 64, 4});  // chunked prefill against a cache
-  expect_hip_mask(rng, {1, 1, 0, 64, 3, 1, 64, 4});
-  expect_hip_mask(rng, {700, 700, 0, 64, 2, 1, 64, 100});  // every past block
-  expect_hip_mask(rng, {5000, 5000, 0, 64, 3, 3, 128, 37});  // more than 32 ranges per level
-  expect_hip_mask(rng, {3000, 3000, 0, 64, 4, 4, 256, 6});
+  for (const Case& c : kTopKCases) expect_hip_mask(rng, c);
   expect_hip_mask(rng, {64 * 3000, 64 * 3000, 0, 64, 1, 1, 32, 8});
 }
 

@@ -80,6 +80,14 @@ std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double m
   return kept;
 }
 
+void check_xattention_parameters(int64_t block, double threshold, int64_t stride) {
+  if (stride < 1 || block % stride != 0)
+    throw Error("xattention_mask: stride must divide the block size " + std::to_string(block) + ", found " +
+                std::to_string(stride));
+  if (!(threshold > 0 && threshold <= 1))
+    throw Error("xattention_mask: threshold must be in (0, 1], found " + std::to_string(threshold));
+}
+
 void check_dynamic_inputs(const MaskGeometry& g, const AttentionArgs& qk, const char* who) {
   check_aligned_blocks(g, who);
   const std::string w = who;

@@ -22,6 +22,9 @@ float dot(const float* a, const float* b, int64_t n);
 // `mass` (scores are non-negative weights). At least one index when any exists.
 std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double mass);
 
+// Checks XAttention's parameters: a stride dividing the block, a threshold in (0, 1].
+void check_xattention_parameters(int64_t block, double threshold, int64_t stride);
+
 // Checks a dynamic selector's inputs: block geometry, q/k pointers and sizes.
 void check_dynamic_inputs(const MaskGeometry& g, const AttentionArgs& qk, const char* who);
 

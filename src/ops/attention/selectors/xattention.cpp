@@ -17,11 +17,7 @@ BlockMask xattention_mask(const MaskGeometry& g, const AttentionArgs& qk, double
   check_dynamic_inputs(g, qk, "xattention_mask");
   const float* keys = qk.f32_keys("xattention_mask");
   const int64_t blk = g.q_block, s = stride;
-  if (s < 1 || blk % s != 0)
-    throw Error("xattention_mask: stride must divide the block size " + std::to_string(blk) + ", found " +
-                std::to_string(stride));
-  if (!(threshold > 0 && threshold <= 1))
-    throw Error("xattention_mask: threshold must be in (0, 1], found " + std::to_string(threshold));
+  check_xattention_parameters(blk, threshold, stride);
   const int64_t B = qk.batch, Hq = qk.q_heads, Hkv = qk.kv_heads, Dh = qk.head_dim, group = Hq / Hkv;
   const int64_t nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk;
   const int64_t first = g.q_offset / blk;

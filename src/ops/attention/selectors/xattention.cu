@@ -14,6 +14,7 @@
 #include "src/core/cuda/check.cuh"
 #include "src/core/cuda/device.h"
 #include "src/ops/attention/selectors/dynamic_selectors_cuda.h"
+#include "src/ops/attention/selectors/selector_math.h"
 #include "src/ops/attention/selectors/top_k_rows_cuda.cuh"
 #include "src/ops/common/cuda_ops.h"
 
@@ -178,11 +179,7 @@ DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, co
                                 int64_t stride, float scale) {
   selectors::check_inputs(g, q, k, 0, "xattention_mask");
   const int64_t blk = g.q_block, s = stride;
-  if (s < 1 || blk % s != 0)
-    throw Error("xattention_mask: stride must divide the block size " + std::to_string(blk) + ", found " +
-                std::to_string(stride));
-  if (!(threshold > 0 && threshold <= 1))
-    throw Error("xattention_mask: threshold must be in (0, 1], found " + std::to_string(threshold));
+  attn::check_xattention_parameters(blk, threshold, stride);
   const int64_t Hq = q.dim(1), Dh = q.dim(2), group = Hq / k.dim(1);
   const int64_t nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk, first = g.q_offset / blk;
   const int64_t nr = (g.q_len + s - 1) / s, nc = (g.kv_len + s - 1) / s, width = s * Dh, per_block = blk / s;
