@@ -50,7 +50,8 @@ void bench_selectors(std::mt19937_64& rng) {
       const std::string op = sel.name.substr(0, sel.name.find(' ')) + "_mask";
       cuda::DeviceBlockMask mask;
       const double gpu_ms = median_ms([&] { mask = sel.gpu(g, q32, k32); }, 1, 5);
-      report(op.c_str(), std::string(shape) + " on the GPU", gpu_ms, 0, static_cast<double>(q32.nbytes() + k32.nbytes()));
+      const double qk_bytes = static_cast<double>(q32.nbytes() + k32.nbytes());
+      report(op.c_str(), std::string(shape) + " on the GPU", gpu_ms, 0, qk_bytes);
       const double cpu_ms = median_ms(
           [&] {
             const Tensor qh = cuda::to_host(q32), kh = cuda::to_host(k32);
@@ -69,8 +70,7 @@ void bench_selectors(std::mt19937_64& rng) {
             cuda::upload(sel.cpu(g, qk));
           },
           1, 3);
-      report(op.c_str(), std::string(shape) + " on the CPU from host copies", cpu_ms, 0,
-             static_cast<double>(q32.nbytes() + k32.nbytes()));
+      report(op.c_str(), std::string(shape) + " on the CPU from host copies", cpu_ms, 0, qk_bytes);
       const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, mask, scale); });
       cuda::synchronize();
       const attn::BlockMask listed = cuda::download(mask);

@@ -86,7 +86,8 @@ __global__ void __launch_bounds__(kThreads) hip_rows_kernel(const float* q_means
     const int keep = min(candidates, top_k);
     for (int c = lane; c < candidates; c += 32) {
       int rank = 0;
-      for (int o = 0; o < candidates; ++o) rank += selectors::better(cand_score[o], cand_lo[o], cand_score[c], cand_lo[c]);
+      for (int o = 0; o < candidates; ++o)
+        rank += selectors::better(cand_score[o], cand_lo[o], cand_score[c], cand_lo[c]);
       if (rank < keep) lo[rank] = cand_lo[c], hi[rank] = cand_hi[c];
     }
     __syncwarp();

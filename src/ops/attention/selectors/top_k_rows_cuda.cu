@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <string>
-#include <utility>
 
 #include "src/core/cuda/check.cuh"
 #include "src/core/cuda/device.h"
@@ -64,29 +63,40 @@ Tensor block_means(const Tensor& x, int64_t block) {
   return out;
 }
 
-DeviceBlockMask top_k_rows(const attn::MaskGeometry& g, int64_t heads, int64_t top_k) {
-  const int64_t blk = g.q_block, nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk;
-  const int64_t first = g.q_offset / blk;
+attn::BlockMask empty_rows(const attn::MaskGeometry& g, int64_t heads) {
   attn::BlockMask mask;
   mask.heads = heads;
   mask.q_len = g.q_len;
   mask.kv_len = g.kv_len;
-  mask.q_block = mask.k_block = blk;
+  mask.q_block = g.q_block;
+  mask.k_block = g.k_block;
   mask.q_offset = g.q_offset;
   mask.rule.causal = true;
-  mask.row_start.assign(static_cast<size_t>(heads * nqb + 1), 0);
-  for (int64_t r = 0; r < heads * nqb; ++r)
-    mask.row_start[static_cast<size_t>(r) + 1] =
-        mask.row_start[static_cast<size_t>(r)] + std::min(top_k, std::min(first + r % nqb, nkb)) + 1;
-  const int64_t listed = mask.row_start.back();
+  mask.row_start.assign(static_cast<size_t>(heads * ((g.q_len + g.q_block - 1) / g.q_block) + 1), 0);
+  return mask;
+}
+
+Tensor device_row_start(const std::vector<int64_t>& row_start) {
+  Tensor starts = Tensor::empty(DType::i32, {static_cast<int64_t>(row_start.size())});
+  std::transform(row_start.begin(), row_start.end(), starts.mutable_data<int32_t>(),
+                 [](int64_t s) { return static_cast<int32_t>(s); });
+  return to_device(starts);
+}
+
+DeviceBlockMask top_k_rows(const attn::MaskGeometry& g, int64_t heads, int64_t top_k) {
+  const int64_t blk = g.q_block, nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk;
+  const int64_t first = g.q_offset / blk;
+  DeviceBlockMask d;
+  d.host = empty_rows(g, heads);
+  std::vector<int64_t>& starts = d.host.row_start;
+  for (int64_t r = 0; r < heads * nqb; ++r) {
+    const int64_t past = std::min(first + r % nqb, nkb);
+    starts[static_cast<size_t>(r) + 1] = starts[static_cast<size_t>(r)] + std::min(top_k, past) + 1;
+  }
+  const int64_t listed = starts.back();
   if (listed >= (int64_t{1} << 31))
     throw Error("top-k selector: " + std::to_string(listed) + " listed blocks is past the GPU kernel's 32-bit offsets");
-  Tensor starts = Tensor::empty(DType::i32, {heads * nqb + 1});
-  std::transform(mask.row_start.begin(), mask.row_start.end(), starts.mutable_data<int32_t>(),
-                 [](int64_t s) { return static_cast<int32_t>(s); });
-  DeviceBlockMask d;
-  d.host = std::move(mask);
-  d.row_start = to_device(starts);
+  d.row_start = device_row_start(starts);
   d.key_blocks = empty(DType::i32, {std::max<int64_t>(1, listed)});
   return d;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "src/ops/attention/flash_attention.h"
 #include "src/ops/attention/selectors/static_selectors.h"
@@ -17,6 +18,12 @@ void check_inputs(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k,
 
 // The mean of every `block` rows of every head of x [T, H, D] as f32 [H, blocks, D].
 Tensor block_means(const Tensor& x, int64_t block);
+
+// A causal per-head mask of g's geometry with every row still empty (row_start zeros).
+attn::BlockMask empty_rows(const attn::MaskGeometry& g, int64_t heads);
+
+// A mask's row_start as i32 on the GPU.
+Tensor device_row_start(const std::vector<int64_t>& row_start);
 
 // A causal per-head mask whose row (h, qb) will hold min(top_k, past) blocks chosen
 // among the complete blocks before its diagonal (past = min(first + qb, nkb)), in

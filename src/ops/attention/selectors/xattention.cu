@@ -188,13 +188,8 @@ DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, co
     throw Error("xattention_mask: " + std::to_string(nkb) + " key blocks' scores exceed the GPU's shared memory; " +
                 "use a larger block");
   DeviceBlockMask mask;
-  mask.host.heads = Hq;
-  mask.host.q_len = g.q_len;
-  mask.host.kv_len = g.kv_len;
-  mask.host.q_block = mask.host.k_block = blk;
-  mask.host.q_offset = g.q_offset;
-  mask.host.rule.causal = true;
-  mask.host.row_start.assign(static_cast<size_t>(Hq * nqb + 1), 0);
+  mask.host = selectors::empty_rows(g, Hq);
+  std::vector<int64_t>& starts = mask.host.row_start;
 
   // Query blocks per GEMM: their scores within 256 MiB (64 Mi floats).
   const int64_t chunk = std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, per_block * nc), 1, nqb);
@@ -229,9 +224,9 @@ DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, co
     for (int64_t qb = 0; qb < nqb; ++qb) {
       off[qb] = static_cast<int32_t>(total);
       total += n.data<int32_t>()[qb];
-      mask.host.row_start[static_cast<size_t>(h * nqb + qb + 1)] = mask.host.row_start[static_cast<size_t>(h * nqb)] + total;
+      starts[static_cast<size_t>(h * nqb + qb + 1)] = starts[static_cast<size_t>(h * nqb)] + total;
     }
-    if (mask.host.row_start[static_cast<size_t>((h + 1) * nqb)] >= (int64_t{1} << 31))
+    if (starts[static_cast<size_t>((h + 1) * nqb)] >= (int64_t{1} << 31))
       throw Error("xattention_mask: more than 2^31 listed blocks, past the GPU kernel's 32-bit offsets");
     const Tensor blocks = empty(DType::i32, {total});
     const Tensor device_offsets = to_device(offsets);
@@ -241,15 +236,12 @@ DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, co
     SUBQ_CUDA_CHECK_LAUNCH("compact_rows_kernel");
     head_blocks.push_back(blocks);
   }
-  const int64_t listed = mask.host.row_start.back();
-  Tensor starts = Tensor::empty(DType::i32, {Hq * nqb + 1});
-  std::transform(mask.host.row_start.begin(), mask.host.row_start.end(), starts.mutable_data<int32_t>(),
-                 [](int64_t v) { return static_cast<int32_t>(v); });
-  mask.row_start = to_device(starts);
-  mask.key_blocks = empty(DType::i32, {listed});
+  mask.row_start = selectors::device_row_start(starts);
+  mask.key_blocks = empty(DType::i32, {starts.back()});
   for (int64_t h = 0; h < Hq; ++h) {
-    const int64_t at = mask.host.row_start[static_cast<size_t>(h * nqb)];
-    copy(head_blocks[static_cast<size_t>(h)], mask.key_blocks.slice(0, at, at + head_blocks[static_cast<size_t>(h)].numel()));
+    const Tensor& blocks = head_blocks[static_cast<size_t>(h)];
+    const int64_t at = starts[static_cast<size_t>(h * nqb)];
+    copy(blocks, mask.key_blocks.slice(0, at, at + blocks.numel()));
   }
   return mask;
 }
