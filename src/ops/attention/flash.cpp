@@ -631,16 +631,17 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   // A key block prepared (K transposed, V copied) from cold memory costs a read of rows a
   // token's heads apart. That is every visit where blocks come in no local order (top-k
   // and random blocks; the blocks of long causal rows) and, under GQA, every query head's
-  // first visit. When a KV head's cold visits would be over twice its blocks, every block
-  // is prepared once up front instead, in a sequential pass, into a buffer of one KV
-  // head's keys and values in f32; windows and neighborhoods, whose consecutive rows share
-  // their blocks, read them warm and skip it. A KV head's query blocks must still fill
-  // the threads.
+  // first visit. When a KV head's cold visits would be four times its blocks or more,
+  // every block is prepared once up front instead, in a sequential pass, into a buffer of
+  // one KV head's keys and values in f32 (fewer, and the extra pass over the head costs
+  // what it saves: BigBird's two random blocks per row ran 1.2x slower packed at 128K);
+  // windows and neighborhoods, whose consecutive rows share their blocks, read them warm
+  // and skip it. A KV head's query blocks must still fill the threads.
   constexpr int64_t kWarmBytes = int64_t{2} << 20;  // a thread's share of L2 + L3, conservatively
   const int64_t warm = kWarmBytes / (2 * mask.k_block * Dh * static_cast<int64_t>(dtype_size(a.kv_dtype)));
   Tensor packed;
   if (!pb.amx && mask.q_block > detail::kDirectRows && nkb > 0 && group * nqb >= 2 * num_threads() &&
-      group * cold_visits(mask, warm) >= 2 * nkb)
+      group * cold_visits(mask, warm) >= 4 * nkb)
     packed = Tensor::empty(DType::f32, {nkb * detail::PackedBlockFloats(pb)});
 
   // Items [first, first + count) of the (batch, head, query block) space.
