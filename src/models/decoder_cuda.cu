@@ -12,8 +12,8 @@
 //     adds nothing to the state or the output).
 //   * MLPs and mixtures of experts as src/models/feed_forward_cuda.cu runs them.
 //   * A sparse prefill policy builds the prompt's BlockMask for the block-sparse flash
-//     kernel: MoBA, HiP and XAttention on the GPU, the other selectors on the CPU
-//     (FlexPrefill from host copies of q and k).
+//     kernel: the dynamic selectors (MoBA, HiP, XAttention, FlexPrefill) on the GPU, the
+//     static ones on the CPU.
 //   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager),
 //     unless a mixture of experts reads its routes back to the host.
 //   * The window policy (sinks + sliding window) keeps a bounded ring of keys (KVState).
@@ -302,38 +302,18 @@ class DeviceAttention final : public DeviceMixer {
 
   // The sparse policy's mask for a prompt (the first forward of a sequence), as the CPU
   // mixer builds it, from the rotated f32 queries and keys (q [T, Hq, Dh], k [T, Hkv, Dh],
-  // head ranges of the fused projection): MoBA, HiP and XAttention on the GPU; the other
-  // selectors on the CPU, FlexPrefill on host copies of q and k. Later forwards are
-  // exact over the cache, as on the CPU.
+  // head ranges of the fused projection): the dynamic selectors on the GPU, the static
+  // ones (which read no q or k) on the CPU. Later forwards are exact over the cache, as
+  // on the CPU.
   cuda::DeviceBlockMask prompt_mask(const Tensor& q, const Tensor& k) const {
-    const int64_t T = q.dim(0), Hq = c_.n_heads, Hkv = c_.n_kv_heads, Dh = c_.head_dim;
-    const attn::MaskGeometry g{T, T, 0, c_.sparse.block, c_.sparse.block, Hq, nullptr};
+    const int64_t T = q.dim(0);
+    const attn::MaskGeometry g{T, T, 0, c_.sparse.block, c_.sparse.block, c_.n_heads, nullptr};
     if (c_.sparse.kind == "moba") return cuda::moba_mask(g, q, k, c_.sparse.top_k);
     if (c_.sparse.kind == "hip") return cuda::hip_mask(g, q, k, c_.sparse.top_k);
     if (c_.sparse.kind == "xattention")
       return cuda::xattention_mask(g, q, k, c_.sparse.threshold, c_.sparse.stride, scale_);
-    attn::AttentionArgs qk;
-    Tensor qh, kh;
-    if (c_.sparse.needs_qk()) {
-      for (auto [part, heads, host] : {std::tuple{&q, Hq, &qh}, std::tuple{&k, Hkv, &kh}}) {
-        const Tensor packed = cuda::empty(DType::f32, {T, heads, Dh});
-        cuda::copy_rows(*part, packed);
-        *host = cuda::to_host(packed);
-      }
-      qk.q = qh.data<float>();
-      qk.k = kh.data<float>();
-      qk.q_row_stride = qk.q_batch_stride = Hq * Dh;
-      qk.k_row_stride = qk.k_batch_stride = Hkv * Dh;
-      qk.q_batch_stride *= T;
-      qk.k_batch_stride *= T;
-      qk.kv_dtype = DType::f32;
-      qk.q_len = qk.kv_len = T;
-      qk.q_heads = Hq;
-      qk.kv_heads = Hkv;
-      qk.head_dim = Dh;
-      qk.scale = scale_;
-    }
-    return cuda::upload(attn::build_mask(c_.sparse, g, qk));
+    if (c_.sparse.kind == "flexprefill") return cuda::flexprefill_mask(g, q, k, c_.sparse.gamma, c_.sparse.tau, scale_);
+    return cuda::upload(attn::build_mask(c_.sparse, g, attn::AttentionArgs{}));  // a static selector
   }
 
   void forward(const Tensor& x, DeviceLayerState& base, const Positions& pos, const Tensor& y) const override {

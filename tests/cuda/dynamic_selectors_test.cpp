@@ -62,6 +62,15 @@ struct QK {
     qd = cuda::to_device(qh);
     kd = cuda::to_device(kh);
   }
+  // Query heads of even index times `factor`: sharper attention, farther from the
+  // pooled scores' (FlexPrefill picks vertical-slash rows for them at a middle tau).
+  void sharpen_even_heads(float factor) {
+    float* p = qh.mutable_data<float>();
+    for (int64_t r = 0; r < qh.dim(0); ++r)
+      for (int64_t h = 0; h < Hq; h += 2)
+        for (int64_t d = 0; d < Dh; ++d) p[r * width + h * Dh + d] *= factor;
+    qd = cuda::to_device(qh);
+  }
   Tensor q() const { return qd.view({qd.dim(0), width / Dh, Dh}).slice(1, 0, Hq); }
   Tensor k() const { return kd.view({kd.dim(0), width / Dh, Dh}).slice(1, Hq, Hq + Hkv); }
   attn::AttentionArgs args(const Case& c) const {
@@ -173,6 +182,26 @@ void expect_xattention_mask(std::mt19937_64& rng, const Case& c, double threshol
   expect_like_the_cpu(c, gpu, attn::xattention_mask(g, args, threshold, c.top_k));
 }
 
+enum class Input { random, sharpened, tied };
+
+// tau 0: every head vertical-slash; tau 1 (past the largest distance, sqrt(ln 2)): every
+// head query-aware; between, each head chooses.
+void expect_flexprefill_mask(std::mt19937_64& rng, const Case& c, double gamma, double tau,
+                             Input input = Input::random) {
+  SCOPED_TRACE("flexprefill gamma " + std::to_string(gamma) + " tau " + std::to_string(tau) + " input " +
+               std::to_string(static_cast<int>(input)) + " " + describe(c));
+  QK in(rng, c);
+  if (input == Input::tied) in.repeat_first_token();
+  if (input == Input::sharpened) in.sharpen_even_heads(6.f);
+  const attn::MaskGeometry g = geometry(c);
+  const float scale = 1.f / std::sqrt(static_cast<float>(c.Dh));
+  attn::AttentionArgs args = in.args(c);
+  args.scale = scale;
+  const cuda::DeviceBlockMask gpu = cuda::flexprefill_mask(g, in.q(), in.k(), gamma, tau, scale);
+  EXPECT_TRUE(gpu.host.key_blocks.empty()) << "the blocks stay in GPU memory";
+  expect_like_the_cpu(c, gpu, attn::flexprefill_mask(g, args, gamma, tau));
+}
+
 // Shapes both top-k selectors run: block sizes, GQA ratios, head dims (80: not a multiple
 // of 32), sizes not a multiple of the block, a chunk against a cache, one token, a top_k
 // past every row's blocks, and more than 32 ranges per HiP level.
@@ -219,6 +248,38 @@ TEST(CudaXAttentionMask, MatchesTheCpuSelector) {
   expect_xattention_mask(rng, {3000, 3000, 0, 64, 2, 1, 256, 1}, 1.0);  // stride 1: every element, all mass
   expect_xattention_mask(rng, {1000, 1000, 0, 64, 2, 1, 64, 8}, 0.5, true);
   expect_xattention_mask(rng, {64 * 40, 64 * 40, 0, 64, 1, 1, 64, 4}, 0.9, true);
+}
+
+TEST(CudaFlexPrefillMask, MatchesTheCpuSelector) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const Case shapes[] = {{1000, 1000, 0, 64, 4, 1, 64, 0},
+                         {1000, 1000, 0, 128, 6, 2, 128, 0},
+                         {129, 129, 0, 64, 2, 2, 80, 0},
+                         {64 * 33 + 5, 64 * 33 + 5, 0, 64, 8, 8, 32, 0},
+                         {300, 1004, 704, 64, 4, 2, 64, 0},  // chunked prefill against a cache
+                         {1, 1, 0, 64, 3, 1, 64, 0},
+                         {3000, 3000, 0, 64, 2, 1, 256, 0}};
+  for (const Case& c : shapes) {
+    expect_flexprefill_mask(rng, c, 0.9, 0.0);
+    expect_flexprefill_mask(rng, c, 0.95, 1.0);
+  }
+  expect_flexprefill_mask(rng, {2000, 2000, 0, 64, 8, 2, 64, 0}, 0.9, 0.1, Input::sharpened);
+  expect_flexprefill_mask(rng, {1000, 1000, 0, 64, 4, 4, 128, 0}, 0.8, 0.3, Input::sharpened);
+  expect_flexprefill_mask(rng, {1000, 1000, 0, 64, 2, 1, 64, 0}, 0.5, 0.0, Input::tied);
+  expect_flexprefill_mask(rng, {64 * 40, 64 * 40, 0, 64, 1, 1, 64, 0}, 0.9, 1.0, Input::tied);
+}
+
+TEST(CudaFlexPrefillMask, BadInputsAreClearErrors) {
+  SUBQ_REQUIRE_GPU();
+  const attn::MaskGeometry g{100, 100, 0, 64, 64, 4, nullptr};
+  const Tensor q = cuda::empty(DType::f32, {100, 4, 64}), k = cuda::empty(DType::f32, {100, 2, 64});
+  EXPECT_THROW(cuda::flexprefill_mask(g, q, k, 0.0, 0.1, 0.125f), Error);
+  EXPECT_THROW(cuda::flexprefill_mask(g, q, k, 1.5, 0.1, 0.125f), Error);
+  EXPECT_THROW(cuda::flexprefill_mask(g, q, cuda::empty(DType::bf16, {100, 2, 64}), 0.9, 0.1, 0.125f), Error);
+  EXPECT_THROW(cuda::flexprefill_mask(g, q, cuda::empty(DType::f32, {100, 3, 64}), 0.9, 0.1, 0.125f), Error);
+  EXPECT_THROW(cuda::flexprefill_mask(attn::MaskGeometry{100, 100, 0, 64, 128, 4, nullptr}, q, k, 0.9, 0.1, 0.125f),
+               Error);
 }
 
 TEST(CudaXAttentionMask, BadInputsAreClearErrors) {

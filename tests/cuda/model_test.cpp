@@ -177,7 +177,7 @@ TEST(CudaModel, GraphDecodeAcrossCacheGrowthMatchesEagerAndPrefill) {
 }
 
 // A sparse prefill policy on the GPU applies the mask the CPU mixer builds, from the same
-// rotated queries and keys (MoBA and HiP select on the GPU, the others on the CPU): the
+// rotated queries and keys (the dynamic selectors on the GPU, BigBird on the CPU): the
 // prompt's logits agree with the CPU's under the same policy, and differ from dense
 // attention's.
 TEST(CudaModel, SparsePromptsMatchTheCpu) {
@@ -191,7 +191,8 @@ TEST(CudaModel, SparsePromptsMatchTheCpu) {
   for (auto& t : ids) t = id(rng);
   Tensor want_dense = test::nan_tensor({T, V});
   dense->forward(ids, *dense->new_state(), want_dense);
-  for (const char* spec : {"moba:top_k=2", "hip:top_k=2", "bigbird:random=1,seed=3", "xattention:threshold=0.5"}) {
+  for (const char* spec : {"moba:top_k=2", "hip:top_k=2", "bigbird:random=1,seed=3", "xattention:threshold=0.5",
+                           "flexprefill:gamma=0.5,tau=0.1,block=16", "flexprefill:gamma=0.5,tau=0,block=16"}) {
     SCOPED_TRACE(spec);
     LoadOptions gpu = on("cuda"), cpu = on("cpu");
     gpu.sparse = cpu.sparse = spec;

@@ -33,4 +33,11 @@ DeviceBlockMask hip_mask(const attn::MaskGeometry& g, const Tensor& q, const Ten
 DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, double threshold,
                                 int64_t stride, float scale);
 
+// FlexPrefill (attn::flexprefill_mask) for one sequence, from q and k as for moba_mask and
+// the attention's scale: the last query block's exact attention by an f32 GEMM, each
+// head's pattern and rows on the GPU. As there, sums in another order may move a block,
+// vertical or slash whose mass sits on gamma, or a head whose distance sits on tau.
+DeviceBlockMask flexprefill_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, double gamma,
+                                 double tau, float scale);
+
 }  // namespace subq::cuda

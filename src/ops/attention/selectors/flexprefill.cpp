@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <string>
 
 #include "src/core/parallel.h"
 #include "src/ops/attention/selectors/dynamic_selectors.h"
@@ -35,7 +34,7 @@ double js_distance(const std::vector<double>& p, const std::vector<double>& q) {
 BlockMask flexprefill_mask(const MaskGeometry& g, const AttentionArgs& qk, double gamma, double tau) {
   check_dynamic_inputs(g, qk, "flexprefill_mask");
   const float* keys = qk.f32_keys("flexprefill_mask");
-  if (!(gamma > 0 && gamma <= 1)) throw Error("flexprefill_mask: gamma must be in (0, 1], found " + std::to_string(gamma));
+  check_flexprefill_parameters(gamma);
   const int64_t B = qk.batch, Hq = qk.q_heads, Hkv = qk.kv_heads, Dh = qk.head_dim, blk = g.q_block;
   const int64_t group = Hq / Hkv;
   const int64_t nqb = (g.q_len + blk - 1) / blk, nkb = (g.kv_len + blk - 1) / blk;

@@ -80,6 +80,10 @@ std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double m
   return kept;
 }
 
+void check_flexprefill_parameters(double gamma) {
+  if (!(gamma > 0 && gamma <= 1)) throw Error("flexprefill_mask: gamma must be in (0, 1], found " + std::to_string(gamma));
+}
+
 void check_xattention_parameters(int64_t block, double threshold, int64_t stride) {
   if (stride < 1 || block % stride != 0)
     throw Error("xattention_mask: stride must divide the block size " + std::to_string(block) + ", found " +

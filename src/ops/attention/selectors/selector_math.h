@@ -25,6 +25,9 @@ std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double m
 // Checks XAttention's parameters: a stride dividing the block, a threshold in (0, 1].
 void check_xattention_parameters(int64_t block, double threshold, int64_t stride);
 
+// Checks FlexPrefill's gamma: in (0, 1].
+void check_flexprefill_parameters(double gamma);
+
 // Checks a dynamic selector's inputs: block geometry, q/k pointers and sizes.
 void check_dynamic_inputs(const MaskGeometry& g, const AttentionArgs& qk, const char* who);
 
