@@ -71,6 +71,15 @@ struct QK {
         for (int64_t d = 0; d < Dh; ++d) p[r * width + h * Dh + d] *= factor;
     qd = cuda::to_device(qh);
   }
+  // Every value rounded to bf16, as the GPU's XAttention scores them.
+  void round_to_bf16() {
+    for (Tensor* t : {&qh, &kh}) {
+      float* p = t->mutable_data<float>();
+      for (int64_t i = 0; i < t->numel(); ++i) p[i] = to_float(to_bf16(p[i]));
+    }
+    qd = cuda::to_device(qh);
+    kd = cuda::to_device(kh);
+  }
   Tensor q() const { return qd.view({qd.dim(0), width / Dh, Dh}).slice(1, 0, Hq); }
   Tensor k() const { return kd.view({kd.dim(0), width / Dh, Dh}).slice(1, Hq, Hq + Hkv); }
   attn::AttentionArgs args(const Case& c) const {
@@ -172,6 +181,7 @@ void expect_hip_mask(std::mt19937_64& rng, const Case& c) {
 void expect_xattention_mask(std::mt19937_64& rng, const Case& c, double threshold, bool tied = false) {
   SCOPED_TRACE("xattention threshold " + std::to_string(threshold) + (tied ? " tied " : " ") + describe(c));
   QK in(rng, c);
+  in.round_to_bf16();
   if (tied) in.repeat_first_token();
   const attn::MaskGeometry g = geometry(c);
   const float scale = 1.f / std::sqrt(static_cast<float>(c.Dh));

@@ -4,6 +4,7 @@
 // 1e-2 |o| with margin; a wrong block list, rule or head mapping is off by far more.
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "src/ops/attention/flash_attention.h"
 #include "src/ops/attention/selectors/static_selectors.h"
@@ -37,13 +38,19 @@ void expect_mask_run_matches(std::mt19937_64& rng, const Problem& p, const Block
                " D=" + std::to_string(p.D) + " blocks " + std::to_string(m.q_block) + "x" + std::to_string(m.k_block));
   const Inputs in = make_inputs(rng, p, m.q_len, m.kv_len);
   const double scale = 1.0 / std::sqrt(static_cast<double>(p.D));
-  const Tensor o = poisoned_device_tensor(DType::bf16, {p.B, m.q_len, p.H, p.D});
-  cuda::flash_attention(cuda::to_device(in.q), cuda::to_device(in.k), cuda::to_device(in.v), o, cuda::upload(m),
-                        static_cast<float>(scale));
   const auto allowed = [&](int64_t b, int64_t h, int64_t i, int64_t j) { return ref::block_mask_allows(m, b, h, i, j); };
   const auto want = ref::attention(to_double(in.q), to_double(in.k), to_double(in.v), p.B, m.q_len, m.kv_len, p.H,
                                    p.Hkv, p.D, scale, 0.0, allowed);
-  expect_close(device_values(o), want, 1e-2, 6e-3, what);
+  // 64-query rows run both one per CTA and paired, whichever upload() would choose.
+  for (bool paired : {false, true}) {
+    if (paired && (m.q_block != 64 || p.D > 128)) continue;
+    cuda::DeviceBlockMask d = cuda::upload(m);
+    d.pair_rows = paired;
+    const Tensor o = poisoned_device_tensor(DType::bf16, {p.B, m.q_len, p.H, p.D});
+    cuda::flash_attention(cuda::to_device(in.q), cuda::to_device(in.k), cuda::to_device(in.v), o, d,
+                          static_cast<float>(scale));
+    expect_close(device_values(o), want, 1e-2, 6e-3, what + (paired ? " (rows paired)" : ""));
+  }
 }
 
 TEST(CudaSparseAttention, DenseMasksEqualTheDenseDefinition) {
@@ -125,6 +132,50 @@ TEST(CudaSparseAttention, EmptyRowsGiveZeros) {
     builder.add_row(row);
   }
   expect_mask_run_matches(rng, {1, 300, 2, 1, 64}, builder.finish(), "empty rows");
+}
+
+// A mask of 64-query blocks runs two rows per CTA over the union of their key blocks:
+// rows whose lists are disjoint, nested or empty on either side of a pair, blocks of one
+// and two key tiles, and a last pair without its second row.
+TEST(CudaSparseAttention, PairedRowsVisitOnlyTheirOwnBlocks) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  const std::vector<std::vector<int32_t>> rows = {{0, 5}, {}, {}, {3}, {7}, {1, 2, 3, 4, 5, 6, 7}, {2}, {}, {4, 6}};
+  for (int64_t k_block : {64, 128}) {
+    const int64_t T = 64 * static_cast<int64_t>(rows.size()) - 20, nkb = (T + k_block - 1) / k_block;
+    attn::BlockMaskBuilder builder(1, 1, T, T, 64, k_block, 0, attn::ElementRule{});
+    for (const auto& listed : rows) {
+      std::vector<int32_t> row;
+      for (int32_t kb : listed)
+        if (kb < nkb && (row.empty() || row.back() < kb)) row.push_back(kb);
+      builder.add_row(row);
+    }
+    expect_mask_run_matches(rng, {2, T, 2, 1, 128}, builder.finish(), "paired rows, k_block " + std::to_string(k_block));
+  }
+}
+
+// Rows are paired when consecutive rows share most blocks (a window), not when they
+// share few (disjoint top-k rows); the GPU's sampled decision agrees with upload()'s.
+TEST(CudaSparseAttention, PairsRowsThatShareTheirBlocks) {
+  SUBQ_REQUIRE_GPU();
+  const MaskGeometry g{4000, 4000, 0, 64, 64, 2, nullptr};
+  attn::BlockMaskBuilder disjoint(1, 2, 4000, 4000, 64, 64, 0, attn::ElementRule{});
+  const int64_t nqb = (4000 + 63) / 64;
+  for (int64_t r = 0; r < 2 * nqb; ++r) {
+    std::vector<int32_t> row = {static_cast<int32_t>((r % nqb) % 2), static_cast<int32_t>(2 + (r % nqb) % 2)};
+    disjoint.add_row(row);
+  }
+  const std::pair<BlockMask, bool> cases[] = {{attn::sliding_window_mask(g, 1000, 0, true), true},
+                                              {attn::dense_mask(4000, 4000, true, 0, 64, 64), true},
+                                              {disjoint.finish(), false},
+                                              {attn::dense_mask(4000, 4000, true, 0, 128, 128), false}};
+  for (const auto& [mask, paired] : cases) {
+    cuda::DeviceBlockMask d = cuda::upload(mask);
+    EXPECT_EQ(d.pair_rows, paired) << "q_block " << mask.q_block;
+    d.pair_rows = !paired;
+    cuda::choose_row_pairing(d);
+    EXPECT_EQ(d.pair_rows, paired) << "q_block " << mask.q_block << " on the GPU";
+  }
 }
 
 TEST(CudaSparseAttention, RejectsMasksTheKernelCannotRun) {

@@ -1,18 +1,24 @@
 // FlashAttention-2 style forward: one CTA of 4 warps per (128 queries, head, batch);
 // each warp owns 32 query rows (two m16 tiles), so K/V shared-memory reads are spread
-// over twice the arithmetic (D = 256, or a BlockMask with 64-query blocks: 64 queries,
-// 16 rows per warp). K/V tiles of 64 keys (32 at D = 256) are double-buffered with cp.async;
+// over twice the arithmetic (D = 256: 64 queries, 16 rows per warp; a BlockMask with
+// 64-query blocks pairs its rows, below). K/V tiles of 64 keys (32 at D = 256) are double-buffered with cp.async;
 // Q, K and V sit in shared memory with an XOR swizzle (16-byte chunk ^ row % 8) so
 // every ldmatrix hits 32 distinct banks. Scores stay in registers: the S accumulator
 // fragment of QK^T is exactly the A fragment of PV once packed to bf16.
 // Dense, causal and block-sparse are one kernel: they differ only in which key tiles a
 // CTA visits (all, those at or below the diagonal, or those its BlockMask row lists)
-// and in the element test applied to tiles that are not wholly allowed.
+// and in the element test applied to tiles that are not wholly allowed. A mask of
+// 64-query blocks runs two rows per CTA, warps 0-1 the first and 2-3 the second, over the
+// union of the two rows' key blocks; a warp skips the tiles its row does not list. Each
+// K/V tile then meets 32 rows per warp, as in dense attention (16 rows per warp would
+// halve the arithmetic per shared-memory read), and is loaded once for both rows.
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "src/core/cuda/check.cuh"
@@ -36,7 +42,9 @@ constexpr int kThreads = kWarps * 32;
 template <int D>
 constexpr int kQueryRows = D <= 128 ? 128 : 64;
 
-enum class Keys { all, causal, listed };
+// Which key tiles a CTA visits: all, those at or below the causal diagonal, those its
+// BlockMask row lists, or the union of two consecutive mask rows' lists (paired).
+enum class Keys { all, causal, listed, paired };
 
 // How far (log2) a score may exceed a row's reference max before the reference moves.
 constexpr float kHeadroomLog2 = 8.f;
@@ -59,7 +67,7 @@ struct Params {
   int tq, tk, heads, kv_heads, group;
   int causal_offset;  // Tk - Tq (dense causal)
   float scale_log2;   // softmax scale * log2(e): scores go through exp2
-  // Keys::listed: the BlockMask's CSR rows on the GPU and its rule.
+  // Keys::listed and paired: the BlockMask's CSR rows on the GPU and its rule.
   const int* row_start;
   const int* key_blocks;
   int mask_batch, mask_heads, num_q_blocks;
@@ -103,8 +111,43 @@ __device__ bool rule_covers(const DeviceRule& r, int q0, int q1, int k0, int k1)
   return true;
 }
 
+// A tile of keys to visit: its first key and which of the CTA's mask rows list it (bit 0
+// the first, bit 1 the second; 0: no tile left).
+struct Tile {
+  int start, rows;
+};
+
+// A CTA's key tiles in ascending key order, one per next(). Dense: tiles 0 .. n - 1.
+// Listed: the merge of mask rows a and b (b empty unless paired), each block sub_tiles
+// tiles; the next block index of each row is read from global memory one call ahead, so
+// that its latency hides behind a tile of math.
+template <Keys kKeys, int kBlockN>
+struct KeyTiles {
+  int j, n;  // dense
+  const int *a, *b;
+  int na, nb, ia, ib, head_a, head_b, sub, sub_tiles;
+
+  __device__ Tile next() {
+    if constexpr (kKeys == Keys::all || kKeys == Keys::causal) {
+      return j < n ? Tile{kBlockN * j++, 3} : Tile{0, 0};
+    } else {
+      const int blk = min(head_a, head_b);
+      if (blk == INT_MAX) return {0, 0};
+      const int rows = (head_a == blk ? 1 : 0) | (head_b == blk ? 2 : 0);
+      const Tile t{(blk * sub_tiles + sub) * kBlockN, rows};
+      if (++sub == sub_tiles) {
+        sub = 0;
+        if (rows & 1) head_a = ++ia < na ? a[ia] : INT_MAX;
+        if (rows & 2) head_b = ++ib < nb ? b[ib] : INT_MAX;
+      }
+      return t;
+    }
+  }
+};
+
 template <int D, int kBlockM, Keys kKeys>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p) {
+  constexpr bool kListed = kKeys == Keys::listed || kKeys == Keys::paired;
   constexpr int kRowsPerWarp = kBlockM / kWarps;
   constexpr int kMTiles = kRowsPerWarp / 16;
   constexpr int kBlockN = kKeyRows<D>;
@@ -125,33 +168,35 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
   const __nv_bfloat16* k = p.k + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
   const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
 
-  // The key tiles this CTA visits, in ascending key order: tile j starts at key_start(j).
-  int n_tiles, list_begin = 0;
-  if constexpr (kKeys == Keys::listed) {
-    const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + qb;
-    list_begin = p.row_start[r];
-    n_tiles = (p.row_start[r + 1] - list_begin) * p.sub_tiles;
+  KeyTiles<kKeys, kBlockN> tiles{};
+  if constexpr (kListed) {
+    // Mask row(s): qb, or 2 qb and 2 qb + 1 when paired (the second may not exist).
+    const int row0 = kKeys == Keys::paired ? 2 * qb : qb;
+    const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + row0;
+    tiles.a = p.key_blocks + p.row_start[r];
+    tiles.na = p.row_start[r + 1] - p.row_start[r];
+    tiles.b = tiles.a + tiles.na;
+    tiles.nb = kKeys == Keys::paired && row0 + 1 < p.num_q_blocks ? p.row_start[r + 2] - p.row_start[r + 1] : 0;
+    tiles.head_a = tiles.na > 0 ? tiles.a[0] : INT_MAX;
+    tiles.head_b = tiles.nb > 0 ? tiles.b[0] : INT_MAX;
+    tiles.sub_tiles = p.sub_tiles;
   } else {
     const int key_end = kKeys == Keys::causal ? min(p.tk, m0 + kBlockM + p.causal_offset) : p.tk;
-    n_tiles = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+    tiles.n = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
   }
-  const auto key_start = [&](int j) {
-    if constexpr (kKeys == Keys::listed)
-      return p.key_blocks[list_begin + j / p.sub_tiles] * (p.sub_tiles * kBlockN) + (j % p.sub_tiles) * kBlockN;
-    else
-      return j * kBlockN;
-  };
-  // Query positions of this CTA's first and last real row (for the mask rule).
-  const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
+  // Query positions of the first and last real row this warp's mask row covers (the
+  // CTA's rows unless paired), for the mask rule.
+  const int rows_from = kKeys == Keys::paired ? (warp >> 1) * (kBlockM / 2) : 0;
+  const int rows_to = kKeys == Keys::paired ? rows_from + kBlockM / 2 : kBlockM;
+  const int q_first = p.q_offset + m0 + rows_from, q_last = p.q_offset + min(m0 + rows_to, p.tq) - 1;
 
-  // Starts of tiles j and j + 1; a listed row's block index is read from global memory
-  // a tile before its copy is issued, so that load's latency hides behind the math.
-  int cur_n = n_tiles > 0 ? key_start(0) : 0;
-  int next_n = n_tiles > 1 ? key_start(1) : 0;
+  // The tile being computed and the one being loaded; the one after is chosen a tile
+  // early, so that a listed row's block index is already in registers.
+  Tile cur = tiles.next(), nxt = tiles.next();
   load_tile<kBlockM, D, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
-  if (n_tiles > 0) {
-    load_tile<kBlockN, D, kThreads>(sK, k + cur_n * kv_ld, kv_ld, p.tk - cur_n, k);
-    load_tile<kBlockN, D, kThreads>(sV, v + cur_n * kv_ld, kv_ld, p.tk - cur_n, v);
+  if (cur.rows) {
+    load_tile<kBlockN, D, kThreads>(sK, k + cur.start * kv_ld, kv_ld, p.tk - cur.start, k);
+    load_tile<kBlockN, D, kThreads>(sV, v + cur.start * kv_ld, kv_ld, p.tk - cur.start, v);
   }
   cp_async_commit();
 
@@ -170,136 +215,140 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
     }
   }
 
-  for (int j = 0; j < n_tiles; ++j) {
-    if (j + 1 < n_tiles) {
-      load_tile<kBlockN, D, kThreads>(sK + ((j + 1) & 1) * kBlockN * D, k + next_n * kv_ld, kv_ld, p.tk - next_n, k);
-      load_tile<kBlockN, D, kThreads>(sV + ((j + 1) & 1) * kBlockN * D, v + next_n * kv_ld, kv_ld, p.tk - next_n, v);
+  for (int j = 0; cur.rows; ++j) {
+    if (nxt.rows) {
+      const int n = nxt.start;
+      load_tile<kBlockN, D, kThreads>(sK + ((j + 1) & 1) * kBlockN * D, k + n * kv_ld, kv_ld, p.tk - n, k);
+      load_tile<kBlockN, D, kThreads>(sV + ((j + 1) & 1) * kBlockN * D, v + n * kv_ld, kv_ld, p.tk - n, v);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
-    const int n_after = j + 2 < n_tiles ? key_start(j + 2) : 0;
+    const Tile after = tiles.next();
     __syncthreads();
-    const __nv_bfloat16* k_s = sK + (j & 1) * kBlockN * D;
-    const __nv_bfloat16* v_s = sV + (j & 1) * kBlockN * D;
+    // A paired CTA's warp skips the tiles its mask row does not list (warp-uniform).
+    if (kKeys != Keys::paired || (cur.rows >> (warp >> 1)) & 1) {
+      const __nv_bfloat16* k_s = sK + (j & 1) * kBlockN * D;
+      const __nv_bfloat16* v_s = sV + (j & 1) * kBlockN * D;
 
-    // S = Q K^T for this warp's rows and the tile's kBlockN keys.
-    float s[kMTiles][kBlockN / 8][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) s[mt][nt][c] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[kMTiles][4];
+      // S = Q K^T for this warp's rows and the tile's kBlockN keys.
+      float s[kMTiles][kBlockN / 8][4];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
-        ldmatrix_x4(qa[mt], sQ + swz<D>(warp * kRowsPerWarp + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
 #pragma unroll
-      for (int np = 0; np < kBlockN / 16; ++np) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, k_s + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+        for (int nt = 0; nt < kBlockN / 8; ++nt)
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          mma_bf16_16816(s[mt][2 * np], qa[mt], kb[0], kb[1]);
-          mma_bf16_16816(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
+          for (int c = 0; c < 4; ++c) s[mt][nt][c] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qa[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+          ldmatrix_x4(qa[mt], sQ + swz<D>(warp * kRowsPerWarp + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+        for (int np = 0; np < kBlockN / 16; ++np) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, k_s + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_bf16_16816(s[mt][2 * np], qa[mt], kb[0], kb[1]);
+            mma_bf16_16816(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
+          }
         }
       }
-    }
 
-    const int n0 = cur_n;
-    bool edge = n0 + kBlockN > p.tk;
-    if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
-    if constexpr (kKeys == Keys::listed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
-    if (edge) {
+      const int n0 = cur.start;
+      bool edge = n0 + kBlockN > p.tk;
+      if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
+      if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
+      if (edge) {
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+              const int row = m0 + warp * kRowsPerWarp + mt * 16 + (lane >> 2) + ((c >> 1) << 3);
+              const int col = n0 + nt * 8 + ((lane & 3) << 1) + (c & 1);
+              bool masked = col >= p.tk;
+              if constexpr (kKeys == Keys::causal) masked |= col > row + p.causal_offset;
+              if constexpr (kListed) masked |= !rule_allows(p.rule, p.q_offset + row, col);
+              if (masked) s[mt][nt][c] = -INFINITY;
+            }
+      }
+
+      // Online softmax: rescale what was accumulated by exp2(old max - new max).
+      float corr[kMTiles][2];
+      bool max_moved = false;
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt)
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int row = m0 + warp * kRowsPerWarp + mt * 16 + (lane >> 2) + ((c >> 1) << 3);
-            const int col = n0 + nt * 8 + ((lane & 3) << 1) + (c & 1);
-            bool masked = col >= p.tk;
-            if constexpr (kKeys == Keys::causal) masked |= col > row + p.causal_offset;
-            if constexpr (kKeys == Keys::listed) masked |= !rule_allows(p.rule, p.q_offset + row, col);
-            if (masked) s[mt][nt][c] = -INFINITY;
-          }
-    }
-
-    // Online softmax: rescale what was accumulated by exp2(old max - new max).
-    float corr[kMTiles][2];
-    bool max_moved = false;
+          for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          // The reference max moves only when a score would exceed it by more than
+          // 2^kHeadroom: softmax is exact for any reference, P stays below 2^8, and most
+          // tiles, early ones included, then need no rescale of the accumulator.
+          const float tile_max = mx * p.scale_log2;
+          const bool move = tile_max > row_max[mt][r] + kHeadroomLog2;
+          const float new_max = move ? tile_max : row_max[mt][r];
+          // A row with no visible key so far keeps max -inf; exp2 then gives zeros, not NaN.
+          const float base = new_max == -INFINITY ? 0.f : new_max;
+          corr[mt][r] = move ? fast_exp2(row_max[mt][r] - base) : 1.f;
+          max_moved |= move;
+          row_max[mt][r] = new_max;
+          float sum = 0.f;
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
+          for (int nt = 0; nt < kBlockN / 8; ++nt)
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = -INFINITY;
+            for (int c = 2 * r; c < 2 * r + 2; ++c) {
+              s[mt][nt][c] = fast_exp2(fmaf(s[mt][nt][c], p.scale_log2, -base));
+              sum += s[mt][nt][c];
+            }
+          row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;
+        }
+      // A tile that moves none of the warp's reference maxima skips the rescale (D/4
+      // multiplies per row pair), exactly (corr is 1).
+      if (__any_sync(0xffffffffu, max_moved)) {
 #pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // The reference max moves only when a score would exceed it by more than
-        // 2^kHeadroom: softmax is exact for any reference, P stays below 2^8, and most
-        // tiles, early ones included, then need no rescale of the accumulator.
-        const float tile_max = mx * p.scale_log2;
-        const bool move = tile_max > row_max[mt][r] + kHeadroomLog2;
-        const float new_max = move ? tile_max : row_max[mt][r];
-        // A row with no visible key so far keeps max -inf; exp2 then gives zeros, not NaN.
-        const float base = new_max == -INFINITY ? 0.f : new_max;
-        corr[mt][r] = move ? fast_exp2(row_max[mt][r] - base) : 1.f;
-        max_moved |= move;
-        row_max[mt][r] = new_max;
-        float sum = 0.f;
+        for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt)
+          for (int dt = 0; dt < D / 8; ++dt)
 #pragma unroll
-          for (int c = 2 * r; c < 2 * r + 2; ++c) {
-            s[mt][nt][c] = fast_exp2(fmaf(s[mt][nt][c], p.scale_log2, -base));
-            sum += s[mt][nt][c];
-          }
-        row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;
+            for (int c = 0; c < 4; ++c) acc[mt][dt][c] *= corr[mt][c >> 1];
       }
-    // A tile that moves none of the warp's reference maxima skips the rescale (D/4
-    // multiplies per row pair), exactly (corr is 1).
-    if (__any_sync(0xffffffffu, max_moved)) {
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[mt][dt][c] *= corr[mt][c >> 1];
-    }
 
-    // O += P V, P straight from the score registers.
+      // O += P V, P straight from the score registers.
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t pa[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        pa[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_s + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        uint32_t pa[kMTiles][4];
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          mma_bf16_16816(acc[mt][2 * dp], pa[mt], vb[0], vb[1]);
-          mma_bf16_16816(acc[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+          pa[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_s + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_bf16_16816(acc[mt][2 * dp], pa[mt], vb[0], vb[1]);
+            mma_bf16_16816(acc[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+          }
         }
       }
     }
     // The next iteration's copy overwrites this tile's buffer.
     __syncthreads();
-    cur_n = next_n;
-    next_n = n_after;
+    cur = nxt;
+    nxt = after;
   }
   cp_async_wait<0>();
 
@@ -432,6 +481,62 @@ void check_device_geometry(const attn::BlockMask& mask, size_t listed) {
 
 }  // namespace
 
+namespace {
+
+// Share of a pair's summed lengths above which its union costs more as one paired CTA
+// than as two 64-query ones.
+constexpr double kPairedUnionShare = 0.6;
+
+// Whether pairs of consecutive rows are worth pairing, from their summed lengths and
+// the blocks both rows of a pair list.
+bool pairing_pays(double summed, double shared) { return summed > 0 && summed - shared <= kPairedUnionShare * summed; }
+
+// Pair blockIdx.x * stride of the mask's (batch, head) groups of nqb rows (the rows 2i
+// and 2i + 1 of one group): a warp adds both lengths to sums[0] and the blocks they
+// share (binary search of each of the first row's blocks in the second) to sums[1].
+__global__ void row_overlap_kernel(const int* row_start, const int* key_blocks, int nqb, int64_t stride,
+                                   unsigned long long* sums) {
+  const int64_t pair = static_cast<int64_t>(blockIdx.x) * stride, per_group = nqb / 2;
+  const int64_t r = pair / per_group * nqb + 2 * (pair % per_group);
+  const int* a = key_blocks + row_start[r];
+  const int* b = key_blocks + row_start[r + 1];
+  const int na = row_start[r + 1] - row_start[r], nb = row_start[r + 2] - row_start[r + 1];
+  unsigned long long shared = 0;
+  for (int i = threadIdx.x; i < na; i += 32) {
+    int lo = 0, hi = nb;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (b[mid] < a[i]) lo = mid + 1;
+      else hi = mid;
+    }
+    shared += lo < nb && b[lo] == a[i];
+  }
+  for (int off = 16; off > 0; off /= 2) shared += __shfl_xor_sync(0xffffffffu, shared, off);
+  if (threadIdx.x == 0) {
+    atomicAdd(sums, static_cast<unsigned long long>(na + nb));
+    atomicAdd(sums + 1, shared);
+  }
+}
+
+}  // namespace
+
+void choose_row_pairing(DeviceBlockMask& mask) {
+  const attn::BlockMask& m = mask.host;
+  const int64_t nqb = m.num_q_blocks(), pairs = m.batch * m.heads * (nqb / 2);
+  mask.pair_rows = false;
+  if (m.q_block != 64 || pairs == 0) return;
+  const int64_t sampled = std::min<int64_t>(pairs, 2048), stride = pairs / sampled;
+  const Tensor sums = empty(DType::i32, {4});  // two unsigned 64-bit counters
+  zero(sums);
+  row_overlap_kernel<<<static_cast<unsigned>(sampled), 32, 0, stream()>>>(
+      mask.row_start.device_data<int32_t>(), mask.key_blocks.device_data<int32_t>(), static_cast<int>(nqb), stride,
+      reinterpret_cast<unsigned long long*>(sums.mutable_device_data<int32_t>()));
+  SUBQ_CUDA_CHECK_LAUNCH("row_overlap_kernel");
+  unsigned long long host[2];
+  std::memcpy(host, to_host(sums).data<int32_t>(), sizeof host);
+  mask.pair_rows = pairing_pays(static_cast<double>(host[0]), static_cast<double>(host[1]));
+}
+
 DeviceBlockMask upload(const attn::BlockMask& mask) {
   mask.validate();
   check_device_geometry(mask, mask.key_blocks.size());
@@ -447,6 +552,17 @@ DeviceBlockMask upload(const attn::BlockMask& mask) {
   kb[0] = 0;
   std::copy(mask.key_blocks.begin(), mask.key_blocks.end(), kb);
   d.key_blocks = to_device(blocks);
+  if (mask.q_block == 64) {
+    double summed = 0, shared = 0;
+    const int64_t nqb = mask.num_q_blocks();
+    for (int64_t g = 0; g < mask.batch * mask.heads; ++g)
+      for (int64_t i = 0; i + 1 < nqb; i += 2) {
+        const auto a = mask.row(g / mask.heads, g % mask.heads, i), b = mask.row(g / mask.heads, g % mask.heads, i + 1);
+        summed += static_cast<double>(a.size() + b.size());
+        for (int32_t kb : a) shared += std::binary_search(b.begin(), b.end(), kb);
+      }
+    d.pair_rows = pairing_pays(summed, shared);
+  }
   return d;
 }
 
@@ -491,6 +607,9 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   if (m.q_block == 128) {
     if (D == 64) launch<64, 128, Keys::listed>(p, batch);
     else launch<128, 128, Keys::listed>(p, batch);
+  } else if (mask.pair_rows && D <= 128) {
+    if (D == 64) launch<64, 128, Keys::paired>(p, batch);
+    else launch<128, 128, Keys::paired>(p, batch);
   } else {
     if (D == 64) launch<64, 64, Keys::listed>(p, batch);
     else if (D == 128) launch<128, 64, Keys::listed>(p, batch);

@@ -27,9 +27,11 @@ DeviceBlockMask moba_mask(const attn::MaskGeometry& g, const Tensor& q, const Te
 DeviceBlockMask hip_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, int64_t top_k);
 
 // XAttention (attn::xattention_mask) for one sequence, from q and k as for moba_mask and
-// the attention's scale: antidiagonal scores by f32 GEMMs (no TF32), their per-block
-// softmax mass and each row's selection on the GPU. Sums in another order than the
-// CPU's may move a block whose mass sits on the threshold.
+// the attention's scale: antidiagonal scores of q and k rounded to bf16 (as the attention
+// reads them; the CPU selector scores the f32 values it is given) by tensor-core GEMMs
+// with f32 accumulation, their per-block softmax mass and each row's selection on the
+// GPU. On bf16-representable inputs the mask is the CPU's but for sums in another order,
+// which may move a block whose mass sits on the threshold.
 DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, double threshold,
                                 int64_t stride, float scale);
 

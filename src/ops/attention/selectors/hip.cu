@@ -136,6 +136,7 @@ DeviceBlockMask hip_mask(const attn::MaskGeometry& g, const Tensor& q, const Ten
   else if (Dh <= 64) launch(hip_rows_kernel<2>);
   else if (Dh <= 128) launch(hip_rows_kernel<4>);
   else launch(hip_rows_kernel<8>);
+  choose_row_pairing(mask);
   return mask;
 }
 

@@ -57,6 +57,7 @@ DeviceBlockMask rows_by_head(const attn::MaskGeometry& g, int64_t heads, const c
     const int64_t at = starts[static_cast<size_t>(h * nqb)];
     copy(blocks, mask.key_blocks.slice(0, at, at + blocks.numel()));
   }
+  choose_row_pairing(mask);
   return mask;
 }
 

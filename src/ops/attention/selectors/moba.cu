@@ -159,6 +159,7 @@ DeviceBlockMask moba_mask(const attn::MaskGeometry& g, const Tensor& q, const Te
   else if (Dh <= 64) launch(moba_rows_kernel<2>);
   else if (Dh <= 128) launch(moba_rows_kernel<4>);
   else launch(moba_rows_kernel<8>);
+  choose_row_pairing(mask);
   return mask;
 }
 

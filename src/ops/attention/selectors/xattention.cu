@@ -1,9 +1,11 @@
 // XAttention's block selection on the GPU (xattention.cpp is the CPU form): per head, the
-// stride-reshaped queries (rows reversed within each stride) and keys, one f32 GEMM per
-// chunk of query blocks that sums every s x s tile's antidiagonal, then a CTA per query
+// stride-reshaped queries (rows reversed within each stride) and keys rounded to bf16
+// (the values the attention reads), one tensor-core GEMM (f32 accumulation) per chunk of
+// query blocks that sums every s x s tile's antidiagonal, then a CTA per query
 // block that softmaxes its reshaped rows over their causal columns, sums the
 // probabilities per key block and keeps the highest blocks until their share of the
 // mass reaches the threshold.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,13 +31,13 @@ unsigned grid_for(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n
 // dst [out_rows, s * dim]: row r is rows r*s .. r*s + s-1 of src (in reverse when
 // `reverse`) laid end to end, zeros for rows past `rows`.
 __global__ void stride_rows_kernel(const float* src, int64_t row_stride, int64_t rows, int dim, int s, bool reverse,
-                                   float* dst, int64_t out_rows) {
+                                   __nv_bfloat16* dst, int64_t out_rows) {
   const int64_t width = static_cast<int64_t>(s) * dim, n = out_rows * width;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / width, t = i % width / dim, d = i % dim;
     const int64_t row = r * s + (reverse ? s - 1 - t : t);
-    dst[i] = row < rows ? src[row * row_stride + d] : 0.f;
+    dst[i] = __float2bfloat16_rn(row < rows ? src[row * row_stride + d] : 0.f);
   }
 }
 
@@ -83,7 +85,8 @@ void stride_rows(const Tensor& x, int64_t head, int64_t s, bool reverse, int64_t
   const int64_t n = dst.numel();
   stride_rows_kernel<<<grid_for(n), 256, 0, stream()>>>(x.device_data<float>() + head * x.stride(1), x.stride(0),
                                                        x.dim(0), static_cast<int>(x.dim(2)), static_cast<int>(s),
-                                                       reverse, dst.mutable_device_data<float>(), out_rows);
+                                                       reverse, static_cast<__nv_bfloat16*>(dst.mutable_device_raw_data()),
+                                                       out_rows);
   SUBQ_CUDA_CHECK_LAUNCH("stride_rows_kernel");
 }
 
@@ -103,7 +106,7 @@ DeviceBlockMask xattention_mask(const attn::MaskGeometry& g, const Tensor& q, co
                 "use a larger block");
   // Query blocks per GEMM: their scores within 256 MiB (64 Mi floats).
   const int64_t chunk = std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(1, per_block * nc), 1, nqb);
-  const Tensor qs = empty(DType::f32, {nr, width}), ks = empty(DType::f32, {nc, width});
+  const Tensor qs = empty(DType::bf16, {nr, width}), ks = empty(DType::bf16, {nc, width});
   const Tensor scores = empty(DType::f32, {chunk * per_block * nc});
   const size_t smem = static_cast<size_t>(nkb) * sizeof(float);
   SUBQ_CUDA_CHECK(cudaFuncSetAttribute(antidiagonal_blocks_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
