@@ -1,17 +1,18 @@
 // FlashAttention-2 style forward: one CTA of 4 warps per (128 queries, head, batch);
 // each warp owns 32 query rows (two m16 tiles), so K/V shared-memory reads are spread
-// over twice the arithmetic (D = 256: 64 queries, 16 rows per warp; a BlockMask with
-// 64-query blocks pairs its rows, below). K/V tiles of 64 keys (32 at D = 256) are double-buffered with cp.async;
-// Q, K and V sit in shared memory with an XOR swizzle (16-byte chunk ^ row % 8) so
-// every ldmatrix hits 32 distinct banks. Scores stay in registers: the S accumulator
-// fragment of QK^T is exactly the A fragment of PV once packed to bf16.
+// over twice the arithmetic of 16 rows (D = 256 keeps 64 queries, 16 rows per warp: 32
+// rows' f32 accumulator would not fit in registers). K/V tiles of 64 keys (32 at D = 256
+// or in CTAs of 2 warps) are double-buffered with cp.async; Q, K and V sit in shared
+// memory with an XOR swizzle (16-byte chunk ^ row % 8) so every ldmatrix hits 32
+// distinct banks. Scores stay in registers: the S accumulator fragment of QK^T is
+// exactly the A fragment of PV once packed to bf16.
 // Dense, causal and block-sparse are one kernel: they differ only in which key tiles a
 // CTA visits (all, those at or below the diagonal, or those its BlockMask row lists)
 // and in the element test applied to tiles that are not wholly allowed. A mask of
-// 64-query blocks runs two rows per CTA, warps 0-1 the first and 2-3 the second, over the
-// union of the two rows' key blocks; a warp skips the tiles its row does not list. Each
-// K/V tile then meets 32 rows per warp, as in dense attention (16 rows per warp would
-// halve the arithmetic per shared-memory read), and is loaded once for both rows.
+// 64-query blocks keeps 32 rows per warp too: when consecutive rows share most of their
+// key blocks, two rows run per CTA (warps 0-1 the first, 2-3 the second) over the union
+// of their blocks, each tile loaded once for both and skipped by the warps whose row
+// does not list it; otherwise a row runs alone in a CTA of 2 warps.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -30,17 +31,12 @@
 namespace subq::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-// Keys per K/V tile: 64; 32 for D = 256, so that the double-buffered tiles leave room for
-// two CTAs (8 warps) per SM (one CTA of 4 warps could not hide the load latency).
-template <int D>
-constexpr int kKeyRows = D <= 128 ? 64 : 32;
+// Keys per K/V tile for CTAs of kWarps warps: 64; 32 for D = 256 or CTAs of 2 warps, so
+// that the double-buffered tiles leave room for 8 warps per SM (two CTAs of 4 warps, four
+// of 2; fewer could not hide the load latency).
+template <int D, int kWarps>
+constexpr int kKeyRows = D <= 128 && kWarps == 4 ? 64 : 32;
 constexpr int kMaskKeyBlock = 64;  // a BlockMask's key blocks are multiples of this on the GPU
-constexpr int kThreads = kWarps * 32;
-// Query rows per CTA for dense attention: 128 (32 per warp) up to D = 128; for D = 256
-// the f32 output accumulator of 32 rows would not fit in registers, so 64 (16 per warp).
-template <int D>
-constexpr int kQueryRows = D <= 128 ? 128 : 64;
 
 // Which key tiles a CTA visits: all, those at or below the causal diagonal, those its
 // BlockMask row lists, or the union of two consecutive mask rows' lists (paired).
@@ -71,7 +67,7 @@ struct Params {
   const int* row_start;
   const int* key_blocks;
   int mask_batch, mask_heads, num_q_blocks;
-  int sub_tiles;  // k_block / kKeyRows<D>
+  int sub_tiles;  // k_block / the kernel's keys per tile
   int q_offset;
   DeviceRule rule;
 };
@@ -145,12 +141,13 @@ struct KeyTiles {
   }
 };
 
-template <int D, int kBlockM, Keys kKeys>
-__global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p) {
+template <int D, int kBlockM, Keys kKeys, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) flash_forward_kernel(const Params p) {
+  constexpr int kThreads = kWarps * 32;
   constexpr bool kListed = kKeys == Keys::listed || kKeys == Keys::paired;
   constexpr int kRowsPerWarp = kBlockM / kWarps;
   constexpr int kMTiles = kRowsPerWarp / 16;
-  constexpr int kBlockN = kKeyRows<D>;
+  constexpr int kBlockN = kKeyRows<D, kWarps>;
   extern __shared__ __align__(128) unsigned char smem[];
   auto* sQ = reinterpret_cast<__nv_bfloat16*>(smem);
   auto* sK = sQ + kBlockM * D;      // two buffers of kBlockN x D
@@ -373,17 +370,19 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params p)
     }
 }
 
-template <int D, int kBlockM, Keys kKeys>
-void launch(const Params& p, int batch) {
-  constexpr int kSmem = (kBlockM + 4 * kKeyRows<D>) * D * static_cast<int>(sizeof(__nv_bfloat16));
+// CTAs of 4 warps, or 2 (32 rows each) for a mask's 64-query rows run one per CTA.
+template <int D, int kBlockM, Keys kKeys, int kWarps = 4>
+void launch(Params p, int batch, int k_block = kMaskKeyBlock) {
+  constexpr int kSmem = (kBlockM + 4 * kKeyRows<D, kWarps>) * D * static_cast<int>(sizeof(__nv_bfloat16));
   static const bool configured = [] {
-    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D, kBlockM, kKeys>,
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D, kBlockM, kKeys, kWarps>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
   }();
   (void)configured;
+  p.sub_tiles = k_block / kKeyRows<D, kWarps>;
   const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
-  flash_forward_kernel<D, kBlockM, kKeys><<<grid, kThreads, kSmem, stream()>>>(p);
+  flash_forward_kernel<D, kBlockM, kKeys, kWarps><<<grid, kWarps * 32, kSmem, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
@@ -600,20 +599,19 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.mask_batch = static_cast<int>(m.batch);
   p.mask_heads = static_cast<int>(m.heads);
   p.num_q_blocks = static_cast<int>(m.num_q_blocks());
-  p.sub_tiles = static_cast<int>(m.k_block / (D == 256 ? kKeyRows<256> : kKeyRows<128>));
   p.q_offset = static_cast<int>(m.q_offset);
   p.rule = device_rule(m.rule);
-  const int batch = static_cast<int>(B);
+  const int batch = static_cast<int>(B), kb = static_cast<int>(m.k_block);
   if (m.q_block == 128) {
-    if (D == 64) launch<64, 128, Keys::listed>(p, batch);
-    else launch<128, 128, Keys::listed>(p, batch);
+    if (D == 64) launch<64, 128, Keys::listed>(p, batch, kb);
+    else launch<128, 128, Keys::listed>(p, batch, kb);
   } else if (mask.pair_rows && D <= 128) {
-    if (D == 64) launch<64, 128, Keys::paired>(p, batch);
-    else launch<128, 128, Keys::paired>(p, batch);
+    if (D == 64) launch<64, 128, Keys::paired>(p, batch, kb);
+    else launch<128, 128, Keys::paired>(p, batch, kb);
   } else {
-    if (D == 64) launch<64, 64, Keys::listed>(p, batch);
-    else if (D == 128) launch<128, 64, Keys::listed>(p, batch);
-    else launch<256, 64, Keys::listed>(p, batch);
+    if (D == 64) launch<64, 64, Keys::listed, 2>(p, batch, kb);
+    else if (D == 128) launch<128, 64, Keys::listed, 2>(p, batch, kb);
+    else launch<256, 64, Keys::listed>(p, batch, kb);
   }
 }
 
