@@ -8,6 +8,7 @@
 #include "src/ops/attention/selectors/dynamic_selectors.h"
 #include "src/ops/attention/selectors/selector_spec.h"
 #include "tests/ops/attention/attention_case.h"
+#include "tests/reference/dynamic_selectors.h"
 
 namespace subq::test {
 namespace {
@@ -135,6 +136,61 @@ TEST(DynamicSelectors, HipBuildsLogarithmicallyManyBlocks) {
   AttnProblem p(rng, 1, T, T, 1, 1, 32);
   const BlockMask m = attn::hip_mask(MaskGeometry{T, T, 0, 16, 16, 1, nullptr}, qk_args(p), 3);
   for (int64_t qb = 0; qb < m.num_q_blocks(); ++qb) EXPECT_LE(m.row(0, 0, qb).size(), 4u);  // top_k + diagonal
+}
+
+// Each selector's mask against its float64 definition (tests/reference/dynamic_selectors.h)
+// on awkward geometries: batch 2, grouped heads, lengths off the block grid, a chunk
+// against a cache, one token. f32 scores may rank two values that tie to rounding the
+// other way, so up to 1% of rows (at least one) may differ; a wrong pooling, head
+// mapping, causal limit, tie rule or mass cut changes most rows.
+TEST(DynamicSelectors, MasksMatchTheirFloat64Definitions) {
+  auto rng = rng_for_test();
+  struct Shape {
+    int64_t B, Tq, offset, Hq, Hkv, Dh, block;
+  };
+  const Shape shapes[] = {{2, 290, 0, 4, 2, 32, 32}, {1, 200, 64, 3, 1, 48, 16}, {1, 1, 0, 2, 2, 32, 32},
+                          {1, 333, 0, 2, 1, 64, 64}, {2, 97, 96, 2, 2, 16, 32}};
+  for (const Shape& sh : shapes) {
+    const int64_t Tk = sh.offset + sh.Tq;
+    AttnProblem p(rng, sh.B, sh.Tq, Tk, sh.Hq, sh.Hkv, sh.Dh);
+    // Every other head's queries sharpened, so that FlexPrefill's heads choose both ways.
+    float* q = p.q.mutable_data<float>();
+    for (int64_t i = 0; i < sh.B * sh.Tq; ++i)
+      for (int64_t h = 0; h < sh.Hq; h += 2)
+        for (int64_t x = 0; x < sh.Dh; ++x) q[(i * sh.Hq + h) * sh.Dh + x] *= 6.f;
+    const MaskGeometry g{sh.Tq, Tk, sh.offset, sh.block, sh.block, sh.Hq, nullptr};
+    const auto q64 = to_double(p.q), k64 = to_double(p.k);
+    const ref::SelectorInput in{q64, k64, sh.B, sh.Tq, Tk, sh.Hq, sh.Hkv, sh.Dh, sh.offset, sh.block};
+    const double scale = p.used_scale();
+    const auto expect_rows = [&](const BlockMask& m, const ref::SelectorRows& want, const std::string& what) {
+      SCOPED_TRACE(what + " B=" + std::to_string(sh.B) + " Tq=" + std::to_string(sh.Tq) + " offset=" +
+                   std::to_string(sh.offset) + " H=" + std::to_string(sh.Hq) + "/" + std::to_string(sh.Hkv) +
+                   " block=" + std::to_string(sh.block));
+      ASSERT_EQ(static_cast<size_t>(sh.B * sh.Hq * m.num_q_blocks()), want.size());
+      int64_t differing = 0;
+      for (int64_t b = 0; b < sh.B; ++b)
+        for (int64_t h = 0; h < sh.Hq; ++h)
+          for (int64_t qb = 0; qb < m.num_q_blocks(); ++qb) {
+            const auto row = m.row(b, h, qb);
+            const auto& w = want[static_cast<size_t>((b * sh.Hq + h) * m.num_q_blocks() + qb)];
+            differing += !std::equal(row.begin(), row.end(), w.begin(), w.end());
+          }
+      EXPECT_LE(differing, std::max<int64_t>(1, static_cast<int64_t>(want.size()) / 100));
+    };
+    for (int64_t k : {1, 3})
+      expect_rows(attn::moba_mask(g, qk_args(p), k), ref::moba_rows(in, k), "moba top_k " + std::to_string(k));
+    for (int64_t k : {1, 2, 5})
+      expect_rows(attn::hip_mask(g, qk_args(p), k), ref::hip_rows(in, k), "hip top_k " + std::to_string(k));
+    for (double threshold : {0.3, 0.9})
+      for (int64_t stride : {1, 4, 8})
+        expect_rows(attn::xattention_mask(g, qk_args(p), threshold, stride),
+                    ref::xattention_rows(in, threshold, stride, scale),
+                    "xattention threshold " + std::to_string(threshold) + " stride " + std::to_string(stride));
+    for (double gamma : {0.3, 0.9})
+      for (double tau : {0.0, 0.3, 10.0})
+        expect_rows(attn::flexprefill_mask(g, qk_args(p), gamma, tau), ref::flexprefill_rows(in, gamma, tau, scale),
+                    "flexprefill gamma " + std::to_string(gamma) + " tau " + std::to_string(tau));
+  }
 }
 
 TEST(DynamicSelectors, RejectBadInputs) {

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "src/core/parallel.h"
 #include "src/ops/attention/selectors/dynamic_selectors.h"
@@ -75,25 +76,31 @@ BlockMask flexprefill_mask(const MaskGeometry& g, const AttentionArgs& qk, doubl
       }
     }
     const bool query_aware = js_distance(exact_blocks, pooled(last)) < tau;
-    std::vector<int32_t> verticals, slashes;
-    if (!query_aware) {
-      verticals = keep_until_mass(vertical, gamma);
-      slashes = keep_until_mass(slash, gamma);
+    if (query_aware) {
+      for (int64_t qb = 0; qb < nqb; ++qb) rows[static_cast<size_t>(bh * nqb + qb)] = keep_until_mass(pooled(qb), gamma);
+      return;
     }
+    // The kept verticals and slashes as prefix counts (prefix[i + 1]: kept indices <= i),
+    // so that each (row, key block) asks in O(1) whether one reaches the block.
+    const auto prefix_of = [&](const std::vector<double>& mass) {
+      std::vector<int32_t> prefix(mass.size() + 1, 0);
+      for (int32_t i : keep_until_mass(mass, gamma)) prefix[static_cast<size_t>(i) + 1] = 1;
+      std::partial_sum(prefix.begin(), prefix.end(), prefix.begin());
+      return prefix;
+    };
+    const auto verticals = prefix_of(vertical), slashes = prefix_of(slash);
+    const auto any = [](const std::vector<int32_t>& prefix, int64_t lo, int64_t hi) {  // a kept index in [lo, hi]
+      return lo <= hi && prefix[static_cast<size_t>(hi) + 1] > prefix[static_cast<size_t>(lo)];
+    };
     for (int64_t qb = 0; qb < nqb; ++qb) {
       auto& row = rows[static_cast<size_t>(bh * nqb + qb)];
-      if (query_aware) {
-        row = keep_until_mass(pooled(qb), gamma);
-        continue;
-      }
       const int64_t p0 = g.q_offset + qb * blk, p1 = g.q_offset + std::min(g.q_len, (qb + 1) * blk) - 1;
-      for (int32_t j : verticals)
-        if (j <= p1) row.push_back(static_cast<int32_t>(j / blk));
-      for (int32_t d : slashes) {
-        if (p1 - d < 0) continue;
-        for (int64_t kb = std::max<int64_t>(0, p0 - d) / blk; kb <= (p1 - d) / blk; ++kb)
+      for (int64_t kb = 0, k0 = 0; kb <= first + qb; ++kb, k0 += blk)
+        // A vertical j <= p1 in the block, or a slash d with p - d in the block for a p
+        // in [p0, p1]: d in [p0 - k0 - blk + 1, p1 - k0].
+        if (any(verticals, k0, std::min(k0 + blk, p1 + 1) - 1) ||
+            any(slashes, std::max<int64_t>(0, p0 - k0 - blk + 1), p1 - k0))
           row.push_back(static_cast<int32_t>(kb));
-      }
     }
   });
   return assemble_rows(g, B, Hq, rows);
