@@ -134,6 +134,10 @@ HWY_INLINE void QKMicro(const float* HWY_RESTRICT q, int64_t ldq, const float* H
     for (int c = 0; c < C; ++c) hn::Store(acc[r][c], d, s + r * lds + static_cast<int64_t>(c * N));
 }
 
+// Rows ahead that the decode kernels prefetch: a head's rows of the KV cache lie a
+// token's heads apart (1-4 KB), a stride the hardware prefetchers follow poorly.
+constexpr int64_t kAhead = 16;
+
 // o[r, c*N..] = o[r, c*N..] * alpha[r] + sum_{j < keys} p[r, j] * vs[j, c*N..].
 template <int R, int C, class T>
 HWY_INLINE void PVMicro(const float* HWY_RESTRICT p, int64_t ldp, const T* HWY_RESTRICT vs, int64_t ldv,
@@ -146,6 +150,7 @@ HWY_INLINE void PVMicro(const float* HWY_RESTRICT p, int64_t ldp, const T* HWY_R
     for (int c = 0; c < C; ++c) acc[r][c] = hn::Mul(a, hn::Load(d, o + r * ldo + static_cast<int64_t>(c * N)));
   }
   for (int64_t j = 0; j < keys; ++j) {
+    __builtin_prefetch(vs + (j + kAhead) * ldv);
     VF vv[C];
     for (int c = 0; c < C; ++c) vv[c] = LoadKV(d, vs + j * ldv + static_cast<int64_t>(c * N));
     for (int r = 0; r < R; ++r) {
@@ -196,6 +201,10 @@ HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const T* HWY_
   for (; j + 2 <= keys; j += 2) {
     const T* k0 = k + j * k_stride;
     const T* k1 = k0 + k_stride;
+    for (int64_t b = 0; b < depth * static_cast<int64_t>(sizeof(T)); b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(k0 + kAhead * k_stride) + b);
+      __builtin_prefetch(reinterpret_cast<const char*>(k1 + kAhead * k_stride) + b);
+    }
     VF acc0[R], acc1[R];
     for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = hn::Zero(d);
     for (int64_t x = 0; x < depth; x += N) {
