@@ -5,10 +5,14 @@
 #include "src/core/parallel.h"
 #include "src/ops/attention/selectors/dynamic_selectors.h"
 #include "src/ops/attention/selectors/selector_math.h"
+#include "src/ops/common/gemm.h"
 #include "subq/tensor.h"
 
 namespace subq::attn {
 namespace {
+
+// Keys scored per GEMM for the last query block's exact attention.
+constexpr int64_t kKeyChunk = 8192;
 
 // softmax over x (in place), in double.
 void softmax_in_place(std::vector<double>& x) {
@@ -55,26 +59,49 @@ BlockMask flexprefill_mask(const MaskGeometry& g, const AttentionArgs& qk, doubl
       softmax_in_place(s);
       return s;
     };
-    // Exact attention of the last query block's rows (the representative queries).
-    const int64_t last = nqb - 1, i0 = last * blk, i1 = g.q_len;
-    const int64_t last_pos = g.q_offset + i1 - 1;
+    // Exact attention of the last query block's rows (the representative queries), a
+    // chunk of keys at a time (bounded memory at any length): one GEMM per chunk scores
+    // every row, a first sweep finds each row's max and sum, a second adds the weights.
+    const int64_t last = nqb - 1, i0 = last * blk, rows_n = g.q_len - i0;
+    const int64_t length = g.q_offset + g.q_len;  // keys the last block's rows may see
+    const float* q_rows = qk.q + b * qk.q_batch_stride + i0 * qk.q_row_stride + h * Dh;
+    const float* k_rows = keys + b * qk.k_batch_stride + (h / group) * Dh;
+    std::vector<float> scores(static_cast<size_t>(rows_n * std::min(kKeyChunk, length)));
+    const auto sweep = [&](const auto& visit) {
+      for (int64_t c0 = 0; c0 < length; c0 += kKeyChunk) {
+        const int64_t cn = std::min(kKeyChunk, length - c0);
+        ops::gemm_xwt(rows_n, cn, Dh, q_rows, qk.q_row_stride, k_rows + c0 * qk.k_row_stride, DType::f32,
+                      qk.k_row_stride, scores.data(), cn, false);
+        for (int64_t r = 0; r < rows_n; ++r) {
+          const int64_t seen = std::min(cn, g.q_offset + i0 + r + 1 - c0);  // keys j <= the row's position
+          if (seen > 0) visit(r, c0, scores.data() + r * cn, seen);
+        }
+      }
+    };
+    std::vector<float> row_max(static_cast<size_t>(rows_n), -INFINITY);
+    std::vector<double> row_sum(static_cast<size_t>(rows_n), 0.0);
+    sweep([&](int64_t r, int64_t, float* s, int64_t seen) {
+      float& m = row_max[static_cast<size_t>(r)];
+      const float chunk_max = static_cast<float>(scale) * *std::max_element(s, s + seen);
+      const float m_new = std::max(m, chunk_max);
+      double& sum = row_sum[static_cast<size_t>(r)];
+      sum = sum * std::exp(static_cast<double>(m) - m_new) + exp_shifted(s, seen, static_cast<float>(scale), m_new, nullptr);
+      m = m_new;
+    });
+    const int64_t last_pos = length - 1;
     std::vector<double> vertical(static_cast<size_t>(last_pos + 1), 0.0), slash(static_cast<size_t>(last_pos + 1), 0.0);
     std::vector<double> exact_blocks(static_cast<size_t>(std::min(first + last + 1, nkb)), 0.0);
-    std::vector<double> a;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t p = g.q_offset + i;
-      const float* q = qk.q + b * qk.q_batch_stride + i * qk.q_row_stride + h * Dh;
-      a.assign(static_cast<size_t>(p + 1), 0.0);
-      for (int64_t j = 0; j <= p; ++j)
-        a[static_cast<size_t>(j)] = scale * dot(q, keys + b * qk.k_batch_stride + j * qk.k_row_stride + (h / group) * Dh, Dh);
-      softmax_in_place(a);
-      for (int64_t j = 0; j <= p; ++j) {
-        const double w = a[static_cast<size_t>(j)] / static_cast<double>(i1 - i0);
+    sweep([&](int64_t r, int64_t c0, float* s, int64_t seen) {
+      const int64_t p = g.q_offset + i0 + r;
+      exp_shifted(s, seen, static_cast<float>(scale), row_max[static_cast<size_t>(r)], s);
+      const double norm = 1.0 / (row_sum[static_cast<size_t>(r)] * static_cast<double>(rows_n));
+      for (int64_t j = c0; j < c0 + seen; ++j) {
+        const double w = s[j - c0] * norm;
         vertical[static_cast<size_t>(j)] += w;
         slash[static_cast<size_t>(p - j)] += w;
         exact_blocks[static_cast<size_t>(j / blk)] += w;
       }
-    }
+    });
     const bool query_aware = js_distance(exact_blocks, pooled(last)) < tau;
     if (query_aware) {
       for (int64_t qb = 0; qb < nqb; ++qb) rows[static_cast<size_t>(bh * nqb + qb)] = keep_until_mass(pooled(qb), gamma);

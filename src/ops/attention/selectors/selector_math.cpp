@@ -1,9 +1,13 @@
-// Highway compiles the dot product once per SIMD target; the rest is plain C++.
+// Highway compiles the dot product and the exponentials once per SIMD target; the rest is
+// plain C++.
+#include <cmath>
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/attention/selectors/selector_math.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "hwy/contrib/dot/dot-inl.h"
+#include "hwy/contrib/math/math-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace subq::attn::HWY_NAMESPACE {
@@ -11,6 +15,26 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 float DotF32(const float* a, const float* b, size_t n) {
   return hn::Dot::Compute<0>(hn::ScalableTag<float>(), a, b, n);
+}
+
+double ExpShiftedF32(const float* x, size_t n, float scale, float shift, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto vscale = hn::Set(d, scale), vshift = hn::Set(d, shift);
+  auto sum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = hn::Exp(d, hn::MulSub(hn::LoadU(d, x + i), vscale, vshift));
+    if (out) hn::StoreU(e, d, out + i);
+    sum = hn::Add(sum, e);
+  }
+  double total = hn::GetLane(hn::SumOfLanes(d, sum));
+  for (; i < n; ++i) {
+    const float e = std::exp(x[i] * scale - shift);
+    if (out) out[i] = e;
+    total += e;
+  }
+  return total;
 }
 
 }  // namespace subq::attn::HWY_NAMESPACE
@@ -60,6 +84,12 @@ HWY_EXPORT(DotF32);
 // at 128K.
 float dot(const float* a, const float* b, int64_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, static_cast<size_t>(n));
+}
+
+HWY_EXPORT(ExpShiftedF32);
+
+double exp_shifted(const float* x, int64_t n, float scale, float shift, float* out) {
+  return HWY_DYNAMIC_DISPATCH(ExpShiftedF32)(x, static_cast<size_t>(n), scale, shift, out);
 }
 
 std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double mass) {

@@ -18,6 +18,9 @@ std::vector<float> block_means(const float* x, int64_t batch_stride, int64_t row
 
 float dot(const float* a, const float* b, int64_t n);
 
+// out[i] = exp(x[i] * scale - shift) for i < n (out may be null); returns their sum.
+double exp_shifted(const float* x, int64_t n, float scale, float shift, float* out);
+
 // Indices of `scores` in decreasing order, taken until their normalised sum reaches
 // `mass` (scores are non-negative weights). At least one index when any exists.
 std::vector<int32_t> keep_until_mass(const std::vector<double>& scores, double mass);
