@@ -4,7 +4,9 @@
 // available()/unavailable_reason() throws subq::Error saying why; nothing crashes.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -74,5 +76,10 @@ Tensor to_host(const Tensor& device);  // a contiguous CUDA tensor
 void zero(const Tensor& t);
 // Copies between two contiguous tensors of equal dtype and shape, any devices.
 void copy(const Tensor& src, const Tensor& dst);
+
+// CTAs of 256 threads for a grid-stride loop over n elements (at most 2^20 of them).
+inline unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t{1} << 20));
+}
 
 }  // namespace subq::cuda

@@ -14,10 +14,6 @@
 namespace subq::cuda {
 namespace {
 
-unsigned blocks_for(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t{1} << 20));
-}
-
 __global__ void silu_kernel(const float* x, float* y, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)

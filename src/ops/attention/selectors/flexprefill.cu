@@ -159,8 +159,6 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const float* pooled, int
   if (threadIdx.x == 0) counts[qb] = count;
 }
 
-unsigned grid_for(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t{1} << 20)); }
-
 }  // namespace
 
 DeviceBlockMask flexprefill_mask(const attn::MaskGeometry& g, const Tensor& q, const Tensor& k, double gamma,
@@ -192,7 +190,7 @@ DeviceBlockMask flexprefill_mask(const attn::MaskGeometry& g, const Tensor& q, c
     row_stats_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream()>>>(scores.device_data<float>(), cols, p0,
                                                                              scale, stats_data);
     SUBQ_CUDA_CHECK_LAUNCH("row_stats_kernel");
-    vertical_slash_kernel<<<grid_for(cols), 256, 0, stream()>>>(
+    vertical_slash_kernel<<<blocks_for(cols), 256, 0, stream()>>>(
         scores.device_data<float>(), cols, static_cast<int>(rows), p0, scale, stats_data,
         vertical.mutable_device_data<float>() + h * cols, slash.mutable_device_data<float>() + h * cols);
     SUBQ_CUDA_CHECK_LAUNCH("vertical_slash_kernel");

@@ -26,8 +26,6 @@ namespace {
 using selectors::cta_reduce;
 constexpr int kThreads = selectors::kMassThreads;
 
-unsigned grid_for(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t{1} << 20)); }
-
 // dst [out_rows, s * dim]: row r is rows r*s .. r*s + s-1 of src (in reverse when
 // `reverse`) laid end to end, zeros for rows past `rows`.
 __global__ void stride_rows_kernel(const float* src, int64_t row_stride, int64_t rows, int dim, int s, bool reverse,
@@ -83,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) antidiagonal_blocks_kernel(const flo
 
 void stride_rows(const Tensor& x, int64_t head, int64_t s, bool reverse, int64_t out_rows, const Tensor& dst) {
   const int64_t n = dst.numel();
-  stride_rows_kernel<<<grid_for(n), 256, 0, stream()>>>(x.device_data<float>() + head * x.stride(1), x.stride(0),
+  stride_rows_kernel<<<blocks_for(n), 256, 0, stream()>>>(x.device_data<float>() + head * x.stride(1), x.stride(0),
                                                        x.dim(0), static_cast<int>(x.dim(2)), static_cast<int>(s),
                                                        reverse, static_cast<__nv_bfloat16*>(dst.mutable_device_raw_data()),
                                                        out_rows);
