@@ -4,7 +4,8 @@
 // of the last position only; decode: the mean of 32 one-token steps after a 512-token
 // prompt, each ending with its logits on the host as a sampler needs them. Decode GB/s
 // counts every checkpoint weight once per token (an untied input embedding, of which a
-// step reads one row, included: an overcount of V x D).
+// step reads one row, included: an overcount of V x D); none for the mixture of experts,
+// whose step reads only its chosen experts.
 #include <filesystem>
 #include <vector>
 
@@ -15,7 +16,7 @@
 namespace subq::bench::gpu {
 
 void bench_models(const std::string& root) {
-  for (const char* name : {"llama160m", "mamba130m", "mamba2_130m"}) {
+  for (const char* name : {"llama160m", "mamba130m", "mamba2_130m", "jamba_moe"}) {
     const std::string dir = root + "/" + name;
     if (!std::filesystem::exists(dir + "/config.json")) {
       std::fprintf(stderr, "subq_cuda_bench: %s not found (written by bench/gpu/peers.py models)\n", dir.c_str());
@@ -25,7 +26,8 @@ void bench_models(const std::string& root) {
     options.device = "cuda";
     const auto model = Model::load(dir, options);
     const int64_t V = model->info().vocab_size;
-    const double weight_bytes = 2.0 * static_cast<double>(model->info().parameter_count);  // bf16
+    const bool mixture = std::string(name) == "jamba_moe";
+    const double weight_bytes = mixture ? 0.0 : 2.0 * static_cast<double>(model->info().parameter_count);  // bf16
     Tensor logits = Tensor::empty(DType::f32, {1, V});
     for (int64_t T : {512, 4096}) {
       std::vector<int32_t> ids(static_cast<size_t>(T));

@@ -331,6 +331,12 @@ MODEL_SHAPES = {
     "mamba130m": ("MambaConfig", dict(hidden_size=768, num_hidden_layers=24, vocab_size=50280, state_size=16)),
     "mamba2_130m": ("Mamba2Config", dict(hidden_size=768, num_hidden_layers=24, num_heads=24, head_dim=64,
                                          expand=2, state_size=128, n_groups=1, vocab_size=50288)),
+    # A mixture of experts (16 experts, top 2, every other layer) on Mamba and attention.
+    "jamba_moe": ("JambaConfig", dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                                      num_attention_heads=16, num_key_value_heads=8, num_experts=16,
+                                      num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1,
+                                      attn_layer_period=8, attn_layer_offset=4, mamba_d_state=16, mamba_expand=2,
+                                      use_mamba_kernels=False, vocab_size=32000)),
 }
 
 
@@ -346,9 +352,9 @@ def models():
         for T in (512, 4096):
             ids = torch.tensor([[3 + (t * 7919) % 94 for t in range(T)]], device="cuda")
             with torch.inference_mode():
-                # (transformers' Mamba without the mamba_ssm CUDA extension runs its
-                # per-token PyTorch loop: seconds per call, so fewer of them)
-                slow = name.startswith("mamba")
+                # (transformers' Mamba and Jamba without the mamba_ssm CUDA extension run
+                # a per-token PyTorch loop: seconds per call, so fewer of them)
+                slow = name.startswith(("mamba", "jamba"))
                 ms = median_ms(lambda: model(ids, logits_to_keep=1), warmup=1 if slow else 3, reps=3 if slow else 7)
             emit("transformers", "model.prefill", f"{name} bf16 T={T}", ms)
             if T != 512:

@@ -14,8 +14,8 @@
 //   * A sparse prefill policy builds the prompt's BlockMask for the block-sparse flash
 //     kernel: the dynamic selectors (MoBA, HiP, XAttention, FlexPrefill) on the GPU, the
 //     static ones on the CPU.
-//   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager),
-//     unless a mixture of experts reads its routes back to the host.
+//   * One-token steps run as a captured CUDA graph (SUBQ_CUDA_GRAPHS=0 at load: eager);
+//     mixtures of experts route such steps on the GPU.
 //   * The window policy (sinks + sliding window) keeps a bounded ring of keys (KVState).
 // Soft-capping, q/k norms and LayerNorm are an Error at load naming the layer. States are saved in the CPU decoder's format (attention as a bf16
 // cache), so a state saved on one device continues on the other.
@@ -652,7 +652,7 @@ class CudaDecoder final : public Model {
     final_norm_ = upload_norm(spec.final_norm, "final norm");
     embedding_scale_ = spec.embedding_scale;
     for (const auto& b : blocks_)
-      graphs_ = graphs_ && (!b.mixer || b.mixer->graph_safe()) && (!b.mlp || b.mlp->graph_safe());
+      graphs_ = graphs_ && (!b.mixer || b.mixer->graph_safe());
     if (const char* env = std::getenv("SUBQ_CUDA_GRAPHS")) graphs_ = graphs_ && std::string(env) != "0";
   }
 

@@ -25,6 +25,8 @@ struct DeviceLinear {
 // biases likewise, zeros where one part has none. Host tensors of one dtype; `where`
 // names the layer in the error for mixed dtypes.
 DeviceLinear stacked(const std::vector<std::pair<Tensor, Tensor>>& parts, const std::string& where);
+// The same stack in host memory: {weight, bias or undefined}.
+std::pair<Tensor, Tensor> stack_rows(const std::vector<std::pair<Tensor, Tensor>>& parts, const std::string& where);
 
 // A host tensor's copy in GPU memory, or undefined for an undefined one.
 Tensor upload_or_empty(const Tensor& t);

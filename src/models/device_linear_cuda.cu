@@ -20,7 +20,7 @@ void DeviceLinear::apply(const Tensor& x, const Tensor& y) const {
   cuda::linear(rounded, w, bias, y);
 }
 
-DeviceLinear stacked(const std::vector<std::pair<Tensor, Tensor>>& parts, const std::string& where) {
+std::pair<Tensor, Tensor> stack_rows(const std::vector<std::pair<Tensor, Tensor>>& parts, const std::string& where) {
   const DType dt = parts[0].first.dtype();
   const int64_t K = parts[0].first.dim(1);
   int64_t rows = 0;
@@ -39,6 +39,11 @@ DeviceLinear stacked(const std::vector<std::pair<Tensor, Tensor>>& parts, const 
     if (pb.defined()) std::copy_n(pb.data<float>(), pw.dim(0), bias.mutable_data<float>() + r);
     r += pw.dim(0);
   }
+  return {w, bias};
+}
+
+DeviceLinear stacked(const std::vector<std::pair<Tensor, Tensor>>& parts, const std::string& where) {
+  const auto [w, bias] = stack_rows(parts, where);
   return {w, bias};
 }
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -171,7 +170,6 @@ void check_router_out(const Tensor& out, int64_t E) {
 // Softmax over the E experts, the k best taken, their weights normalised to sum 1 when
 // `normalize`.
 Routes softmax_routes(const Tensor& router_out, int64_t E, int64_t k, bool normalize) {
-  check_router_out(router_out, E);
   const int64_t T = router_out.dim(0);
   Tensor probs = Tensor::empty(DType::f32, {T, E});
   softmax(router_out, probs);
@@ -191,9 +189,8 @@ Routes softmax_routes(const Tensor& router_out, int64_t E, int64_t k, bool norma
 }
 
 // GroupLimitedRouter's rule (see feed_forward.h).
-Routes group_limited_routes(const Tensor& router_out, const GroupLimitedRouter& r) {
-  check_router_out(router_out, r.weight.dim(0));
-  const int64_t T = router_out.dim(0), E = r.weight.dim(0), G = E / r.n_group;
+Routes group_limited_routes(const Tensor& router_out, const RouteRule& r) {
+  const int64_t T = router_out.dim(0), E = r.experts, G = E / r.n_group;
   Tensor scores = Tensor::empty(DType::f32, {T, E});
   float* s = scores.mutable_data<float>();
   const float* logit = router_out.data<float>();
@@ -216,14 +213,14 @@ Routes group_limited_routes(const Tensor& router_out, const GroupLimitedRouter& 
     for (int64_t g : order) kept[static_cast<size_t>(g)] = 1;
     for (int64_t e = 0; e < E; ++e)
       if (!kept[static_cast<size_t>(e / G)]) choice[static_cast<size_t>(e)] = -std::numeric_limits<float>::infinity();
-    top_k(choice.data(), E, r.num_experts_per_tok, order);
+    top_k(choice.data(), E, r.top_k, order);
     float norm = 1.f;
-    if (r.norm_topk_prob) {
+    if (r.normalize) {
       norm = 0.f;
       for (int64_t e : order) norm += st[e];
       norm += 1e-20f;
     }
-    for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, st[e] / norm * r.routed_scaling_factor});
+    for (int64_t e : order) routes[static_cast<size_t>(e)].push_back({t, st[e] / norm * r.scale});
   }
   return routes;
 }
@@ -231,11 +228,14 @@ Routes group_limited_routes(const Tensor& router_out, const GroupLimitedRouter& 
 class SoftmaxMoe final : public MixtureOfExperts {
  public:
   SoftmaxMoe(Tensor router, std::vector<GatedWeights> experts, int64_t top_k, bool normalize, Activation act)
-      : router_(std::move(router)), top_k_(top_k), normalize_(normalize) {
+      : router_(std::move(router)) {
     check_router(router_);
     const int64_t E = router_.dim(0);
     D_ = router_.dim(1);
-    if (top_k_ < 1 || top_k_ > E) throw Error("MoE: top-k must be in [1, " + std::to_string(E) + "], found " + std::to_string(top_k_));
+    if (top_k < 1 || top_k > E) throw Error("MoE: top-k must be in [1, " + std::to_string(E) + "], found " + std::to_string(top_k));
+    rule_.experts = E;
+    rule_.top_k = top_k;
+    rule_.normalize = normalize;
     for (auto& e : experts) experts_.push_back(std::make_unique<GatedMlp>(std::move(e), act));
     check_experts(experts_, E, D_);
   }
@@ -243,21 +243,15 @@ class SoftmaxMoe final : public MixtureOfExperts {
     check_io(x, y, D_);
     Tensor logits = Tensor::empty(DType::f32, {x.dim(0), router_.dim(0)});
     linear(x, router_, Tensor(), logits);
-    run_experts(experts_, softmax_routes(logits, router_.dim(0), top_k_, normalize_), x, y);
+    run_experts(experts_, route_tokens(rule_, logits), x, y);
   }
   int64_t width() const override { return D_; }
-  Parts parts() const override {
-    return {router_, &experts_, Tensor(), Tensor(), nullptr,
-            [E = router_.dim(0), k = top_k_, normalize = normalize_](const Tensor& out) {
-              return softmax_routes(out, E, k, normalize);
-            }};
-  }
+  Parts parts() const override { return {router_, &experts_, Tensor(), Tensor(), nullptr, rule_}; }
 
  private:
   Tensor router_;
   std::vector<std::unique_ptr<FeedForward>> experts_;
-  int64_t top_k_;
-  bool normalize_;
+  RouteRule rule_;
   int64_t D_ = 0;
 };
 
@@ -299,6 +293,8 @@ class GroupLimitedMoe final : public MixtureOfExperts {
       check_matrix(latent_out_, D_, L_, "MoE: latent output projection");
     }
     check_experts(experts_, E, L_);
+    rule_ = {RouteRule::Kind::group_limited, E, r_.num_experts_per_tok, r_.norm_topk_prob, r_.n_group,
+             r_.topk_group, r_.routed_scaling_factor, r_.correction_bias};
     if (!shared_ || shared_->width() != D_) throw Error("MoE: the shared expert must have width " + n(D_));
   }
 
@@ -307,7 +303,7 @@ class GroupLimitedMoe final : public MixtureOfExperts {
     const int64_t T = x.dim(0);
     Tensor scores = Tensor::empty(DType::f32, {T, r_.weight.dim(0)});
     linear(x, r_.weight, Tensor(), scores);
-    const Routes routes = group_limited_routes(scores, r_);
+    const Routes routes = route_tokens(rule_, scores);
     if (latent_in_.defined()) {
       Tensor h = Tensor::empty(DType::f32, {T, L_}), routed = Tensor::empty(DType::f32, {T, L_});
       linear(x, latent_in_, Tensor(), h);
@@ -324,12 +320,12 @@ class GroupLimitedMoe final : public MixtureOfExperts {
   }
   int64_t width() const override { return D_; }
   Parts parts() const override {
-    return {r_.weight, &experts_, latent_in_, latent_out_, shared_.get(),
-            [r = r_](const Tensor& out) { return group_limited_routes(out, r); }};
+    return {r_.weight, &experts_, latent_in_, latent_out_, shared_.get(), rule_};
   }
 
  private:
   GroupLimitedRouter r_;
+  RouteRule rule_;
   std::vector<std::unique_ptr<FeedForward>> experts_;
   Tensor latent_in_, latent_out_;
   std::unique_ptr<FeedForward> shared_;
@@ -337,6 +333,13 @@ class GroupLimitedMoe final : public MixtureOfExperts {
 };
 
 }  // namespace
+
+Routes route_tokens(const RouteRule& rule, const Tensor& router_out) {
+  check_router_out(router_out, rule.experts);
+  return rule.kind == RouteRule::Kind::softmax_top_k
+             ? softmax_routes(router_out, rule.experts, rule.top_k, rule.normalize)
+             : group_limited_routes(router_out, rule);
+}
 
 std::unique_ptr<FeedForward> make_gated_mlp(GatedWeights w, Activation act) {
   return std::make_unique<GatedMlp>(std::move(w), act);

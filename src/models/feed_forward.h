@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -46,6 +45,21 @@ class FeedForward {
 // ascending.
 using Routes = std::vector<std::vector<std::pair<int64_t, float>>>;
 
+// How a mixture picks each token's experts from its router's outputs: a softmax over
+// the experts and the top_k best (Jamba), or GroupLimitedRouter's rule (Nemotron-H).
+// Ties go to the lower expert index.
+struct RouteRule {
+  enum class Kind { softmax_top_k, group_limited } kind = Kind::softmax_top_k;
+  int64_t experts = 0, top_k = 1;
+  bool normalize = false;  // the top_k weights divided by their sum
+  // group_limited only (GroupLimitedRouter's fields):
+  int64_t n_group = 1, topk_group = 1;
+  float scale = 1.f;       // routed_scaling_factor
+  Tensor correction_bias;  // f32 [experts]
+};
+// The routes of T tokens from the router's outputs x · router^T (f32 [T, E]).
+Routes route_tokens(const RouteRule& rule, const Tensor& router_out);
+
 // A mixture of experts opened up for a backend that runs the matmuls itself (the CUDA
 // decoder): y[t] = latent_out(sum over t's routes of weight * expert(latent_in(x))[t])
 // + shared(x)[t], each projection or the shared expert left out where undefined.
@@ -56,9 +70,7 @@ class MixtureOfExperts : public FeedForward {
     const std::vector<std::unique_ptr<FeedForward>>* experts;  // E, each of width L (D without latents)
     Tensor latent_in, latent_out;                              // [L, D], [D, L], or undefined
     const FeedForward* shared = nullptr;                       // width D, or none
-    // The routes of T tokens from the router's outputs x · router^T (f32 [T, E]); holds
-    // its parameters by value, so it outlives the mixture.
-    std::function<Routes(const Tensor& router_out)> route;
+    RouteRule rule;
   };
   virtual Parts parts() const = 0;
 };

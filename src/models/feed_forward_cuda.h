@@ -14,8 +14,6 @@ class DeviceFeedForward {
  public:
   virtual ~DeviceFeedForward() = default;
   virtual DType input_dtype() const = 0;  // of x in forward(): the first matmul's
-  // Whether forward() reads nothing back to the host (a mixture's routes do).
-  virtual bool graph_safe() const { return true; }
   // y[T, D] (f32) = MLP(x[T, D]), both in GPU memory; y must not alias x.
   virtual void forward(const Tensor& x, const Tensor& y) const = 0;
 };

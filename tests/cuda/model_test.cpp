@@ -135,11 +135,14 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaFixture,
 // 512) forces an eager step and a new capture. Each step equals the eager decoder's (the
 // same kernels) and one prefill over the whole sequence. A third run reserves room for
 // every step after the prompt (ModelState::reserve copies the cached keys into the larger
-// cache once) and must give the same steps.
-TEST(CudaModel, GraphDecodeAcrossCacheGrowthMatchesEagerAndPrefill) {
+// cache once) and must give the same steps. The mixtures of experts route their steps on
+// the GPU (inside the graph).
+class CudaGraphDecode : public testing::TestWithParam<std::string> {};
+
+TEST_P(CudaGraphDecode, AcrossCacheGrowthMatchesEagerAndPrefill) {
   SUBQ_REQUIRE_GPU();
   auto rng = test::rng_for_test();
-  const std::string dir = test::kModelFixtures + "llama";
+  const std::string dir = test::kModelFixtures + GetParam();
   auto graphed = Model::load(dir, on("cuda"));
   setenv("SUBQ_CUDA_GRAPHS", "0", 1);
   auto eager = Model::load(dir, on("cuda"));
@@ -175,6 +178,8 @@ TEST(CudaModel, GraphDecodeAcrossCacheGrowthMatchesEagerAndPrefill) {
                        "graph step vs prefill " + std::to_string(i));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaGraphDecode, testing::Values("llama", "jamba", "nemotron_h_moe"));
 
 // A sparse prefill policy on the GPU applies the mask the CPU mixer builds, from the same
 // rotated queries and keys (the dynamic selectors on the GPU, BigBird on the CPU): the
