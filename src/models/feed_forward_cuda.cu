@@ -72,27 +72,26 @@ struct StackedExperts {
 
 StackedExperts stack_experts(const std::vector<std::unique_ptr<FeedForward>>& experts, const std::string& where) {
   std::vector<FeedForward::Weights> ws;
-  std::vector<std::pair<Tensor, Tensor>> firsts;
-  bool first_bias = false, down_bias = false;
-  for (size_t e = 0; e < experts.size(); ++e) {
-    const std::string name = where + " expert " + std::to_string(e);
-    ws.push_back(mlp_weights(*experts[e], name));
-    firsts.push_back(first_matmul(ws.back(), name));
-    first_bias = first_bias || firsts.back().second.defined();
-    down_bias = down_bias || ws.back().w.down_bias.defined();
-  }
+  for (size_t e = 0; e < experts.size(); ++e) ws.push_back(mlp_weights(*experts[e], where + " expert " + std::to_string(e)));
   const FeedForward::Weights& w0 = ws[0];
-  for (size_t e = 0; e < ws.size(); ++e)
-    if (ws[e].kind != w0.kind || ws[e].act != w0.act || !(firsts[e].first.shape() == firsts[0].first.shape()) ||
-        firsts[e].first.dtype() != firsts[0].first.dtype() || !(ws[e].w.down.shape() == w0.w.down.shape()) ||
-        ws[e].w.down.dtype() != w0.w.down.dtype())
+  bool first_bias = false, down_bias = false;
+  for (size_t e = 0; e < ws.size(); ++e) {
+    const GatedWeights& w = ws[e].w;
+    if (ws[e].kind != w0.kind || ws[e].act != w0.act || !(w.gate.shape() == w0.w.gate.shape()) ||
+        !(w.up.shape() == w0.w.up.shape()) || w.up.dtype() != w0.w.up.dtype() ||
+        !(w.down.shape() == w0.w.down.shape()) || w.down.dtype() != w0.w.down.dtype())
       throw Error("device cuda: " + where + ": expert " + std::to_string(e) +
                   " differs from expert 0 in kind, activation, shape or dtype");
-  const int64_t E = static_cast<int64_t>(ws.size()), N = firsts[0].first.dim(0), L = w0.w.down.dim(0);
+    first_bias = first_bias || w.gate_bias.defined() || w.up_bias.defined();
+    down_bias = down_bias || w.down_bias.defined();
+  }
+  const bool gated = w0.kind == FeedForward::Weights::Kind::gated;
+  const int64_t E = static_cast<int64_t>(ws.size()), F = w0.w.up.dim(0), N = gated ? w0.w.gate.dim(0) + F : F;
+  const int64_t L = w0.w.down.dim(0);
   StackedExperts s;
-  s.gated = w0.kind == FeedForward::Weights::Kind::gated;
+  s.gated = gated;
   s.act = w0.act;
-  s.first = cuda::empty(firsts[0].first.dtype(), {E, N, L});
+  s.first = cuda::empty(w0.w.up.dtype(), {E, N, L});
   s.down = cuda::empty(w0.w.down.dtype(), {E, L, w0.w.down.dim(1)});
   if (first_bias) s.first_bias = cuda::empty(DType::f32, {E, N});
   if (down_bias) s.down_bias = cuda::empty(DType::f32, {E, L});
@@ -101,12 +100,14 @@ StackedExperts stack_experts(const std::vector<std::unique_ptr<FeedForward>>& ex
     const Tensor src = !host.defined() ? Tensor::zeros(DType::f32, {n}) : host.is_contiguous() ? host : host.contiguous();
     cuda::copy(src, stack.select(0, e));
   };
+  // One expert's host copies at a time.
   for (int64_t e = 0; e < E; ++e) {
-    const auto& [first, bias] = firsts[static_cast<size_t>(e)];
+    const FeedForward::Weights& w = ws[static_cast<size_t>(e)];
+    const auto [first, bias] = first_matmul(w, where + " expert " + std::to_string(e));
     put(first, s.first, e, N);
     put(bias, s.first_bias, e, N);
-    put(ws[static_cast<size_t>(e)].w.down, s.down, e, L);
-    put(ws[static_cast<size_t>(e)].w.down_bias, s.down_bias, e, L);
+    put(w.w.down, s.down, e, L);
+    put(w.w.down_bias, s.down_bias, e, L);
     const auto slice = [e](const Tensor& t) { return t.defined() ? t.select(0, e) : Tensor(); };
     DeviceLinear f, d;
     f.w = slice(s.first), f.bias = slice(s.first_bias);
