@@ -217,6 +217,14 @@ SUBQ_BENCH_CASES(attention_decode) {
                          .seq = {16384, 32768},
                          .make = [cache](int64_t T) { return std::make_unique<SplitDecode>(T, cache, 32, 8, 128); }});
   }
+  // Twelve query heads per key/value head (Mistral-Large-shaped: 96 over 8): more rows
+  // than the direct Q·K path takes, so keys are transposed per block.
+  cases.push_back(Case{.name = "attention.decode.gqa12.bf16",
+                       .family = "attention",
+                       .shape = "Hq=96 Hkv=8 Dh=128 bf16 cache, 1 token",
+                       .seq = {16384, 32768},
+                       .in_default = false,
+                       .make = [](int64_t T) { return std::make_unique<SplitDecode>(T, DType::bf16, 96, 8, 128); }});
   // Llama-160M's attention in one decode step: 12 layers of 12 heads of 64 (multi-head: one
   // query row per key/value head, each key used once).
   cases.push_back(Case{.name = "attention.decode.mha.bf16",

@@ -258,7 +258,7 @@ HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const T* HWY_
 // stores were a sixth of the dense prefill's time.
 template <class T>
 HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t keys, int64_t depth,
-                              float* HWY_RESTRICT kt, int64_t ldk) {
+                              float* HWY_RESTRICT kt, int64_t ldk, detail::PrefetchStream* ps = nullptr) {
   int64_t j = 0;
 #if HWY_TARGET != HWY_SCALAR
   using D4 = hn::Full128<float>;
@@ -277,6 +277,8 @@ HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t
   const int64_t depth4 = depth / 4 * 4;
   for (; j + 4 <= keys; j += 4) {
     const T* k0 = k + j * k_stride;
+    if (ps)
+      for (int i = 0; i < 4; ++i) PrefetchRow(ps, nullptr, 0);
     for (int64_t x = 0; x < depth4; x += 4) {
       const auto r0 = load4(k0 + x), r1 = load4(k0 + k_stride + x);
       const auto r2 = load4(k0 + 2 * k_stride + x), r3 = load4(k0 + 3 * k_stride + x);
@@ -291,8 +293,10 @@ HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t
       for (int64_t i = 0; i < 4; ++i) kt[x * ldk + j + i] = KVScalar(k0[i * k_stride + x]);
   }
 #endif
-  for (; j < keys; ++j)
+  for (; j < keys; ++j) {
+    if (ps) PrefetchRow(ps, nullptr, 0);
     for (int64_t x = 0; x < depth; ++x) kt[x * ldk + j] = KVScalar(k[j * k_stride + x]);
+  }
 }
 
 // Turns one row of scores into probabilities against the running max m and sum l;
@@ -356,7 +360,8 @@ HWY_INLINE void CopyValues(const T* HWY_RESTRICT v, int64_t v_stride, int64_t ke
 template <class T>
 detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, const T* vbase, int64_t v_stride,
                                     int64_t block, int64_t k0, int64_t kn, int64_t Dh, int64_t Dp, int64_t Bkp,
-                                    bool with_v) {
+                                    bool with_v, detail::PrefetchStream* k_stream = nullptr,
+                                    detail::PrefetchStream* v_stream = nullptr) {
   detail::PreparedBlock* slot = nullptr;
   for (detail::PreparedBlock& p : t.prepared)
     if (p.keys == kbase && p.block == block) slot = &p;
@@ -364,14 +369,14 @@ detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, c
     slot = &t.prepared.front();
     for (detail::PreparedBlock& p : t.prepared)
       if (p.last_use < slot->last_use) slot = &p;
-    TransposeKeys(kbase + k0 * k_stride, k_stride, kn, Dh, slot->kt.data(), Bkp);
+    TransposeKeys(kbase + k0 * k_stride, k_stride, kn, Dh, slot->kt.data(), Bkp, k_stream);
     for (int64_t x = 0; x < Dh; ++x) std::fill(slot->kt.data() + x * Bkp + kn, slot->kt.data() + (x + 1) * Bkp, 0.f);
     slot->keys = kbase;
     slot->block = block;
     slot->has_v = false;
   }
   if (with_v && !slot->has_v) {
-    CopyValues(vbase + k0 * v_stride, v_stride, kn, Dh, Dp, slot->vs.data());
+    CopyValues(vbase + k0 * v_stride, v_stride, kn, Dh, Dp, slot->vs.data(), v_stream);
     slot->has_v = true;
   }
   slot->last_use = ++t.uses;
@@ -441,7 +446,7 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
       vs = kt + Dp * Bkp;
     } else if (!amx && !direct_qk) {
       detail::PreparedBlock& pbk = PrepareBlock(t, kbase, k_row_stride, vbase, v_row_stride, blocks[bi], k0, kn, Dh,
-                                                Dp, Bkp, copy_v);
+                                                Dp, Bkp, copy_v, k_stream, v_stream);
       kt = pbk.kt.data();
       if (copy_v) vs = pbk.vs.data();
     } else if (copy_v) {
