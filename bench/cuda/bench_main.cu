@@ -11,6 +11,7 @@
 
 #include "bench/cuda/bench.h"
 #include "bench/cuda/timing.h"
+#include "src/models/moe_cuda.h"
 #include "src/ops/attention/flash_attention.h"
 #include "src/ops/attention/selectors/static_selectors.h"
 #include "src/ops/common/cuda_ops.h"
@@ -178,6 +179,31 @@ void bench_gemm(std::mt19937_64& rng) {
   }
 }
 
+// A mixture of experts' decode step: one token's top-2 of Jamba-v0.1's experts (hidden
+// 4096, width 14336), the stacked gate/up product then the down product, against the
+// bytes of the two experts' weights it must read. Four experts are stacked (the kernel
+// reads only the chosen ones); cuBLAS's M = 1 product on one expert's gate/up beside it.
+void bench_moe(std::mt19937_64& rng) {
+  const int64_t E = 4, D = 4096, F = 14336;
+  const Tensor first = uniform_device(DType::bf16, {E, 2 * F, D}, -0.05f, 0.05f, rng);
+  const Tensor down = uniform_device(DType::bf16, {E, D, F}, -0.05f, 0.05f, rng);
+  const Tensor x = random_device(DType::bf16, {1, D}, rng);
+  const Tensor act = random_device(DType::bf16, {2, F}, rng);
+  Tensor ids_host = Tensor::empty(DType::i32, {1, 2});
+  ids_host.mutable_data<int32_t>()[0] = 1;
+  ids_host.mutable_data<int32_t>()[1] = 3;
+  const Tensor ids = cuda::to_device(ids_host);
+  const Tensor h = cuda::empty(DType::f32, {2, 2 * F}), y = cuda::empty(DType::f32, {2, D});
+  const double first_ms = median_ms([&] { cuda::expert_linear(x, ids, first, Tensor{}, h); });
+  report("moe_gemv", "gate/up top-2 of E=4 D=4096 2F=28672 bf16", first_ms, 2.0 * 2 * 2 * F * D, 2.0 * 2 * 2 * F * D);
+  const double down_ms = median_ms([&] { cuda::expert_linear(act, ids, down, Tensor{}, y); });
+  report("moe_gemv", "down top-2 of E=4 F=14336 D=4096 bf16", down_ms, 2.0 * 2 * D * F, 2.0 * 2 * D * F);
+  const Tensor one = first.select(0, 1), out = cuda::empty(DType::f32, {1, 2 * F});
+  const double cublas_ms = median_ms([&] { cuda::linear(x, one, Tensor{}, out); });
+  report("moe_gemv", "cuBLAS M=1 one expert's gate/up D=4096 2F=28672 bf16", cublas_ms, 2.0 * 2 * F * D, 2.0 * 2 * F * D);
+  cuda::synchronize();
+}
+
 }  // namespace
 }  // namespace subq::bench::gpu
 
@@ -193,6 +219,7 @@ int main(int argc, char** argv) {
     if (only.empty() || only == "decode") bench_decode(rng);
     if (only.empty() || only == "scan") bench_scan(rng);
     if (only.empty() || only == "gemm") bench_gemm(rng);
+    if (only.empty() || only == "moe") bench_moe(rng);
     if (only.empty() || only == "linear") bench_linear(rng);
     if (only.empty() || only == "delta") bench_delta(rng);
     if (only.empty() || only == "dplr") bench_dplr(rng);
