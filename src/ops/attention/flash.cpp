@@ -143,8 +143,9 @@ HWY_INLINE void QKMicro(const float* HWY_RESTRICT q, int64_t ldq, const float* H
     for (int c = 0; c < C; ++c) hn::Store(acc[r][c], d, s + r * lds + static_cast<int64_t>(c * N));
 }
 
-// Rows ahead that the decode kernels prefetch: a head's rows of the KV cache lie a
-// token's heads apart (1-4 KB), a stride the hardware prefetchers follow poorly.
+// Rows ahead that the kernels prefetch without a PrefetchStream: a head's rows of the KV
+// cache lie a token's heads apart (1-4 KB), a stride the hardware prefetchers follow
+// poorly.
 constexpr int64_t kAhead = 16;
 
 // One row's prefetches: the stream's next per_row bytes, or without a stream `bytes` of
@@ -761,7 +762,7 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
     splits = (2 * num_threads() + items - 1) / items;
   }
   splits = std::clamp<int64_t>(splits, 1, nkb);
-  std::vector<Tile> tiles = make_tiles(kMaxTileRows, pb, nkb);
+  std::vector<Tile> tiles = make_tiles(kMaxTileRows, pb, 0);
   // Each KV head's running state (output, max, sum) between its blocks, per thread.
   const size_t state_floats = static_cast<size_t>(H * chunk_rows * (Dp + 2));
   std::vector<std::vector<float>> head_states(tiles.size(), std::vector<float>(state_floats));
