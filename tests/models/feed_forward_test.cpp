@@ -164,6 +164,45 @@ TEST(FeedForward, GroupLimitedMoeMatchesFloat64) {
   }
 }
 
+// Exact ties go to the lower expert index, in both rules and at every stage of the
+// group-limited one (experts within a group, groups, the final choice); weights as
+// defined: softmax probabilities, or sigmoid scores normalised and scaled.
+TEST(FeedForward, RoutesBreakTiesTowardTheLowerExpert) {
+  const auto routes_of = [](const RouteRule& rule, const std::vector<float>& logits) {
+    const Routes routes = route_tokens(rule, test::tensor_from(logits, {1, rule.experts}));
+    std::vector<std::pair<int64_t, double>> chosen;
+    for (size_t e = 0; e < routes.size(); ++e)
+      for (const auto& [t, w] : routes[e]) chosen.push_back({static_cast<int64_t>(e), w});
+    return chosen;
+  };
+  RouteRule softmax;
+  softmax.experts = 6, softmax.top_k = 2;
+  const std::vector<float> tied{1.f, 3.f, 3.f, 0.f, 3.f, 2.f};
+  double sum = 0;
+  for (float v : tied) sum += std::exp(double{v} - 3.0);
+  const auto got = routes_of(softmax, tied);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].first, 1);
+  EXPECT_EQ(got[1].first, 2);
+  for (const auto& [e, w] : got) EXPECT_NEAR(w, 1.0 / sum, 1e-6);
+
+  // Eight experts in four groups of two, every score equal: groups 0 and 1 are kept, and
+  // experts 0 and 1 chosen, each weighted 0.5 / (0.5 + 0.5) * 1.5.
+  const RouteRule group{RouteRule::Kind::group_limited, 8, 2, true, 4, 2, 1.5f, Tensor::zeros(DType::f32, {8})};
+  const auto equal = routes_of(group, std::vector<float>(8, 0.f));
+  ASSERT_EQ(equal.size(), 2u);
+  EXPECT_EQ(equal[0].first, 0);
+  EXPECT_EQ(equal[1].first, 1);
+  for (const auto& [e, w] : equal) EXPECT_NEAR(w, 0.75, 1e-6);
+  // Groups 1 and 3 tie above the rest, and one group is kept: the lower one.
+  RouteRule one_group = group;
+  one_group.topk_group = 1;
+  const auto kept = routes_of(one_group, {-2.f, -2.f, 1.f, 1.f, -1.f, -2.f, 1.f, 1.f});
+  ASSERT_EQ(kept.size(), 2u);
+  EXPECT_EQ(kept[0].first, 2);
+  EXPECT_EQ(kept[1].first, 3);
+}
+
 TEST(FeedForward, GroupLimitedMoeRejectsBadRouting) {
   const int64_t D = 8, E = 6;
   const auto experts = [](int64_t n, int64_t width) {
