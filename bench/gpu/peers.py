@@ -12,7 +12,7 @@ subq_cuda_bench, so the two can be joined by (op, shape).
              chunk_simple_gla and chunk_gla, from the sources at .peers/mamba_src and .peers/fla
   delta      flash-linear-attention's chunk_gated_delta_rule (Triton), from .peers/fla
   dplr       flash-linear-attention's chunk_rwkv7 and fused_recurrent_rwkv7 (Triton), from .peers/fla
-  models     writes random-init Llama-160M-, Mamba-130M- and Mamba2-130M-shaped bf16 checkpoints to
+  models     writes random-init Llama-160M-, Mamba-130M-, Mamba2-130M- and Jamba-MoE-shaped bf16 checkpoints to
              $SUBQ_BENCH_MODELS (default /tmp/subq-bench-models) for `subq_cuda_bench
              models`, and times them in transformers on the GPU (prefill, decode)
 """
