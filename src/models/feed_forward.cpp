@@ -267,9 +267,6 @@ class GroupLimitedMoe final : public MixtureOfExperts {
     check_router(r_.weight);
     const int64_t E = r_.weight.dim(0);
     D_ = r_.weight.dim(1);
-    if (!r_.correction_bias.defined()) throw Error("MoE: e_score_correction_bias is missing");
-    check_bias(r_.correction_bias, E, "MoE: e_score_correction_bias");
-    check_contiguous(r_.correction_bias, "MoE: e_score_correction_bias");
     const auto n = [](int64_t v) { return std::to_string(v); };
     if (r_.n_group < 1 || E % r_.n_group != 0)
       throw Error("MoE: n_group = " + n(r_.n_group) + " must divide the " + n(E) + " experts");
@@ -295,6 +292,7 @@ class GroupLimitedMoe final : public MixtureOfExperts {
     check_experts(experts_, E, L_);
     rule_ = {RouteRule::Kind::group_limited, E, r_.num_experts_per_tok, r_.norm_topk_prob, r_.n_group,
              r_.topk_group, r_.routed_scaling_factor, r_.correction_bias};
+    check_route_rule(rule_);  // the correction bias
     if (!shared_ || shared_->width() != D_) throw Error("MoE: the shared expert must have width " + n(D_));
   }
 
@@ -334,7 +332,23 @@ class GroupLimitedMoe final : public MixtureOfExperts {
 
 }  // namespace
 
+void check_route_rule(const RouteRule& r) {
+  const int64_t E = r.experts, k = r.top_k;
+  const auto n = [](int64_t v) { return std::to_string(v); };
+  if (E < 1 || k < 1 || k > E) throw Error("MoE: top_k must be in [1, " + n(E) + "] experts, found " + n(k));
+  if (r.kind != RouteRule::Kind::group_limited) return;
+  // A group is ranked by its two best experts; the kept groups must hold top_k experts.
+  if (r.n_group < 1 || E % r.n_group != 0 || E / r.n_group < 2 || r.topk_group < 1 || r.topk_group > r.n_group ||
+      k > r.topk_group * (E / r.n_group))
+    throw Error("MoE: n_group " + n(r.n_group) + " and topk_group " + n(r.topk_group) + " do not fit " + n(E) +
+                " experts and top_k " + n(k));
+  if (!r.correction_bias.defined()) throw Error("MoE: e_score_correction_bias is missing");
+  check_bias(r.correction_bias, E, "MoE: e_score_correction_bias");
+  check_contiguous(r.correction_bias, "MoE: e_score_correction_bias");
+}
+
 Routes route_tokens(const RouteRule& rule, const Tensor& router_out) {
+  check_route_rule(rule);
   check_router_out(router_out, rule.experts);
   return rule.kind == RouteRule::Kind::softmax_top_k
              ? softmax_routes(router_out, rule.experts, rule.top_k, rule.normalize)

@@ -57,6 +57,8 @@ struct RouteRule {
   float scale = 1.f;       // routed_scaling_factor
   Tensor correction_bias;  // f32 [experts]
 };
+// Throws unless the rule's counts fit together (top_k, and the groups of group_limited).
+void check_route_rule(const RouteRule& rule);
 // The routes of T tokens from the router's outputs x · router^T (f32 [T, E]).
 Routes route_tokens(const RouteRule& rule, const Tensor& router_out);
 

@@ -201,6 +201,18 @@ TEST(FeedForward, RoutesBreakTiesTowardTheLowerExpert) {
   ASSERT_EQ(kept.size(), 2u);
   EXPECT_EQ(kept[0].first, 2);
   EXPECT_EQ(kept[1].first, 3);
+
+  // Rules whose counts do not fit are errors, not reads past the scores.
+  const Tensor logits = test::tensor_from(std::vector<float>(8, 0.f), {1, 8});
+  RouteRule bad = group;
+  bad.n_group = 3;  // does not divide 8
+  EXPECT_THROW(route_tokens(bad, logits), Error);
+  bad = group;
+  bad.correction_bias = Tensor::zeros(DType::f32, {7});
+  EXPECT_THROW(route_tokens(bad, logits), Error);
+  bad = softmax;
+  bad.experts = 8, bad.top_k = 9;
+  EXPECT_THROW(route_tokens(bad, logits), Error);
 }
 
 TEST(FeedForward, GroupLimitedMoeRejectsBadRouting) {
