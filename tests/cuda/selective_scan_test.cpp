@@ -72,10 +72,15 @@ void run_scan(const ScanCase& c) {
 TEST(CudaSelectiveScan, MatchesReferenceOnAwkwardSizes) {
   SUBQ_REQUIRE_GPU();
   run_scan({2, 1, 5, 16, 1, true, true, true, true});
-  run_scan({1, 3, 64, 1, 1, true, false, false, true});
+  run_scan({1, 3, 64, 1, 1, true, false, false, true});     // one lane of one state
+  run_scan({3, 50, 9, 2, 1, false, true, true, true});      // one lane of two states
+  run_scan({2, 90, 12, 7, 3, true, true, true, true});      // two lanes of four, one state padded
   run_scan({2, 127, 37, 16, 1, true, true, true, true});
+  run_scan({1, 260, 44, 12, 1, true, true, true, true});    // vector rows, padded states
+  run_scan({2, 70, 30, 11, 2, true, false, true, true});    // odd N, blocks spanning two groups
   run_scan({1, 1000, 48, 16, 1, true, true, true, true});   // several time chunks
   run_scan({1, 1000, 48, 64, 4, false, true, true, false});  // groups, 16 lanes per channel
+  run_scan({1, 150, 24, 128, 3, true, true, true, false});   // 32 lanes of 4 states (butterfly)
   run_scan({2, 300, 6, 256, 2, true, true, false, true});    // largest N: 32 lanes of 8 states
   run_scan({1, 2000, 20, 24, 5, true, false, true, true});   // N padded to 8 lanes of 4 states
   run_scan({2, 200, 40, 16, 1, true, true, true, true, -40.f, 40.f});  // softplus far into both tails

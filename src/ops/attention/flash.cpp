@@ -1,12 +1,12 @@
-// Flash attention forward and split-KV decode. Both run the same tile kernel: a set of
+// Flash attention forward (split-KV decode has its own kernel: decode.cpp). A tile of
 // query rows (pre-scaled, padded to the vector width) against a list of key blocks. Per
 // block: K is transposed into a [Dh, Bk] tile so S = Q·K^T is an outer-product GEMM with
 // query values broadcast; the element rule and soft-cap are applied to S; the running max
 // and sum are updated; and O = O * alpha + P·V, broadcasting P. Accumulators stay f32.
 // K and V may be bf16 (a bf16 KV cache): they are widened where they are read (while K
 // is transposed into its tile, in the direct Q·K loop, in the P·V loop), so the cache is
-// never copied to f32 and decode reads half the bytes. Under MatmulPrecision::bf16 a
-// prefill over a bf16 cache runs both products on AMX tiles instead (flash_amx.h).
+// never copied to f32. Under MatmulPrecision::bf16 a prefill over a bf16 cache runs both
+// products on AMX tiles instead (flash_amx.h).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/attention/flash.cpp"
 #include <algorithm>
@@ -23,6 +23,7 @@
 #include "src/core/parallel.h"
 #include "src/ops/attention/flash.h"
 #include "src/ops/attention/flash_amx.h"
+#include "src/ops/attention/score_rows-inl.h"
 
 #ifndef SUBQ_ATTN_FLASH_SHARED
 #define SUBQ_ATTN_FLASH_SHARED
@@ -59,23 +60,13 @@ constexpr size_t kPreparedBlocks = 8;
 // Up to this many query rows, Q·K^T is computed as dot products over untransposed keys.
 constexpr int64_t kDirectRows = 8;
 
-// Lines a kernel prefetches as it walks its rows: per_row bytes from next at each row,
-// next advancing (decode: the next key block's span in address order, see
-// decode_attention). Without one, a kernel prefetches its own rows kAhead ahead.
-struct PrefetchStream {
-  const char* next = nullptr;
-  int64_t per_row = 0;
-};
-
 // Per-thread tile buffers, allocated once per call.
 struct Tile {
-  std::vector<PreparedBlock> prepared;  // kPreparedBlocks slots; one for decode tiles (make_tiles)
+  std::vector<PreparedBlock> prepared;  // kPreparedBlocks slots; one for tiles of at most kDirectRows rows
   uint64_t uses = 0;
   AlignedFloats q, s, o;
   std::vector<float> m, l, alpha;
   std::vector<int64_t> qpos;
-  std::vector<int32_t> blocks;
-  PrefetchStream k_stream, v_stream;  // used while next is set
   AmxTile amx;  // sized only when the call takes the AMX path
 };
 
@@ -143,19 +134,12 @@ HWY_INLINE void QKMicro(const float* HWY_RESTRICT q, int64_t ldq, const float* H
     for (int c = 0; c < C; ++c) hn::Store(acc[r][c], d, s + r * lds + static_cast<int64_t>(c * N));
 }
 
-// Rows ahead that the kernels prefetch without a PrefetchStream: a head's rows of the KV
-// cache lie a token's heads apart (1-4 KB), a stride the hardware prefetchers follow
-// poorly.
+// Rows ahead that the kernels prefetch: a head's rows of the KV cache lie a token's heads
+// apart (1-4 KB), a stride the hardware prefetchers follow poorly.
 constexpr int64_t kAhead = 16;
 
-// One row's prefetches: the stream's next per_row bytes, or without a stream `bytes` of
-// the row kAhead rows ahead.
-HWY_INLINE void PrefetchRow(detail::PrefetchStream* ps, const void* row_ahead, int64_t bytes) {
-  if (ps) {
-    for (int64_t b = 0; b < ps->per_row; b += 64) __builtin_prefetch(ps->next + b);
-    ps->next += ps->per_row;
-    return;
-  }
+// The `bytes` of one row, kAhead rows ahead of the one being read.
+HWY_INLINE void PrefetchRow(const void* row_ahead, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(row_ahead) + b);
 }
 
@@ -209,13 +193,12 @@ HWY_INLINE void PVRows(const float* p, int64_t ldp, const T* vs, int64_t ldv, fl
   }
 }
 
-// Few query rows (decode): s[r, j] = q[r, :] · k_j read straight from the key rows, so
+// Few query rows: s[r, j] = q[r, :] · k_j read straight from the key rows, so
 // each key is loaded once for all R rows and nothing is transposed. Needs depth to be a
 // multiple of the vector width.
 template <int R, class T>
 HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const T* HWY_RESTRICT k, int64_t k_stride,
-                         int64_t keys, float* HWY_RESTRICT s, int64_t lds, int64_t depth,
-                         detail::PrefetchStream* ps) {
+                         int64_t keys, float* HWY_RESTRICT s, int64_t lds, int64_t depth) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   int64_t j = 0;
@@ -224,8 +207,8 @@ HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const T* HWY_
     const T* k0 = k + j * k_stride;
     const T* k1 = k0 + k_stride;
     const int64_t row_bytes = depth * static_cast<int64_t>(sizeof(T));
-    PrefetchRow(ps, k0 + kAhead * k_stride, row_bytes);
-    PrefetchRow(ps, k1 + kAhead * k_stride, row_bytes);
+    PrefetchRow(k0 + kAhead * k_stride, row_bytes);
+    PrefetchRow(k1 + kAhead * k_stride, row_bytes);
     VF acc0[R], acc1[R];
     for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = hn::Zero(d);
     for (int64_t x = 0; x < depth; x += N) {
@@ -243,7 +226,7 @@ HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const T* HWY_
   }
   for (; j < keys; ++j) {
     const T* kj = k + j * k_stride;
-    PrefetchRow(ps, kj + kAhead * k_stride, depth * static_cast<int64_t>(sizeof(T)));
+    PrefetchRow(kj + kAhead * k_stride, depth * static_cast<int64_t>(sizeof(T)));
     VF acc[R];
     for (int r = 0; r < R; ++r) acc[r] = hn::Zero(d);
     for (int64_t x = 0; x < depth; x += N) {
@@ -259,7 +242,7 @@ HWY_INLINE void QKDirect(const float* HWY_RESTRICT q, int64_t ldq, const T* HWY_
 // stores were a sixth of the dense prefill's time.
 template <class T>
 HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t keys, int64_t depth,
-                              float* HWY_RESTRICT kt, int64_t ldk, detail::PrefetchStream* ps = nullptr) {
+                              float* HWY_RESTRICT kt, int64_t ldk) {
   int64_t j = 0;
 #if HWY_TARGET != HWY_SCALAR
   using D4 = hn::Full128<float>;
@@ -278,8 +261,6 @@ HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t
   const int64_t depth4 = depth / 4 * 4;
   for (; j + 4 <= keys; j += 4) {
     const T* k0 = k + j * k_stride;
-    if (ps)
-      for (int i = 0; i < 4; ++i) PrefetchRow(ps, nullptr, 0);
     for (int64_t x = 0; x < depth4; x += 4) {
       const auto r0 = load4(k0 + x), r1 = load4(k0 + k_stride + x);
       const auto r2 = load4(k0 + 2 * k_stride + x), r3 = load4(k0 + 3 * k_stride + x);
@@ -295,57 +276,19 @@ HWY_INLINE void TransposeKeys(const T* HWY_RESTRICT k, int64_t k_stride, int64_t
   }
 #endif
   for (; j < keys; ++j) {
-    if (ps) PrefetchRow(ps, nullptr, 0);
     for (int64_t x = 0; x < depth; ++x) kt[x * ldk + j] = KVScalar(k[j * k_stride + x]);
   }
-}
-
-// Turns one row of scores into probabilities against the running max m and sum l;
-// returns alpha = exp(m_old - m_new), the factor the row's accumulator is rescaled by.
-HWY_INLINE float SoftmaxRow(float* HWY_RESTRICT s, int64_t cols, float& m, float& l) {
-  const DF d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const VF neg_inf = hn::Set(d, -std::numeric_limits<float>::infinity());
-  VF vmax = neg_inf;
-  for (int64_t j = 0; j < cols; j += N) vmax = hn::Max(vmax, hn::Load(d, s + j));
-  const float row_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
-  const float m_new = std::max(m, row_max);
-  if (m_new == -std::numeric_limits<float>::infinity()) {
-    std::fill_n(s, cols, 0.f);  // nothing allowed yet: keep m = -inf, l = 0
-    return 1.f;
-  }
-  const float alpha = m == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(m - m_new);
-  const VF vm = hn::Set(d, m_new);
-  const VF lowest = hn::Set(d, -100.f);
-  VF vsum = hn::Zero(d);
-  for (int64_t j = 0; j < cols; j += N) {
-    const VF x = hn::Load(d, s + j);
-    // Masked entries are -inf: their weight is exactly 0, not exp(-100).
-    const VF e = hn::IfThenZeroElse(hn::Eq(x, neg_inf), hn::Exp(d, hn::Max(hn::Sub(x, vm), lowest)));
-    hn::Store(e, d, s + j);
-    vsum = hn::Add(vsum, e);
-  }
-  l = l * alpha + hn::GetLane(hn::SumOfLanes(d, vsum));
-  m = m_new;
-  return alpha;
-}
-
-HWY_INLINE void SoftcapRow(float* HWY_RESTRICT s, int64_t cols, float cap) {
-  const DF d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const VF vc = hn::Set(d, cap), inv = hn::Set(d, 1.f / cap);
-  for (int64_t j = 0; j < cols; j += N) hn::Store(hn::Mul(vc, hn::Tanh(d, hn::Mul(hn::Load(d, s + j), inv))), d, s + j);
 }
 
 // V rows [j < keys] widened into a contiguous f32 tile of row length Dp.
 template <class T>
 HWY_INLINE void CopyValues(const T* HWY_RESTRICT v, int64_t v_stride, int64_t keys, int64_t Dh, int64_t Dp,
-                           float* HWY_RESTRICT vs, detail::PrefetchStream* ps = nullptr) {
+                           float* HWY_RESTRICT vs) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t j = 0; j < keys; ++j) {
     const T* vrow = v + j * v_stride;
-    PrefetchRow(ps, vrow + kAhead * v_stride, Dh * static_cast<int64_t>(sizeof(T)));
+    PrefetchRow(vrow + kAhead * v_stride, Dh * static_cast<int64_t>(sizeof(T)));
     float* dst = vs + j * Dp;
     if (Dh == Dp) {
       for (int64_t x = 0; x < Dh; x += N) hn::Store(LoadKV(d, vrow + x), d, dst + x);
@@ -361,8 +304,7 @@ HWY_INLINE void CopyValues(const T* HWY_RESTRICT v, int64_t v_stride, int64_t ke
 template <class T>
 detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, const T* vbase, int64_t v_stride,
                                     int64_t block, int64_t k0, int64_t kn, int64_t Dh, int64_t Dp, int64_t Bkp,
-                                    bool with_v, detail::PrefetchStream* k_stream = nullptr,
-                                    detail::PrefetchStream* v_stream = nullptr) {
+                                    bool with_v) {
   detail::PreparedBlock* slot = nullptr;
   for (detail::PreparedBlock& p : t.prepared)
     if (p.keys == kbase && p.block == block) slot = &p;
@@ -370,14 +312,14 @@ detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, c
     slot = &t.prepared.front();
     for (detail::PreparedBlock& p : t.prepared)
       if (p.last_use < slot->last_use) slot = &p;
-    TransposeKeys(kbase + k0 * k_stride, k_stride, kn, Dh, slot->kt.data(), Bkp, k_stream);
+    TransposeKeys(kbase + k0 * k_stride, k_stride, kn, Dh, slot->kt.data(), Bkp);
     for (int64_t x = 0; x < Dh; ++x) std::fill(slot->kt.data() + x * Bkp + kn, slot->kt.data() + (x + 1) * Bkp, 0.f);
     slot->keys = kbase;
     slot->block = block;
     slot->has_v = false;
   }
   if (with_v && !slot->has_v) {
-    CopyValues(vbase + k0 * v_stride, v_stride, kn, Dh, Dp, slot->vs.data(), v_stream);
+    CopyValues(vbase + k0 * v_stride, v_stride, kn, Dh, Dp, slot->vs.data());
     slot->has_v = true;
   }
   slot->last_use = ++t.uses;
@@ -410,19 +352,11 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
                   const T* vbase, int64_t v_row_stride, const int32_t* blocks, int64_t nblocks, const float* packed) {
   const int64_t Dh = kDh > 0 ? kDh : pb.head_dim;
   const int64_t Dp = pb.padded_dim, Bk = pb.k_block, Bkp = pb.padded_k_block;
-  const float ninf = -std::numeric_limits<float>::infinity();
   const ElementRule& rule = *pb.rule;
   // A bf16 cache under MatmulPrecision::bf16: both products on AMX tiles (Dh % 32 == 0).
   const bool amx = std::is_same_v<T, hwy::bfloat16_t> && pb.amx;
   if (amx) detail::amx_begin(t.amx, t.q.data(), Dp, rows, Dh);
-  detail::PrefetchStream* k_stream = t.k_stream.next ? &t.k_stream : nullptr;
-  detail::PrefetchStream* v_stream = t.v_stream.next ? &t.v_stream : nullptr;
-  // The key stream advances with the first group of rows only; later groups prefetch
-  // nothing (an empty stream) rather than their own rows.
-  detail::PrefetchStream idle{"", 0};
-  const auto stream_once = [&](int64_t r0) { return r0 == 0 || !k_stream ? k_stream : &idle; };
-  // The rows' first and last positions: a decode tile's rows cycle through its query
-  // tokens head by head, so not the first and last rows'.
+  // The rows' lowest and highest positions.
   const auto [q_lo, q_hi] = std::minmax_element(t.qpos.begin(), t.qpos.begin() + rows);
   const int64_t q_first = *q_lo, q_last = *q_hi;
   for (int64_t bi = 0; bi < nblocks; ++bi) {
@@ -447,14 +381,14 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
       vs = kt + Dp * Bkp;
     } else if (!amx && !direct_qk) {
       detail::PreparedBlock& pbk = PrepareBlock(t, kbase, k_row_stride, vbase, v_row_stride, blocks[bi], k0, kn, Dh,
-                                                Dp, Bkp, copy_v, k_stream, v_stream);
+                                                Dp, Bkp, copy_v);
       kt = pbk.kt.data();
       if (copy_v) vs = pbk.vs.data();
     } else if (copy_v) {
       // Slot 0's V tile as scratch: its K stays prepared, its V is copied again on reuse.
       t.prepared.front().has_v = false;
       float* scratch = t.prepared.front().vs.data();
-      CopyValues(vbase + k0 * v_row_stride, v_row_stride, kn, Dh, Dp, scratch, v_stream);
+      CopyValues(vbase + k0 * v_row_stride, v_row_stride, kn, Dh, Dp, scratch);
       vs = scratch;
     }
 
@@ -467,9 +401,9 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
       const T* kb = kbase + k0 * k_row_stride;
       int64_t r0 = 0;
       for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
-        QKDirect<kMaxRows>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh, stream_once(r0));
+        QKDirect<kMaxRows>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
       for (; r0 < rows; ++r0)
-        QKDirect<1>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh, stream_once(r0));
+        QKDirect<1>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
     } else {
       int64_t r0 = 0;
       for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
@@ -482,19 +416,7 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     for (int64_t r = 0; r < rows; ++r) {
       float* srow = s + r * Bkp;
       if (pb.softcap > 0.f) SoftcapRow(srow, Bkp, pb.softcap);
-      const int64_t qp = t.qpos[static_cast<size_t>(r)];
-      int64_t lo, hi, sink_hi;
-      if (full) {
-        std::fill(srow + kn, srow + Bkp, ninf);
-      } else if (!pb.key_positions && rule.key_ranges(qp, pb.kv_len, lo, hi, sink_hi)) {
-        for (int64_t j = 0; j < Bkp; ++j) {
-          const int64_t k = k0 + j;
-          if (j >= kn || ((k < lo || k > hi) && k > sink_hi)) srow[j] = ninf;
-        }
-      } else {
-        for (int64_t j = 0; j < Bkp; ++j)
-          if (j >= kn || !rule.allows(qp, kpos(k0 + j))) srow[j] = ninf;
-      }
+      MaskRow(srow, Bkp, kn, k0, t.qpos[static_cast<size_t>(r)], full, rule, pb.key_positions, pb.kv_len);
       t.alpha[static_cast<size_t>(r)] = SoftmaxRow(srow, Bkp, t.m[static_cast<size_t>(r)], t.l[static_cast<size_t>(r)]);
     }
     auto pv = [&](const auto* vs, int64_t ldv) {
@@ -517,8 +439,6 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     } else if (vs) {
       pv(vs, Dp);
     } else {
-      if (v_stream)
-        for (int64_t j = 0; j < kn; ++j) PrefetchRow(v_stream, nullptr, 0);
       pv(vbase + k0 * v_row_stride, v_row_stride);
     }
   }
@@ -597,13 +517,13 @@ const void* advance(const void* p, int64_t elements, DType dtype) {
   return static_cast<const std::byte*>(p) + elements * static_cast<int64_t>(dtype_size(dtype));
 }
 
-std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb, int64_t max_blocks) {
+std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb) {
   std::vector<Tile> tiles(static_cast<size_t>(std::max(1, num_threads())));
   for (Tile& t : tiles) {
     const size_t rows = static_cast<size_t>(max_rows);
     t.q.assign(rows * static_cast<size_t>(pb.padded_dim), 0.f);
     // Tiles of more than kDirectRows rows keep kPreparedBlocks key blocks; smaller ones
-    // (decode) one, used only when the head dim needs padding.
+    // one, used only when the head dim needs padding.
     t.prepared.resize(max_rows > detail::kDirectRows ? detail::kPreparedBlocks : 1);
     for (detail::PreparedBlock& p : t.prepared) {
       p.kt.assign(static_cast<size_t>(pb.padded_dim * pb.padded_k_block), 0.f);
@@ -615,7 +535,6 @@ std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb, int64_t ma
     t.l.assign(rows, 0.f);
     t.alpha.assign(rows, 0.f);
     t.qpos.assign(rows, 0);
-    t.blocks.reserve(static_cast<size_t>(max_blocks));
     if (pb.amx) t.amx.size(max_rows, pb.head_dim, pb.padded_k_block);
   }
   return tiles;
@@ -631,7 +550,9 @@ void load_query_row(Tile& t, const TileProblem& pb, int64_t r, const float* q, f
   t.qpos[static_cast<size_t>(r)] = pos;
 }
 
-void check_args(const AttentionArgs& a, const char* who) {
+}  // namespace
+
+void detail::check_args(const AttentionArgs& a, const char* who) {
   const std::string w = who;
   if (!a.q || !a.k || !a.v || !a.o) throw Error(w + ": q, k, v and o must be non-null");
   if (a.batch < 1 || a.q_len < 0 || a.kv_len < 0)
@@ -647,8 +568,6 @@ void check_args(const AttentionArgs& a, const char* who) {
     throw Error(w + ": k and v must be f32 or bf16, found " + dtype_name(a.kv_dtype));
 }
 
-}  // namespace
-
 const float* AttentionArgs::f32_keys(const char* who) const {
   if (kv_dtype != DType::f32)
     throw Error(std::string(who) + ": needs f32 keys, found " + dtype_name(kv_dtype) +
@@ -657,7 +576,7 @@ const float* AttentionArgs::f32_keys(const char* who) const {
 }
 
 void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
-  check_args(a, "flash_attention");
+  detail::check_args(a, "flash_attention");
   if (mask.q_len != a.q_len || mask.kv_len != a.kv_len)
     throw Error("flash_attention: mask is for q_len " + std::to_string(mask.q_len) + ", kv_len " +
                 std::to_string(mask.kv_len) + " but the inputs have q_len " + std::to_string(a.q_len) + ", kv_len " +
@@ -672,7 +591,7 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), mask.k_block,    round_up(mask.k_block, lanes),
                        a.kv_len,   a.softcap,                   &mask.rule,      a.key_positions,
                        a.kv_dtype, detail::amx_attention(a.kv_dtype, a.head_dim)};
-  std::vector<Tile> tiles = make_tiles(mask.q_block, pb, 0);
+  std::vector<Tile> tiles = make_tiles(mask.q_block, pb);
   const int64_t nqb = mask.num_q_blocks();
   const int64_t group = a.q_heads / a.kv_heads;
   const int64_t Dh = a.head_dim;
@@ -739,135 +658,6 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
       });
       attend((b * a.q_heads + kvh * group) * nqb, group * nqb, ready);
     }
-}
-
-void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q_offset, int64_t splits) {
-  check_args(a, "decode_attention");
-  if (a.q_len == 0) return;
-  constexpr int64_t kBlock = 64;
-  constexpr int64_t kMaxTileRows = 32;
-  const int64_t lanes = HWY_DYNAMIC_DISPATCH(VectorLanes)();
-  const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), kBlock,         round_up(kBlock, lanes), a.kv_len,
-                       a.softcap,  &rule,                        a.key_positions, a.kv_dtype};
-  const int64_t group = a.q_heads / a.kv_heads, H = a.kv_heads;
-  const int64_t Dh = a.head_dim, Dp = pb.padded_dim, Tq = a.q_len;
-  // Rows per KV head: every query row of every head sharing it, so each key block is
-  // read once for the whole group.
-  const int64_t rows_total = group * Tq;
-  const int64_t row_chunks = (rows_total + kMaxTileRows - 1) / kMaxTileRows;
-  const int64_t chunk_rows = std::min(kMaxTileRows, rows_total);
-  const int64_t nkb = std::max<int64_t>(1, (a.kv_len + kBlock - 1) / kBlock);
-  if (splits <= 0) {
-    const int64_t items = a.batch * row_chunks;
-    splits = (2 * num_threads() + items - 1) / items;
-  }
-  splits = std::clamp<int64_t>(splits, 1, nkb);
-  std::vector<Tile> tiles = make_tiles(kMaxTileRows, pb, 0);
-  // Each KV head's running state (output, max, sum) between its blocks, per thread.
-  const size_t state_floats = static_cast<size_t>(H * chunk_rows * (Dp + 2));
-  std::vector<std::vector<float>> head_states(tiles.size(), std::vector<float>(state_floats));
-  // Partial results per (b, hq, t, split): unnormalised output, running max and sum.
-  const size_t parts = static_cast<size_t>(a.batch * a.q_heads * Tq * splits);
-  std::vector<float> part_o(parts * static_cast<size_t>(Dh)), part_m(parts), part_l(parts);
-  auto part_index = [&](int64_t b, int64_t h, int64_t t, int64_t s) {
-    return static_cast<size_t>(((b * a.q_heads + h) * Tq + t) * splits + s);
-  };
-  const int64_t elem = static_cast<int64_t>(dtype_size(a.kv_dtype));
-  // A work item is (batch, row chunk, key split) over every KV head: at each key block of
-  // its split, every head's rows attend to it in turn. A token's heads lie together in
-  // the cache, so the item reads keys and values in address order: while head h walks
-  // its rows it prefetches, row by row, the h-th part of the next block's span. One
-  // head's rows alone, a token's heads apart, stream at half the bandwidth (13 vs 28
-  // GB/s on two threads of the AVX2 Zen 3).
-  parallel_for_each(a.batch * row_chunks * splits, [&](int64_t item) {
-    const size_t thread = static_cast<size_t>(omp_get_thread_num()) % tiles.size();
-    Tile& t = tiles[thread];
-    float* state = head_states[thread].data();
-    const int64_t s = item % splits;
-    const int64_t chunk = (item / splits) % row_chunks;
-    const int64_t b = item / (splits * row_chunks);
-    const int64_t kb0 = nkb * s / splits, kb1 = std::min(nkb * (s + 1) / splits, (a.kv_len + kBlock - 1) / kBlock);
-    const int64_t r0 = chunk * kMaxTileRows;
-    const int64_t rows = std::min(kMaxTileRows, rows_total - r0);
-    const auto* kb_base = static_cast<const char*>(advance(a.k, b * a.k_batch_stride, a.kv_dtype));
-    const auto* vb_base = static_cast<const char*>(advance(a.v, b * a.v_batch_stride, a.kv_dtype));
-    const auto query = [&](int64_t kvh, int64_t r) {
-      const int64_t h = kvh * group + (r0 + r) / Tq, tq = (r0 + r) % Tq;
-      return std::pair{h, tq};
-    };
-    for (int64_t kb = kb0; kb < kb1; ++kb) {
-      const int32_t block = static_cast<int32_t>(kb);
-      const int64_t next = (kb + 1) * kBlock, next_n = std::min(kBlock, a.kv_len - next);
-      const int64_t kn = std::min(kBlock, a.kv_len - kb * kBlock);
-      for (int64_t kvh = 0; kvh < H; ++kvh) {
-        // The h-th part of the next block's span, spread over this block's kn rows.
-        const auto stream = [&](const char* base, int64_t stride) {
-          if (kb + 1 >= kb1) return detail::PrefetchStream{};
-          const int64_t span = next_n * stride * elem;
-          return detail::PrefetchStream{base + next * stride * elem + span * kvh / H,
-                                        round_up((span / H + kn - 1) / kn, 64)};
-        };
-        t.k_stream = stream(kb_base, a.k_row_stride);
-        t.v_stream = stream(vb_base, a.v_row_stride);
-        float* o = state + kvh * chunk_rows * (Dp + 2);
-        float* m = o + chunk_rows * Dp;
-        float* l = m + chunk_rows;
-        for (int64_t r = 0; r < rows; ++r) {
-          const auto [h, tq] = query(kvh, r);
-          load_query_row(t, pb, r, a.q + b * a.q_batch_stride + tq * a.q_row_stride + h * Dh, a.scale, q_offset + tq);
-        }
-        if (kb > kb0) {
-          std::copy_n(o, rows * Dp, t.o.data());
-          std::copy_n(m, rows, t.m.data());
-          std::copy_n(l, rows, t.l.data());
-        }
-        HWY_DYNAMIC_DISPATCH(AttendBlocksDispatch)(pb, t, rows, advance(kb_base, kvh * Dh, a.kv_dtype), a.k_row_stride,
-                                                   advance(vb_base, kvh * Dh, a.kv_dtype), a.v_row_stride, &block, 1,
-                                                   nullptr);
-        t.k_stream = t.v_stream = {};
-        std::copy_n(t.o.data(), rows * Dp, o);
-        std::copy_n(t.m.data(), rows, m);
-        std::copy_n(t.l.data(), rows, l);
-      }
-    }
-    for (int64_t kvh = 0; kvh < H; ++kvh) {
-      const float* o = state + kvh * chunk_rows * (Dp + 2);
-      for (int64_t r = 0; r < rows; ++r) {
-        const auto [h, tq] = query(kvh, r);
-        const size_t p = part_index(b, h, tq, s);
-        if (kb1 <= kb0) {  // an empty split
-          part_m[p] = -std::numeric_limits<float>::infinity();
-          part_l[p] = 0.f;
-          continue;
-        }
-        part_m[p] = o[chunk_rows * Dp + r];
-        part_l[p] = o[chunk_rows * Dp + chunk_rows + r];
-        std::memcpy(part_o.data() + p * static_cast<size_t>(Dh), o + r * Dp, static_cast<size_t>(Dh) * sizeof(float));
-      }
-    }
-  });
-  // Log-sum-exp merge of the splits: weights exp(m_s - max_s m_s).
-  parallel_for(a.batch * a.q_heads * Tq, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t tq = row % Tq, h = (row / Tq) % a.q_heads, b = row / (Tq * a.q_heads);
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t s = 0; s < splits; ++s) m = std::max(m, part_m[part_index(b, h, tq, s)]);
-      float* out = a.o + b * a.o_batch_stride + tq * a.o_row_stride + h * Dh;
-      std::fill_n(out, Dh, 0.f);
-      if (m == -std::numeric_limits<float>::infinity()) continue;
-      float l = 0.f;
-      for (int64_t s = 0; s < splits; ++s) {
-        const size_t p = part_index(b, h, tq, s);
-        if (part_m[p] == -std::numeric_limits<float>::infinity()) continue;
-        const float w = std::exp(part_m[p] - m);
-        l += w * part_l[p];
-        const float* po = part_o.data() + p * static_cast<size_t>(Dh);
-        for (int64_t x = 0; x < Dh; ++x) out[x] += w * po[x];
-      }
-      const float inv = 1.f / l;
-      for (int64_t x = 0; x < Dh; ++x) out[x] *= inv;
-    }
-  });
 }
 
 void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const BlockMask& mask,

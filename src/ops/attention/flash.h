@@ -56,6 +56,11 @@ void flash_attention(const AttentionArgs& args, const BlockMask& mask);
 // Meant for few query rows (decode, Tq small) against many keys.
 void decode_attention(const AttentionArgs& args, const ElementRule& rule, int64_t q_offset, int64_t splits = 0);
 
+namespace detail {
+// Throws Error (prefixed with `who`) unless the args describe a valid problem.
+void check_args(const AttentionArgs& args, const char* who);
+}  // namespace detail
+
 // Tensor entry: q [B, Tq, Hq, Dh], k/v [B, Tk, Hkv, Dh], out [B, Tq, Hq, Dh], all
 // contiguous; q and out f32, k and v both f32 or both bf16. scale <= 0 means 1 / sqrt(Dh).
 struct AttentionOptions {

@@ -1,18 +1,26 @@
 // Selective scan, parallel over (batch, channel, state slice) lanes and over time chunks.
 //
-// L adjacent lanes share a channel, each holding SPL of its N states in registers; a
-// block of kThreads lanes owns kThreads / L channels. Time runs through shared memory in
-// tiles of `tile` tokens, loaded by cp.async one tile ahead: the x, dt and z rows of the
+// L adjacent lanes share a channel, each holding SPL of its N states in registers (L a
+// power of two up to 32, SPL = 1, 2, 4 or 8, L SPL >= N, the states past N zero); a block
+// of kThreads lanes owns kThreads / L channels. Time runs through shared memory in tiles
+// of `tile` tokens, loaded by cp.async one tile ahead: the x, dt and z rows of the
 // block's channels and the B and C rows of the groups they read. Per tile the block
 //   1. turns dt into softplus(dt + bias), u = dt x and z into silu(z), once per element
 //      (not once per lane: these cost special-function ops too),
 //   2. scans: per step a lane spends SPL exp2 and FMAs, and the L lanes of a channel sum
-//      sum_n C h with shuffles,
+//      sum_n C h with shuffles, L steps at a time (one at L = 32),
 //   3. writes y = (sum_n C h + D x) silu(z) with coalesced stores.
-// With N = 16 a channel takes four lanes of four states: about 8 instructions per exp2 on
-// an H200 (Nsight Compute), short of the special-function rate; other splits are not yet
-// measured. When batch x channel blocks cannot fill the GPU, time is cut into chunks,
-// three passes:
+// The split: one lane of N states for N <= 2, else the fewest lanes of four states that
+// hold N, and 32 lanes of eight past N = 128. At N = 16 (four lanes of four states) the
+// scan runs about 8 instructions per exp2 on an H200 (Nsight Compute), short of the
+// special-function rate, and waits on latency with under three resident warps per
+// scheduler at batch 8 x 1536 channels. Other splits measured there (bench/cuda scan
+// shapes): two lanes of eight states (half the warps) 1.35x slower once batch fills the
+// grid; eight lanes of two and sixteen of one (twice and four times the warps, but each
+// lane-step still loads its dt, u, B and C and shuffles: 1.3x and 2x the scan loop's
+// instructions by the SASS) 0.90-0.98x and 0.63-0.71x as fast.
+//
+// When batch x channel blocks cannot fill the GPU, time is cut into chunks, three passes:
 //   a. each chunk's end state from a zero start and its sum of dt (the kernel without
 //      outputs),
 //   b. a short sequential pass over chunks turns these into each chunk's start state,
@@ -20,8 +28,8 @@
 // Passes a and c both spend the exps, so chunking doubles the work: it is used only where
 // the grid alone would leave most of the GPU idle.
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 
@@ -35,8 +43,9 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
-// Shared memory per block that picks the tile length (below the 48 KB that needs no
-// opt-in; at N = 16 and G = 1 it gives 32-token tiles and 6 blocks per SM).
+// Shared memory per block that bounds the tile length (below the 48 KB that needs no
+// opt-in; at N = 16 and G = 1 four lanes of four states take 32-token tiles, 36 KB, 6
+// blocks per SM).
 constexpr int kSmemBudget = 48 * 1024;
 
 struct Params {
@@ -85,22 +94,49 @@ __device__ __forceinline__ float effective_dt(bool softplus_dt, float raw, float
   return softplus_dt ? softplus(v) : v;
 }
 
-// SPL consecutive floats of shared memory, 16-byte aligned.
+// SPL consecutive floats of shared memory in the widest load their alignment allows: a
+// float, a float2, or float4s for SPL = 4 and 8 (the caller's offsets are multiples of
+// min(SPL, 4) floats).
 template <int SPL>
 __device__ __forceinline__ void load_states(float (&v)[SPL], const float* s) {
+  if constexpr (SPL == 1) {
+    v[0] = *s;
+  } else if constexpr (SPL == 2) {
+    const float2 q = *reinterpret_cast<const float2*>(s);
+    v[0] = q.x;
+    v[1] = q.y;
+  } else {
 #pragma unroll
-  for (int i = 0; i < SPL; i += 4) {
-    const float4 q = *reinterpret_cast<const float4*>(s + i);
-    v[i] = q.x;
-    v[i + 1] = q.y;
-    v[i + 2] = q.z;
-    v[i + 3] = q.w;
+    for (int i = 0; i < SPL; i += 4) {
+      const float4 q = *reinterpret_cast<const float4*>(s + i);
+      v[i] = q.x;
+      v[i + 1] = q.y;
+      v[i + 2] = q.z;
+      v[i + 3] = q.w;
+    }
   }
 }
 
-// Steps scanned as one group: L (up to 8), so that channel_sum spreads the group's L sums
-// over the channel's L lanes; one step per group for wider channels.
-constexpr int steps_per_group(int L) { return L <= 8 ? L : 1; }
+// Steps scanned as one group: L, so that channel_sum spreads the group's L sums over the
+// channel's L lanes; one step per group (a butterfly) at L = 32, whose 32 steps of B and C
+// would not fit in registers.
+constexpr int steps_per_group(int L) { return L <= 16 ? L : 1; }
+
+// One reduce-scatter round between lanes M apart, on y[0, 2M): the lane keeps the half its
+// bit M selects, adding the partner's copy, in y[0, M); then the rounds of M / 2, ... 1.
+// (Recursion, not a loop over rounds: nvcc did not unroll that loop at L = 16 and kept y
+// in local memory.)
+template <int M, int R>
+__device__ __forceinline__ void scatter_rounds(float (&y)[R], int slice) {
+  const bool upper = slice & M;
+#pragma unroll
+  for (int j = 0; j < M; ++j) {
+    const float send = upper ? y[j] : y[j + M];
+    const float keep = upper ? y[j + M] : y[j];
+    y[j] = keep + __shfl_xor_sync(0xffffffffu, send, M);
+  }
+  if constexpr (M > 1) scatter_rounds<M / 2>(y, slice);
+}
 
 // Sums y[r] over the L lanes of a channel. R == L: a reduce-scatter in log2(L) rounds of
 // halving (L - 1 shuffles per lane for L steps); the lane ends with step `slice`'s sum in
@@ -113,27 +149,22 @@ __device__ __forceinline__ int channel_sum(float (&y)[R], int slice) {
     return slice == 0 ? 0 : -1;
   } else {
     static_assert(R == L);
-#pragma unroll
-    for (int m = L / 2, half = L / 2; m >= 1; m /= 2, half /= 2) {
-      const bool upper = slice & m;
-#pragma unroll
-      for (int j = 0; j < half; ++j) {
-        const float send = upper ? y[j] : y[j + half];
-        const float keep = upper ? y[j + half] : y[j];
-        y[j] = keep + __shfl_xor_sync(0xffffffffu, send, m);
-      }
-    }
+    scatter_rounds<L / 2>(y, slice);
     return slice;
   }
 }
 
 // kOut: pass c (or the only pass), from the start state, writing y; otherwise pass a,
 // from a zero start, writing the chunk's end state and sum of dt.
-// kVec: D and N multiples of 4 and every row 16-byte aligned.
+// kVec: D and N multiples of 4 and every row 16-byte aligned (then NP, a power of two
+// >= N, is a multiple of 4 too). Every tile starts at a multiple of min(NP, 4) floats (x,
+// dt, z rows hold CH >= 4, B and C rows NP) and a lane's B and C slices at multiples of
+// SPL within it, as load_states needs.
 template <int L, int SPL, bool kOut, bool kVec>
 __global__ void __launch_bounds__(kThreads) scan_kernel(const Params p) {
   constexpr int CH = kThreads / L, NP = L * SPL, R = steps_per_group(L);
-  static_assert(SPL % 4 == 0 && kThreads % CH == 0);
+  static_assert((SPL == 1 || SPL == 2 || SPL == 4 || SPL == 8) && kThreads % CH == 0 && CH >= 4);
+  static_assert(!kVec || NP % 4 == 0);
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const TileLayout lay{CH, NP, p.tile, p.groups_per_block};
@@ -308,12 +339,15 @@ __global__ void chunk_carry_kernel(const Params p, int batch) {
   p.state[i] = h;
 }
 
-// Tile length: the longest (up to 64 tokens) whose shared memory fits the budget, and at
-// least one step group: past the budget only for many groups of wide states (at worst
-// 8 tokens of N = 32 with a group per channel, 73 KB).
+// Tile length: 32 tokens, or the longest shorter one whose shared memory fits the budget,
+// and at least one step group: past the budget only for many groups of wide states (at
+// worst 16 tokens of N = 64 with a group per channel, 148 KB). Longer tiles cost resident
+// blocks: on an H200 at N = 16 (four lanes of four states) a 64-token tile (73 KB, 3
+// blocks per SM) ran 1.05x as fast at batch 8 x 1536 channels but 0.66x at 4 x 4096
+// (1.3 waves), a 16-token tile 0.90-0.93x.
 TileLayout pick_layout(int channels, int states, int group_steps, int D, int G) {
   const int gs = D / G;
-  TileLayout lay{channels, states, 64, std::min(G, (channels - 1) / gs + 2)};
+  TileLayout lay{channels, states, 32, std::min(G, (channels - 1) / gs + 2)};
   while (lay.tile > group_steps && lay.floats() * 4 > kSmemBudget) lay.tile /= 2;
   return lay;
 }
@@ -368,6 +402,13 @@ void check_f32(const Tensor& t, const char* what) {
   check_dtype(t, DType::f32, what);
   check_contiguous(t, what);
 }
+
+// Both row layouts of one split.
+template <int L, int SPL>
+void launch_split(Params p, int batch, bool vec) {
+  vec ? launch<L, SPL, true>(p, batch) : launch<L, SPL, false>(p, batch);
+}
+
 
 }  // namespace
 
@@ -425,18 +466,19 @@ void selective_scan(const SelectiveScanInputs& in, const Tensor& state, const Te
   p.G = static_cast<int>(G);
   p.softplus = in.dt_softplus;
   const int b = static_cast<int>(batch);
-  // Four states per lane and the fewest lanes that hold N (N = 16: four lanes), eight
+  // One lane of N states for N <= 2 (no padded states; N % 4 != 0, so never vector rows),
+  // else four states per lane and the fewest lanes that hold N (N = 16: four lanes), eight
   // states per lane past 128.
   const bool vec = D % 4 == 0 && N % 4 == 0 && aligned16({p.x, p.dt, p.z, p.B, p.C});
-  switch (N <= 4 ? 1 : N <= 8 ? 2 : N <= 16 ? 4 : N <= 32 ? 8 : N <= 64 ? 16 : N <= 128 ? 32 : 64) {
-    case 1: vec ? launch<1, 4, true>(p, b) : launch<1, 4, false>(p, b); break;
-    case 2: vec ? launch<2, 4, true>(p, b) : launch<2, 4, false>(p, b); break;
-    case 4: vec ? launch<4, 4, true>(p, b) : launch<4, 4, false>(p, b); break;
-    case 8: vec ? launch<8, 4, true>(p, b) : launch<8, 4, false>(p, b); break;
-    case 16: vec ? launch<16, 4, true>(p, b) : launch<16, 4, false>(p, b); break;
-    case 32: vec ? launch<32, 4, true>(p, b) : launch<32, 4, false>(p, b); break;
-    default: vec ? launch<32, 8, true>(p, b) : launch<32, 8, false>(p, b); break;
-  }
+  if (N == 1) launch<1, 1, false>(p, b);
+  else if (N == 2) launch<1, 2, false>(p, b);
+  else if (N <= 4) launch_split<1, 4>(p, b, vec);
+  else if (N <= 8) launch_split<2, 4>(p, b, vec);
+  else if (N <= 16) launch_split<4, 4>(p, b, vec);
+  else if (N <= 32) launch_split<8, 4>(p, b, vec);
+  else if (N <= 64) launch_split<16, 4>(p, b, vec);
+  else if (N <= 128) launch_split<32, 4>(p, b, vec);
+  else launch_split<32, 8>(p, b, vec);
 }
 
 }  // namespace subq::cuda

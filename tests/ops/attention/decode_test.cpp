@@ -36,12 +36,15 @@ attn::AttentionArgs args_for(const AttnProblem& p, const Tensor& out) {
 }
 
 // The last Tq tokens of a Tk-token sequence, causal, for several split counts; one size
-// has more rows per KV head (12 x 3) than a work item takes (32).
+// has more rows per KV head (12 x 3) than a work item takes (32), one eight KV heads of
+// 128 (key blocks of 16 slots for f32, 32 for bf16, not 64), and head dims 72 and 80 are
+// not whole pairs of AVX2 / AVX-512 vectors (rows widened and padded).
 TEST(SplitKVDecode, MatchesReferenceForAnySplitCount) {
   auto rng = rng_for_test();
   struct Size { int64_t Tq, Tk, Hq, Hkv, Dh; };
   for (const Size s : {Size{1, 1, 2, 1, 64}, Size{1, 1000, 8, 2, 128}, Size{3, 700, 4, 4, 80}, Size{1, 333, 6, 1, 32},
-                       Size{2, 129, 16, 2, 64}, Size{3, 200, 24, 2, 64}}) {
+                       Size{2, 129, 16, 2, 64}, Size{3, 200, 24, 2, 64}, Size{1, 301, 24, 8, 128},
+                       Size{2, 150, 6, 2, 72}}) {
     for (int64_t splits : {1, 3, 7, 0}) {
       auto check = [&](DType kv) {
         AttnProblem p(rng, 2, s.Tq, s.Tk, s.Hq, s.Hkv, s.Dh, kv);
