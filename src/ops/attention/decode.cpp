@@ -272,9 +272,8 @@ void DecodeBlockTyped(const DecodeStep& st) {
   const T* k = static_cast<const T*>(st.k);
   const T* v = static_cast<const T*>(st.v);
   PrefetchSpan k_ahead = st.k_ahead, v_ahead = st.v_ahead;
-  // Rows whose length is not whole pairs are widened (padded) first; so are V rows that
-  // more than one query row reads: in place they sit a token's heads apart (1-4 KiB), share
-  // few L1 sets and evict each other between column passes.
+  // Rows are read in place, or widened (padded) into the tile first when their length is
+  // not whole pairs.
   const auto qk = [&](const auto* keys, int64_t stride) {
     ForRowGroups(st.rows, [&](int64_t r0, auto group_rows) {
       const bool first = r0 == 0;  // the first group prefetches for all
@@ -285,7 +284,8 @@ void DecodeBlockTyped(const DecodeStep& st) {
   };
   // The span prefetches bring the block to L2; this head's V rows come on to L1 while Q·K
   // runs (a head's rows are a token's heads apart, which the hardware prefetchers do not
-  // follow).
+  // follow). P·V then reads them in place, a pair of columns per pass: with them in L1,
+  // 1.1x faster than widening them into a contiguous tile first (bf16 and f32 GQA-4).
   for (int64_t j = 0; j < st.kn; ++j)
     for (int64_t b = 0; b < Dh * static_cast<int64_t>(sizeof(T)); b += 64)
       __builtin_prefetch(reinterpret_cast<const char*>(v + j * st.v_stride) + b);
@@ -307,7 +307,7 @@ void DecodeBlockTyped(const DecodeStep& st) {
       PVRows<decltype(group_rows)::value>(st.s + r0 * Bk, Bk, values, stride, st.kn, st.o + r0 * Dp, Dp, st.alpha + r0, Dp);
     });
   };
-  if (Dh == Dp && st.rows == 1) {
+  if (Dh == Dp) {
     pv(v, st.v_stride);
   } else {
     WidenRows(v, st.v_stride, st.kn, Dh, Dp, st.tile);
