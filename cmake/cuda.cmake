@@ -16,16 +16,25 @@ set(CMAKE_CUDA_STANDARD 20)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 
 file(GLOB_RECURSE SUBQ_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/*.cu)
-# An object library so that nvcc never sees the C++ targets' GCC warning flags.
-add_library(subq_cuda OBJECT ${SUBQ_CUDA_SOURCES})
-target_include_directories(subq_cuda PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR})
+# Kernels that use Hopper's own instructions (wgmma), named *_sm90.cu, build for sm_90a
+# alone: that code runs on compute capability 9.0 only, and the host side sends work there
+# only on such a GPU.
+file(GLOB_RECURSE SUBQ_CUDA_SM90A_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/*_sm90.cu)
+list(REMOVE_ITEM SUBQ_CUDA_SOURCES ${SUBQ_CUDA_SM90A_SOURCES})
 # -lineinfo: Nsight Compute maps stalls to source lines; the machine code is unchanged.
 set(SUBQ_CUDA_FLAGS --expt-relaxed-constexpr -lineinfo -Xcompiler=-Wall,-Wextra)
-set_target_properties(subq_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON)
-target_compile_options(subq_cuda PRIVATE ${SUBQ_CUDA_FLAGS})
-target_link_libraries(subq_cuda PRIVATE CUDA::cudart_static)
+# Object libraries so that nvcc never sees the C++ targets' GCC warning flags.
+add_library(subq_cuda OBJECT ${SUBQ_CUDA_SOURCES})
+add_library(subq_cuda_sm90a OBJECT ${SUBQ_CUDA_SM90A_SOURCES})
+set_target_properties(subq_cuda_sm90a PROPERTIES CUDA_ARCHITECTURES 90a-real)
+foreach(target subq_cuda subq_cuda_sm90a)
+  target_include_directories(${target} PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR})
+  set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  target_compile_options(${target} PRIVATE ${SUBQ_CUDA_FLAGS})
+  target_link_libraries(${target} PRIVATE CUDA::cudart_static)
+endforeach()
 
-target_sources(subq PRIVATE $<TARGET_OBJECTS:subq_cuda>)
+target_sources(subq PRIVATE $<TARGET_OBJECTS:subq_cuda> $<TARGET_OBJECTS:subq_cuda_sm90a>)
 # Model::load(device = "cuda") reaches the GPU decoder only in this build.
 target_compile_definitions(subq PRIVATE SUBQ_WITH_CUDA)
 target_link_libraries(subq PRIVATE CUDA::cudart_static CUDA::cublas CUDA::cublasLt)

@@ -26,10 +26,16 @@
 #include "src/core/cuda/device.h"
 #include "src/core/cuda/mma.cuh"
 #include "src/ops/attention/flash_attention.h"
-#include "src/ops/attention/neighborhood_window.h"
+#include "src/ops/attention/flash_attention_device.cuh"
+#include "src/ops/attention/flash_attention_sm90.h"
 
 namespace subq::cuda {
 namespace {
+using flash::DeviceRule;
+using flash::Keys;
+using flash::KeyTiles;
+using flash::Params;
+using flash::Tile;
 
 // Keys per K/V tile for CTAs of kWarps warps: 64; 32 for D = 256 or CTAs of 2 warps, so
 // that the double-buffered tiles leave room for 8 warps per SM (two CTAs of 4 warps, four
@@ -37,109 +43,6 @@ namespace {
 template <int D, int kWarps>
 constexpr int kKeyRows = D <= 128 && kWarps == 4 ? 64 : 32;
 constexpr int kMaskKeyBlock = 64;  // a BlockMask's key blocks are multiples of this on the GPU
-
-// Which key tiles a CTA visits: all, those at or below the causal diagonal, those its
-// BlockMask row lists, or the union of two consecutive mask rows' lists (paired).
-enum class Keys { all, causal, listed, paired };
-
-// How far (log2) a score may exceed a row's reference max before the reference moves.
-constexpr float kHeadroomLog2 = 8.f;
-
-// ElementRule and Neighborhood (block_mask.h) flattened for the device; positions fit
-// in int (sizes are checked below 2^30).
-struct DeviceRule {
-  bool causal, neighborhood;
-  int window_left, window_right, sinks;  // < 0: no such bound
-  int ndim;
-  int grid[3], kernel[3], dilation[3], stride[3];
-  bool dim_causal[3];
-};
-
-struct Params {
-  const __nv_bfloat16* q;
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
-  __nv_bfloat16* o;
-  int tq, tk, heads, kv_heads, group;
-  int causal_offset;  // Tk - Tq (dense causal)
-  float scale_log2;   // softmax scale * log2(e): scores go through exp2
-  // Keys::listed and paired: the BlockMask's CSR rows on the GPU and its rule.
-  const int* row_start;
-  const int* key_blocks;
-  int mask_batch, mask_heads, num_q_blocks;
-  int sub_tiles;  // k_block / the kernel's keys per tile
-  int q_offset;
-  DeviceRule rule;
-};
-
-// Neighborhood::allows (block_mask.cpp) on the device, over the shared window definition.
-__device__ int nbhd_window_start(const DeviceRule& r, int d, int c) {
-  return attn::neighborhood_window_start<int>(r.grid[d], r.kernel[d], r.dilation[d], r.stride[d], r.dim_causal[d], c);
-}
-
-__device__ bool rule_allows(const DeviceRule& r, int qp, int kp) {
-  if (r.causal && kp > qp) return false;
-  if (kp >= r.sinks) {
-    if (r.window_left >= 0 && kp < qp - r.window_left) return false;
-    if (r.window_right >= 0 && kp > qp + r.window_right) return false;
-  }
-  if (!r.neighborhood) return true;
-  for (int d = r.ndim - 1; d >= 0; --d) {
-    const int qc = qp % r.grid[d], kc = kp % r.grid[d];
-    qp /= r.grid[d];
-    kp /= r.grid[d];
-    const int off = kc - nbhd_window_start(r, d, qc);
-    if (off < 0 || off % r.dilation[d] != 0 || off / r.dilation[d] >= r.kernel[d]) return false;
-    if (r.dim_causal[d] && kc > qc) return false;
-  }
-  return true;
-}
-
-// True only if the rule allows every pair of [q0, q1] x [k0, k1] (false is always safe:
-// the tile is then tested element by element).
-__device__ bool rule_covers(const DeviceRule& r, int q0, int q1, int k0, int k1) {
-  if (r.neighborhood) return false;
-  if (r.causal && k1 > q0) return false;
-  if (k1 >= r.sinks) {
-    if (r.window_left >= 0 && k0 < q1 - r.window_left) return false;
-    if (r.window_right >= 0 && k1 > q0 + r.window_right) return false;
-  }
-  return true;
-}
-
-// A tile of keys to visit: its first key and which of the CTA's mask rows list it (bit 0
-// the first, bit 1 the second; 0: no tile left).
-struct Tile {
-  int start, rows;
-};
-
-// A CTA's key tiles in ascending key order, one per next(). Dense: tiles 0 .. n - 1.
-// Listed: the merge of mask rows a and b (b empty unless paired), each block sub_tiles
-// tiles; the next block index of each row is read from global memory one call ahead, so
-// that its latency hides behind a tile of math.
-template <Keys kKeys, int kBlockN>
-struct KeyTiles {
-  int j, n;  // dense
-  const int *a, *b;
-  int na, nb, ia, ib, head_a, head_b, sub, sub_tiles;
-
-  __device__ Tile next() {
-    if constexpr (kKeys == Keys::all || kKeys == Keys::causal) {
-      return j < n ? Tile{kBlockN * j++, 3} : Tile{0, 0};
-    } else {
-      const int blk = min(head_a, head_b);
-      if (blk == INT_MAX) return {0, 0};
-      const int rows = (head_a == blk ? 1 : 0) | (head_b == blk ? 2 : 0);
-      const Tile t{(blk * sub_tiles + sub) * kBlockN, rows};
-      if (++sub == sub_tiles) {
-        sub = 0;
-        if (rows & 1) head_a = ++ia < na ? a[ia] : INT_MAX;
-        if (rows & 2) head_b = ++ib < nb ? b[ib] : INT_MAX;
-      }
-      return t;
-    }
-  }
-};
 
 template <int D, int kBlockM, Keys kKeys, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) flash_forward_kernel(const Params p) {
@@ -258,56 +161,12 @@ __global__ void __launch_bounds__(kWarps * 32) flash_forward_kernel(const Params
       const int n0 = cur.start;
       bool edge = n0 + kBlockN > p.tk;
       if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
-      if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
-      if (edge) {
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < kBlockN / 8; ++nt)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-              const int row = m0 + warp * kRowsPerWarp + mt * 16 + (lane >> 2) + ((c >> 1) << 3);
-              const int col = n0 + nt * 8 + ((lane & 3) << 1) + (c & 1);
-              bool masked = col >= p.tk;
-              if constexpr (kKeys == Keys::causal) masked |= col > row + p.causal_offset;
-              if constexpr (kListed) masked |= !rule_allows(p.rule, p.q_offset + row, col);
-              if (masked) s[mt][nt][c] = -INFINITY;
-            }
-      }
+      if constexpr (kListed) edge |= !flash::rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
+      if (edge) flash::mask_edge_tile<kKeys, kMTiles, kBlockN>(s, p, m0 + warp * kRowsPerWarp, n0);
 
       // Online softmax: rescale what was accumulated by exp2(old max - new max).
       float corr[kMTiles][2];
-      bool max_moved = false;
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = -INFINITY;
-#pragma unroll
-          for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          // The reference max moves only when a score would exceed it by more than
-          // 2^kHeadroom: softmax is exact for any reference, P stays below 2^8, and most
-          // tiles, early ones included, then need no rescale of the accumulator.
-          const float tile_max = mx * p.scale_log2;
-          const bool move = tile_max > row_max[mt][r] + kHeadroomLog2;
-          const float new_max = move ? tile_max : row_max[mt][r];
-          // A row with no visible key so far keeps max -inf; exp2 then gives zeros, not NaN.
-          const float base = new_max == -INFINITY ? 0.f : new_max;
-          corr[mt][r] = move ? fast_exp2(row_max[mt][r] - base) : 1.f;
-          max_moved |= move;
-          row_max[mt][r] = new_max;
-          float sum = 0.f;
-#pragma unroll
-          for (int nt = 0; nt < kBlockN / 8; ++nt)
-#pragma unroll
-            for (int c = 2 * r; c < 2 * r + 2; ++c) {
-              s[mt][nt][c] = fast_exp2(fmaf(s[mt][nt][c], p.scale_log2, -base));
-              sum += s[mt][nt][c];
-            }
-          row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;
-        }
+      const bool max_moved = flash::online_softmax<kMTiles, kBlockN>(s, row_max, row_sum, corr, p.scale_log2);
       // A tile that moves none of the warp's reference maxima skips the rescale (D/4
       // multiplies per row pair), exactly (corr is 1).
       if (__any_sync(0xffffffffu, max_moved)) {
@@ -349,25 +208,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_forward_kernel(const Params
   }
   cp_async_wait<0>();
 
-  const int64_t o_ld = q_ld;
-  __nv_bfloat16* o = p.o + static_cast<int64_t>(b) * p.tq * o_ld + h * D;
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float sum = row_sum[mt][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      const int row = m0 + warp * kRowsPerWarp + mt * 16 + (lane >> 2) + r * 8;
-      if (row >= p.tq) continue;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        const int col = dt * 8 + ((lane & 3) << 1);
-        *reinterpret_cast<__nv_bfloat162*>(o + row * o_ld + col) =
-            __floats2bfloat162_rn(acc[mt][dt][2 * r] * inv, acc[mt][dt][2 * r + 1] * inv);
-      }
-    }
+  flash::store_output<kMTiles, D>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * q_ld + h * D, q_ld,
+                                  m0 + warp * kRowsPerWarp, p.tq);
 }
 
 // CTAs of 4 warps, or 2 (32 rows each) for a mask's 64-query rows run one per CTA.
@@ -456,6 +298,7 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const int64_t D = q.dim(3);
   if (q.dim(0) == 0 || p.tq == 0 || p.heads == 0) return;
   const int batch = static_cast<int>(q.dim(0));
+  if (D == 128 && flash::sm90_available()) return flash::sm90_forward(p, batch, causal ? Keys::causal : Keys::all, 64);
   if (D == 64) causal ? launch<64, 128, Keys::causal>(p, batch) : launch<64, 128, Keys::all>(p, batch);
   else if (D == 128) causal ? launch<128, 128, Keys::causal>(p, batch) : launch<128, 128, Keys::all>(p, batch);
   else causal ? launch<256, 64, Keys::causal>(p, batch) : launch<256, 64, Keys::all>(p, batch);
@@ -603,7 +446,8 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.rule = device_rule(m.rule);
   const int batch = static_cast<int>(B), kb = static_cast<int>(m.k_block);
   if (m.q_block == 128) {
-    if (D == 64) launch<64, 128, Keys::listed>(p, batch, kb);
+    if (D == 128 && flash::sm90_available()) flash::sm90_forward(p, batch, Keys::listed, kb);
+    else if (D == 64) launch<64, 128, Keys::listed>(p, batch, kb);
     else launch<128, 128, Keys::listed>(p, batch, kb);
   } else if (mask.pair_rows && D <= 128) {
     if (D == 64) launch<64, 128, Keys::paired>(p, batch, kb);

@@ -1,0 +1,220 @@
+// Flash forward on Hopper tensor cores: one CTA of two warpgroups per (128 queries, head,
+// batch), head dim 128. Each warpgroup owns 64 query rows: S = Q K^T for a 64-key tile is
+// one chain of eight m64n64k16 wgmmas reading Q and K from shared memory, the online
+// softmax runs on S in registers (the m16n8 accumulator layout of the sm_80 kernel, so
+// it shares the masking and softmax code), and O += P V is four m64n128k16 wgmmas with P
+// packed to bf16 in registers and V read from shared memory as stored, key rows of 128
+// contiguous values (MN-major). Q, K and V tiles are copied by cp.async into the 128-byte
+// swizzled layout the descriptors read (wgmma.cuh); K/V tiles are double-buffered.
+//
+// Built for sm_90a only (cmake/cuda.cmake): wgmma exists nowhere else, and a separate
+// object keeps the rest of the library's sm_80 / sm_90 code as it is.
+#include <cuda_bf16.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "src/core/cuda/check.cuh"
+#include "src/core/cuda/device.h"
+#include "src/core/cuda/mma.cuh"
+#include "src/core/cuda/wgmma.cuh"
+#include "src/ops/attention/flash_attention_sm90.h"
+
+namespace subq::cuda::flash {
+namespace {
+
+constexpr int kD = 128, kBlockM = 128, kBlockN = 64, kThreads = 256;
+// Bytes of shared memory: Q, then two K and two V tiles, each a pair of 64-column blocks;
+// plus slack to align the start to a 1024-byte swizzle atom.
+constexpr int kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
+constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;
+
+// Tells the compiler the accumulators change here (after a wgmma wait), so that no read
+// of them moves above it: the asynchronous wgmma writes them behind its back.
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Rows [0, valid) of an [R][128] bf16 tile from global rows `ld` apart into the swizzled
+// layout (two [R][64] column blocks), by cp.async; rows past `valid` are zero-filled and
+// read from `safe` instead.
+template <int R>
+__device__ __forceinline__ void load_swizzled(unsigned char* dst, const __nv_bfloat16* g, int64_t ld, int valid,
+                                              const __nv_bfloat16* safe) {
+  constexpr int kChunks = kD / 8;
+  static_assert(R * kChunks % kThreads == 0);
+#pragma unroll
+  for (int i = 0; i < R * kChunks / kThreads; ++i) {
+    const int idx = i * kThreads + static_cast<int>(threadIdx.x);
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool ok = r < valid;
+    cp_async_16(dst + (c >> 3) * (R * 128) + sw128_offset(r, (c & 7) * 8), ok ? g + r * ld + c * 8 : safe, ok);
+  }
+}
+
+template <Keys kKeys>
+__global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool kListed = kKeys == Keys::listed;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* sQ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* sK = sQ + kQBytes;          // two tiles
+  unsigned char* sV = sK + 2 * kTileBytes;  // two tiles
+
+  // Causal blocks with the most keys start first, so the tail of the grid is short.
+  const int qb = gridDim.x - 1 - blockIdx.x;
+  const int m0 = qb * kBlockM;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x >> 5, wg = warp >> 2;
+  const int row0 = m0 + warp * 16;  // this warp's first row (warpgroup wg: rows 64 wg ..)
+
+  const int64_t q_ld = static_cast<int64_t>(p.heads) * kD;
+  const int64_t kv_ld = static_cast<int64_t>(p.kv_heads) * kD;
+  const __nv_bfloat16* q = p.q + (static_cast<int64_t>(b) * p.tq + m0) * q_ld + h * kD;
+  const __nv_bfloat16* k = p.k + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * kD;
+  const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * kD;
+
+  KeyTiles<kKeys, kBlockN> tiles{};
+  if constexpr (kListed) {
+    const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + qb;
+    tiles.a = p.key_blocks + p.row_start[r];
+    tiles.na = p.row_start[r + 1] - p.row_start[r];
+    tiles.b = tiles.a + tiles.na;
+    tiles.nb = 0;
+    tiles.head_a = tiles.na > 0 ? tiles.a[0] : INT_MAX;
+    tiles.head_b = INT_MAX;
+    tiles.sub_tiles = p.sub_tiles;
+  } else {
+    const int key_end = kKeys == Keys::causal ? min(p.tk, m0 + kBlockM + p.causal_offset) : p.tk;
+    tiles.n = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+  }
+  const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
+
+  Tile cur = tiles.next(), nxt = tiles.next();
+  load_swizzled<kBlockM>(sQ, q, q_ld, p.tq - m0, p.q);
+  if (cur.rows) {
+    load_swizzled<kBlockN>(sK, k + cur.start * kv_ld, kv_ld, p.tk - cur.start, k);
+    load_swizzled<kBlockN>(sV, v + cur.start * kv_ld, kv_ld, p.tk - cur.start, v);
+  }
+  cp_async_commit();
+
+  float acc[1][kD / 8][4];
+  float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.f, 0.f}};
+#pragma unroll
+  for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[0][dt][c] = 0.f;
+  float(&o)[kD / 2] = reinterpret_cast<float(&)[kD / 2]>(acc);
+
+  for (int j = 0; cur.rows; ++j) {
+    if (nxt.rows) {
+      const int n = nxt.start;
+      load_swizzled<kBlockN>(sK + ((j + 1) & 1) * kTileBytes, k + n * kv_ld, kv_ld, p.tk - n, k);
+      load_swizzled<kBlockN>(sV + ((j + 1) & 1) * kTileBytes, v + n * kv_ld, kv_ld, p.tk - n, v);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    const Tile after = tiles.next();
+    fence_proxy_async();  // this thread's copies, before the tensor cores read them
+    __syncthreads();
+    const unsigned char* k_s = sK + (j & 1) * kTileBytes;
+    const unsigned char* v_s = sV + (j & 1) * kTileBytes;
+
+    // S = Q K^T: 16 columns of D per wgmma, 64 per column block (32 bytes into its rows).
+    float s[1][kBlockN / 8][4];
+    float(&sf)[kBlockN / 2] = reinterpret_cast<float(&)[kBlockN / 2]>(s);
+#pragma unroll
+    for (int i = 0; i < kBlockN / 2; ++i) sf[i] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      const int block = ks >> 2, within = (ks & 3) * 32;
+      const uint64_t a = sw128_desc(sQ + block * (kBlockM * 128) + wg * (64 * 128) + within, 16, 1024);
+      const uint64_t bk = sw128_desc(k_s + block * (kBlockN * 128) + within, 16, 1024);
+      wgmma_m64n64k16_ss(sf, a, bk, ks > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(sf);
+
+    const int n0 = cur.start;
+    bool edge = n0 + kBlockN > p.tk;
+    if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
+    if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
+    if (edge) mask_edge_tile<kKeys, 1, kBlockN>(s, p, row0, n0);
+
+    float corr[1][2];
+    const bool max_moved = online_softmax<1, kBlockN>(s, row_max, row_sum, corr, p.scale_log2);
+    if (__any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+      for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[0][dt][c] *= corr[0][c >> 1];
+    }
+
+    // O += P V, P straight from the score registers, 16 keys per wgmma.
+    uint32_t pa[kBlockN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      pa[kk][0] = pack_bf16x2(s[0][2 * kk][0], s[0][2 * kk][1]);
+      pa[kk][1] = pack_bf16x2(s[0][2 * kk][2], s[0][2 * kk][3]);
+      pa[kk][2] = pack_bf16x2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+      pa[kk][3] = pack_bf16x2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(v_s + kk * 16 * 128, kBlockN * 128, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(o);
+    // The next iteration's copy overwrites this tile's buffer.
+    __syncthreads();
+    cur = nxt;
+    nxt = after;
+  }
+  cp_async_wait<0>();
+  store_output<1, kD>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * q_ld + h * kD, q_ld, row0, p.tq);
+#else
+  __trap();  // built for sm_90a only; sm90_available() keeps other GPUs away
+#endif
+}
+
+template <Keys kKeys>
+void launch(const Params& p, int batch) {
+  static const bool configured = [] {
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<kKeys>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         kSmemBytes));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
+  flash_forward_sm90_kernel<kKeys><<<grid, kThreads, kSmemBytes, stream()>>>(p);
+  SUBQ_CUDA_CHECK_LAUNCH("flash_forward_sm90_kernel");
+}
+
+}  // namespace
+
+bool sm90_available() {
+  static const bool wgmma_off = [] {
+    const char* v = std::getenv("SUBQ_FLASH_WGMMA");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  const DeviceInfo& d = device_info();
+  return !wgmma_off && d.major == 9 && d.minor == 0;
+}
+
+void sm90_forward(Params p, int batch, Keys keys, int k_block) {
+  p.sub_tiles = k_block / kBlockN;
+  if (keys == Keys::all) launch<Keys::all>(p, batch);
+  else if (keys == Keys::causal) launch<Keys::causal>(p, batch);
+  else if (keys == Keys::listed) launch<Keys::listed>(p, batch);
+  else throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
+}
+
+}  // namespace subq::cuda::flash

@@ -1,0 +1,17 @@
+// The Hopper flash forward (flash_attention_sm90.cu, built for sm_90a only): head dim 128,
+// 128-query CTAs of two warpgroups whose Q·K^T and P·V run on wgmma. flash_attention.cu
+// sends it the dense and 128-query-mask problems it covers when the GPU can run it.
+#pragma once
+
+#include "src/ops/attention/flash_attention_device.cuh"
+
+namespace subq::cuda::flash {
+
+// A compute capability 9.0 GPU, unless SUBQ_FLASH_WGMMA=0 (then the sm_80 kernel runs
+// everything, as on an A100: how its path stays tested on a Hopper machine).
+bool sm90_available();
+
+// Runs the forward for keys all, causal or listed (128-query mask rows of k_block keys).
+void sm90_forward(Params p, int batch, Keys keys, int k_block);
+
+}  // namespace subq::cuda::flash
