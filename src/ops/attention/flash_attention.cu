@@ -298,7 +298,7 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const int64_t D = q.dim(3);
   if (q.dim(0) == 0 || p.tq == 0 || p.heads == 0) return;
   const int batch = static_cast<int>(q.dim(0));
-  if (D == 128 && flash::sm90_available()) return flash::sm90_forward(p, batch, causal ? Keys::causal : Keys::all, 64);
+  if (D == 128 && flash::sm90_available()) return flash::sm90_forward(p, batch, causal ? Keys::causal : Keys::all, 0);
   if (D == 64) causal ? launch<64, 128, Keys::causal>(p, batch) : launch<64, 128, Keys::all>(p, batch);
   else if (D == 128) causal ? launch<128, 128, Keys::causal>(p, batch) : launch<128, 128, Keys::all>(p, batch);
   else causal ? launch<256, 64, Keys::causal>(p, batch) : launch<256, 64, Keys::all>(p, batch);

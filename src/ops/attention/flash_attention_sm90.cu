@@ -1,11 +1,13 @@
 // Flash forward on Hopper tensor cores: one CTA of two warpgroups per (128 queries, head,
-// batch), head dim 128. Each warpgroup owns 64 query rows: S = Q K^T for a 64-key tile is
-// one chain of eight m64n64k16 wgmmas reading Q and K from shared memory, the online
-// softmax runs on S in registers (the m16n8 accumulator layout of the sm_80 kernel, so
-// it shares the masking and softmax code), and O += P V is four m64n128k16 wgmmas with P
-// packed to bf16 in registers and V read from shared memory as stored, key rows of 128
-// contiguous values (MN-major). Q, K and V tiles are copied by cp.async into the 128-byte
-// swizzled layout the descriptors read (wgmma.cuh); K/V tiles are double-buffered.
+// batch), head dim 128. Each warpgroup owns 64 query rows: S = Q K^T for a tile of kBlockN
+// keys is one chain of eight m64nNk16 wgmmas reading Q and K from shared memory, the
+// online softmax runs on S in registers (the m16n8 accumulator layout of the sm_80
+// kernel, so it shares the masking and softmax code), and O += P V is kBlockN / 16
+// m64n128k16 wgmmas with P packed to bf16 in registers and V read from shared memory as
+// stored, key rows of 128 contiguous values (MN-major). Q, K and V tiles are copied by
+// cp.async into the 128-byte swizzled layout the descriptors read (wgmma.cuh); K/V tiles
+// are double-buffered. Dense rows run software-pipelined (below), mask rows one tile at a
+// time (sm90_forward says why).
 //
 // Built for sm_90a only (cmake/cuda.cmake): wgmma exists nowhere else, and a separate
 // object keeps the rest of the library's sm_80 / sm_90 code as it is.
@@ -14,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "src/core/cuda/check.cuh"
 #include "src/core/cuda/device.h"
@@ -24,11 +27,12 @@
 namespace subq::cuda::flash {
 namespace {
 
-constexpr int kD = 128, kBlockM = 128, kBlockN = 64, kThreads = 256;
-// Bytes of shared memory: Q, then two K and two V tiles, each a pair of 64-column blocks;
-// plus slack to align the start to a 1024-byte swizzle atom.
-constexpr int kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
-constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;
+constexpr int kD = 128, kBlockM = 128, kThreads = 256;
+constexpr int kQBytes = kBlockM * kD * 2;
+// Shared memory: Q, then two K and two V tiles of kBlockN keys, each a pair of 64-column
+// blocks; plus slack to align the start to a 1024-byte swizzle atom.
+template <int kBlockN>
+constexpr int kSmemBytes = kQBytes + 4 * kBlockN * kD * 2 + 1024;
 
 // Tells the compiler the accumulators change here (after a wgmma wait), so that no read
 // of them moves above it: the asynchronous wgmma writes them behind its back.
@@ -55,10 +59,24 @@ __device__ __forceinline__ void load_swizzled(unsigned char* dst, const __nv_bfl
   }
 }
 
-template <Keys kKeys>
+// `odd` if kOdd, else `even`: a compile-time choice between two register arrays.
+template <bool kOdd, class A>
+__device__ __forceinline__ A& either(A& even, A& odd) {
+  if constexpr (kOdd) return odd;
+  else return even;
+}
+
+// Pipelined (kPipelined), the loop overlaps tiles: while the tensor cores run tile j's
+// Q K^T and tile j - 1's P V, the warpgroup's softmax waits only for the first; the
+// second is waited for just before the accumulator is rescaled. Copies run two tiles
+// ahead for K and one for V: at tile j, K_{j+2} and V_{j+1} load into the buffers that
+// K_j and V_{j-1} leave. Each group of copies is committed even when empty, so that
+// cp.async.wait_group 1 always means "all but the newest".
+template <Keys kKeys, int kBlockN, bool kPipelined>
 __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const Params p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr bool kListed = kKeys == Keys::listed;
+  constexpr int kTileBytes = kBlockN * kD * 2;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* sQ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sK = sQ + kQBytes;          // two tiles
@@ -92,14 +110,12 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
     tiles.n = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
   }
   const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
-
-  Tile cur = tiles.next(), nxt = tiles.next();
-  load_swizzled<kBlockM>(sQ, q, q_ld, p.tq - m0, p.q);
-  if (cur.rows) {
-    load_swizzled<kBlockN>(sK, k + cur.start * kv_ld, kv_ld, p.tk - cur.start, k);
-    load_swizzled<kBlockN>(sV, v + cur.start * kv_ld, kv_ld, p.tk - cur.start, v);
-  }
-  cp_async_commit();
+  const auto load_k = [&](int buf, const Tile& t) {
+    if (t.rows) load_swizzled<kBlockN>(sK + buf * kTileBytes, k + t.start * kv_ld, kv_ld, p.tk - t.start, k);
+  };
+  const auto load_v = [&](int buf, const Tile& t) {
+    if (t.rows) load_swizzled<kBlockN>(sV + buf * kTileBytes, v + t.start * kv_ld, kv_ld, p.tk - t.start, v);
+  };
 
   float acc[1][kD / 8][4];
   float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.f, 0.f}};
@@ -108,26 +124,15 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[0][dt][c] = 0.f;
   float(&o)[kD / 2] = reinterpret_cast<float(&)[kD / 2]>(acc);
+  float s[1][kBlockN / 8][4];
+  float(&sf)[kBlockN / 2] = reinterpret_cast<float(&)[kBlockN / 2]>(s);
+  // P of two consecutive tiles: P V of one may still read its registers (wgmma reads A
+  // asynchronously) while the softmax of the next writes the other.
+  uint32_t pa_even[kBlockN / 16][4], pa_odd[kBlockN / 16][4];
 
-  for (int j = 0; cur.rows; ++j) {
-    if (nxt.rows) {
-      const int n = nxt.start;
-      load_swizzled<kBlockN>(sK + ((j + 1) & 1) * kTileBytes, k + n * kv_ld, kv_ld, p.tk - n, k);
-      load_swizzled<kBlockN>(sV + ((j + 1) & 1) * kTileBytes, v + n * kv_ld, kv_ld, p.tk - n, v);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    const Tile after = tiles.next();
-    fence_proxy_async();  // this thread's copies, before the tensor cores read them
-    __syncthreads();
-    const unsigned char* k_s = sK + (j & 1) * kTileBytes;
-    const unsigned char* v_s = sV + (j & 1) * kTileBytes;
-
-    // S = Q K^T: 16 columns of D per wgmma, 64 per column block (32 bytes into its rows).
-    float s[1][kBlockN / 8][4];
-    float(&sf)[kBlockN / 2] = reinterpret_cast<float(&)[kBlockN / 2]>(s);
+  // S = Q K^T for the tile in K buffer kbuf: 16 columns of D per wgmma, 64 per column
+  // block (32 bytes into its rows); issued, not waited for.
+  const auto issue_scores = [&](int kbuf) {
 #pragma unroll
     for (int i = 0; i < kBlockN / 2; ++i) sf[i] = 0.f;
     wgmma_fence();
@@ -135,30 +140,29 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
     for (int ks = 0; ks < kD / 16; ++ks) {
       const int block = ks >> 2, within = (ks & 3) * 32;
       const uint64_t a = sw128_desc(sQ + block * (kBlockM * 128) + wg * (64 * 128) + within, 16, 1024);
-      const uint64_t bk = sw128_desc(k_s + block * (kBlockN * 128) + within, 16, 1024);
-      wgmma_m64n64k16_ss(sf, a, bk, ks > 0);
+      const uint64_t bk = sw128_desc(sK + kbuf * kTileBytes + block * (kBlockN * 128) + within, 16, 1024);
+      if constexpr (kBlockN == 64) wgmma_m64n64k16_ss(sf, a, bk, ks > 0);
+      else wgmma_m64n128k16_ss(sf, a, bk, ks > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(sf);
-
-    const int n0 = cur.start;
+  };
+  // O += P V for the tile in V buffer vbuf, P from pa; issued, not waited for.
+  const auto issue_values = [&](int vbuf, const uint32_t (&pa)[kBlockN / 16][4]) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
+    wgmma_commit();
+  };
+  // Masks, softmax and packs the scores of tile t into pa; returns the accumulator's
+  // correction (applied by the caller once the previous P V is done).
+  const auto softmax_tile = [&](const Tile& t, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
+    const int n0 = t.start;
     bool edge = n0 + kBlockN > p.tk;
     if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
     if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
     if (edge) mask_edge_tile<kKeys, 1, kBlockN>(s, p, row0, n0);
-
-    float corr[1][2];
-    const bool max_moved = online_softmax<1, kBlockN>(s, row_max, row_sum, corr, p.scale_log2);
-    if (__any_sync(0xffffffffu, max_moved)) {
-#pragma unroll
-      for (int dt = 0; dt < kD / 8; ++dt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[0][dt][c] *= corr[0][c >> 1];
-    }
-
-    // O += P V, P straight from the score registers, 16 keys per wgmma.
-    uint32_t pa[kBlockN / 16][4];
+    const bool moved = online_softmax<1, kBlockN>(s, row_max, row_sum, corr, p.scale_log2);
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       pa[kk][0] = pack_bf16x2(s[0][2 * kk][0], s[0][2 * kk][1]);
@@ -166,35 +170,124 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
       pa[kk][2] = pack_bf16x2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
       pa[kk][3] = pack_bf16x2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
     }
-    wgmma_fence();
+    return __any_sync(0xffffffffu, moved);
+  };
+  const auto rescale = [&](const float (&corr)[1][2]) {
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
-      wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(v_s + kk * 16 * 128, kBlockN * 128, 1024));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(o);
-    // The next iteration's copy overwrites this tile's buffer.
-    __syncthreads();
-    cur = nxt;
-    nxt = after;
+    for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[0][dt][c] *= corr[0][c >> 1];
+  };
+
+  if constexpr (!kPipelined) {
+    // One tile at a time: its copies were issued a tile ahead.
+    Tile cur = tiles.next(), nxt = tiles.next();
+    load_swizzled<kBlockM>(sQ, q, q_ld, p.tq - m0, p.q);
+    load_k(0, cur);
+    load_v(0, cur);
+    cp_async_commit();
+    for (int j = 0; cur.rows; ++j) {
+      load_k((j + 1) & 1, nxt);
+      load_v((j + 1) & 1, nxt);
+      cp_async_commit();
+      cp_async_wait<1>();
+      fence_proxy_async();
+      __syncthreads();
+      const Tile after = tiles.next();
+      issue_scores(j & 1);
+      wgmma_wait<0>();
+      fence_operands(sf);
+      float corr[1][2];
+      if (softmax_tile(cur, corr, pa_even)) rescale(corr);
+      issue_values(j & 1, pa_even);
+      wgmma_wait<0>();
+      fence_operands(o);
+      __syncthreads();  // the next copies overwrite this tile's buffers
+      cur = nxt;
+      nxt = after;
+    }
+  } else {
+    // Tiles j (cur), j + 1 and j + 2, chosen in order.
+    Tile cur = tiles.next(), nxt = tiles.next(), nxt2 = tiles.next();
+    // Copy groups: {Q, K_0}, then {K_1, V_0}.
+    load_swizzled<kBlockM>(sQ, q, q_ld, p.tq - m0, p.q);
+    load_k(0, cur);
+    cp_async_commit();
+    load_k(1, nxt);
+    load_v(0, cur);
+    cp_async_commit();
+
+    if (cur.rows) {
+      cp_async_wait<1>();
+      fence_proxy_async();
+      __syncthreads();
+      issue_scores(0);
+      wgmma_wait<0>();
+      fence_operands(sf);
+      float corr[1][2];
+      softmax_tile(cur, corr, pa_even);  // the accumulator is still zero: nothing to rescale
+      __syncthreads();  // every warpgroup is done with K_0
+      load_k(0, nxt2);
+      load_v(1, nxt);
+      cp_async_commit();
+    }
+    // Tile j's scores and softmax beside tile j - 1's P V; `odd` is j's parity (which P
+    // registers tile j fills), a compile-time choice so that they stay registers.
+    int last = 0;  // index of cur
+    const auto step = [&](int j, auto odd) {
+      cp_async_wait<1>();  // copies of K_j and V_{j-1} landed (all but the newest group)
+      fence_proxy_async();
+      __syncthreads();
+      issue_scores(j & 1);
+      issue_values((j - 1) & 1, either<!decltype(odd)::value>(pa_even, pa_odd));
+      wgmma_wait<1>();  // the scores; P V may still run
+      fence_operands(sf);
+      float corr[1][2];
+      const bool moved = softmax_tile(nxt, corr, either<decltype(odd)::value>(pa_even, pa_odd));
+      wgmma_wait<0>();
+      fence_operands(o);
+      if (moved) rescale(corr);
+      __syncthreads();  // every warpgroup is done with K_j and V_{j-1}
+      cur = nxt;
+      nxt = nxt2;
+      nxt2 = tiles.next();
+      last = j;
+      load_k((j + 2) & 1, nxt2);  // K_{j+2} where K_j was
+      load_v((j + 1) & 1, nxt);   // V_{j+1} where V_{j-1} was
+      cp_async_commit();
+    };
+    for (int j = 1; nxt.rows; ++j) {
+      if (j & 1) step(j, std::true_type());
+      else step(j, std::false_type());
+    }
+    if (cur.rows) {
+      // The last tile's P V; its V copy is in the older group.
+      cp_async_wait<1>();
+      fence_proxy_async();
+      __syncthreads();
+      if (last & 1) issue_values(1, pa_odd);
+      else issue_values(0, pa_even);
+    }
   }
   cp_async_wait<0>();
+  wgmma_wait<0>();
+  fence_operands(o);
   store_output<1, kD>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * q_ld + h * kD, q_ld, row0, p.tq);
 #else
   __trap();  // built for sm_90a only; sm90_available() keeps other GPUs away
 #endif
 }
 
-template <Keys kKeys>
+template <Keys kKeys, int kBlockN, bool kPipelined>
 void launch(const Params& p, int batch) {
   static const bool configured = [] {
-    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<kKeys>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         kSmemBytes));
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes<kBlockN>));
     return true;
   }();
   (void)configured;
   const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
-  flash_forward_sm90_kernel<kKeys><<<grid, kThreads, kSmemBytes, stream()>>>(p);
+  flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined><<<grid, kThreads, kSmemBytes<kBlockN>, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_sm90_kernel");
 }
 
@@ -210,11 +303,23 @@ bool sm90_available() {
 }
 
 void sm90_forward(Params p, int batch, Keys keys, int k_block) {
-  p.sub_tiles = k_block / kBlockN;
-  if (keys == Keys::all) launch<Keys::all>(p, batch);
-  else if (keys == Keys::causal) launch<Keys::causal>(p, batch);
-  else if (keys == Keys::listed) launch<Keys::listed>(p, batch);
-  else throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
+  // Dense rows run pipelined over 128-key tiles; mask rows one 64-key tile at a time.
+  // Measured on an H200 (bench/cuda attention and sparse, all four combinations): dense
+  // causal 425 TFLOP/s pipelined at 128 keys against 415 (one at a time, 128), 394
+  // (pipelined, 64) and 369 (one at a time, 64); the window and random masks of 128-key
+  // blocks ran fastest one 64-key tile at a time (2.25 / 1.87 ms at 32K, against 2.44-2.53
+  // / 1.79-1.91 for the others): their rows are 17-26 blocks long, too short to fill and
+  // drain a pipeline, and a CTA holds its SM alone (190-250 registers per thread).
+  if (keys == Keys::all) {
+    launch<Keys::all, 128, true>(p, batch);
+  } else if (keys == Keys::causal) {
+    launch<Keys::causal, 128, true>(p, batch);
+  } else if (keys == Keys::listed) {
+    p.sub_tiles = k_block / 64;
+    launch<Keys::listed, 64, false>(p, batch);
+  } else {
+    throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
+  }
 }
 
 }  // namespace subq::cuda::flash
