@@ -62,28 +62,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_forward_kernel(const Params
   const int h = blockIdx.y, b = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-  const int64_t q_ld = static_cast<int64_t>(p.heads) * D;
-  const int64_t kv_ld = static_cast<int64_t>(p.kv_heads) * D;
-  const __nv_bfloat16* q = p.q + (static_cast<int64_t>(b) * p.tq + m0) * q_ld + h * D;
-  const __nv_bfloat16* k = p.k + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
-  const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
-
-  KeyTiles<kKeys, kBlockN> tiles{};
-  if constexpr (kListed) {
-    // Mask row(s): qb, or 2 qb and 2 qb + 1 when paired (the second may not exist).
-    const int row0 = kKeys == Keys::paired ? 2 * qb : qb;
-    const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + row0;
-    tiles.a = p.key_blocks + p.row_start[r];
-    tiles.na = p.row_start[r + 1] - p.row_start[r];
-    tiles.b = tiles.a + tiles.na;
-    tiles.nb = kKeys == Keys::paired && row0 + 1 < p.num_q_blocks ? p.row_start[r + 2] - p.row_start[r + 1] : 0;
-    tiles.head_a = tiles.na > 0 ? tiles.a[0] : INT_MAX;
-    tiles.head_b = tiles.nb > 0 ? tiles.b[0] : INT_MAX;
-    tiles.sub_tiles = p.sub_tiles;
-  } else {
-    const int key_end = kKeys == Keys::causal ? min(p.tk, m0 + kBlockM + p.causal_offset) : p.tk;
-    tiles.n = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
-  }
+  const auto [q, k, v, q_ld, kv_ld] = flash::head_rows<D>(p, b, h, m0);
+  auto tiles = flash::cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
   // Query positions of the first and last real row this warp's mask row covers (the
   // CTA's rows unless paired), for the mask rule.
   const int rows_from = kKeys == Keys::paired ? (warp >> 1) * (kBlockM / 2) : 0;

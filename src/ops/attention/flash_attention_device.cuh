@@ -119,6 +119,43 @@ struct KeyTiles {
 };
 
 
+// The key tiles of the CTA of query block qb (rows m0 .. m0 + block_m) of head h,
+// batch b: dense ones up to the last key its rows may see, or those of its mask row(s):
+// qb, or 2 qb and 2 qb + 1 when paired (the second may not exist).
+template <Keys kKeys, int kBlockN>
+__device__ __forceinline__ KeyTiles<kKeys, kBlockN> cta_key_tiles(const Params& p, int b, int h, int qb, int m0,
+                                                                   int block_m) {
+  KeyTiles<kKeys, kBlockN> tiles{};
+  if constexpr (kKeys == Keys::listed || kKeys == Keys::paired) {
+    const int row0 = kKeys == Keys::paired ? 2 * qb : qb;
+    const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + row0;
+    tiles.a = p.key_blocks + p.row_start[r];
+    tiles.na = p.row_start[r + 1] - p.row_start[r];
+    tiles.b = tiles.a + tiles.na;
+    tiles.nb = kKeys == Keys::paired && row0 + 1 < p.num_q_blocks ? p.row_start[r + 2] - p.row_start[r + 1] : 0;
+    tiles.head_a = tiles.na > 0 ? tiles.a[0] : INT_MAX;
+    tiles.head_b = tiles.nb > 0 ? tiles.b[0] : INT_MAX;
+    tiles.sub_tiles = p.sub_tiles;
+  } else {
+    const int key_end = kKeys == Keys::causal ? min(p.tk, m0 + block_m + p.causal_offset) : p.tk;
+    tiles.n = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+  }
+  return tiles;
+}
+
+// Row pointers of one CTA: q at its first query row of head h, k and v at row 0 of the
+// head's KV head, with their row strides (elements).
+struct HeadRows {
+  const __nv_bfloat16 *q, *k, *v;
+  int64_t q_ld, kv_ld;
+};
+template <int D>
+__device__ __forceinline__ HeadRows head_rows(const Params& p, int b, int h, int m0) {
+  const int64_t q_ld = static_cast<int64_t>(p.heads) * D, kv_ld = static_cast<int64_t>(p.kv_heads) * D;
+  const int64_t kv = static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * D;
+  return {p.q + (static_cast<int64_t>(b) * p.tq + m0) * q_ld + h * D, p.k + kv, p.v + kv, q_ld, kv_ld};
+}
+
 // Sets to -inf the scores of an edge tile (keys [n0, n0 + kBlockN) not all allowed) that
 // lie past the keys, above the causal diagonal, or outside the mask's rule, for the
 // kMTiles m16 tiles of rows from `row0` (this warp's first row).

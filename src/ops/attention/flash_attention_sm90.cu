@@ -89,26 +89,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
   const int warp = threadIdx.x >> 5, wg = warp >> 2;
   const int row0 = m0 + warp * 16;  // this warp's first row (warpgroup wg: rows 64 wg ..)
 
-  const int64_t q_ld = static_cast<int64_t>(p.heads) * kD;
-  const int64_t kv_ld = static_cast<int64_t>(p.kv_heads) * kD;
-  const __nv_bfloat16* q = p.q + (static_cast<int64_t>(b) * p.tq + m0) * q_ld + h * kD;
-  const __nv_bfloat16* k = p.k + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * kD;
-  const __nv_bfloat16* v = p.v + static_cast<int64_t>(b) * p.tk * kv_ld + (h / p.group) * kD;
-
-  KeyTiles<kKeys, kBlockN> tiles{};
-  if constexpr (kListed) {
-    const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + qb;
-    tiles.a = p.key_blocks + p.row_start[r];
-    tiles.na = p.row_start[r + 1] - p.row_start[r];
-    tiles.b = tiles.a + tiles.na;
-    tiles.nb = 0;
-    tiles.head_a = tiles.na > 0 ? tiles.a[0] : INT_MAX;
-    tiles.head_b = INT_MAX;
-    tiles.sub_tiles = p.sub_tiles;
-  } else {
-    const int key_end = kKeys == Keys::causal ? min(p.tk, m0 + kBlockM + p.causal_offset) : p.tk;
-    tiles.n = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
-  }
+  const auto [q, k, v, q_ld, kv_ld] = head_rows<kD>(p, b, h, m0);
+  auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
   const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
   const auto load_k = [&](int buf, const Tile& t) {
     if (t.rows) load_swizzled<kBlockN>(sK + buf * kTileBytes, k + t.start * kv_ld, kv_ld, p.tk - t.start, k);
