@@ -231,24 +231,15 @@ HWY_INLINE void PVRows(const float* HWY_RESTRICT p, int64_t ldp, const T* HWY_RE
   for (; x0 < depth; x0 += 2 * N) pass(x0, std::integral_constant<int, 1>());
 }
 
-// Rows j < keys of src widened into dst ([keys, pair_dim] f32, pair order, zero-padded).
+// Rows j < keys of src, whose head_dim is not whole pairs, widened into dst ([keys,
+// pair_dim] f32, pair order, zero-padded), element by element.
 template <class T>
 HWY_INLINE void WidenRows(const T* HWY_RESTRICT src, int64_t stride, int64_t keys, int64_t head_dim,
                           int64_t pair_dim, float* HWY_RESTRICT dst) {
-  const DF d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   for (int64_t j = 0; j < keys; ++j) {
     const T* row = src + j * stride;
     float* out = dst + j * pair_dim;
-    if (head_dim == pair_dim) {
-      for (int64_t x = 0; x < head_dim; x += 2 * N) {
-        VF a, b;
-        LoadPair(row + x, a, b);
-        hn::Store(a, d, out + x);
-        hn::Store(b, d, out + x + N);
-      }
-      continue;
-    }
     std::fill_n(out, pair_dim, 0.f);
     for (int64_t x = 0; x < head_dim; ++x) {
       if constexpr (std::is_same_v<T, float>) out[x] = row[x];
@@ -273,13 +264,13 @@ void DecodeBlockTyped(const DecodeStep& st) {
   const T* v = static_cast<const T*>(st.v);
   PrefetchSpan k_ahead = st.k_ahead, v_ahead = st.v_ahead;
   // Rows are read in place, or widened (padded) into the tile first when their length is
-  // not whole pairs.
+  // not whole pairs (WidenRows).
   const auto qk = [&](const auto* keys, int64_t stride) {
     ForRowGroups(st.rows, [&](int64_t r0, auto group_rows) {
       const bool first = r0 == 0;  // the first group prefetches for all
       QKRows<decltype(group_rows)::value>(st.q + r0 * Dp, Dp, keys, stride, st.kn, st.s + r0 * Bk, Bk, Dp,
-                                    first && k_ahead.next ? &k_ahead : nullptr,
-                                    first && v_ahead.next ? &v_ahead : nullptr);
+                                          first && k_ahead.next ? &k_ahead : nullptr,
+                                          first && v_ahead.next ? &v_ahead : nullptr);
     });
   };
   // The span prefetches bring the block to L2; this head's V rows come on to L1 while Q·K

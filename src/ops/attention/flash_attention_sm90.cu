@@ -136,8 +136,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
       wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
     wgmma_commit();
   };
-  // Masks, softmax and packs the scores of tile t into pa; returns the accumulator's
-  // correction (applied by the caller once the previous P V is done).
+  // Masks, softmax and packs the scores of tile t into pa; fills corr with the
+  // accumulator's correction (the caller applies it once the previous P V is done) and
+  // returns whether any of the warp's rows needs it.
   const auto softmax_tile = [&](const Tile& t, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
     const int n0 = t.start;
     bool edge = n0 + kBlockN > p.tk;
