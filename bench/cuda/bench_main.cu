@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/cuda/bench.h"
@@ -58,9 +59,25 @@ bool random_block_kept(int64_t qb, int64_t kb) {
   return kb == qb || kb == 0 || (h >> 7) % 10 == 0;
 }
 
+// The key blocks a 64-query row qb of a top-k mask keeps: the diagonal, then the k - 1
+// earlier blocks of the smallest hash (MoBA's and HiP's shape: a few scattered blocks).
+std::vector<int32_t> top_k_row(int64_t qb, int64_t k) {
+  std::vector<std::pair<uint32_t, int32_t>> ranked;
+  for (int64_t kb = 0; kb < qb; ++kb)
+    ranked.emplace_back(static_cast<uint32_t>(qb) * 2654435761u ^ static_cast<uint32_t>(kb) * 40503u,
+                        static_cast<int32_t>(kb));
+  const auto keep = std::min<size_t>(ranked.size(), static_cast<size_t>(k - 1));
+  std::partial_sort(ranked.begin(), ranked.begin() + static_cast<int64_t>(keep), ranked.end());
+  std::vector<int32_t> row{static_cast<int32_t>(qb)};
+  for (size_t i = 0; i < keep; ++i) row.push_back(ranked[i].second);
+  std::sort(row.begin(), row.end());
+  return row;
+}
+
 // Block-sparse attention over 128 x 128 blocks (FlexAttention's default), causal, beside
 // the dense causal kernel on the same inputs: the speedup over dense against the ideal
-// 1 / density. FLOPs counted are the ones the mask keeps (4 D per allowed pair).
+// 1 / density. FLOPs counted are the ones the mask keeps (4 D per allowed pair). A third
+// mask keeps 8 blocks of 64 x 64 per row (no FlexAttention peer: its blocks are 128).
 void bench_sparse(std::mt19937_64& rng) {
   const int64_t B = 1, H = 16, D = 128, blk = 128;
   for (int64_t T : {8192, 32768}) {
@@ -81,12 +98,17 @@ void bench_sparse(std::mt19937_64& rng) {
         if (random_block_kept(qb, kb)) row.push_back(static_cast<int32_t>(kb));
       builder.add_row(row);
     }
+    attn::BlockMaskBuilder top_k(1, 1, T, T, 64, 64, 0, causal);
+    for (int64_t qb = 0; qb < T / 64; ++qb) {
+      std::vector<int32_t> row = top_k_row(qb, 8);
+      top_k.add_row(row);
+    }
     const int64_t window = 2048;
     const attn::BlockMask masks[] = {
         attn::sliding_window_mask(attn::MaskGeometry{T, T, 0, blk, blk, 1, nullptr}, window, 0, true),
-        builder.finish()};
-    const char* names[] = {"window=2048", "random10%"};
-    for (int i = 0; i < 2; ++i) {
+        builder.finish(), top_k.finish()};
+    const char* names[] = {"window=2048", "random10%", "top8 of 64-blocks"};
+    for (int i = 0; i < 3; ++i) {
       const attn::BlockMask& m = masks[i];
       const cuda::DeviceBlockMask dm = cuda::upload(m);
       const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, dm, scale); });

@@ -1,5 +1,6 @@
 // Flash forward on Hopper tensor cores: one CTA of two warpgroups per (128 queries, head,
-// batch), head dim 128. Each warpgroup owns 64 query rows: S = Q K^T for a tile of kBlockN
+// batch), head dim 128 (of one warpgroup per 64 queries for masks of 64-query blocks).
+// Each warpgroup owns 64 query rows: S = Q K^T for a tile of kBlockN
 // keys is one chain of eight m64nNk16 wgmmas reading Q and K from shared memory, the
 // online softmax runs on S in registers (the m16n8 accumulator layout of the sm_80
 // kernel, so it shares the masking and softmax code), and O += P V is kBlockN / 16
@@ -27,12 +28,11 @@
 namespace subq::cuda::flash {
 namespace {
 
-constexpr int kD = 128, kBlockM = 128, kThreads = 256;
-constexpr int kQBytes = kBlockM * kD * 2;
-// Shared memory: Q, then two K and two V tiles of kBlockN keys, each a pair of 64-column
-// blocks; plus slack to align the start to a 1024-byte swizzle atom.
-template <int kBlockN>
-constexpr int kSmemBytes = kQBytes + 4 * kBlockN * kD * 2 + 1024;
+constexpr int kD = 128;
+// Shared memory: Q (kBlockM rows), then two K and two V tiles of kBlockN keys, each a
+// pair of 64-column blocks; plus slack to align the start to a 1024-byte swizzle atom.
+template <int kBlockM, int kBlockN>
+constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kD * 2 + 1024;
 
 // Tells the compiler the accumulators change here (after a wgmma wait), so that no read
 // of them moves above it: the asynchronous wgmma writes them behind its back.
@@ -43,9 +43,9 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
 }
 
 // Rows [0, valid) of an [R][128] bf16 tile from global rows `ld` apart into the swizzled
-// layout (two [R][64] column blocks), by cp.async; rows past `valid` are zero-filled and
-// read from `safe` instead.
-template <int R>
+// layout (two [R][64] column blocks), by cp.async from kThreads threads; rows past
+// `valid` are zero-filled and read from `safe` instead.
+template <int R, int kThreads>
 __device__ __forceinline__ void load_swizzled(unsigned char* dst, const __nv_bfloat16* g, int64_t ld, int valid,
                                               const __nv_bfloat16* safe) {
   constexpr int kChunks = kD / 8;
@@ -72,9 +72,10 @@ __device__ __forceinline__ A& either(A& even, A& odd) {
 // ahead for K and one for V: at tile j, K_{j+2} and V_{j+1} load into the buffers that
 // K_j and V_{j-1} leave. Each group of copies is committed even when empty, so that
 // cp.async.wait_group 1 always means "all but the newest".
-template <Keys kKeys, int kBlockN, bool kPipelined>
-__global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const Params p) {
+template <Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
+__global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kernel(const Params p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kBlockM = 64 * kWarpgroups, kThreads = 128 * kWarpgroups, kQBytes = kBlockM * kD * 2;
   constexpr bool kListed = kKeys == Keys::listed;
   constexpr int kTileBytes = kBlockN * kD * 2;
   extern __shared__ unsigned char smem_raw[];
@@ -93,10 +94,10 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
   auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
   const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
   const auto load_k = [&](int buf, const Tile& t) {
-    if (t.rows) load_swizzled<kBlockN>(sK + buf * kTileBytes, k + t.start * kv_ld, kv_ld, p.tk - t.start, k);
+    if (t.rows) load_swizzled<kBlockN, kThreads>(sK + buf * kTileBytes, k + t.start * kv_ld, kv_ld, p.tk - t.start, k);
   };
   const auto load_v = [&](int buf, const Tile& t) {
-    if (t.rows) load_swizzled<kBlockN>(sV + buf * kTileBytes, v + t.start * kv_ld, kv_ld, p.tk - t.start, v);
+    if (t.rows) load_swizzled<kBlockN, kThreads>(sV + buf * kTileBytes, v + t.start * kv_ld, kv_ld, p.tk - t.start, v);
   };
 
   float acc[1][kD / 8][4];
@@ -165,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
   if constexpr (!kPipelined) {
     // One tile at a time: its copies were issued a tile ahead.
     Tile cur = tiles.next(), nxt = tiles.next();
-    load_swizzled<kBlockM>(sQ, q, q_ld, p.tq - m0, p.q);
+    load_swizzled<kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
     load_k(0, cur);
     load_v(0, cur);
     cp_async_commit();
@@ -193,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
     // Tiles j (cur), j + 1 and j + 2, chosen in order.
     Tile cur = tiles.next(), nxt = tiles.next(), nxt2 = tiles.next();
     // Copy groups: {Q, K_0}, then {K_1, V_0}.
-    load_swizzled<kBlockM>(sQ, q, q_ld, p.tq - m0, p.q);
+    load_swizzled<kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
     load_k(0, cur);
     cp_async_commit();
     load_k(1, nxt);
@@ -261,16 +262,17 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_sm90_kernel(const P
 #endif
 }
 
-template <Keys kKeys, int kBlockN, bool kPipelined>
+template <Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
 void launch(const Params& p, int batch) {
+  constexpr int kBlockM = 64 * kWarpgroups, kSmem = kSmemBytes<kBlockM, kBlockN>;
   static const bool configured = [] {
-    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes<kBlockN>));
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined, kWarpgroups>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
   }();
   (void)configured;
   const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
-  flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined><<<grid, kThreads, kSmemBytes<kBlockN>, stream()>>>(p);
+  flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined, kWarpgroups><<<grid, 128 * kWarpgroups, kSmem, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_sm90_kernel");
 }
 
@@ -285,7 +287,7 @@ bool sm90_available() {
   return !wgmma_off && d.major == 9 && d.minor == 0;
 }
 
-void sm90_forward(Params p, int batch, Keys keys, int k_block) {
+void sm90_forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // Dense rows run pipelined over 128-key tiles; mask rows one 64-key tile at a time.
   // Measured on an H200 (bench/cuda attention and sparse, all four combinations): dense
   // causal 425 TFLOP/s pipelined at 128 keys against 415 (one at a time, 128), 394
@@ -293,13 +295,15 @@ void sm90_forward(Params p, int batch, Keys keys, int k_block) {
   // blocks ran fastest one 64-key tile at a time (2.25 / 1.87 ms at 32K, against 2.44-2.53
   // / 1.79-1.91 for the others): their rows are 17-26 blocks long, too short to fill and
   // drain a pipeline, and a CTA holds its SM alone (190-250 registers per thread).
+  // 64-query mask rows take a CTA of one warpgroup (two CTAs share an SM).
   if (keys == Keys::all) {
-    launch<Keys::all, 128, true>(p, batch);
+    launch<Keys::all, 128, true, 2>(p, batch);
   } else if (keys == Keys::causal) {
-    launch<Keys::causal, 128, true>(p, batch);
+    launch<Keys::causal, 128, true, 2>(p, batch);
   } else if (keys == Keys::listed) {
     p.sub_tiles = k_block / 64;
-    launch<Keys::listed, 64, false>(p, batch);
+    if (q_block == 64) launch<Keys::listed, 64, false, 1>(p, batch);
+    else launch<Keys::listed, 64, false, 2>(p, batch);
   } else {
     throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
   }
