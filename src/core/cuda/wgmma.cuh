@@ -1,6 +1,6 @@
 // Hopper warpgroup matrix multiply (wgmma, sm_90a only): shared-memory descriptors for
-// the 128-byte swizzled layout, the fences that order it, and the two shapes the flash
-// kernel uses. A warpgroup is 4 consecutive warps (128 threads) starting at a warp index
+// the 128-byte swizzled layout, the fences that order it, and the shapes the flash
+// kernel uses (Q K^T from shared memory, P V with P in registers). A warpgroup is 4 consecutive warps (128 threads) starting at a warp index
 // divisible by 4; each wgmma computes a 64 x N tile, warp w of the group owning rows
 // 16w..16w+15 with the m16n8 accumulator layout repeated over N / 8 column tiles.
 //
