@@ -3,6 +3,7 @@
 // measured in the same call). Inputs are random (never zeros); each case checks the
 // last launch's error by synchronising.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -41,15 +42,21 @@ void bench_attention(std::mt19937_64& rng) {
       report("attention", shape, ms, flops, 4.0 * q.nbytes());
     }
   }
-  // Head dim 256 (untuned path: 64 queries per CTA).
-  const int64_t B = 2, T = 8192, H8 = 8, D256 = 256;
-  const Tensor q = random_device(DType::bf16, {B, T, H8, D256}, rng);
-  const Tensor k = random_device(DType::bf16, {B, T, H8, D256}, rng);
-  const Tensor v = random_device(DType::bf16, {B, T, H8, D256}, rng);
-  const Tensor o = cuda::empty(DType::bf16, {B, T, H8, D256});
-  const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, 0.0625f); });
-  cuda::synchronize();
-  report("attention", "B=2 T=8192 H=8 D=256 causal", ms, 4.0 * B * H8 * T * T * D256 / 2, 4.0 * q.nbytes());
+  // Head dims 256 (untuned path: 64 queries per CTA) and 64 (small models' heads).
+  struct Other { int64_t B, T, H, D; };
+  for (const Other c : {Other{2, 8192, 8, 256}, Other{4, 8192, 16, 64}}) {
+    const Tensor q = random_device(DType::bf16, {c.B, c.T, c.H, c.D}, rng);
+    const Tensor k = random_device(DType::bf16, {c.B, c.T, c.H, c.D}, rng);
+    const Tensor v = random_device(DType::bf16, {c.B, c.T, c.H, c.D}, rng);
+    const Tensor o = cuda::empty(DType::bf16, {c.B, c.T, c.H, c.D});
+    const float scale = 1.f / std::sqrt(static_cast<float>(c.D));
+    const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, true, scale); });
+    cuda::synchronize();
+    char shape[128];
+    std::snprintf(shape, sizeof shape, "B=%lld T=%lld H=%lld D=%lld causal", (long long)c.B, (long long)c.T,
+                  (long long)c.H, (long long)c.D);
+    report("attention", shape, ms, 4.0 * c.B * c.H * c.T * c.T * c.D / 2, 4.0 * q.nbytes());
+  }
 }
 
 // Whether random block pair (qb, kb) is kept, from a hash that bench/gpu/peers.py

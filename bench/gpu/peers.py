@@ -81,12 +81,12 @@ def attention():
             flops = 4.0 * B * H * T * T * D / (2 if causal else 1)
             emit("torch-sdpa-flash", "attention", f"B={B} T={T} H={H} D={D} {'causal' if causal else 'full'}", ms,
                  flops=flops, nbytes=4.0 * B * T * H * D * 2)
-    B, T, H, D = 2, 8192, 8, 256
-    q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    emit("torch-sdpa-flash", "attention", f"B={B} T={T} H={H} D={D} causal", ms,
-         flops=4.0 * B * H * T * T * D / 2, nbytes=4.0 * B * T * H * D * 2)
+    for B, T, H, D in ((2, 8192, 8, 256), (4, 8192, 16, 64)):
+        q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        emit("torch-sdpa-flash", "attention", f"B={B} T={T} H={H} D={D} causal", ms,
+             flops=4.0 * B * H * T * T * D / 2, nbytes=4.0 * B * T * H * D * 2)
 
 
 def random_block_kept(qb, kb):

@@ -278,8 +278,8 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const int64_t D = q.dim(3);
   if (q.dim(0) == 0 || p.tq == 0 || p.heads == 0) return;
   const int batch = static_cast<int>(q.dim(0));
-  if (D == 128 && flash::sm90_available())
-    return flash::sm90_forward(p, batch, causal ? Keys::causal : Keys::all, 128, 0);
+  if (D <= 128 && flash::sm90_available())
+    return flash::sm90_forward(p, batch, static_cast<int>(D), causal ? Keys::causal : Keys::all, 128, 0);
   if (D == 64) causal ? launch<64, 128, Keys::causal>(p, batch) : launch<64, 128, Keys::all>(p, batch);
   else if (D == 128) causal ? launch<128, 128, Keys::causal>(p, batch) : launch<128, 128, Keys::all>(p, batch);
   else causal ? launch<256, 64, Keys::causal>(p, batch) : launch<256, 64, Keys::all>(p, batch);
@@ -426,8 +426,8 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.q_offset = static_cast<int>(m.q_offset);
   p.rule = device_rule(m.rule);
   const int batch = static_cast<int>(B), kb = static_cast<int>(m.k_block);
-  if (D == 128 && flash::sm90_available()) {
-    flash::sm90_forward(p, batch, Keys::listed, static_cast<int>(m.q_block), kb);
+  if (D <= 128 && flash::sm90_available()) {
+    flash::sm90_forward(p, batch, static_cast<int>(D), Keys::listed, static_cast<int>(m.q_block), kb);
   } else if (m.q_block == 128) {
     if (D == 64) launch<64, 128, Keys::listed>(p, batch, kb);
     else launch<128, 128, Keys::listed>(p, batch, kb);

@@ -1,14 +1,13 @@
 // Flash forward on Hopper tensor cores: one CTA of two warpgroups per (128 queries, head,
-// batch), head dim 128 (of one warpgroup per 64 queries for masks of 64-query blocks).
-// Each warpgroup owns 64 query rows: S = Q K^T for a tile of kBlockN
-// keys is one chain of eight m64nNk16 wgmmas reading Q and K from shared memory, the
-// online softmax runs on S in registers (the m16n8 accumulator layout of the sm_80
-// kernel, so it shares the masking and softmax code), and O += P V is kBlockN / 16
-// m64n128k16 wgmmas with P packed to bf16 in registers and V read from shared memory as
-// stored, key rows of 128 contiguous values (MN-major). Q, K and V tiles are copied by
-// cp.async into the 128-byte swizzled layout the descriptors read (wgmma.cuh); K/V tiles
-// are double-buffered. Dense rows run software-pipelined (below), mask rows one tile at a
-// time (sm90_forward says why).
+// batch), head dim D = 64 or 128 (of one warpgroup per 64 queries for masks of 64-query
+// blocks). Each warpgroup owns 64 query rows: S = Q K^T for a tile of kBlockN keys is one
+// chain of D / 16 m64nNk16 wgmmas reading Q and K from shared memory, the online softmax
+// runs on S in registers (the m16n8 accumulator layout of the sm_80 kernel, so it shares
+// the masking and softmax code), and O += P V is kBlockN / 16 m64nDk16 wgmmas with P
+// packed to bf16 in registers and V read from shared memory as stored, key rows of D
+// contiguous values (MN-major). Q, K and V tiles are copied by cp.async into the 128-byte
+// swizzled layout the descriptors read (wgmma.cuh); K/V tiles are double-buffered. Dense
+// rows run software-pipelined (below), mask rows one tile at a time (forward() says why).
 //
 // Built for sm_90a only (cmake/cuda.cmake): wgmma exists nowhere else, and a separate
 // object keeps the rest of the library's sm_80 / sm_90 code as it is.
@@ -28,11 +27,10 @@
 namespace subq::cuda::flash {
 namespace {
 
-constexpr int kD = 128;
-// Shared memory: Q (kBlockM rows), then two K and two V tiles of kBlockN keys, each a
-// pair of 64-column blocks; plus slack to align the start to a 1024-byte swizzle atom.
-template <int kBlockM, int kBlockN>
-constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kD * 2 + 1024;
+// Shared memory: Q (kBlockM rows), then two K and two V tiles of kBlockN keys, each D / 64
+// blocks of 64 columns; plus slack to align the start to a 1024-byte swizzle atom.
+template <int D, int kBlockM, int kBlockN>
+constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * D * 2 + 1024;
 
 // Tells the compiler the accumulators change here (after a wgmma wait), so that no read
 // of them moves above it: the asynchronous wgmma writes them behind its back.
@@ -42,13 +40,13 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// Rows [0, valid) of an [R][128] bf16 tile from global rows `ld` apart into the swizzled
-// layout (two [R][64] column blocks), by cp.async from kThreads threads; rows past
+// Rows [0, valid) of an [R][D] bf16 tile from global rows `ld` apart into the swizzled
+// layout (D / 64 [R][64] column blocks), by cp.async from kThreads threads; rows past
 // `valid` are zero-filled and read from `safe` instead.
-template <int R, int kThreads>
+template <int D, int R, int kThreads>
 __device__ __forceinline__ void load_swizzled(unsigned char* dst, const __nv_bfloat16* g, int64_t ld, int valid,
                                               const __nv_bfloat16* safe) {
-  constexpr int kChunks = kD / 8;
+  constexpr int kChunks = D / 8;
   static_assert(R * kChunks % kThreads == 0);
 #pragma unroll
   for (int i = 0; i < R * kChunks / kThreads; ++i) {
@@ -72,7 +70,7 @@ __device__ __forceinline__ A& either(A& even, A& odd) {
 // ahead for K and one for V: at tile j, K_{j+2} and V_{j+1} load into the buffers that
 // K_j and V_{j-1} leave. Each group of copies is committed even when empty, so that
 // cp.async.wait_group 1 always means "all but the newest".
-template <Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
+template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
 __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kernel(const Params p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kBlockM = 64 * kWarpgroups, kThreads = 128 * kWarpgroups, kQBytes = kBlockM * kD * 2;
@@ -94,10 +92,10 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kerne
   auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
   const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
   const auto load_k = [&](int buf, const Tile& t) {
-    if (t.rows) load_swizzled<kBlockN, kThreads>(sK + buf * kTileBytes, k + t.start * kv_ld, kv_ld, p.tk - t.start, k);
+    if (t.rows) load_swizzled<kD, kBlockN, kThreads>(sK + buf * kTileBytes, k + t.start * kv_ld, kv_ld, p.tk - t.start, k);
   };
   const auto load_v = [&](int buf, const Tile& t) {
-    if (t.rows) load_swizzled<kBlockN, kThreads>(sV + buf * kTileBytes, v + t.start * kv_ld, kv_ld, p.tk - t.start, v);
+    if (t.rows) load_swizzled<kD, kBlockN, kThreads>(sV + buf * kTileBytes, v + t.start * kv_ld, kv_ld, p.tk - t.start, v);
   };
 
   float acc[1][kD / 8][4];
@@ -134,7 +132,10 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kerne
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
-      wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
+      if constexpr (kD == 64)
+        wgmma_m64n64k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
+      else
+        wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
     wgmma_commit();
   };
   // Masks, softmax and packs the scores of tile t into pa; fills corr with the
@@ -166,7 +167,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kerne
   if constexpr (!kPipelined) {
     // One tile at a time: its copies were issued a tile ahead.
     Tile cur = tiles.next(), nxt = tiles.next();
-    load_swizzled<kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
+    load_swizzled<kD, kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
     load_k(0, cur);
     load_v(0, cur);
     cp_async_commit();
@@ -194,7 +195,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kerne
     // Tiles j (cur), j + 1 and j + 2, chosen in order.
     Tile cur = tiles.next(), nxt = tiles.next(), nxt2 = tiles.next();
     // Copy groups: {Q, K_0}, then {K_1, V_0}.
-    load_swizzled<kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
+    load_swizzled<kD, kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
     load_k(0, cur);
     cp_async_commit();
     load_k(1, nxt);
@@ -262,17 +263,17 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kerne
 #endif
 }
 
-template <Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
+template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
 void launch(const Params& p, int batch) {
-  constexpr int kBlockM = 64 * kWarpgroups, kSmem = kSmemBytes<kBlockM, kBlockN>;
+  constexpr int kBlockM = 64 * kWarpgroups, kSmem = kSmemBytes<D, kBlockM, kBlockN>;
   static const bool configured = [] {
-    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined, kWarpgroups>,
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kWarpgroups>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
   }();
   (void)configured;
   const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
-  flash_forward_sm90_kernel<kKeys, kBlockN, kPipelined, kWarpgroups><<<grid, 128 * kWarpgroups, kSmem, stream()>>>(p);
+  flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kWarpgroups><<<grid, 128 * kWarpgroups, kSmem, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_sm90_kernel");
 }
 
@@ -287,7 +288,10 @@ bool sm90_available() {
   return !wgmma_off && d.major == 9 && d.minor == 0;
 }
 
-void sm90_forward(Params p, int batch, Keys keys, int q_block, int k_block) {
+namespace {
+
+template <int D>
+void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // Dense rows run pipelined over 128-key tiles; mask rows one 64-key tile at a time.
   // Measured on an H200 (bench/cuda attention and sparse, all four combinations): dense
   // causal 425 TFLOP/s pipelined at 128 keys against 415 (one at a time, 128), 394
@@ -297,16 +301,24 @@ void sm90_forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // drain a pipeline, and a CTA holds its SM alone (190-250 registers per thread).
   // 64-query mask rows take a CTA of one warpgroup (two CTAs share an SM).
   if (keys == Keys::all) {
-    launch<Keys::all, 128, true, 2>(p, batch);
+    launch<D, Keys::all, 128, true, 2>(p, batch);
   } else if (keys == Keys::causal) {
-    launch<Keys::causal, 128, true, 2>(p, batch);
+    launch<D, Keys::causal, 128, true, 2>(p, batch);
   } else if (keys == Keys::listed) {
     p.sub_tiles = k_block / 64;
-    if (q_block == 64) launch<Keys::listed, 64, false, 1>(p, batch);
-    else launch<Keys::listed, 64, false, 2>(p, batch);
+    if (q_block == 64) launch<D, Keys::listed, 64, false, 1>(p, batch);
+    else launch<D, Keys::listed, 64, false, 2>(p, batch);
   } else {
     throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
   }
+}
+
+}  // namespace
+
+void sm90_forward(Params p, int batch, int head_dim, Keys keys, int q_block, int k_block) {
+  if (head_dim == 64) forward<64>(p, batch, keys, q_block, k_block);
+  else if (head_dim == 128) forward<128>(p, batch, keys, q_block, k_block);
+  else throw Error("flash_attention: the sm_90 kernel runs head dims 64 and 128, found " + std::to_string(head_dim));
 }
 
 }  // namespace subq::cuda::flash

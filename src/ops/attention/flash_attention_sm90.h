@@ -1,6 +1,7 @@
-// The Hopper flash forward (flash_attention_sm90.cu, built for sm_90a only): head dim 128,
-// CTAs of one warpgroup per 64 queries whose Q·K^T and P·V run on wgmma. flash_attention.cu
-// sends it the dense and mask problems of head dim 128 when the GPU can run it.
+// The Hopper flash forward (flash_attention_sm90.cu, built for sm_90a only): head dims 64
+// and 128, CTAs of one warpgroup per 64 queries whose Q·K^T and P·V run on wgmma.
+// flash_attention.cu sends it the dense and mask problems of those head dims when the GPU
+// can run it.
 #pragma once
 
 #include "src/ops/attention/flash_attention_device.cuh"
@@ -11,8 +12,8 @@ namespace subq::cuda::flash {
 // everything, as on an A100: how its path stays tested on a Hopper machine).
 bool sm90_available();
 
-// Runs the forward for keys all, causal or listed (mask rows of q_block = 64 or 128
-// queries and blocks of k_block keys).
-void sm90_forward(Params p, int batch, Keys keys, int q_block, int k_block);
+// Runs the forward for head dim 64 or 128 and keys all, causal or listed (mask rows of
+// q_block = 64 or 128 queries and blocks of k_block keys).
+void sm90_forward(Params p, int batch, int head_dim, Keys keys, int q_block, int k_block);
 
 }  // namespace subq::cuda::flash
