@@ -16,7 +16,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 
 #include <climits>
+#include <cmath>
 #include <cstdint>
 
 #include "src/core/cuda/mma.cuh"
