@@ -157,6 +157,18 @@ __device__ __forceinline__ HeadRows head_rows(const Params& p, int b, int h, int
   return {p.q + (static_cast<int64_t>(b) * p.tq + m0) * q_ld + h * D, p.k + kv, p.v + kv, q_ld, kv_ld};
 }
 
+// rule_allows() for one query position qp under a rule without a neighborhood, as
+// bounds: keys up to `last` (the causal diagonal and the keys' end) that are sinks or lie
+// in the window [first, wlast]. An edge tile's test is then a few compares per score.
+struct KeyRange {
+  int last, sinks, first, wlast;
+  __device__ bool allows(int kp) const { return kp <= last && (kp < sinks || (kp >= first && kp <= wlast)); }
+};
+__device__ inline KeyRange key_range(const DeviceRule& r, int qp, int tk) {
+  return {r.causal ? min(tk - 1, qp) : tk - 1, r.sinks, r.window_left >= 0 ? qp - r.window_left : 0,
+          r.window_right >= 0 ? qp + r.window_right : INT_MAX};
+}
+
 // Sets to -inf the scores of an edge tile (keys [n0, n0 + kBlockN) not all allowed) that
 // lie past the keys, above the causal diagonal, or outside the mask's rule, for the
 // kMTiles m16 tiles of rows from `row0` (this warp's first row).
@@ -166,17 +178,23 @@ __device__ __forceinline__ void mask_edge_tile(float (&s)[kMTiles][kBlockN / 8][
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt)
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + mt * 16 + (lane >> 2) + r * 8;
+      constexpr bool kRule = kKeys == Keys::listed || kKeys == Keys::paired;
+      KeyRange range{p.tk - 1, 0, 0, INT_MAX};
+      if constexpr (kKeys == Keys::causal) range.last = min(range.last, row + p.causal_offset);
+      if constexpr (kRule) range = key_range(p.rule, p.q_offset + row, p.tk);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int row = row0 + mt * 16 + (lane >> 2) + ((c >> 1) << 3);
-        const int col = n0 + nt * 8 + ((lane & 3) << 1) + (c & 1);
-        bool masked = col >= p.tk;
-        if constexpr (kKeys == Keys::causal) masked |= col > row + p.causal_offset;
-        if constexpr (kKeys == Keys::listed || kKeys == Keys::paired)
-          masked |= !rule_allows(p.rule, p.q_offset + row, col);
-        if (masked) s[mt][nt][c] = -INFINITY;
-      }
+      for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+        for (int c = 2 * r; c < 2 * r + 2; ++c) {
+          const int col = n0 + nt * 8 + ((lane & 3) << 1) + (c & 1);
+          bool masked;
+          if (kRule && p.rule.neighborhood) masked = col >= p.tk || !rule_allows(p.rule, p.q_offset + row, col);
+          else masked = !range.allows(col);
+          if (masked) s[mt][nt][c] = -INFINITY;
+        }
+    }
 }
 
 // One tile's online softmax step: the scores become exp2(s * scale_log2 - max) in

@@ -1,18 +1,23 @@
-// Flash forward on Hopper tensor cores: one CTA of two warpgroups per (128 queries, head,
-// batch), head dim D = 64 or 128 (of one warpgroup per 64 queries for masks of 64-query
-// blocks). Each warpgroup owns 64 query rows: S = Q K^T for a tile of kBlockN keys is one
-// chain of D / 16 m64nNk16 wgmmas reading Q and K from shared memory, the online softmax
-// runs on S in registers (the m16n8 accumulator layout of the sm_80 kernel, so it shares
-// the masking and softmax code), and O += P V is kBlockN / 16 m64nDk16 wgmmas with P
-// packed to bf16 in registers and V read from shared memory as stored, key rows of D
-// contiguous values (MN-major). Q, K and V tiles are copied by cp.async into the 128-byte
-// swizzled layout the descriptors read (wgmma.cuh); K/V tiles are double-buffered. Dense
-// rows run software-pipelined (below), mask rows one tile at a time (forward() says why).
+// Flash forward on Hopper: warp-specialized, persistent CTAs whose Q K^T and P V run on
+// wgmma. Head dims 64 and 128; CTAs of two math warpgroups per 128 queries (one per 64
+// queries for masks of 64-query blocks). Each math warpgroup owns 64 query rows: S = Q K^T
+// for a tile of kBlockN keys is one chain of D / 16 m64nNk16 wgmmas reading Q and K from
+// shared memory, the online softmax runs on S in registers (the m16n8 accumulator layout
+// of the sm_80 kernel, so it shares the masking and softmax code), and O += P V is
+// kBlockN / 16 m64nDk16 wgmmas with P packed to bf16 in registers and V read from shared
+// memory as stored, key rows of D contiguous values (MN-major). A copy warpgroup feeds
+// them Q, K and V tiles by TMA in the 128-byte swizzled layout the descriptors read
+// (wgmma.cuh, tma.cuh).
 //
-// Built for sm_90a only (cmake/cuda.cmake): wgmma exists nowhere else, and a separate
-// object keeps the rest of the library's sm_80 / sm_90 code as it is.
+// Built for sm_90a only (cmake/cuda.cmake): wgmma and setmaxnreg exist nowhere else, and a
+// separate object keeps the rest of the library's sm_80 / sm_90 code as it is.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -21,16 +26,12 @@
 #include "src/core/cuda/check.cuh"
 #include "src/core/cuda/device.h"
 #include "src/core/cuda/mma.cuh"
+#include "src/core/cuda/tma.cuh"
 #include "src/core/cuda/wgmma.cuh"
 #include "src/ops/attention/flash_attention_sm90.h"
 
 namespace subq::cuda::flash {
 namespace {
-
-// Shared memory: Q (kBlockM rows), then two K and two V tiles of kBlockN keys, each D / 64
-// blocks of 64 columns; plus slack to align the start to a 1024-byte swizzle atom.
-template <int D, int kBlockM, int kBlockN>
-constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * D * 2 + 1024;
 
 // Tells the compiler the accumulators change here (after a wgmma wait), so that no read
 // of them moves above it: the asynchronous wgmma writes them behind its back.
@@ -40,23 +41,6 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// Rows [0, valid) of an [R][D] bf16 tile from global rows `ld` apart into the swizzled
-// layout (D / 64 [R][64] column blocks), by cp.async from kThreads threads; rows past
-// `valid` are zero-filled and read from `safe` instead.
-template <int D, int R, int kThreads>
-__device__ __forceinline__ void load_swizzled(unsigned char* dst, const __nv_bfloat16* g, int64_t ld, int valid,
-                                              const __nv_bfloat16* safe) {
-  constexpr int kChunks = D / 8;
-  static_assert(R * kChunks % kThreads == 0);
-#pragma unroll
-  for (int i = 0; i < R * kChunks / kThreads; ++i) {
-    const int idx = i * kThreads + static_cast<int>(threadIdx.x);
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool ok = r < valid;
-    cp_async_16(dst + (c >> 3) * (R * 128) + sw128_offset(r, (c & 7) * 8), ok ? g + r * ld + c * 8 : safe, ok);
-  }
-}
-
 // `odd` if kOdd, else `even`: a compile-time choice between two register arrays.
 template <bool kOdd, class A>
 __device__ __forceinline__ A& either(A& even, A& odd) {
@@ -64,46 +48,140 @@ __device__ __forceinline__ A& either(A& even, A& odd) {
   else return even;
 }
 
-// Pipelined (kPipelined), the loop overlaps tiles: while the tensor cores run tile j's
-// Q K^T and tile j - 1's P V, the warpgroup's softmax waits only for the first; the
-// second is waited for just before the accumulator is rescaled. Copies run two tiles
-// ahead for K and one for V: at tile j, K_{j+2} and V_{j+1} load into the buffers that
-// K_j and V_{j-1} leave. Each group of copies is committed even when empty, so that
-// cp.async.wait_group 1 always means "all but the newest".
-template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
-__global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kernel(const Params p) {
+// The three tensor maps of a call: q, k and v as 4-D tensors (head dim, heads, tokens,
+// batch), boxes of 64 columns by a tile's rows of one head, 128-byte swizzled.
+struct TensorMaps {
+  CUtensorMap q, k, v;
+};
+
+// Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups
+// 1 .. kConsumers compute.
+// Persistent: a CTA per SM (two for one math warpgroup) takes work items (query block,
+// head, batch) one after another, so that the copies of an item's first tiles run while
+// the math warpgroups finish the previous one. Items are handed out in order by an
+// atomic counter (schedule[0]) as CTAs free up (a static split measured 6-10% slower on
+// dense causal rows). The copy warp draws the next item once the current one's Q is
+// released. K and V tiles
+// go through kStages buffers, each with a "full" barrier (the TMA's bytes landed) and an
+// "empty" one (every math warp is done with it); Q has one buffer, released after the
+// item's last Q K^T. Both sides walk the same items and key tiles, so a tile's buffer is
+// its index in that walk modulo kStages. The last CTA to finish zeroes the counters for
+// the next launch (schedule[1] counts finished CTAs).
+//
+// Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
+// j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
+// waited for just before the accumulator is rescaled.
+template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
+__global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
+    flash_forward_sm90_kernel(const __grid_constant__ Params p, const __grid_constant__ TensorMaps maps, int batch,
+                              int* schedule) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kBlockM = 64 * kWarpgroups, kThreads = 128 * kWarpgroups, kQBytes = kBlockM * kD * 2;
+  constexpr int kBlockM = 64 * kConsumers, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
+  constexpr int kConsumerWarps = 4 * kConsumers;
   constexpr bool kListed = kKeys == Keys::listed;
-  constexpr int kTileBytes = kBlockN * kD * 2;
   extern __shared__ unsigned char smem_raw[];
+  __shared__ uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
+  __shared__ int item_drawn[2];  // the item being copied, -1 once none is left
   unsigned char* sQ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  unsigned char* sK = sQ + kQBytes;          // two tiles
-  unsigned char* sV = sK + 2 * kTileBytes;  // two tiles
+  unsigned char* sK = sQ + kQBytes;
+  unsigned char* sV = sK + kStages * kTileBytes;
 
-  // Causal blocks with the most keys start first, so the tail of the grid is short.
-  const int qb = gridDim.x - 1 - blockIdx.x;
-  const int m0 = qb * kBlockM;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int warp = threadIdx.x >> 5, wg = warp >> 2;
-  const int row0 = m0 + warp * 16;  // this warp's first row (warpgroup wg: rows 64 wg ..)
+  if (threadIdx.x == 0) {
+    mbar_init(&q_full, 1);
+    mbar_init(&q_empty, kConsumerWarps);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&k_empty[s], kConsumerWarps);
+      mbar_init(&v_empty[s], kConsumerWarps);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
 
-  const auto [q, k, v, q_ld, kv_ld] = head_rows<kD>(p, b, h, m0);
-  auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
-  const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
-  const auto load_k = [&](int buf, const Tile& t) {
-    if (t.rows) load_swizzled<kD, kBlockN, kThreads>(sK + buf * kTileBytes, k + t.start * kv_ld, kv_ld, p.tk - t.start, k);
+  const int num_qb = (p.tq + kBlockM - 1) / kBlockM, heads_batch = p.heads * batch;
+  const int items = num_qb * heads_batch;
+  // Item i: heads (then batch) fastest, so that CTAs running at the same time share KV
+  // heads in L2; query blocks with the most causal keys first, so that the last items
+  // handed out are short.
+  const auto item_coords = [&](int i, int& qb, int& h, int& b) {
+    qb = num_qb - 1 - i / heads_batch;
+    h = i % heads_batch % p.heads;
+    b = i % heads_batch / p.heads;
   };
-  const auto load_v = [&](int buf, const Tile& t) {
-    if (t.rows) load_swizzled<kD, kBlockN, kThreads>(sV + buf * kTileBytes, v + t.start * kv_ld, kv_ld, p.tk - t.start, v);
+
+  // The item index passes from the copy warp to the math warps through item_drawn[n % 2]
+  // and a named barrier that the copy warp and the math warpgroups all wait at once per
+  // item: the copy warp after issuing the item's first tile (so that its loads overlap
+  // the previous item's last tiles), the math warps before reading the index.
+  constexpr int kItemReady = 1, kItemThreads = 32 + 128 * kConsumers;
+  if (threadIdx.x < 128) {
+    warpgroup_release_registers<40>();
+    if (threadIdx.x >= 32) return;
+    const bool leader = threadIdx.x == 0;
+    uint32_t it = 0;
+    for (uint32_t n = 0;; ++n) {
+      mbar_wait(&q_empty, (n & 1) ^ 1);
+      int i = 0;
+      if (leader) i = atomicAdd(&schedule[0], 1);
+      i = __shfl_sync(0xffffffffu, i, 0);
+      if (leader) item_drawn[n & 1] = i < items ? i : -1;
+      if (i >= items) {
+        named_barrier_sync(kItemReady, kItemThreads);
+        break;
+      }
+      int qb, h, b;
+      item_coords(i, qb, h, b);
+      const int m0 = qb * kBlockM, kvh = h / p.group;
+      if (leader) {
+        mbar_arrive_expect_bytes(&q_full, kQBytes);
+#pragma unroll
+        for (int c = 0; c < kD / 64; ++c) tma_load_4d(sQ + c * kBlockM * 128, &maps.q, c * 64, h, m0, b, &q_full);
+      }
+      bool published = false;
+      auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
+      for (Tile t = tiles.next(); t.rows; t = tiles.next(), ++it) {
+        const int s = it % kStages;
+        const uint32_t parity = ((it / kStages) & 1) ^ 1;
+        mbar_wait(&k_empty[s], parity);
+        if (leader) {
+          mbar_arrive_expect_bytes(&k_full[s], kTileBytes);
+#pragma unroll
+          for (int c = 0; c < kD / 64; ++c)
+            tma_load_4d(sK + s * kTileBytes + c * kBlockN * 128, &maps.k, c * 64, kvh, t.start, b, &k_full[s]);
+        }
+        mbar_wait(&v_empty[s], parity);
+        if (leader) {
+          mbar_arrive_expect_bytes(&v_full[s], kTileBytes);
+#pragma unroll
+          for (int c = 0; c < kD / 64; ++c)
+            tma_load_4d(sV + s * kTileBytes + c * kBlockN * 128, &maps.v, c * 64, kvh, t.start, b, &v_full[s]);
+        }
+        if (!published) named_barrier_sync(kItemReady, kItemThreads);
+        published = true;
+      }
+      if (!published) named_barrier_sync(kItemReady, kItemThreads);
+    }
+    if (!leader) return;
+    __threadfence();  // this CTA's draws land before it counts itself finished
+    if (atomicAdd(&schedule[1], 1) == static_cast<int>(gridDim.x) - 1) {
+      atomicExch(&schedule[0], 0);
+      atomicExch(&schedule[1], 0);
+    }
+    return;
+  }
+
+  warpgroup_claim_registers<kConsumers == 1 ? 216 : 232>();
+  const int warp = (threadIdx.x >> 5) - 4, wg = warp >> 2, lane = threadIdx.x & 31;
+  // Lane 0 of each math warp reports the warp done with a buffer: every lane has passed
+  // the wgmma wait that ends the warpgroup's reads of it.
+  const auto release = [&](uint64_t* bar) {
+    if (lane == 0) mbar_arrive(bar);
   };
+  const auto buf = [](uint32_t j) { return static_cast<int>(j % kStages); };
+  const auto phase = [](uint32_t j) { return (j / kStages) & 1; };
 
   float acc[1][kD / 8][4];
-  float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.f, 0.f}};
-#pragma unroll
-  for (int dt = 0; dt < kD / 8; ++dt)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[0][dt][c] = 0.f;
   float(&o)[kD / 2] = reinterpret_cast<float(&)[kD / 2]>(acc);
   float s[1][kBlockN / 8][4];
   float(&sf)[kBlockN / 2] = reinterpret_cast<float(&)[kBlockN / 2]>(s);
@@ -138,25 +216,6 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kerne
         wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
     wgmma_commit();
   };
-  // Masks, softmax and packs the scores of tile t into pa; fills corr with the
-  // accumulator's correction (the caller applies it once the previous P V is done) and
-  // returns whether any of the warp's rows needs it.
-  const auto softmax_tile = [&](const Tile& t, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
-    const int n0 = t.start;
-    bool edge = n0 + kBlockN > p.tk;
-    if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
-    if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
-    if (edge) mask_edge_tile<kKeys, 1, kBlockN>(s, p, row0, n0);
-    const bool moved = online_softmax<1, kBlockN>(s, row_max, row_sum, corr, p.scale_log2);
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      pa[kk][0] = pack_bf16x2(s[0][2 * kk][0], s[0][2 * kk][1]);
-      pa[kk][1] = pack_bf16x2(s[0][2 * kk][2], s[0][2 * kk][3]);
-      pa[kk][2] = pack_bf16x2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
-      pa[kk][3] = pack_bf16x2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
-    }
-    return __any_sync(0xffffffffu, moved);
-  };
   const auto rescale = [&](const float (&corr)[1][2]) {
 #pragma unroll
     for (int dt = 0; dt < kD / 8; ++dt)
@@ -164,116 +223,174 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) flash_forward_sm90_kerne
       for (int c = 0; c < 4; ++c) acc[0][dt][c] *= corr[0][c >> 1];
   };
 
-  if constexpr (!kPipelined) {
-    // One tile at a time: its copies were issued a tile ahead.
-    Tile cur = tiles.next(), nxt = tiles.next();
-    load_swizzled<kD, kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
-    load_k(0, cur);
-    load_v(0, cur);
-    cp_async_commit();
-    for (int j = 0; cur.rows; ++j) {
-      load_k((j + 1) & 1, nxt);
-      load_v((j + 1) & 1, nxt);
-      cp_async_commit();
-      cp_async_wait<1>();
-      fence_proxy_async();
-      __syncthreads();
-      const Tile after = tiles.next();
-      issue_scores(j & 1);
+  uint32_t it = 0;
+  for (uint32_t n = 0;; ++n) {
+    named_barrier_sync(kItemReady, kItemThreads);
+    const int i = item_drawn[n & 1];
+    if (i < 0) break;
+    mbar_wait(&q_full, n & 1);
+    int qb, h, b;
+    item_coords(i, qb, h, b);
+    const int m0 = qb * kBlockM, row0 = m0 + warp * 16;  // row0: this warp's first row
+    const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
+    float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.f, 0.f}};
+    // Masks, softmax and packs the scores of tile t into pa; fills corr with the
+    // accumulator's correction (the caller applies it once the previous P V is done) and
+    // returns whether any of the warp's rows needs it.
+    const auto softmax_tile = [&](const Tile& t, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
+      const int n0 = t.start;
+      bool edge = n0 + kBlockN > p.tk;
+      if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
+      if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
+      if (edge) mask_edge_tile<kKeys, 1, kBlockN>(s, p, row0, n0);
+      const bool moved = online_softmax<1, kBlockN>(s, row_max, row_sum, corr, p.scale_log2);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[kk][0] = pack_bf16x2(s[0][2 * kk][0], s[0][2 * kk][1]);
+        pa[kk][1] = pack_bf16x2(s[0][2 * kk][2], s[0][2 * kk][3]);
+        pa[kk][2] = pack_bf16x2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16x2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+      }
+      return __any_sync(0xffffffffu, moved);
+    };
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[0][dt][c] = 0.f;
+    auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
+    Tile cur = tiles.next();
+    if (!cur.rows) release(&q_empty);
+    if constexpr (!kPipelined) {
+      for (; cur.rows; ++it) {
+        const Tile nxt = tiles.next();
+        mbar_wait(&k_full[buf(it)], phase(it));
+        issue_scores(buf(it));
+        wgmma_wait<0>();
+        fence_operands(sf);
+        release(&k_empty[buf(it)]);
+        if (!nxt.rows) release(&q_empty);
+        float corr[1][2];
+        if (softmax_tile(cur, corr, pa_even)) rescale(corr);
+        mbar_wait(&v_full[buf(it)], phase(it));
+        issue_values(buf(it), pa_even);
+        wgmma_wait<0>();
+        fence_operands(o);
+        release(&v_empty[buf(it)]);
+        cur = nxt;
+      }
+    } else if (cur.rows) {
+      mbar_wait(&k_full[buf(it)], phase(it));
+      issue_scores(buf(it));
       wgmma_wait<0>();
       fence_operands(sf);
-      float corr[1][2];
-      if (softmax_tile(cur, corr, pa_even)) rescale(corr);
-      issue_values(j & 1, pa_even);
-      wgmma_wait<0>();
-      fence_operands(o);
-      __syncthreads();  // the next copies overwrite this tile's buffers
-      cur = nxt;
-      nxt = after;
-    }
-  } else {
-    // Tiles j (cur), j + 1 and j + 2, chosen in order.
-    Tile cur = tiles.next(), nxt = tiles.next(), nxt2 = tiles.next();
-    // Copy groups: {Q, K_0}, then {K_1, V_0}.
-    load_swizzled<kD, kBlockM, kThreads>(sQ, q, q_ld, p.tq - m0, p.q);
-    load_k(0, cur);
-    cp_async_commit();
-    load_k(1, nxt);
-    load_v(0, cur);
-    cp_async_commit();
-
-    if (cur.rows) {
-      cp_async_wait<1>();
-      fence_proxy_async();
-      __syncthreads();
-      issue_scores(0);
-      wgmma_wait<0>();
-      fence_operands(sf);
+      release(&k_empty[buf(it)]);
+      Tile nxt = tiles.next();
+      if (!nxt.rows) release(&q_empty);
       float corr[1][2];
       softmax_tile(cur, corr, pa_even);  // the accumulator is still zero: nothing to rescale
-      __syncthreads();  // every warpgroup is done with K_0
-      load_k(0, nxt2);
-      load_v(1, nxt);
-      cp_async_commit();
-    }
-    // Tile j's scores and softmax beside tile j - 1's P V; `odd` is j's parity (which P
-    // registers tile j fills), a compile-time choice so that they stay registers.
-    int last = 0;  // index of cur
-    const auto step = [&](int j, auto odd) {
-      cp_async_wait<1>();  // copies of K_j and V_{j-1} landed (all but the newest group)
-      fence_proxy_async();
-      __syncthreads();
-      issue_scores(j & 1);
-      issue_values((j - 1) & 1, either<!decltype(odd)::value>(pa_even, pa_odd));
-      wgmma_wait<1>();  // the scores; P V may still run
-      fence_operands(sf);
-      float corr[1][2];
-      const bool moved = softmax_tile(nxt, corr, either<decltype(odd)::value>(pa_even, pa_odd));
+      // `it` is the tile whose P V is pending; `odd` the parity of the next one's index in
+      // the item (which P registers it fills), a compile-time choice so that they stay
+      // registers.
+      const auto step = [&](auto odd) {
+        const uint32_t next = it + 1;
+          mbar_wait(&k_full[buf(next)], phase(next));
+        issue_scores(buf(next));
+        mbar_wait(&v_full[buf(it)], phase(it));
+        issue_values(buf(it), either<!decltype(odd)::value>(pa_even, pa_odd));
+          wgmma_wait<1>();  // the scores; P V may still run
+        fence_operands(sf);
+        release(&k_empty[buf(next)]);
+        const Tile after = tiles.next();
+        if (!after.rows) release(&q_empty);
+        const bool moved = softmax_tile(nxt, corr, either<decltype(odd)::value>(pa_even, pa_odd));
+        wgmma_wait<0>();
+        fence_operands(o);
+        release(&v_empty[buf(it)]);
+        if (moved) rescale(corr);
+        nxt = after;
+        it = next;
+      };
+      int j = 1;
+      for (; nxt.rows; ++j) {
+        if (j & 1) step(std::true_type());
+        else step(std::false_type());
+      }
+      mbar_wait(&v_full[buf(it)], phase(it));
+      if ((j - 1) & 1) issue_values(buf(it), pa_odd);
+      else issue_values(buf(it), pa_even);
       wgmma_wait<0>();
       fence_operands(o);
-      if (moved) rescale(corr);
-      __syncthreads();  // every warpgroup is done with K_j and V_{j-1}
-      cur = nxt;
-      nxt = nxt2;
-      nxt2 = tiles.next();
-      last = j;
-      load_k((j + 2) & 1, nxt2);  // K_{j+2} where K_j was
-      load_v((j + 1) & 1, nxt);   // V_{j+1} where V_{j-1} was
-      cp_async_commit();
-    };
-    for (int j = 1; nxt.rows; ++j) {
-      if (j & 1) step(j, std::true_type());
-      else step(j, std::false_type());
+      release(&v_empty[buf(it)]);
+      ++it;
     }
-    if (cur.rows) {
-      // The last tile's P V; its V copy is in the older group.
-      cp_async_wait<1>();
-      fence_proxy_async();
-      __syncthreads();
-      if (last & 1) issue_values(1, pa_odd);
-      else issue_values(0, pa_even);
-    }
+    store_output<1, kD>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * p.heads * kD + h * kD,
+                        static_cast<int64_t>(p.heads) * kD, row0, p.tq);
   }
-  cp_async_wait<0>();
-  wgmma_wait<0>();
-  fence_operands(o);
-  store_output<1, kD>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * q_ld + h * kD, q_ld, row0, p.tq);
 #else
   __trap();  // built for sm_90a only; sm90_available() keeps other GPUs away
 #endif
 }
 
-template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kWarpgroups>
+// A tensor map over a [batch][tokens][heads][kD] bf16 tensor, boxes of 64 columns x
+// `rows` tokens of one head, in the 128-byte swizzle the wgmma descriptors read.
+template <int kD>
+CUtensorMap head_tensor_map(const __nv_bfloat16* base, int batch, int tokens, int heads, int rows) {
+  using Encode = PFN_cuTensorMapEncodeTiled_v12000;
+  static const Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
+    SUBQ_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+#else
+    SUBQ_CUDA_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found));
+#endif
+    if (found != cudaDriverEntryPointSuccess || fn == nullptr)
+      throw Error("flash_attention: the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<Encode>(fn);
+  }();
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {kD, static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(tokens),
+                              static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {kD * 2, static_cast<cuuint64_t>(heads) * kD * 2,
+                                 static_cast<cuuint64_t>(tokens) * heads * kD * 2};
+  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(rows), 1};
+  const cuuint32_t unit[4] = {1, 1, 1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<__nv_bfloat16*>(base), dims,
+                            strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) throw Error("flash_attention: cuTensorMapEncodeTiled failed (" + std::to_string(r) + ")");
+  return map;
+}
+
+// The kernels' item counters: two ints, zero between launches (each launch's last CTA
+// zeroes them), shared by every launch on subq's one stream.
+int* schedule_counters() {
+  static int* counters = [] {
+    void* c = device_alloc(2 * sizeof(int));
+    SUBQ_CUDA_CHECK(cudaMemset(c, 0, 2 * sizeof(int)));
+    return static_cast<int*>(c);
+  }();
+  return counters;
+}
+
+template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
 void launch(const Params& p, int batch) {
-  constexpr int kBlockM = 64 * kWarpgroups, kSmem = kSmemBytes<D, kBlockM, kBlockN>;
-  static const bool configured = [] {
-    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kWarpgroups>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  constexpr int kBlockM = 64 * kConsumers, kSmem = (kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024;
+  const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kConsumers, kStages>;
+  static const bool configured = [&] {
+    SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
   }();
   (void)configured;
-  const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads, batch);
-  flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kWarpgroups><<<grid, 128 * kWarpgroups, kSmem, stream()>>>(p);
+  const TensorMaps maps{head_tensor_map<D>(p.q, batch, p.tq, p.heads, kBlockM),
+                        head_tensor_map<D>(p.k, batch, p.tk, p.kv_heads, kBlockN),
+                        head_tensor_map<D>(p.v, batch, p.tk, p.kv_heads, kBlockN)};
+  const int64_t items = static_cast<int64_t>((p.tq + kBlockM - 1) / kBlockM) * p.heads * batch;
+  if (items > INT_MAX - 1024)
+    throw Error("flash_attention: " + std::to_string(items) + " query blocks exceed the sm_90 kernel's 32-bit count");
+  const int grid =
+      static_cast<int>(std::min<int64_t>(items, int64_t{device_info().multiprocessors} * (3 - kConsumers)));
+  kernel<<<grid, 128 * (kConsumers + 1), kSmem, stream()>>>(p, maps, batch, schedule_counters());
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_sm90_kernel");
 }
 
@@ -292,25 +409,24 @@ namespace {
 
 template <int D>
 void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
-  // Dense rows run pipelined over 128-key tiles; mask rows one 64-key tile at a time.
-  // Measured on an H200 (bench/cuda attention and sparse, all four combinations): dense
-  // causal 425 TFLOP/s pipelined at 128 keys against 415 (one at a time, 128), 394
-  // (pipelined, 64) and 369 (one at a time, 64); the window and random masks of 128-key
-  // blocks ran fastest one 64-key tile at a time (2.25 / 1.87 ms at 32K, against 2.44-2.53
-  // / 1.79-1.91 for the others): their rows are 17-26 blocks long, too short to fill and
-  // drain a pipeline, and a CTA holds its SM alone (190-250 registers per thread).
-  // 64-query mask rows take a CTA of one warpgroup (two CTAs share an SM).
+  // Measured on an H200 (bench/cuda attention and sparse): dense rows of head dim 128 run
+  // fastest pipelined, head dim 64 one tile at a time (415 against 365 TFLOP/s), whose
+  // softmax is half as long beside the same P V. Mask rows run one 64-key tile at a time:
+  // pipelined 64- or 128-key tiles, and 128-key tiles one at a time, were 5-50% slower
+  // on the window and random masks (and switching the two math warpgroups' turns at the
+  // tensor cores, as FlashAttention-3 does, gained nothing on dense rows and lost on masks).
   if (keys == Keys::all) {
-    launch<D, Keys::all, 128, true, 2>(p, batch);
-  } else if (keys == Keys::causal) {
-    launch<D, Keys::causal, 128, true, 2>(p, batch);
-  } else if (keys == Keys::listed) {
-    p.sub_tiles = k_block / 64;
-    if (q_block == 64) launch<D, Keys::listed, 64, false, 1>(p, batch);
-    else launch<D, Keys::listed, 64, false, 2>(p, batch);
-  } else {
-    throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
+    if constexpr (D == 64) return launch<D, Keys::all, 128, false, 2, 2>(p, batch);
+    else return launch<D, Keys::all, 128, true, 2, 2>(p, batch);
   }
+  if (keys == Keys::causal) {
+    if constexpr (D == 64) return launch<D, Keys::causal, 128, false, 2, 2>(p, batch);
+    else return launch<D, Keys::causal, 128, true, 2, 2>(p, batch);
+  }
+  if (keys != Keys::listed) throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
+  p.sub_tiles = k_block / 64;
+  if (q_block == 64) return launch<D, Keys::listed, 64, false, 1, 2>(p, batch);
+  return launch<D, Keys::listed, 64, false, 2, 4>(p, batch);
 }
 
 }  // namespace

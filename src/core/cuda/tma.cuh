@@ -1,0 +1,78 @@
+// Hopper's asynchronous copy machinery (sm_90a): shared-memory mbarriers, which count
+// arrivals and bytes in flight and let threads wait for a phase to complete; tiles copied
+// by the tensor memory accelerator (TMA) from a tensor map straight into shared memory,
+// signalling an mbarrier as their bytes land; named barriers among some of a CTA's
+// warps; and warpgroup register reallocation, which moves registers from a copy
+// warpgroup to the math warpgroups of a warp-specialized CTA.
+//
+// Phases: a barrier's phase completes when its expected arrivals have arrived and its
+// expected bytes have landed; wait(bar, parity) returns once the phase of that parity has
+// completed. A consumer's k-th wait on a barrier uses parity k & 1; a producer waiting for
+// a buffer to be released uses (k & 1) ^ 1, so that its first wait returns at once.
+#pragma once
+
+#include <cstdint>
+
+#include "src/core/cuda/mma.cuh"
+
+namespace subq::cuda {
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(arrivals) : "memory");
+}
+// After every mbar_init and before the barrier that publishes them: makes the barriers'
+// initial state visible to the TMA unit as well as to other threads.
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// An arrival that also announces `bytes` more to land before the phase completes.
+__device__ __forceinline__ void mbar_arrive_expect_bytes(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// Copies the box at coordinates (c0, c1, c2, c3) (innermost first) of the tensor map at
+// `map` (a __grid_constant__ kernel parameter) into shared memory at dst; its bytes count
+// towards bar's phase. Elements outside the tensor land as zeros.
+__device__ __forceinline__ void tma_load_4d(void* dst, const void* map, int c0, int c1, int c2, int c3,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+      "%5}], [%6];\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_addr(bar))
+      : "memory");
+}
+
+// A named barrier (ids 1-15; __syncthreads() uses 0) among `threads` threads, a multiple
+// of 32, whole warps: returns once all of them have reached it.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Lowers (dec) or raises (inc) the registers of every thread of the calling warpgroup to
+// kRegs; all four warps must execute it.
+template <int kRegs>
+__device__ __forceinline__ void warpgroup_release_registers() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void warpgroup_claim_registers() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+}  // namespace subq::cuda
