@@ -425,8 +425,11 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.q_offset = static_cast<int>(m.q_offset);
   p.rule = device_rule(m.rule);
   const int batch = static_cast<int>(B), kb = static_cast<int>(m.k_block);
-  if (D <= 128 && flash::sm90_available()) {
-    flash::sm90_forward(p, batch, static_cast<int>(D), Keys::listed, static_cast<int>(m.q_block), kb);
+  // Masks of 64-query blocks stay on the sm_80 kernel on Hopper too: the warp-specialized
+  // kernel's one-math-warpgroup variant for them (git 3b2a4d7, 1.19x faster on top-8 rows)
+  // passed every mask test but failed one model fixture seed that this kernel passes.
+  if (D <= 128 && m.q_block == 128 && flash::sm90_available()) {
+    flash::sm90_forward(p, batch, static_cast<int>(D), Keys::listed, 128, kb);
   } else if (m.q_block == 128) {
     if (D == 64) launch<64, 128, Keys::listed>(p, batch, kb);
     else launch<128, 128, Keys::listed>(p, batch, kb);

@@ -1,6 +1,6 @@
 // Flash forward on Hopper: warp-specialized, persistent CTAs whose Q K^T and P V run on
-// wgmma. Head dims 64 and 128; CTAs of two math warpgroups per 128 queries (one per 64
-// queries for masks of 64-query blocks). Each math warpgroup owns 64 query rows: S = Q K^T
+// wgmma. Head dims 64 and 128, dense rows and masks of 128-query blocks; CTAs of two math
+// warpgroups per 128 queries. Each math warpgroup owns 64 query rows: S = Q K^T
 // for a tile of kBlockN keys is one chain of D / 16 m64nNk16 wgmmas reading Q and K from
 // shared memory, the online softmax runs on S in registers (the m16n8 accumulator layout
 // of the sm_80 kernel, so it shares the masking and softmax code), and O += P V is
@@ -54,10 +54,9 @@ struct TensorMaps {
   CUtensorMap q, k, v;
 };
 
-// Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups
-// 1 .. kConsumers compute.
-// Persistent: a CTA per SM (two for one math warpgroup) takes work items (query block,
-// head, batch) one after another, so that the copies of an item's first tiles run while
+// Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups 1 and
+// 2 compute. Persistent: a CTA per SM takes work items (128 queries of a head and batch
+// element) one after another, so that the copies of an item's first tiles run while
 // the math warpgroups finish the previous one. Items are handed out in order by an
 // atomic counter (schedule[0]) as CTAs free up (a static split measured 6-10% slower on
 // dense causal rows). The copy warp draws the next item once the current one's Q is
@@ -71,13 +70,13 @@ struct TensorMaps {
 // Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
 // j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
 // waited for just before the accumulator is rescaled.
-template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
-__global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
+template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kStages>
+__global__ void __launch_bounds__(384, 1)
     flash_forward_sm90_kernel(const __grid_constant__ Params p, const __grid_constant__ TensorMaps maps, int batch,
                               int* schedule) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kBlockM = 64 * kConsumers, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
-  constexpr int kConsumerWarps = 4 * kConsumers;
+  constexpr int kBlockM = 128, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
+  constexpr int kConsumerWarps = 8;
   constexpr bool kListed = kKeys == Keys::listed;
   extern __shared__ unsigned char smem_raw[];
   __shared__ uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
@@ -114,7 +113,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   // and a named barrier that the copy warp and the math warpgroups all wait at once per
   // item: the copy warp after issuing the item's first tile (so that its loads overlap
   // the previous item's last tiles), the math warps before reading the index.
-  constexpr int kItemReady = 1, kItemThreads = 32 + 128 * kConsumers;
+  constexpr int kItemReady = 1, kItemThreads = 32 + 256;
   if (threadIdx.x < 128) {
     warpgroup_release_registers<40>();
     if (threadIdx.x >= 32) return;
@@ -171,7 +170,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     return;
   }
 
-  warpgroup_claim_registers<kConsumers == 1 ? 216 : 232>();
+  warpgroup_claim_registers<232>();
   const int warp = (threadIdx.x >> 5) - 4, wg = warp >> 2, lane = threadIdx.x & 31;
   // Lane 0 of each math warp reports the warp done with a buffer: every lane has passed
   // the wgmma wait that ends the warpgroup's reads of it.
@@ -373,10 +372,10 @@ int* schedule_counters() {
   return counters;
 }
 
-template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
+template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kStages>
 void launch(const Params& p, int batch) {
-  constexpr int kBlockM = 64 * kConsumers, kSmem = (kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024;
-  const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kConsumers, kStages>;
+  constexpr int kBlockM = 128, kSmem = (kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024;
+  const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kStages>;
   static const bool configured = [&] {
     SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
@@ -388,9 +387,8 @@ void launch(const Params& p, int batch) {
   const int64_t items = static_cast<int64_t>((p.tq + kBlockM - 1) / kBlockM) * p.heads * batch;
   if (items > INT_MAX - 1024)
     throw Error("flash_attention: " + std::to_string(items) + " query blocks exceed the sm_90 kernel's 32-bit count");
-  const int grid =
-      static_cast<int>(std::min<int64_t>(items, int64_t{device_info().multiprocessors} * (3 - kConsumers)));
-  kernel<<<grid, 128 * (kConsumers + 1), kSmem, stream()>>>(p, maps, batch, schedule_counters());
+  const int grid = static_cast<int>(std::min<int64_t>(items, device_info().multiprocessors));
+  kernel<<<grid, 384, kSmem, stream()>>>(p, maps, batch, schedule_counters());
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_sm90_kernel");
 }
 
@@ -416,17 +414,17 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // on the window and random masks (and switching the two math warpgroups' turns at the
   // tensor cores, as FlashAttention-3 does, gained nothing on dense rows and lost on masks).
   if (keys == Keys::all) {
-    if constexpr (D == 64) return launch<D, Keys::all, 128, false, 2, 2>(p, batch);
-    else return launch<D, Keys::all, 128, true, 2, 2>(p, batch);
+    if constexpr (D == 64) return launch<D, Keys::all, 128, false, 2>(p, batch);
+    else return launch<D, Keys::all, 128, true, 2>(p, batch);
   }
   if (keys == Keys::causal) {
-    if constexpr (D == 64) return launch<D, Keys::causal, 128, false, 2, 2>(p, batch);
-    else return launch<D, Keys::causal, 128, true, 2, 2>(p, batch);
+    if constexpr (D == 64) return launch<D, Keys::causal, 128, false, 2>(p, batch);
+    else return launch<D, Keys::causal, 128, true, 2>(p, batch);
   }
-  if (keys != Keys::listed) throw Error("flash_attention: the sm_90 kernel does not run paired mask rows");
+  if (keys != Keys::listed || q_block != 128)
+    throw Error("flash_attention: the sm_90 kernel runs dense rows and masks of 128-query blocks");
   p.sub_tiles = k_block / 64;
-  if (q_block == 64) return launch<D, Keys::listed, 64, false, 1, 2>(p, batch);
-  return launch<D, Keys::listed, 64, false, 2, 4>(p, batch);
+  return launch<D, Keys::listed, 64, false, 4>(p, batch);
 }
 
 }  // namespace

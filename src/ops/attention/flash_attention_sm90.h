@@ -1,7 +1,7 @@
 // The Hopper flash forward (flash_attention_sm90.cu, built for sm_90a only): head dims 64
-// and 128, CTAs of one warpgroup per 64 queries whose Q·K^T and P·V run on wgmma.
-// flash_attention.cu sends it the dense and mask problems of those head dims when the GPU
-// can run it.
+// and 128, warp-specialized persistent CTAs (a TMA copy warp, two wgmma math warpgroups
+// of 64 queries each). flash_attention.cu sends it the dense problems and the masks of
+// 128-query blocks of those head dims when the GPU can run it.
 #pragma once
 
 #include "src/ops/attention/flash_attention_device.cuh"
@@ -13,7 +13,7 @@ namespace subq::cuda::flash {
 bool sm90_available();
 
 // Runs the forward for head dim 64 or 128 and keys all, causal or listed (mask rows of
-// q_block = 64 or 128 queries and blocks of k_block keys).
+// q_block = 128 queries and blocks of k_block keys, a multiple of 64).
 void sm90_forward(Params p, int batch, int head_dim, Keys keys, int q_block, int k_block);
 
 }  // namespace subq::cuda::flash
