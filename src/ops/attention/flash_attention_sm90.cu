@@ -58,14 +58,13 @@ struct TensorMaps {
 // 2 compute. Persistent: a CTA per SM takes work items (128 queries of a head and batch
 // element) one after another, so that the copies of an item's first tiles run while
 // the math warpgroups finish the previous one. Items are handed out in order by an
-// atomic counter (schedule[0]) as CTAs free up (a static split measured 6-10% slower on
-// dense causal rows). The copy warp draws the next item once the current one's Q is
-// released. K and V tiles
-// go through kStages buffers, each with a "full" barrier (the TMA's bytes landed) and an
-// "empty" one (every math warp is done with it); Q has one buffer, released after the
-// item's last Q K^T. Both sides walk the same items and key tiles, so a tile's buffer is
-// its index in that walk modulo kStages. The last CTA to finish zeroes the counters for
-// the next launch (schedule[1] counts finished CTAs).
+// atomic counter (schedule[0]) as CTAs free up (a static split of items measured 8-15%
+// slower on dense causal rows); the copy warp draws the next item once the current one's
+// Q is released, and the last CTA to finish zeroes the counters for the next launch
+// (schedule[1] counts finished CTAs). K and V tiles go through kStages buffers, each with
+// a "full" barrier (the TMA's bytes landed) and an "empty" one (every math warp is done
+// with it); Q has one buffer, released after the item's last Q K^T. Both sides walk the
+// same items and key tiles, so a tile's buffer is its index in that walk modulo kStages.
 //
 // Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
 // j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
@@ -292,11 +291,11 @@ __global__ void __launch_bounds__(384, 1)
       // registers.
       const auto step = [&](auto odd) {
         const uint32_t next = it + 1;
-          mbar_wait(&k_full[buf(next)], phase(next));
+        mbar_wait(&k_full[buf(next)], phase(next));
         issue_scores(buf(next));
         mbar_wait(&v_full[buf(it)], phase(it));
         issue_values(buf(it), either<!decltype(odd)::value>(pa_even, pa_odd));
-          wgmma_wait<1>();  // the scores; P V may still run
+        wgmma_wait<1>();  // the scores; P V may still run
         fence_operands(sf);
         release(&k_empty[buf(next)]);
         const Tile after = tiles.next();
@@ -408,8 +407,8 @@ namespace {
 template <int D>
 void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // Measured on an H200 (bench/cuda attention and sparse): dense rows of head dim 128 run
-  // fastest pipelined, head dim 64 one tile at a time (415 against 365 TFLOP/s), whose
-  // softmax is half as long beside the same P V. Mask rows run one 64-key tile at a time:
+  // fastest pipelined, head dim 64 one tile at a time (415 against 365 TFLOP/s). Mask rows
+  // run one 64-key tile at a time:
   // pipelined 64- or 128-key tiles, and 128-key tiles one at a time, were 5-50% slower
   // on the window and random masks (and switching the two math warpgroups' turns at the
   // tensor cores, as FlashAttention-3 does, gained nothing on dense rows and lost on masks).
