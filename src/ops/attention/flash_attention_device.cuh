@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "src/core/cuda/mma.cuh"
+#include "src/ops/attention/key_range.h"
 #include "src/ops/attention/neighborhood_window.h"
 
 namespace subq::cuda::flash {
@@ -157,18 +158,6 @@ __device__ __forceinline__ HeadRows head_rows(const Params& p, int b, int h, int
   return {p.q + (static_cast<int64_t>(b) * p.tq + m0) * q_ld + h * D, p.k + kv, p.v + kv, q_ld, kv_ld};
 }
 
-// rule_allows() for one query position qp under a rule without a neighborhood, as
-// bounds: keys up to `last` (the causal diagonal and the keys' end) that are sinks or lie
-// in the window [first, wlast]. An edge tile's test is then a few compares per score.
-struct KeyRange {
-  int last, sinks, first, wlast;
-  __device__ bool allows(int kp) const { return kp <= last && (kp < sinks || (kp >= first && kp <= wlast)); }
-};
-__device__ inline KeyRange key_range(const DeviceRule& r, int qp, int tk) {
-  return {r.causal ? min(tk - 1, qp) : tk - 1, r.sinks, r.window_left >= 0 ? qp - r.window_left : 0,
-          r.window_right >= 0 ? qp + r.window_right : INT_MAX};
-}
-
 // Sets to -inf the scores of an edge tile (keys [n0, n0 + kBlockN) not all allowed) that
 // lie past the keys, above the causal diagonal, or outside the mask's rule, for the
 // kMTiles m16 tiles of rows from `row0` (this warp's first row).
@@ -181,9 +170,11 @@ __device__ __forceinline__ void mask_edge_tile(float (&s)[kMTiles][kBlockN / 8][
     for (int r = 0; r < 2; ++r) {
       const int row = row0 + mt * 16 + (lane >> 2) + r * 8;
       constexpr bool kRule = kKeys == Keys::listed || kKeys == Keys::paired;
-      KeyRange range{p.tk - 1, 0, 0, INT_MAX};
+      attn::KeyRange range{p.tk - 1, 0, 0, INT_MAX};
       if constexpr (kKeys == Keys::causal) range.last = min(range.last, row + p.causal_offset);
-      if constexpr (kRule) range = key_range(p.rule, p.q_offset + row, p.tk);
+      const DeviceRule& rule = p.rule;
+      if constexpr (kRule)
+        range = attn::key_range(rule.causal, rule.window_left, rule.window_right, rule.sinks, p.q_offset + row, p.tk);
 #pragma unroll
       for (int nt = 0; nt < kBlockN / 8; ++nt)
 #pragma unroll

@@ -15,11 +15,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SUBQ_HOST_DEVICE __host__ __device__
-#else
-#define SUBQ_HOST_DEVICE
-#endif
+#include "src/core/host_device.h"
 
 namespace subq::attn {
 
