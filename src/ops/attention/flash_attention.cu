@@ -426,8 +426,9 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.rule = device_rule(m.rule);
   const int batch = static_cast<int>(B), kb = static_cast<int>(m.k_block);
   // Masks of 64-query blocks stay on the sm_80 kernel on Hopper too: the warp-specialized
-  // kernel's one-math-warpgroup variant for them (git 3b2a4d7, 1.19x faster on top-8 rows)
-  // passed every mask test but failed one model fixture seed that this kernel passes.
+  // kernel's one-math-warpgroup variant for them (git 3b2a4d7, 1.35x this kernel on top-8
+  // rows) passed every mask test but failed one model fixture seed that this kernel passes
+  // (docs/benchmarks.md, 2026-12-04 12:00 section).
   if (D <= 128 && m.q_block == 128 && flash::sm90_available()) {
     flash::sm90_forward(p, batch, static_cast<int>(D), Keys::listed, 128, kb);
   } else if (m.q_block == 128) {
