@@ -141,20 +141,17 @@ __global__ void __launch_bounds__(384, 1)
       for (Tile t = tiles.next(); t.rows; t = tiles.next(), ++it) {
         const int s = it % kStages;
         const uint32_t parity = ((it / kStages) & 1) ^ 1;
-        mbar_wait(&k_empty[s], parity);
-        if (leader) {
-          mbar_arrive_expect_bytes(&k_full[s], kTileBytes);
+        // Tile t of K or V into stage s once the math warps have released it.
+        const auto load = [&](unsigned char* dst, const CUtensorMap& map, uint64_t* full, uint64_t* empty) {
+          mbar_wait(empty, parity);
+          if (!leader) return;
+          mbar_arrive_expect_bytes(full, kTileBytes);
 #pragma unroll
           for (int c = 0; c < kD / 64; ++c)
-            tma_load_4d(sK + s * kTileBytes + c * kBlockN * 128, &maps.k, c * 64, kvh, t.start, b, &k_full[s]);
-        }
-        mbar_wait(&v_empty[s], parity);
-        if (leader) {
-          mbar_arrive_expect_bytes(&v_full[s], kTileBytes);
-#pragma unroll
-          for (int c = 0; c < kD / 64; ++c)
-            tma_load_4d(sV + s * kTileBytes + c * kBlockN * 128, &maps.v, c * 64, kvh, t.start, b, &v_full[s]);
-        }
+            tma_load_4d(dst + s * kTileBytes + c * kBlockN * 128, &map, c * 64, kvh, t.start, b, full);
+        };
+        load(sK, maps.k, &k_full[s], &k_empty[s]);
+        load(sV, maps.v, &v_full[s], &v_empty[s]);
         if (!published) named_barrier_sync(kItemReady, kItemThreads);
         published = true;
       }
