@@ -83,8 +83,11 @@ std::vector<int32_t> top_k_row(int64_t qb, int64_t k) {
 
 // Block-sparse attention over 128 x 128 blocks (FlexAttention's default), causal, beside
 // the dense causal kernel on the same inputs: the speedup over dense against the ideal
-// 1 / density. FLOPs counted are the ones the mask keeps (4 D per allowed pair). A third
-// mask keeps 8 blocks of 64 x 64 per row (no FlexAttention peer: its blocks are 128).
+// 1 / density. FLOPs counted are the ones the mask keeps (4 D per allowed pair). Two masks
+// of 64 x 64 blocks (no FlexAttention peer: its blocks are 128): 8 blocks per row, and
+// the window again, whose consecutive rows share most blocks (the sm_80 kernel pairs
+// them). Two more show how the mask path's rate grows with row length: every causal
+// block listed, and a window of 8192 keys.
 void bench_sparse(std::mt19937_64& rng) {
   const int64_t B = 1, H = 16, D = 128, blk = 128;
   for (int64_t T : {8192, 32768}) {
@@ -113,16 +116,20 @@ void bench_sparse(std::mt19937_64& rng) {
     const int64_t window = 2048;
     const attn::BlockMask masks[] = {
         attn::sliding_window_mask(attn::MaskGeometry{T, T, 0, blk, blk, 1, nullptr}, window, 0, true),
-        builder.finish(), top_k.finish()};
-    const char* names[] = {"window=2048", "random10%", "top8 of 64-blocks"};
-    for (int i = 0; i < 3; ++i) {
+        builder.finish(), top_k.finish(),
+        attn::sliding_window_mask(attn::MaskGeometry{T, T, 0, 64, 64, 1, nullptr}, window, 0, true),
+        attn::dense_mask(T, T, true, 0, blk, blk),
+        attn::sliding_window_mask(attn::MaskGeometry{T, T, 0, blk, blk, 1, nullptr}, 8192, 0, true)};
+    const char* names[] = {"window=2048",  "random10%",   "top8 of 64-blocks", "window=2048 of 64-blocks",
+                           "causal mask", "window=8192"};
+    for (int i = 0; i < 6; ++i) {
       const attn::BlockMask& m = masks[i];
       const cuda::DeviceBlockMask dm = cuda::upload(m);
       const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, dm, scale); });
       cuda::synchronize();
       double pairs = 0;  // allowed (query, key) pairs
-      if (i == 0) {
-        for (int64_t t = 0; t < T; ++t) pairs += static_cast<double>(std::min(t + 1, window));
+      if (i == 0 || i == 3 || i == 5) {
+        for (int64_t t = 0; t < T; ++t) pairs += static_cast<double>(std::min(t + 1, i == 5 ? 8192 : window));
       } else {
         pairs = causal_block_pairs(m);
       }

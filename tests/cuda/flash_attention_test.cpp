@@ -53,6 +53,14 @@ TEST(CudaFlashAttention, HeadDim256) {
   }
 }
 
+// More query blocks than the GPU has SMs: the Hopper kernel's persistent CTAs each take
+// several items, so stage buffers and barrier phases carry over from one to the next.
+TEST(CudaFlashAttention, PersistentCtasTakeSeveralItems) {
+  SUBQ_REQUIRE_GPU();
+  for (bool causal : {false, true})
+    for (int64_t D : {64, 128, 256}) run_case({4, 130, 130, 32, 8, D, causal});
+}
+
 TEST(CudaFlashAttention, GroupedQueryHeadsAndBatch) {
   SUBQ_REQUIRE_GPU();
   for (bool causal : {false, true}) {

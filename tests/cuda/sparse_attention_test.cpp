@@ -84,6 +84,18 @@ TEST(CudaSparseAttention, SlidingWindowWithSinks) {
   }
 }
 
+// More mask rows than the GPU has SMs (two CTAs per SM for 64-query rows on Hopper), for
+// each block shape the kernels tile differently.
+TEST(CudaSparseAttention, PersistentCtasTakeSeveralRows) {
+  SUBQ_REQUIRE_GPU();
+  auto rng = rng_for_test();
+  for (auto [qb, kb] : {std::pair<int64_t, int64_t>{64, 64}, {128, 128}, {128, 64}, {64, 128}})
+    for (int64_t D : {64, 128}) {
+      const MaskGeometry g{200, 200, 0, qb, kb, 1, nullptr};
+      expect_mask_run_matches(rng, {4, 200, 24, 8, D}, attn::sliding_window_mask(g, 70, 3, true), "window+sinks");
+    }
+}
+
 TEST(CudaSparseAttention, PerHeadBigBirdAndPowerAttention) {
   SUBQ_REQUIRE_GPU();
   auto rng = rng_for_test();

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_forward_kernel(const Params
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
   const auto [q, k, v, q_ld, kv_ld] = flash::head_rows<D>(p, b, h, m0);
-  auto tiles = flash::cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
+  auto tiles = flash::cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
   // Query positions of the first and last real row this warp's mask row covers (the
   // CTA's rows unless paired), for the mask rule.
   const int rows_from = kKeys == Keys::paired ? (warp >> 1) * (kBlockM / 2) : 0;
@@ -277,7 +277,7 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const int64_t D = q.dim(3);
   if (q.dim(0) == 0 || p.tq == 0 || p.heads == 0) return;
   const int batch = static_cast<int>(q.dim(0));
-  if (D <= 128 && flash::sm90_available())
+  if (flash::sm90_available())
     return flash::sm90_forward(p, batch, static_cast<int>(D), causal ? Keys::causal : Keys::all, 128, 0);
   if (D == 64) causal ? launch<64, 128, Keys::causal>(p, batch) : launch<64, 128, Keys::all>(p, batch);
   else if (D == 128) causal ? launch<128, 128, Keys::causal>(p, batch) : launch<128, 128, Keys::all>(p, batch);
@@ -422,15 +422,12 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   p.mask_batch = static_cast<int>(m.batch);
   p.mask_heads = static_cast<int>(m.heads);
   p.num_q_blocks = static_cast<int>(m.num_q_blocks());
+  p.q_block = static_cast<int>(m.q_block);
   p.q_offset = static_cast<int>(m.q_offset);
   p.rule = device_rule(m.rule);
   const int batch = static_cast<int>(B), kb = static_cast<int>(m.k_block);
-  // Masks of 64-query blocks stay on the sm_80 kernel on Hopper too: the warp-specialized
-  // kernel's one-math-warpgroup variant for them (git 3b2a4d7, 1.35x this kernel on top-8
-  // rows) passed every mask test but failed one model fixture seed that this kernel passes
-  // (docs/benchmarks.md, 2026-12-04 12:00 section).
-  if (D <= 128 && m.q_block == 128 && flash::sm90_available()) {
-    flash::sm90_forward(p, batch, static_cast<int>(D), Keys::listed, 128, kb);
+  if (D <= 128 && flash::sm90_available()) {
+    flash::sm90_forward(p, batch, static_cast<int>(D), Keys::listed, static_cast<int>(m.q_block), kb);
   } else if (m.q_block == 128) {
     if (D == 64) launch<64, 128, Keys::listed>(p, batch, kb);
     else launch<128, 128, Keys::listed>(p, batch, kb);

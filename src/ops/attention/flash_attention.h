@@ -29,9 +29,11 @@ struct DeviceBlockMask {
   attn::BlockMask host;
   Tensor row_start;   // i32 [rows + 1] on the GPU
   Tensor key_blocks;  // i32 [listed blocks] on the GPU
-  // With q_block 64 and D <= 128: run two consecutive rows per CTA of 128 queries over
-  // the union of their key blocks (each K/V tile meets twice the rows; a warp skips the
-  // tiles its row does not list), chosen when consecutive rows share most blocks.
+  // With q_block 64 and D <= 128, on the sm_80 kernel: run two consecutive rows per CTA
+  // of 128 queries over the union of their key blocks (each K/V tile meets twice the
+  // rows; a warp skips the tiles its row does not list), chosen when consecutive rows
+  // share most blocks. The Hopper kernel runs every 64-query row on its own (two CTAs
+  // per SM), 1.7-1.8x the paired rows on an H200.
   bool pair_rows = false;
 };
 DeviceBlockMask upload(const attn::BlockMask& mask);

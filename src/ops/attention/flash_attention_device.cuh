@@ -39,6 +39,7 @@ struct Params {
   const int* row_start;
   const int* key_blocks;
   int mask_batch, mask_heads, num_q_blocks;
+  int q_block;    // queries per mask row
   int sub_tiles;  // k_block / the kernel's keys per tile
   int q_offset;
   DeviceRule rule;
@@ -121,15 +122,16 @@ struct KeyTiles {
 };
 
 
-// The key tiles of the CTA of query block qb (rows m0 .. m0 + block_m) of head h,
-// batch b: dense ones up to the last key its rows may see, or those of its mask row(s):
-// qb, or 2 qb and 2 qb + 1 when paired (the second may not exist).
+// The key tiles of the CTA of query rows m0 .. m0 + block_m of head h, batch b: dense
+// ones up to the last key its rows may see, or those of the mask row holding query m0
+// (the CTA's rows may be part of it), and of the next one too when paired (which may not
+// exist).
 template <Keys kKeys, int kBlockN>
-__device__ __forceinline__ KeyTiles<kKeys, kBlockN> cta_key_tiles(const Params& p, int b, int h, int qb, int m0,
+__device__ __forceinline__ KeyTiles<kKeys, kBlockN> cta_key_tiles(const Params& p, int b, int h, int m0,
                                                                    int block_m) {
   KeyTiles<kKeys, kBlockN> tiles{};
   if constexpr (kKeys == Keys::listed || kKeys == Keys::paired) {
-    const int row0 = kKeys == Keys::paired ? 2 * qb : qb;
+    const int row0 = m0 / p.q_block;
     const int r = ((p.mask_batch == 1 ? 0 : b) * p.mask_heads + (p.mask_heads == 1 ? 0 : h)) * p.num_q_blocks + row0;
     tiles.a = p.key_blocks + p.row_start[r];
     tiles.na = p.row_start[r + 1] - p.row_start[r];

@@ -1,6 +1,7 @@
 // Flash forward on Hopper: warp-specialized, persistent CTAs whose Q K^T and P V run on
-// wgmma. Head dims 64 and 128, dense rows and masks of 128-query blocks; CTAs of two math
-// warpgroups per 128 queries. Each math warpgroup owns 64 query rows: S = Q K^T
+// wgmma. Head dims 64 and 128 (and 256 for dense rows); CTAs of two math warpgroups per
+// 128 queries, one per 64 for masks of 64-query blocks. Each math warpgroup owns 64 query
+// rows: S = Q K^T
 // for a tile of kBlockN keys is one chain of D / 16 m64nNk16 wgmmas reading Q and K from
 // shared memory, the online softmax runs on S in registers (the m16n8 accumulator layout
 // of the sm_80 kernel, so it shares the masking and softmax code), and O += P V is
@@ -54,9 +55,9 @@ struct TensorMaps {
   CUtensorMap q, k, v;
 };
 
-// Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups 1 and
-// 2 compute. Persistent: a CTA per SM takes work items (128 queries of a head and batch
-// element) one after another, so that the copies of an item's first tiles run while
+// Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups
+// 1 .. kConsumers compute. Persistent: a CTA per SM (two with one math warpgroup) takes
+// work items (64 kConsumers queries of a head and batch element) one after another, so that the copies of an item's first tiles run while
 // the math warpgroups finish the previous one. Items are handed out in order by an
 // atomic counter (schedule[0]) as CTAs free up (a static split of items measured 8-15%
 // slower on dense causal rows); the copy warp draws the next item once the current one's
@@ -69,13 +70,13 @@ struct TensorMaps {
 // Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
 // j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
 // waited for just before the accumulator is rescaled.
-template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kStages>
-__global__ void __launch_bounds__(384, 1)
+template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
+__global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     flash_forward_sm90_kernel(const __grid_constant__ Params p, const __grid_constant__ TensorMaps maps, int batch,
                               int* schedule) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kBlockM = 128, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
-  constexpr int kConsumerWarps = 8;
+  constexpr int kBlockM = 64 * kConsumers, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
+  constexpr int kConsumerWarps = 4 * kConsumers;
   constexpr bool kListed = kKeys == Keys::listed;
   extern __shared__ unsigned char smem_raw[];
   __shared__ uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
@@ -99,20 +100,21 @@ __global__ void __launch_bounds__(384, 1)
 
   const int num_qb = (p.tq + kBlockM - 1) / kBlockM, heads_batch = p.heads * batch;
   const int items = num_qb * heads_batch;
-  // Item i: heads (then batch) fastest, so that CTAs running at the same time share KV
-  // heads in L2; query blocks with the most causal keys first, so that the last items
-  // handed out are short.
+  // Item i: query blocks fastest, those with the most causal keys first, then heads, then
+  // batch. CTAs running at the same time then read one head's keys and values, which stay
+  // in L2 (measured against heads fastest: full rows at 64K 1.19x, a 2048-key window at
+  // 32K 1.05-1.17x), and the last items handed out are short causal rows.
   const auto item_coords = [&](int i, int& qb, int& h, int& b) {
-    qb = num_qb - 1 - i / heads_batch;
-    h = i % heads_batch % p.heads;
-    b = i % heads_batch / p.heads;
+    qb = num_qb - 1 - i % num_qb;
+    h = i / num_qb % p.heads;
+    b = i / num_qb / p.heads;
   };
 
   // The item index passes from the copy warp to the math warps through item_drawn[n % 2]
   // and a named barrier that the copy warp and the math warpgroups all wait at once per
   // item: the copy warp after issuing the item's first tile (so that its loads overlap
   // the previous item's last tiles), the math warps before reading the index.
-  constexpr int kItemReady = 1, kItemThreads = 32 + 256;
+  constexpr int kItemReady = 1, kItemThreads = 32 + 128 * kConsumers;
   if (threadIdx.x < 128) {
     warpgroup_release_registers<40>();
     if (threadIdx.x >= 32) return;
@@ -137,7 +139,7 @@ __global__ void __launch_bounds__(384, 1)
         for (int c = 0; c < kD / 64; ++c) tma_load_4d(sQ + c * kBlockM * 128, &maps.q, c * 64, h, m0, b, &q_full);
       }
       bool published = false;
-      auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
+      auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
       for (Tile t = tiles.next(); t.rows; t = tiles.next(), ++it) {
         const int s = it % kStages;
         const uint32_t parity = ((it / kStages) & 1) ^ 1;
@@ -166,7 +168,7 @@ __global__ void __launch_bounds__(384, 1)
     return;
   }
 
-  warpgroup_claim_registers<232>();
+  warpgroup_claim_registers<kConsumers == 1 ? 216 : 232>();
   const int warp = (threadIdx.x >> 5) - 4, wg = warp >> 2, lane = threadIdx.x & 31;
   // Lane 0 of each math warp reports the warp done with a buffer: every lane has passed
   // the wgmma wait that ends the warpgroup's reads of it.
@@ -207,8 +209,10 @@ __global__ void __launch_bounds__(384, 1)
     for (int kk = 0; kk < kBlockN / 16; ++kk)
       if constexpr (kD == 64)
         wgmma_m64n64k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
-      else
+      else if constexpr (kD == 128)
         wgmma_m64n128k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
+      else
+        wgmma_m64n256k16_rs_mn(o, pa[kk], sw128_desc(sV + vbuf * kTileBytes + kk * 16 * 128, kBlockN * 128, 1024));
     wgmma_commit();
   };
   const auto rescale = [&](const float (&corr)[1][2]) {
@@ -252,7 +256,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int dt = 0; dt < kD / 8; ++dt)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[0][dt][c] = 0.f;
-    auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, qb, m0, kBlockM);
+    auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
     Tile cur = tiles.next();
     if (!cur.rows) release(&q_empty);
     if constexpr (!kPipelined) {
@@ -368,10 +372,10 @@ int* schedule_counters() {
   return counters;
 }
 
-template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kStages>
+template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
 void launch(const Params& p, int batch) {
-  constexpr int kBlockM = 128, kSmem = (kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024;
-  const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kStages>;
+  constexpr int kBlockM = 64 * kConsumers, kSmem = (kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024;
+  const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kConsumers, kStages>;
   static const bool configured = [&] {
     SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
@@ -383,8 +387,9 @@ void launch(const Params& p, int batch) {
   const int64_t items = static_cast<int64_t>((p.tq + kBlockM - 1) / kBlockM) * p.heads * batch;
   if (items > INT_MAX - 1024)
     throw Error("flash_attention: " + std::to_string(items) + " query blocks exceed the sm_90 kernel's 32-bit count");
-  const int grid = static_cast<int>(std::min<int64_t>(items, device_info().multiprocessors));
-  kernel<<<grid, 384, kSmem, stream()>>>(p, maps, batch, schedule_counters());
+  const int grid =
+      static_cast<int>(std::min<int64_t>(items, int64_t{device_info().multiprocessors} * (3 - kConsumers)));
+  kernel<<<grid, 128 * (kConsumers + 1), kSmem, stream()>>>(p, maps, batch, schedule_counters());
   SUBQ_CUDA_CHECK_LAUNCH("flash_forward_sm90_kernel");
 }
 
@@ -404,23 +409,41 @@ namespace {
 template <int D>
 void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // Measured on an H200 (bench/cuda attention and sparse): dense rows of head dim 128 run
-  // fastest pipelined, head dim 64 one tile at a time (415 against 365 TFLOP/s). Mask rows
-  // run one 64-key tile at a time:
-  // pipelined 64- or 128-key tiles, and 128-key tiles one at a time, were 5-50% slower
-  // on the window and random masks (and switching the two math warpgroups' turns at the
-  // tensor cores, as FlashAttention-3 does, gained nothing on dense rows and lost on masks).
-  if (keys == Keys::all) {
-    if constexpr (D == 64) return launch<D, Keys::all, 128, false, 2>(p, batch);
-    else return launch<D, Keys::all, 128, true, 2>(p, batch);
+  // fastest pipelined, head dim 64 one tile at a time (415 against 365 TFLOP/s); head dim
+  // 256 runs 64-key tiles one at a time, so that the 128 accumulator registers of each
+  // thread's P V and the shared memory (Q 64 KiB, two stages of K and V 128 KiB) fit.
+  // Masks of 128-query blocks run 128-key tiles one at a time through three stages (at
+  // 32K 1.09x 64-key tiles on a 2048-key window, 1.14x on random blocks); pipelined 64-
+  // or 128-key tiles were 10-60% slower there, CTAs of one math warpgroup per 64-query
+  // half of a row within +-10%, and switching the two math warpgroups' turns at the
+  // tensor cores, as FlashAttention-3 does, gained nothing on dense rows and lost on
+  // masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per SM:
+  // 1.6x the sm_80 kernel on top-8 rows, 1.7-1.8x its paired rows on a window.
+  if (keys == Keys::all || keys == Keys::causal) {
+    const auto dense = [&](auto kind) {
+      constexpr Keys kKind = decltype(kind)::value;
+      if constexpr (D == 64) launch<D, kKind, 128, false, 2, 2>(p, batch);
+      else if constexpr (D == 128) launch<D, kKind, 128, true, 2, 2>(p, batch);
+      else launch<D, kKind, 64, false, 2, 2>(p, batch);
+    };
+    if (keys == Keys::all) dense(std::integral_constant<Keys, Keys::all>());
+    else dense(std::integral_constant<Keys, Keys::causal>());
+    return;
   }
-  if (keys == Keys::causal) {
-    if constexpr (D == 64) return launch<D, Keys::causal, 128, false, 2>(p, batch);
-    else return launch<D, Keys::causal, 128, true, 2>(p, batch);
+  if (keys != Keys::listed || D == 256)
+    throw Error("flash_attention: the sm_90 kernel runs masks of head dims 64 and 128, one row per CTA");
+  if constexpr (D <= 128) {
+    if (q_block == 64) {
+      p.sub_tiles = k_block / 64;
+      return launch<D, Keys::listed, 64, false, 1, 2>(p, batch);
+    }
+    if (k_block % 128 == 0) {
+      p.sub_tiles = k_block / 128;
+      return launch<D, Keys::listed, 128, false, 2, 3>(p, batch);
+    }
+    p.sub_tiles = k_block / 64;
+    launch<D, Keys::listed, 64, false, 2, 4>(p, batch);
   }
-  if (keys != Keys::listed || q_block != 128)
-    throw Error("flash_attention: the sm_90 kernel runs dense rows and masks of 128-query blocks");
-  p.sub_tiles = k_block / 64;
-  return launch<D, Keys::listed, 64, false, 4>(p, batch);
 }
 
 }  // namespace
@@ -428,7 +451,8 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
 void sm90_forward(Params p, int batch, int head_dim, Keys keys, int q_block, int k_block) {
   if (head_dim == 64) forward<64>(p, batch, keys, q_block, k_block);
   else if (head_dim == 128) forward<128>(p, batch, keys, q_block, k_block);
-  else throw Error("flash_attention: the sm_90 kernel runs head dims 64 and 128, found " + std::to_string(head_dim));
+  else if (head_dim == 256) forward<256>(p, batch, keys, q_block, k_block);
+  else throw Error("flash_attention: the sm_90 kernel runs head dims 64, 128 and 256, found " + std::to_string(head_dim));
 }
 
 }  // namespace subq::cuda::flash
