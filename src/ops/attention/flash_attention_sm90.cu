@@ -413,11 +413,11 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // 256 runs 64-key tiles one at a time, so that the 128 accumulator registers of each
   // thread's P V and the shared memory (Q 64 KiB, two stages of K and V 128 KiB) fit.
   // Masks of 128-query blocks run 128-key tiles one at a time through three stages (at
-  // 32K 1.09x 64-key tiles on a 2048-key window, 1.14x on random blocks); pipelined 64-
-  // or 128-key tiles were 10-60% slower there, CTAs of one math warpgroup per 64-query
-  // half of a row within +-10%, and switching the two math warpgroups' turns at the
-  // tensor cores, as FlashAttention-3 does, gained nothing on dense rows and lost on
-  // masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per SM:
+  // 32K 1.09x 64-key tiles on a 2048-key window, 1.14x on random blocks). Pipelined
+  // 128-key tiles measured 0.96-1.06x that (and spill 96 bytes), CTAs of one math
+  // warpgroup per 64-query half of a row 0.96-1.12x; switching the two math warpgroups'
+  // turns at the tensor cores, as FlashAttention-3 does, gained nothing on dense rows and
+  // lost on masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per SM:
   // 1.6x the sm_80 kernel on top-8 rows, 1.7-1.8x its paired rows on a window.
   if (keys == Keys::all || keys == Keys::causal) {
     const auto dense = [&](auto kind) {
