@@ -1,9 +1,8 @@
 // Flash forward on Hopper: warp-specialized, persistent CTAs whose Q K^T and P V run on
 // wgmma. Head dims 64 and 128 (and 256 for dense rows); CTAs of two math warpgroups per
 // 128 queries, one per 64 for masks of 64-query blocks. Each math warpgroup owns 64 query
-// rows: S = Q K^T
-// for a tile of kBlockN keys is one chain of D / 16 m64nNk16 wgmmas reading Q and K from
-// shared memory, the online softmax runs on S in registers (the m16n8 accumulator layout
+// rows: S = Q K^T for a tile of kBlockN keys is one chain of D / 16 m64nNk16 wgmmas
+// reading Q and K from shared memory, the online softmax runs on S in registers (the m16n8 accumulator layout
 // of the sm_80 kernel, so it shares the masking and softmax code), and O += P V is
 // kBlockN / 16 m64nDk16 wgmmas with P packed to bf16 in registers and V read from shared
 // memory as stored, key rows of D contiguous values (MN-major). A copy warpgroup feeds
@@ -57,8 +56,9 @@ struct TensorMaps {
 
 // Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups
 // 1 .. kConsumers compute. Persistent: a CTA per SM (two with one math warpgroup) takes
-// work items (64 kConsumers queries of a head and batch element) one after another, so that the copies of an item's first tiles run while
-// the math warpgroups finish the previous one. Items are handed out in order by an
+// work items (64 kConsumers queries of a head and batch element) one after another, so
+// that the copies of an item's first tiles run while the math warpgroups finish the
+// previous one. Items are handed out in order by an
 // atomic counter (schedule[0]) as CTAs free up (a static split of items measured 8-15%
 // slower on dense causal rows); the copy warp draws the next item once the current one's
 // Q is released, and the last CTA to finish zeroes the counters for the next launch
@@ -102,8 +102,9 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   const int items = num_qb * heads_batch;
   // Item i: query blocks fastest, those with the most causal keys first, then heads, then
   // batch. CTAs running at the same time then read one head's keys and values, which stay
-  // in L2 (measured against heads fastest: full rows at 64K 1.19x, a 2048-key window at
-  // 32K 1.05-1.17x), and the last items handed out are short causal rows.
+  // in L2 (against heads fastest, one H200 call: full rows at 64K 1.19x, a 2048-key window
+  // at 32K 1.17x; later calls put the full rows' gain nearer 1.1x), and the last items
+  // handed out are short causal rows.
   const auto item_coords = [&](int i, int& qb, int& h, int& b) {
     qb = num_qb - 1 - i % num_qb;
     h = i / num_qb % p.heads;
@@ -417,8 +418,8 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // 128-key tiles measured 0.96-1.06x that (and spill 96 bytes), CTAs of one math
   // warpgroup per 64-query half of a row 0.96-1.12x; switching the two math warpgroups'
   // turns at the tensor cores, as FlashAttention-3 does, gained nothing on dense rows and
-  // lost on masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per SM:
-  // 1.6x the sm_80 kernel on top-8 rows, 1.7-1.8x its paired rows on a window.
+  // lost on masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per
+  // SM: 1.6x the sm_80 kernel on top-8 rows, 1.7-1.8x its paired rows on a window.
   if (keys == Keys::all || keys == Keys::causal) {
     const auto dense = [&](auto kind) {
       constexpr Keys kKind = decltype(kind)::value;
