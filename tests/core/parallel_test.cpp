@@ -1,11 +1,17 @@
-// The pool runs every range with denormals flushed and leaves the caller's mode alone.
+// The pool runs every range with denormals flushed and leaves the caller's mode alone, and
+// keeps its threads across regions of different sizes.
 #include <gtest/gtest.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <vector>
 
 #include "src/core/parallel.h"
+#include "subq/ops.h"
 
 namespace subq {
 namespace {
@@ -41,6 +47,32 @@ TEST(Parallel, RangesRunWithDenormalsFlushedAndTheCallerKeepsItsMode) {
 #else
   GTEST_SKIP() << "denormal flushing is x86-only";
 #endif
+}
+
+// Regions that give work to fewer threads than the pool has, between ones that use all of
+// it (as products of different sizes do in a decode step), must not end and recreate pool
+// threads: each new thread maps a stack and each ended one unmaps it, a TLB shootdown on
+// every core. Linux thread ids are not reused soon, so a pool that churns shows more
+// distinct ids than it has threads.
+TEST(Parallel, RegionsOfDifferentSizesKeepThePoolsThreads) {
+  const int saved = num_threads();
+  set_num_threads(4);
+  std::mutex mu;
+  std::set<long> tids;
+  const auto note = [&] {
+    const long tid = static_cast<long>(::syscall(SYS_gettid));
+    const std::lock_guard<std::mutex> lock(mu);
+    tids.insert(tid);
+  };
+  std::atomic<int64_t> covered{0};
+  for (int round = 0; round < 50; ++round) {
+    parallel_for(400, 1, [&](int64_t b, int64_t e) { note(); covered += e - b; });    // 4 ranges
+    parallel_for(400, 200, [&](int64_t b, int64_t e) { note(); covered += e - b; });  // 2 ranges
+    parallel_for_each(3, [&](int64_t) { note(); covered += 1; });
+  }
+  set_num_threads(saved);
+  EXPECT_EQ(covered.load(), 50 * (400 + 400 + 3));
+  EXPECT_LE(tids.size(), 4u) << "the pool ended and created threads between regions";
 }
 
 }  // namespace
