@@ -60,9 +60,10 @@ struct TensorMaps {
 // that the copies of an item's first tiles run while the math warpgroups finish the
 // previous one. Items are handed out in order by an
 // atomic counter (schedule[0]) as CTAs free up (a static split of items measured 8-15%
-// slower on dense causal rows); the copy warp draws the next item once the current one's
-// Q is released, and the last CTA to finish zeroes the counters for the next launch
-// (schedule[1] counts finished CTAs). K and V tiles go through kStages buffers, each with
+// slower on dense causal rows); the copy warp draws the next item as soon as it has issued
+// the current one's last tile, reads its mask row and issues its first K and V tile, and
+// only then waits for the Q buffer; the last CTA to finish zeroes the counters for the
+// next launch (schedule[1] counts finished CTAs). K and V tiles go through kStages buffers, each with
 // a "full" barrier (the TMA's bytes landed) and an "empty" one (every math warp is done
 // with it); Q has one buffer, released after the item's last Q K^T. Both sides walk the
 // same items and key tiles, so a tile's buffer is its index in that walk modulo kStages.
@@ -113,19 +114,21 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
 
   // The item index passes from the copy warp to the math warps through item_drawn[n % 2]
   // and a named barrier that the copy warp and the math warpgroups all wait at once per
-  // item: the copy warp after issuing the item's first tile (so that its loads overlap
-  // the previous item's last tiles), the math warps before reading the index.
+  // item: the copy warp after issuing the item's Q and first tile (so that their loads
+  // overlap the previous item's last tiles), the math warps before reading the index.
   constexpr int kItemReady = 1, kItemThreads = 32 + 128 * kConsumers;
   if (threadIdx.x < 128) {
     warpgroup_release_registers<40>();
     if (threadIdx.x >= 32) return;
     const bool leader = threadIdx.x == 0;
-    uint32_t it = 0;
-    for (uint32_t n = 0;; ++n) {
-      mbar_wait(&q_empty, (n & 1) ^ 1);
+    const auto draw = [&] {
       int i = 0;
       if (leader) i = atomicAdd(&schedule[0], 1);
-      i = __shfl_sync(0xffffffffu, i, 0);
+      return __shfl_sync(0xffffffffu, i, 0);
+    };
+    uint32_t it = 0;
+    int i = draw();
+    for (uint32_t n = 0;; ++n) {
       if (leader) item_drawn[n & 1] = i < items ? i : -1;
       if (i >= items) {
         named_barrier_sync(kItemReady, kItemThreads);
@@ -134,17 +137,10 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       int qb, h, b;
       item_coords(i, qb, h, b);
       const int m0 = qb * kBlockM, kvh = h / p.group;
-      if (leader) {
-        mbar_arrive_expect_bytes(&q_full, kQBytes);
-#pragma unroll
-        for (int c = 0; c < kD / 64; ++c) tma_load_4d(sQ + c * kBlockM * 128, &maps.q, c * 64, h, m0, b, &q_full);
-      }
-      bool published = false;
-      auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
-      for (Tile t = tiles.next(); t.rows; t = tiles.next(), ++it) {
+      // Tile t of K and V into stage it % kStages once the math warps have released it.
+      const auto load_tile = [&](const Tile& t) {
         const int s = it % kStages;
         const uint32_t parity = ((it / kStages) & 1) ^ 1;
-        // Tile t of K or V into stage s once the math warps have released it.
         const auto load = [&](unsigned char* dst, const CUtensorMap& map, uint64_t* full, uint64_t* empty) {
           mbar_wait(empty, parity);
           if (!leader) return;
@@ -155,10 +151,23 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
         };
         load(sK, maps.k, &k_full[s], &k_empty[s]);
         load(sV, maps.v, &v_full[s], &v_empty[s]);
-        if (!published) named_barrier_sync(kItemReady, kItemThreads);
-        published = true;
+        ++it;
+      };
+      auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
+      Tile t = tiles.next();
+      if (t.rows) {
+        load_tile(t);
+        t = tiles.next();
       }
-      if (!published) named_barrier_sync(kItemReady, kItemThreads);
+      mbar_wait(&q_empty, (n & 1) ^ 1);
+      if (leader) {
+        mbar_arrive_expect_bytes(&q_full, kQBytes);
+#pragma unroll
+        for (int c = 0; c < kD / 64; ++c) tma_load_4d(sQ + c * kBlockM * 128, &maps.q, c * 64, h, m0, b, &q_full);
+      }
+      named_barrier_sync(kItemReady, kItemThreads);
+      for (; t.rows; t = tiles.next()) load_tile(t);
+      i = draw();
     }
     if (!leader) return;
     __threadfence();  // this CTA's draws land before it counts itself finished
@@ -419,7 +428,9 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // warpgroup per 64-query half of a row 0.96-1.12x; switching the two math warpgroups'
   // turns at the tensor cores, as FlashAttention-3 does, gained nothing on dense rows and
   // lost on masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per
-  // SM: 1.6x the sm_80 kernel on top-8 rows, 1.7-1.8x its paired rows on a window.
+  // SM (1.6x the sm_80 kernel on top-8 rows, 1.7-1.8x its paired rows on a window), their
+  // 64-key tiles pipelined (1.07-1.08x one at a time; a third stage leaves room for one
+  // CTA per SM: 0.6x).
   if (keys == Keys::all || keys == Keys::causal) {
     const auto dense = [&](auto kind) {
       constexpr Keys kKind = decltype(kind)::value;
@@ -436,7 +447,7 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   if constexpr (D <= 128) {
     if (q_block == 64) {
       p.sub_tiles = k_block / 64;
-      return launch<D, Keys::listed, 64, false, 1, 2>(p, batch);
+      return launch<D, Keys::listed, 64, true, 1, 2>(p, batch);
     }
     if (k_block % 128 == 0) {
       p.sub_tiles = k_block / 128;
