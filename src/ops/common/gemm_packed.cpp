@@ -188,28 +188,28 @@ void GemmRange(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
 template <class T>
 void GemmPackedTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T* w, size_t ldw, float* y,
                      size_t ldy, bool accumulate) {
-  // Split y by columns (each part packs only its share of W) unless W is too narrow to
-  // give every thread a few panels; then by rows. Up to 4 parts per thread (the same
-  // number for every thread), taken dynamically, so a thread that loses its core to
-  // another process does not hold up the call; a column part keeps at least 8 panels,
-  // since each part repacks x.
+  // Split y by columns (each part packs only its share of W, and all of x) when W gives
+  // every thread two panels or x has few rows: up to 4 parts per thread (the same number
+  // for every thread), taken dynamically, so a thread that loses its core to another
+  // process does not hold up the call; a part keeps at least 8 panels, since each part
+  // repacks x. Narrower W splits by columns and by rows: a panel or more per column part
+  // and enough row parts for two parts per thread, each packing its columns of W and its
+  // rows of x. (Rows alone made every part pack all of W: a 768-wide W on 16 threads was
+  // packed 64 times per product; the two-way split runs 512-token prefills of Llama-160M
+  // 1.32-1.36x and of the Mamba models 1.15-1.25x faster on 16 threads of a Xeon VM.)
   const size_t threads = static_cast<size_t>(std::max(1, num_threads()));
-  const size_t col_panels = (N + kNR - 1) / kNR;
-  const bool by_cols = col_panels >= 2 * threads || M < 2 * kMR * threads;
-  const size_t units = by_cols ? col_panels : (M + kMR - 1) / kMR;
-  const size_t per_thread = by_cols ? std::clamp<size_t>(units / (8 * threads), 1, 4) : 4;
-  const size_t parts = std::min(units, per_thread * threads);
-  parallel_for_each(static_cast<int64_t>(parts), [&](int64_t part) {
-    const size_t u0 = units * static_cast<size_t>(part) / parts;
-    const size_t u1 = units * static_cast<size_t>(part + 1) / parts;
-    size_t m0 = 0, m1 = M, n0 = 0, n1 = N;
-    if (by_cols) {
-      n0 = u0 * kNR;
-      n1 = std::min(N, u1 * kNR);
-    } else {
-      m0 = u0 * kMR;
-      m1 = std::min(M, u1 * kMR);
-    }
+  const size_t col_panels = (N + kNR - 1) / kNR, row_tiles = (M + kMR - 1) / kMR;
+  size_t col_parts = 0, row_parts = 1;
+  if (col_panels >= 2 * threads || M < 2 * kMR * threads) {
+    col_parts = std::min(col_panels, std::clamp<size_t>(col_panels / (8 * threads), 1, 4) * threads);
+  } else {
+    col_parts = std::min(col_panels, threads);
+    row_parts = std::min(row_tiles, (2 * threads + col_parts - 1) / col_parts);
+  }
+  parallel_for_each(static_cast<int64_t>(col_parts * row_parts), [&](int64_t part) {
+    const size_t cp = static_cast<size_t>(part) % col_parts, rp = static_cast<size_t>(part) / col_parts;
+    const size_t m0 = row_tiles * rp / row_parts * kMR, m1 = std::min(M, row_tiles * (rp + 1) / row_parts * kMR);
+    const size_t n0 = col_panels * cp / col_parts * kNR, n1 = std::min(N, col_panels * (cp + 1) / col_parts * kNR);
     if (m0 >= m1 || n0 >= n1) return;
     const size_t nc_max = std::min(kNC, (n1 - n0 + kNR - 1) / kNR * kNR);
     const size_t kc_max = std::min(kKC, K);
