@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "src/core/parallel.h"
 #include "src/io/writers.h"
 #include "subq/io.h"
 #include "subq/ops.h"
@@ -83,7 +84,9 @@ class DecoderState final : public ModelState {
 void add_into(const Tensor& x, const Tensor& y) {
   float* a = x.mutable_data<float>();
   const float* b = y.data<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) a[i] += b[i];
+  parallel_for(x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) a[i] += b[i];
+  });
 }
 
 class Decoder final : public Model {

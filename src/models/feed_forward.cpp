@@ -6,6 +6,7 @@
 #include <memory>
 #include <numeric>
 
+#include "src/core/parallel.h"
 #include "src/ops/common/activations.h"
 #include "subq/ops.h"
 
@@ -20,7 +21,7 @@ Activation parse_activation(const std::string& name) {
 
 namespace {
 
-void activate(Activation act, float* v, int64_t n) {
+void activate_range(Activation act, float* v, int64_t n) {
   switch (act) {
     case Activation::silu: ops::silu(v, v, static_cast<size_t>(n)); return;
     case Activation::relu2:
@@ -33,6 +34,23 @@ void activate(Activation act, float* v, int64_t n) {
       }
       return;
   }
+}
+
+// Element-wise passes over a prompt's [T, F] activations run on the pool (serial, they
+// left all but one thread idle between the products on either side). A decode step's
+// single row is below the grain and stays on the caller.
+constexpr int64_t kElementGrain = 1 << 14;
+
+void activate(Activation act, float* v, int64_t n) {
+  parallel_for(n, kElementGrain, [&](int64_t b, int64_t e) { activate_range(act, v + b, e - b); });
+}
+
+// v = act(v) * u, element-wise.
+void activate_times(Activation act, float* v, const float* u, int64_t n) {
+  parallel_for(n, kElementGrain, [&](int64_t b, int64_t e) {
+    activate_range(act, v + b, e - b);
+    for (int64_t i = b; i < e; ++i) v[i] *= u[i];
+  });
 }
 
 // An optional f32 bias of n elements.
@@ -72,10 +90,7 @@ class GatedMlp final : public FeedForward {
     Tensor g = Tensor::empty(DType::f32, {T, F_}), u = Tensor::empty(DType::f32, {T, F_});
     linear(x, w_.gate, w_.gate_bias, g);
     linear(x, w_.up, w_.up_bias, u);
-    float* gp = g.mutable_data<float>();
-    const float* up = u.data<float>();
-    activate(act_, gp, T * F_);
-    for (int64_t i = 0; i < T * F_; ++i) gp[i] *= up[i];
+    activate_times(act_, g.mutable_data<float>(), u.data<float>(), T * F_);
     linear(g, w_.down, w_.down_bias, y);
   }
   int64_t width() const override { return D_; }

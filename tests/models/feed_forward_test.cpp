@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <string>
+
 #include "tests/reference/mlp.h"
 #include "tests/support/random.h"
 
@@ -15,23 +18,26 @@ using test::to_double;
 // f32 products over a few hundred terms: relative error ~1e-6; 1e-4 leaves margin.
 constexpr double kRtol = 1e-4, kAtol = 1e-5;
 
+// 13 tokens run the activations on the caller; 300 x 233 activations split over the pool.
 TEST(FeedForward, GatedAndPlainMatchFloat64) {
   auto rng = test::rng_for_test();
-  const int64_t T = 13, D = 37, F = 53;
-  const Tensor x = random_tensor(rng, {T, D}, -2, 2);
-  const Tensor gate = random_tensor(rng, {F, D}, -0.3f, 0.3f), up = random_tensor(rng, {F, D}, -0.3f, 0.3f);
-  const Tensor down = random_tensor(rng, {D, F}, -0.3f, 0.3f);
-  const auto xd = to_double(x);
-  for (auto [act, kind] : {std::pair{Activation::silu, 0}, {Activation::gelu_tanh, 1}, {Activation::relu2, 2}}) {
-    auto mlp = make_gated_mlp({gate, up, down}, act);
-    Tensor y = nan_tensor({T, D});
-    mlp->forward(x, y);
-    test::expect_close(y, ref::gated_mlp(xd, to_double(gate), to_double(up), to_double(down), T, D, F, kind), kRtol,
-                       kAtol, "gated");
-    auto plain = make_plain_mlp(up, down, act);
-    y = nan_tensor({T, D});
-    plain->forward(x, y);
-    test::expect_close(y, ref::plain_mlp(xd, to_double(up), to_double(down), T, D, F, kind), kRtol, kAtol, "plain");
+  for (const auto [T, D, F] : {std::array<int64_t, 3>{13, 37, 53}, std::array<int64_t, 3>{300, 37, 233}}) {
+    const Tensor x = random_tensor(rng, {T, D}, -2, 2);
+    const Tensor gate = random_tensor(rng, {F, D}, -0.3f, 0.3f), up = random_tensor(rng, {F, D}, -0.3f, 0.3f);
+    const Tensor down = random_tensor(rng, {D, F}, -0.3f, 0.3f);
+    const auto xd = to_double(x);
+    for (auto [act, kind] : {std::pair{Activation::silu, 0}, {Activation::gelu_tanh, 1}, {Activation::relu2, 2}}) {
+      auto mlp = make_gated_mlp({gate, up, down}, act);
+      Tensor y = nan_tensor({T, D});
+      mlp->forward(x, y);
+      test::expect_close(y, ref::gated_mlp(xd, to_double(gate), to_double(up), to_double(down), T, D, F, kind), kRtol,
+                         kAtol, "gated T=" + std::to_string(T));
+      auto plain = make_plain_mlp(up, down, act);
+      y = nan_tensor({T, D});
+      plain->forward(x, y);
+      test::expect_close(y, ref::plain_mlp(xd, to_double(up), to_double(down), T, D, F, kind), kRtol, kAtol,
+                         "plain T=" + std::to_string(T));
+    }
   }
 }
 

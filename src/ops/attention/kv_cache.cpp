@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "src/core/parallel.h"
 #include "src/ops/common/convert.h"
 
 namespace subq::attn {
@@ -47,19 +48,23 @@ void KVCache::append(const float* k, const float* v, int64_t src_stride, int64_t
     throw Error("KVCache: sequence longer than 2^31 - 1 positions");
   if (len_ + tokens > capacity_) reserve(std::max(len_ + tokens, bounded() ? len_ + tokens : 2 * capacity_));
   const size_t row = static_cast<size_t>(row_stride()), rb = row_bytes();
-  for (int64_t t = 0; t < tokens; ++t) {
-    const size_t slot = static_cast<size_t>(len_ + t);
-    std::byte* kd = key_bytes() + slot * rb;
-    std::byte* vd = value_bytes() + slot * rb;
-    if (dtype_ == DType::bf16) {
-      ops::f32_to_bf16(k + t * src_stride, reinterpret_cast<bf16*>(kd), row);
-      ops::f32_to_bf16(v + t * src_stride, reinterpret_cast<bf16*>(vd), row);
-    } else {
-      std::memcpy(kd, k + t * src_stride, rb);
-      std::memcpy(vd, v + t * src_stride, rb);
+  // A prompt's rows are converted on the pool; a decode step's one row stays on the
+  // caller.
+  parallel_for(tokens, std::max<int64_t>(1, 8192 / row_stride()), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const size_t slot = static_cast<size_t>(len_ + t);
+      std::byte* kd = key_bytes() + slot * rb;
+      std::byte* vd = value_bytes() + slot * rb;
+      if (dtype_ == DType::bf16) {
+        ops::f32_to_bf16(k + t * src_stride, reinterpret_cast<bf16*>(kd), row);
+        ops::f32_to_bf16(v + t * src_stride, reinterpret_cast<bf16*>(vd), row);
+      } else {
+        std::memcpy(kd, k + t * src_stride, rb);
+        std::memcpy(vd, v + t * src_stride, rb);
+      }
+      pos_[slot] = static_cast<int32_t>(next_pos_ + t);
     }
-    pos_[slot] = static_cast<int32_t>(next_pos_ + t);
-  }
+  });
   len_ += tokens;
   next_pos_ += tokens;
 }

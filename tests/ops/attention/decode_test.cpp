@@ -214,6 +214,34 @@ TEST(KVCache, Bf16RoundsOnAppendAndEvictsLikeF32) {
   EXPECT_EQ(bf16_bits(k[4]), 0x3F82u);
 }
 
+// A prompt's rows are appended on the pool when they are many and wide: every row lands
+// in its slot with its position, in f32 as given and in bf16 rounded to nearest even.
+TEST(KVCache, LongChunksFillEveryRowOnThePool) {
+  auto rng = rng_for_test();
+  const int64_t row = 8 * 64, tokens = 333;
+  const auto k = uniform(rng, static_cast<size_t>(tokens * row)), v = uniform(rng, static_cast<size_t>(tokens * row));
+  for (const DType dtype : {DType::f32, DType::bf16}) {
+    attn::KVCache c(8, 64, 0, 0, dtype);
+    c.append(k.data(), v.data(), row, 5);
+    c.append(k.data() + 5 * row, v.data() + 5 * row, row, tokens - 5);
+    ASSERT_EQ(c.slots(), tokens);
+    int64_t bad = 0;
+    for (int64_t s = 0; s < tokens; ++s) {
+      bad += c.positions()[s] != s;
+      for (int64_t x = 0; x < row; ++x) {
+        const size_t i = static_cast<size_t>(s * row + x);
+        if (dtype == DType::f32) {
+          bad += static_cast<const float*>(c.keys())[i] != k[i] || static_cast<const float*>(c.values())[i] != v[i];
+        } else {
+          bad += static_cast<const uint16_t*>(c.keys())[i] != bf16_bits(k[i]) ||
+                 static_cast<const uint16_t*>(c.values())[i] != bf16_bits(v[i]);
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0) << dtype_name(dtype);
+  }
+}
+
 // assign() restores bf16 rows bit for bit and keeps the bound; unbounded bf16 caches
 // report the bytes they hold.
 TEST(KVCache, Bf16AssignRestoresRows) {
