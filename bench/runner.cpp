@@ -66,7 +66,9 @@ Result measure(const Case& c, int64_t T, const RunOptions& opts) {
   Result r;
   r.c = &c;
   r.T = T;
-  // Warm-up run, also the one whose peak heap use is recorded.
+  // Warm-up run, also the one whose peak heap use is recorded: from an empty cache of
+  // large buffers, so that none kept from earlier cases hides this one's.
+  Storage::release_cached();
   const size_t base = heap_in_use();
   heap_reset_peak();
   inst->run();

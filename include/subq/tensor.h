@@ -72,7 +72,11 @@ class Storage {
   bool writable() const { return writable_; }
   Device device() const { return device_; }
 
+  // Uninitialised host memory. Freed buffers of a MiB or more are kept (up to 1 GiB in
+  // all) for the next request of their size: a forward pass asks for the same sizes
+  // layer after layer. release_cached() frees what is kept.
   static std::shared_ptr<Storage> allocate(size_t bytes);
+  static void release_cached();
   // Maps the whole file read-only. Throws Error naming the path if it cannot.
   static std::shared_ptr<Storage> map_file(const std::string& path);
 

@@ -5,7 +5,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
+#include <vector>
 
 #include "subq/tensor.h"
 
@@ -13,33 +16,98 @@ namespace subq {
 namespace {
 
 constexpr size_t kAlignment = 64;
-// Buffers of several MiB are 2 MiB-aligned and offered transparent huge pages: kernels
+// Buffers of a MiB or more are 2 MiB-aligned and offered transparent huge pages: kernels
 // walk [T, D] activations a column block at a time, one row (a page or more at model
 // widths) per token, and on 4 KiB pages every row costs a TLB walk (the selective scan's
 // time per token grew 18% from T = 1K to 256K on 4 KiB pages, 9% on huge pages).
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kLargeFrom = size_t{1} << 20;
+// Freed large buffers wait in a cache for the next request of their size class (whole
+// huge pages), up to this many bytes in all. A forward pass allocates the same activation
+// sizes layer after layer and call after call; from malloc, buffers this large are often
+// fresh mappings, zero-filled and faulted in page by page again each time, and unmapped
+// on free with a TLB shootdown across every core. On 16 threads of a Xeon VM a 3-second
+// Llama-160M prefill bench took 2 million page faults (~15% of its samples in the
+// kernel's fault path, page-table locks contended by the pool).
+constexpr size_t kMaxCachedBytes = size_t{1} << 30;
+
+size_t size_class(size_t bytes) {
+  if (bytes >= kLargeFrom) return (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  // Round up so aligned new's size rule holds; never ask for 0 bytes.
+  return bytes ? (bytes + kAlignment - 1) / kAlignment * kAlignment : kAlignment;
+}
+
+std::byte* allocate_block(size_t size, size_t align, size_t bytes) {
+  try {
+    // operator new (not mmap) so heap accounting, such as the bench's, sees it.
+    auto* p = static_cast<std::byte*>(::operator new(size, std::align_val_t{align}));
+    // Advice only: where huge pages are off, this fails and changes nothing.
+    if (align == kHugePage) ::madvise(p, size, MADV_HUGEPAGE);
+    return p;
+  } catch (const std::bad_alloc&) {
+    throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
+  }
+}
+
+class LargeBlockCache {
+ public:
+  std::byte* take(size_t size) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(size);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    std::byte* p = it->second.back();
+    it->second.pop_back();
+    cached_ -= size;
+    return p;
+  }
+  // Keeps the block unless the cache is full; false means the caller frees it.
+  bool give(std::byte* p, size_t size) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cached_ + size > kMaxCachedBytes) return false;
+    free_[size].push_back(p);
+    cached_ += size;
+    return true;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [size, blocks] : free_)
+      for (std::byte* p : blocks) ::operator delete(p, std::align_val_t{kHugePage});
+    free_.clear();
+    cached_ = 0;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<size_t, std::vector<std::byte*>> free_;
+  size_t cached_ = 0;
+};
+
+// Never destroyed: tensors held in static objects may be released after static
+// destructors have run.
+LargeBlockCache& large_blocks() {
+  static auto* cache = new LargeBlockCache;
+  return *cache;
+}
 
 class HeapStorage final : public Storage {
  public:
-  explicit HeapStorage(size_t bytes) {
-    // Round up so aligned_alloc's size rule holds; never ask for 0 bytes.
-    const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    align_ = rounded >= 2 * kHugePage ? kHugePage : kAlignment;
-    // operator new (not aligned_alloc) so heap accounting, such as the bench's, sees it.
-    try {
-      data_ = static_cast<std::byte*>(::operator new(rounded ? rounded : kAlignment, std::align_val_t{align_}));
-    } catch (const std::bad_alloc&) {
-      throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
-    }
-    // Advice only: where huge pages are off, this fails and changes nothing.
-    if (align_ == kHugePage) ::madvise(data_, rounded / kHugePage * kHugePage, MADV_HUGEPAGE);
+  explicit HeapStorage(size_t bytes) : size_(size_class(bytes)) {
+    const bool large = size_ >= kLargeFrom;
+    data_ = large ? large_blocks().take(size_) : nullptr;
+    if (!data_) data_ = allocate_block(size_, large ? kHugePage : kAlignment, bytes);
     bytes_ = bytes;
     writable_ = true;
   }
-  ~HeapStorage() override { ::operator delete(data_, std::align_val_t{align_}); }
+  ~HeapStorage() override {
+    if (size_ >= kLargeFrom) {
+      if (!large_blocks().give(data_, size_)) ::operator delete(data_, std::align_val_t{kHugePage});
+    } else {
+      ::operator delete(data_, std::align_val_t{kAlignment});
+    }
+  }
 
  private:
-  size_t align_ = kAlignment;
+  size_t size_;
 };
 
 class MappedStorage final : public Storage {
@@ -73,6 +141,8 @@ class MappedStorage final : public Storage {
 }  // namespace
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes) { return std::make_shared<HeapStorage>(bytes); }
+
+void Storage::release_cached() { large_blocks().release(); }
 
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
   return std::make_shared<MappedStorage>(path);

@@ -10,6 +10,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/attention/flash.cpp"
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -59,10 +60,19 @@ constexpr size_t kPreparedBlocks = 8;
 // Up to this many query rows, Q·K^T is computed as dot products over untransposed keys.
 constexpr int64_t kDirectRows = 8;
 
-// Per-thread tile buffers, allocated once per call.
+// What a tile's buffers are sized for.
+struct TileSizes {
+  int64_t rows = -1, padded_dim = 0, padded_k_block = 0, head_dim = 0;
+  bool amx = false;
+  bool operator==(const TileSizes&) const = default;
+};
+
+// Per-thread tile buffers, kept across calls.
 struct Tile {
   std::vector<PreparedBlock> prepared;  // kPreparedBlocks slots; one for tiles of at most kDirectRows rows
   uint64_t uses = 0;
+  TileSizes sizes;
+  uint64_t call = 0;  // the executor call whose key blocks `prepared` holds
   AlignedFloats q, s, o;
   std::vector<float> m, l, alpha;
   std::vector<int64_t> qpos;
@@ -516,9 +526,15 @@ const void* advance(const void* p, int64_t elements, DType dtype) {
   return static_cast<const std::byte*>(p) + elements * static_cast<int64_t>(dtype_size(dtype));
 }
 
-std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb) {
-  std::vector<Tile> tiles(static_cast<size_t>(std::max(1, num_threads())));
-  for (Tile& t : tiles) {
+// The calling thread's tile for call number `call`: kept from call to call and sized anew
+// only when the problem's sizes change (allocating and zero-filling every thread's tiles
+// on the calling thread at each call cost a layer's prefill ~8 MiB of serial writes on 16
+// threads). Its prepared key blocks are forgotten when a new call first takes it: that
+// call's keys may sit where the last call's did.
+Tile& thread_tile(int64_t max_rows, const TileProblem& pb, uint64_t call) {
+  thread_local Tile t;
+  const detail::TileSizes sizes{max_rows, pb.padded_dim, pb.padded_k_block, pb.head_dim, pb.amx};
+  if (t.sizes != sizes) {
     const size_t rows = static_cast<size_t>(max_rows);
     t.q.assign(rows * static_cast<size_t>(pb.padded_dim), 0.f);
     // Tiles of more than kDirectRows rows keep kPreparedBlocks key blocks; smaller ones
@@ -535,8 +551,19 @@ std::vector<Tile> make_tiles(int64_t max_rows, const TileProblem& pb) {
     t.alpha.assign(rows, 0.f);
     t.qpos.assign(rows, 0);
     if (pb.amx) t.amx.size(max_rows, pb.head_dim, pb.padded_k_block);
+    t.sizes = sizes;
   }
-  return tiles;
+  if (t.call != call) {
+    for (detail::PreparedBlock& p : t.prepared) {
+      p.keys = nullptr;
+      p.block = -1;
+      p.has_v = false;
+      p.last_use = 0;
+    }
+    t.uses = 0;
+    t.call = call;
+  }
+  return t;
 }
 
 // Loads query row r of the tile (scaled, zero-padded) and resets its running state.
@@ -590,7 +617,8 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), mask.k_block,    round_up(mask.k_block, lanes),
                        a.kv_len,   a.softcap,                   &mask.rule,      a.key_positions,
                        a.kv_dtype, detail::amx_attention(a.kv_dtype, a.head_dim)};
-  std::vector<Tile> tiles = make_tiles(mask.q_block, pb);
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t call = ++calls;
   const int64_t nqb = mask.num_q_blocks();
   const int64_t group = a.q_heads / a.kv_heads;
   const int64_t Dh = a.head_dim;
@@ -618,7 +646,7 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   const auto attend = [&](int64_t first, int64_t count, const float* blocks_ready) {
     parallel_for_each(count, [&](int64_t i) {
       const int64_t item = first + i;
-      Tile& t = tiles[static_cast<size_t>(omp_get_thread_num()) % tiles.size()];
+      Tile& t = thread_tile(mask.q_block, pb, call);
       const int64_t qb = item % nqb;
       const int64_t h = (item / nqb) % a.q_heads;
       const int64_t b = item / (nqb * a.q_heads);

@@ -6,9 +6,9 @@
 // rounded copy of x (padded with zero rows and columns, so no tile load reads past it).
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/common/amx.h"
 #include "src/ops/common/convert.h"
 #include "src/ops/common/gemm_kernels.h"
@@ -17,6 +17,10 @@ namespace subq::ops {
 
 namespace {
 constexpr int64_t kNB = 128;  // columns of W per packed block (K x kNB bf16 stay in L2)
+// Row blocks (of 32) a part keeps at least, so that packing its columns of W is amortised.
+constexpr int64_t kMinPartRowBlocks = 4;
+struct RoundedRows;
+struct PackedColumns;
 }  // namespace
 
 bool amx_available() { return amx::available(); }
@@ -30,7 +34,7 @@ void gemm_amx_bf16_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t 
   if (!amx::available()) throw Error("gemm_amx_bf16_xwt: AMX-BF16 is not available to this process");
   const int64_t k_blocks = (K + kTileK - 1) / kTileK, lda = k_blocks * kTileK;
   const int64_t m_pad = (M + 2 * kTile - 1) / (2 * kTile) * (2 * kTile);
-  std::vector<bf16> a(static_cast<size_t>(m_pad * lda));
+  const Scratch<RoundedRows, bf16> a(static_cast<size_t>(m_pad * lda));
   parallel_for(m_pad, 8, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       bf16* row = a.data() + m * lda;
@@ -40,14 +44,25 @@ void gemm_amx_bf16_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t 
     }
   });
 
-  // Threads own disjoint column ranges (whole 32-column blocks), each packing its share of W.
-  const int64_t col_blocks = (N + 2 * kTile - 1) / (2 * kTile);
-  const int64_t parts = std::min<int64_t>(col_blocks, 4 * num_threads());
-  parallel_for_each(parts, [&](int64_t part) {
-    const int64_t c0 = col_blocks * part / parts * 2 * kTile;
-    const int64_t c1 = std::min(N, col_blocks * (part + 1) / parts * 2 * kTile);
-    if (c0 >= c1) return;
-    std::vector<bf16> pack(static_cast<size_t>((kNB / kTile) * k_blocks * kPackedTile));
+  // Parts own disjoint column ranges (whole 32-column blocks), each packing its share of W,
+  // up to four per thread. W narrower than two blocks per thread also splits by rows
+  // (parts of kMinPartRowBlocks or more), so that every thread gets work.
+  const int64_t threads = num_threads();
+  const int64_t col_blocks = (N + 2 * kTile - 1) / (2 * kTile), row_blocks = m_pad / (2 * kTile);
+  const int64_t col_parts = std::min(col_blocks, 4 * threads);
+  const int64_t row_parts =
+      col_blocks >= 2 * threads
+          ? 1
+          : std::clamp<int64_t>((4 * threads + col_parts - 1) / col_parts, 1,
+                                std::max<int64_t>(1, row_blocks / kMinPartRowBlocks));
+  parallel_for_each(col_parts * row_parts, [&](int64_t part) {
+    const int64_t cp = part % col_parts, rp = part / col_parts;
+    const int64_t c0 = col_blocks * cp / col_parts * 2 * kTile;
+    const int64_t c1 = std::min(N, col_blocks * (cp + 1) / col_parts * 2 * kTile);
+    const int64_t r0 = row_blocks * rp / row_parts * 2 * kTile;
+    const int64_t r1 = std::min(M, row_blocks * (rp + 1) / row_parts * 2 * kTile);
+    if (c0 >= c1 || r0 >= r1) return;
+    const Scratch<PackedColumns, bf16> pack(static_cast<size_t>((kNB / kTile) * k_blocks * kPackedTile));
     alignas(64) float edge[4 * kTile * kTile];
     amx::configure();
     for (int64_t n0 = c0; n0 < c1; n0 += kNB) {
@@ -55,10 +70,10 @@ void gemm_amx_bf16_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t 
       // Whole pairs of column groups: each block reads two.
       const int64_t groups = (nb + 2 * kTile - 1) / (2 * kTile) * 2;
       amx::pack_rows(w + n0 * ldw, ldw, nb, K, groups, k_blocks, pack.data());
-      for (int64_t m = 0; m < M; m += 2 * kTile)
+      for (int64_t m = r0; m < r1; m += 2 * kTile)
         for (int64_t j = 0; j < nb; j += 2 * kTile)
           amx::block_32x32(a.data() + m * lda, lda, pack.data() + (j / kTile) * k_blocks * kPackedTile, k_blocks,
-                           y + m * ldy + n0 + j, ldy, std::min(2 * kTile, M - m), std::min(2 * kTile, nb - j),
+                           y + m * ldy + n0 + j, ldy, std::min(2 * kTile, r1 - m), std::min(2 * kTile, nb - j),
                            accumulate, edge);
     }
     amx::release();

@@ -13,6 +13,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/common/gemm_kernels.h"
 #include "subq/tensor.h"
 
@@ -41,6 +42,9 @@ constexpr size_t kNR = kNV * kLanes;
 constexpr size_t kKC = 256;
 constexpr size_t kMC = 16 * kMR;
 constexpr size_t kNC = 32 * kNR;
+// Scratch tags: a part's packed weight block and packed x block.
+struct PackedW;
+struct PackedX;
 
 template <class D>
 HWY_INLINE hn::Vec<D> LoadWide(D d, const float* p) {
@@ -213,10 +217,10 @@ void GemmPackedTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, c
     if (m0 >= m1 || n0 >= n1) return;
     const size_t nc_max = std::min(kNC, (n1 - n0 + kNR - 1) / kNR * kNR);
     const size_t kc_max = std::min(kKC, K);
-    auto bpack = allocate_floats(kc_max * nc_max);
-    auto apack = allocate_floats(kc_max * kMC);
+    const Scratch<PackedW, float> bpack(kc_max * nc_max);
+    const Scratch<PackedX, float> apack(kc_max * kMC);
     GemmRange(m1 - m0, n1 - n0, K, x + m0 * ldx, ldx, w + n0 * ldw, ldw, y + m0 * ldy + n0, ldy, accumulate,
-              bpack.get(), apack.get(), nc_max);
+              bpack.data(), apack.data(), nc_max);
   });
 }
 

@@ -211,6 +211,36 @@ TEST(FlashAttention, Bf16PrecisionRunsOnAmxTiles) {
   expect_close(got, p.reference(mask), 2e-2, 1e-2, p.describe() + " window rule, bf16 precision");
 }
 
+// Each thread keeps its tile, and the key blocks it prepared, from call to call. A call
+// whose K and V sit where the last call's did (the next layer's, or the same buffer
+// rewritten) must not read the last call's prepared blocks: five 16-key blocks fit the
+// tile's slots, so one thread would find every one of them.
+TEST(FlashAttention, KeysRewrittenInPlaceBetweenCalls) {
+  auto rng = rng_for_test();
+  const int saved = num_threads();
+  for (const int threads : {1, saved}) {
+    set_num_threads(threads);
+    for (DType kv : kKVTypes) {
+      AttnProblem p(rng, 1, 70, 70, 2, 1, 32, kv);
+      ElementRule rule;
+      rule.causal = true;
+      rule.window_left = 20;
+      BlockMask mask = attn::dense_mask(70, 70, true, 0, 16, 16);
+      mask.rule = rule;
+      const auto first = p.reference(mask);
+      expect_close(p.run(mask), first, kAttnRtol, kAttnAtol, p.describe() + " first call");
+      const AttnProblem fresh(rng, 1, 70, 70, 2, 1, 32, kv);
+      std::copy_n(static_cast<const std::byte*>(fresh.k.raw_data()), p.k.nbytes(),
+                  static_cast<std::byte*>(p.k.mutable_raw_data()));
+      std::copy_n(static_cast<const std::byte*>(fresh.v.raw_data()), p.v.nbytes(),
+                  static_cast<std::byte*>(p.v.mutable_raw_data()));
+      expect_close(p.run(mask), p.reference(mask), kAttnRtol, kAttnAtol,
+                   p.describe() + " threads " + std::to_string(threads) + ", keys rewritten in place");
+    }
+  }
+  set_num_threads(saved);
+}
+
 // Unlisted key blocks hold NaN in K and V: any visit would poison the output.
 TEST(FlashAttention, NeverVisitsUnlistedBlocks) {
   for (DType kv : kKVTypes) {

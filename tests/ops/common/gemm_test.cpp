@@ -166,7 +166,8 @@ const NamedKernel kAmx{"gemm_amx", [](int64_t M, int64_t N, int64_t K, const flo
                        }};
 
 // Sizes at and across the kernel's edges: 32-row and 32-column blocks, 32-wide k blocks,
-// the 128-column packed block, and the ragged ends of each.
+// the 128-column packed block, and the ragged ends of each. On 3 threads, W of fewer than
+// six 32-column blocks (N = 100, 50, 7 with M >= 256) splits by rows too.
 TEST(GemmAmx, MatchesFloat64ProductOfBf16RoundedX) {
   if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
   auto rng = rng_for_test();
