@@ -74,9 +74,10 @@ class Storage {
 
   // Uninitialised host memory. Freed buffers of a MiB or more are kept (up to 1 GiB in
   // all) for the next request of their size: a forward pass asks for the same sizes
-  // layer after layer. release_cached() frees what is kept.
+  // layer after layer. release_cached() frees what is kept; cached_bytes() is its size.
   static std::shared_ptr<Storage> allocate(size_t bytes);
   static void release_cached();
+  static size_t cached_bytes();
   // Maps the whole file read-only. Throws Error naming the path if it cannot.
   static std::shared_ptr<Storage> map_file(const std::string& path);
 

@@ -68,6 +68,10 @@ class LargeBlockCache {
     cached_ += size;
     return true;
   }
+  size_t cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
+  }
   void release() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [size, blocks] : free_)
@@ -143,6 +147,7 @@ class MappedStorage final : public Storage {
 std::shared_ptr<Storage> Storage::allocate(size_t bytes) { return std::make_shared<HeapStorage>(bytes); }
 
 void Storage::release_cached() { large_blocks().release(); }
+size_t Storage::cached_bytes() { return large_blocks().cached(); }
 
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
   return std::make_shared<MappedStorage>(path);
