@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/common/activations.h"
 #include "src/ops/linear/chunk_kernels.h"
 #include "src/ops/linear/head_layout.h"
@@ -156,81 +157,189 @@ void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp
   }
 }
 
-void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t Lp) {
-  const int64_t dk = p.dk, dvp = p.dvp, C = p.opt.chunk;
+// Packs chunk [t0, t0 + L) of head (b, h): q, k (row and transposed), v, and the
+// cumulative log-gates.
+void pack_chunk(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp) {
+  const int64_t dk = p.dk, dvp = p.dvp;
+  const bool vector = p.gate == LinearGate::per_token_vector;
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t t = t0 + i;
+    const float* qt = p.q.at(b, t, h);
+    const float* kt = p.k.at(b, t, h);
+    for (int64_t d = 0; d < dk; ++d) {
+      w.Q[i * dk + d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
+      const float kd = feature(p.opt.feature_map, kt[d]);
+      w.Kr[i * dk + d] = kd;
+      w.Kt[d * Lp + i] = kd;
+    }
+    load_value_row(p, b, t, h, w.V.data() + i * dvp);
+    if (vector) {
+      float* g = w.G.data() + i * dk;
+      token_log_gate(p, b, t, h, g);
+      ops::exp(g, w.A.data() + i * dk, static_cast<size_t>(dk));
+      if (i > 0)
+        for (int64_t d = 0; d < dk; ++d) g[d] += g[d - dk];
+      for (int64_t d = 0; d < dk; ++d) w.Gt[d * Lp + i] = g[d];
+    } else {
+      token_log_gate(p, b, t, h, &w.G[i]);
+      if (i > 0) w.G[i] += w.G[i - 1];
+    }
+  }
+}
+
+// Outputs of the packed chunk against w.state, the state at the chunk's start (read only).
+void chunk_outputs(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp) {
+  const int64_t dk = p.dk, dvp = p.dvp;
   const bool vector = p.gate == LinearGate::per_token_vector;
   const bool gated = p.gate != LinearGate::none;
+  // Intra-chunk: masked, decayed Q K^T, then times V.
+  if (vector) {
+    vector_gate_attention(p, w, L, Lp);
+  } else {
+    chunk_gemm(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp, false);
+    for (int64_t i = 0; i < L; ++i) {
+      float* row = w.att.data() + i * Lp;
+      if (gated) mul_exp_diff_scalar(row, w.G[i], w.G.data(), row, i + 1);
+      std::fill(row + i + 1, row + L, 0.f);
+    }
+  }
+  chunk_gemm(L, dvp, L, w.att.data(), Lp, w.V.data(), dvp, w.O.data(), dvp, false, true);
+  // Inter-chunk: decayed queries against the carried state.
+  const float* qdec = w.Q.data();
+  if (gated) {
+    for (int64_t i = 0; i < L; ++i) {
+      float* dst = w.Qhat.data() + i * dk;
+      if (vector) mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, w.zeros.data(), dst, dk);
+      else mul_exp_diff_scalar(w.Q.data() + i * dk, w.G[i], w.zeros.data(), dst, dk);
+    }
+    qdec = w.Qhat.data();
+  }
+  chunk_gemm(L, dvp, dk, qdec, dk, w.state, dvp, w.O.data(), dvp, true);
+  for (int64_t i = 0; i < L; ++i) write_output(p, w.O.data() + i * dvp, p.o.at(b, t0 + i, h));
+}
+
+// Carries w.state over the packed chunk: diag(exp(G_L)) S + sum_j (k_j exp(G_L - G_j)) v_j^T.
+// Scales w.V in place, so it comes after chunk_outputs.
+void carry_state(const Problem& p, Workspace& w, int64_t L, int64_t Lp) {
+  const int64_t dk = p.dk, dvp = p.dvp;
+  const float* kdec = w.Kt.data();
+  if (p.gate == LinearGate::per_token_vector) {
+    const float* last = w.G.data() + (L - 1) * dk;
+    for (int64_t d = 0; d < dk; ++d) {
+      const float decay = std::exp(last[d]);
+      for (int64_t j = 0; j < dvp; ++j) w.state[d * dvp + j] *= decay;
+      mul_exp_diff_scalar(w.Kt.data() + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
+    }
+    kdec = w.Khat.data();
+  } else if (p.gate != LinearGate::none) {
+    const float last = w.G[L - 1];
+    const float decay = std::exp(last);
+    for (int64_t i = 0; i < dk * dvp; ++i) w.state[i] *= decay;
+    for (int64_t j = 0; j < L; ++j) {
+      const float wj = std::exp(last - w.G[j]);
+      float* row = w.V.data() + j * dvp;
+      for (int64_t c = 0; c < dvp; ++c) row[c] *= wj;
+    }
+  }
+  chunk_gemm(dk, dvp, L, kdec, Lp, w.V.data(), dvp, w.state, dvp, true);
+}
+
+// The decay of the packed chunk's whole length, per state row: exp(G_L) (dk floats).
+void chunk_decay(const Problem& p, const Workspace& w, int64_t L, float* out) {
+  switch (p.gate) {
+    case LinearGate::none: std::fill_n(out, p.dk, 1.f); return;
+    case LinearGate::per_token_vector: ops::exp(w.G.data() + (L - 1) * p.dk, out, static_cast<size_t>(p.dk)); return;
+    default: std::fill_n(out, p.dk, std::exp(w.G[L - 1])); return;
+  }
+}
+
+void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t Lp) {
+  const int64_t C = p.opt.chunk;
   for (int64_t t0 = 0; t0 < p.T; t0 += C) {
     const int64_t L = std::min(C, p.T - t0);
-    // Pack q, k (row and transposed), v, and the cumulative log-gates.
-    for (int64_t i = 0; i < L; ++i) {
-      const int64_t t = t0 + i;
-      const float* qt = p.q.at(b, t, h);
-      const float* kt = p.k.at(b, t, h);
-      for (int64_t d = 0; d < dk; ++d) {
-        w.Q[i * dk + d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
-        const float kd = feature(p.opt.feature_map, kt[d]);
-        w.Kr[i * dk + d] = kd;
-        w.Kt[d * Lp + i] = kd;
-      }
-      load_value_row(p, b, t, h, w.V.data() + i * dvp);
-      if (vector) {
-        float* g = w.G.data() + i * dk;
-        token_log_gate(p, b, t, h, g);
-        ops::exp(g, w.A.data() + i * dk, static_cast<size_t>(dk));
-        if (i > 0)
-          for (int64_t d = 0; d < dk; ++d) g[d] += g[d - dk];
-        for (int64_t d = 0; d < dk; ++d) w.Gt[d * Lp + i] = g[d];
-      } else {
-        token_log_gate(p, b, t, h, &w.G[i]);
-        if (i > 0) w.G[i] += w.G[i - 1];
-      }
-    }
-    // Intra-chunk: masked, decayed Q K^T, then times V.
-    if (vector) {
-      vector_gate_attention(p, w, L, Lp);
-    } else {
-      chunk_gemm(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp, false);
-      for (int64_t i = 0; i < L; ++i) {
-        float* row = w.att.data() + i * Lp;
-        if (gated) mul_exp_diff_scalar(row, w.G[i], w.G.data(), row, i + 1);
-        std::fill(row + i + 1, row + L, 0.f);
-      }
-    }
-    chunk_gemm(L, dvp, L, w.att.data(), Lp, w.V.data(), dvp, w.O.data(), dvp, false, true);
-    // Inter-chunk: decayed queries against the carried state.
-    const float* qdec = w.Q.data();
-    if (gated) {
-      for (int64_t i = 0; i < L; ++i) {
-        float* dst = w.Qhat.data() + i * dk;
-        if (vector) mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, w.zeros.data(), dst, dk);
-        else mul_exp_diff_scalar(w.Q.data() + i * dk, w.G[i], w.zeros.data(), dst, dk);
-      }
-      qdec = w.Qhat.data();
-    }
-    chunk_gemm(L, dvp, dk, qdec, dk, w.state, dvp, w.O.data(), dvp, true);
-    for (int64_t i = 0; i < L; ++i) write_output(p, w.O.data() + i * dvp, p.o.at(b, t0 + i, h));
-    // Carry the state to the end of the chunk.
-    const float* kdec = w.Kt.data();
-    if (vector) {
-      const float* last = w.G.data() + (L - 1) * dk;
-      for (int64_t d = 0; d < dk; ++d) {
-        const float decay = std::exp(last[d]);
-        for (int64_t j = 0; j < dvp; ++j) w.state[d * dvp + j] *= decay;
-        mul_exp_diff_scalar(w.Kt.data() + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
-      }
-      kdec = w.Khat.data();
-    } else if (gated) {
-      const float last = w.G[L - 1];
-      const float decay = std::exp(last);
-      for (int64_t i = 0; i < p.dk * p.dvp; ++i) w.state[i] *= decay;
-      for (int64_t j = 0; j < L; ++j) {
-        const float wj = std::exp(last - w.G[j]);
-        float* row = w.V.data() + j * dvp;
-        for (int64_t c = 0; c < dvp; ++c) row[c] *= wj;
+    pack_chunk(p, w, b, h, t0, L, Lp);
+    chunk_outputs(p, w, b, h, t0, L, Lp);
+    carry_state(p, w, L, Lp);
+  }
+}
+
+// Scratch tags of the chunk-parallel form.
+struct ChunkStates;
+struct ChunkDecays;
+struct HeadStates;
+
+// The chunked form with work items of (head, chunk), for when batch x heads would leave
+// threads idle (one head ran on one thread whatever the pool). Chunks go in segments as
+// long as 32 MiB of states allow (segments of four items per thread, each three more
+// parallel regions, ran 1.1-1.6x slower); per segment, (1) each chunk's own
+// contribution to the state (its carry from a zero state) and its total decay, (2) per
+// head, the states at the chunks' starts in one pass over the segment, (3) each chunk's
+// outputs from its start state (packed again: cheaper than keeping every chunk packed).
+void run_chunk_parallel(const Problem& p, int64_t Lp) {
+  const int64_t tasks = p.B * p.H, C = p.opt.chunk, chunks = (p.T + C - 1) / C;
+  const int64_t sd = p.dk * p.dvp;
+  // Chunks per segment: as many as 32 MiB of states hold (kept scratch: no allocation
+  // after the first call), and at least four items per thread.
+  const int64_t by_memory = (kKeptScratchBytes / sizeof(float)) / std::max<int64_t>(1, tasks * sd);
+  const int64_t want = (4 * num_threads() + tasks - 1) / tasks;
+  const int64_t seg = std::clamp<int64_t>(std::max(want, by_memory), 1, chunks);
+  const Scratch<ChunkStates, float> states(static_cast<size_t>(tasks * seg * sd));
+  const Scratch<ChunkDecays, float> decays(static_cast<size_t>(tasks * seg * p.dk));
+  const Scratch<HeadStates, float> heads(static_cast<size_t>(tasks * sd));
+  parallel_for(tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const float* src = p.state + task * p.dk * p.dvs;
+      float* dst = heads.data() + task * sd;
+      for (int64_t d = 0; d < p.dk; ++d) {
+        std::copy_n(src + d * p.dvs, p.dvs, dst + d * p.dvp);
+        std::fill(dst + d * p.dvp + p.dvs, dst + (d + 1) * p.dvp, 0.f);
       }
     }
-    chunk_gemm(dk, dvp, L, kdec, Lp, w.V.data(), dvp, w.state, dvp, true);
+  });
+  for (int64_t c0 = 0; c0 < chunks; c0 += seg) {
+    const int64_t n = std::min(seg, chunks - c0);
+    const auto each_chunk = [&](auto&& fn) {
+      parallel_for(tasks * n, 1, [&](int64_t begin, int64_t end) {
+        Workspace w(p, Lp);
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t task = item / n, c = item % n;
+          const int64_t t0 = (c0 + c) * C, L = std::min(C, p.T - t0);
+          pack_chunk(p, w, task / p.H, task % p.H, t0, L, Lp);
+          fn(w, task, c, t0, L);
+        }
+      });
+    };
+    each_chunk([&](Workspace& w, int64_t task, int64_t c, int64_t, int64_t L) {
+      w.state = states.data() + (task * seg + c) * sd;
+      std::fill_n(w.state, sd, 0.f);
+      carry_state(p, w, L, Lp);
+      chunk_decay(p, w, L, decays.data() + (task * seg + c) * p.dk);
+    });
+    parallel_for(tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        float* cur = heads.data() + task * sd;
+        for (int64_t c = 0; c < n; ++c) {
+          float* u = states.data() + (task * seg + c) * sd;
+          const float* decay = decays.data() + (task * seg + c) * p.dk;
+          for (int64_t d = 0; d < p.dk; ++d)
+            for (int64_t j = 0; j < p.dvp; ++j) {
+              const int64_t i = d * p.dvp + j;
+              const float own = u[i];
+              u[i] = cur[i];
+              cur[i] = decay[d] * cur[i] + own;
+            }
+        }
+      }
+    });
+    each_chunk([&](Workspace& w, int64_t task, int64_t c, int64_t t0, int64_t L) {
+      w.state = states.data() + (task * seg + c) * sd;
+      chunk_outputs(p, w, task / p.H, task % p.H, t0, L, Lp);
+    });
+  }
+  for (int64_t task = 0; task < tasks; ++task) {
+    const float* src = heads.data() + task * sd;
+    float* dst = p.state + task * p.dk * p.dvs;
+    for (int64_t d = 0; d < p.dk; ++d) std::copy_n(src + d * p.dvp, p.dvs, dst + d * p.dvs);
   }
 }
 
@@ -315,6 +424,13 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
                          (options.algorithm == LinearAlgorithm::automatic && p.T < kLinearAttentionRecurrentBelow);
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
+  // With heads for at most half the threads, heads and chunks both split (the extra
+  // passes cost less than the idle threads); 24 heads on 16 threads gained nothing
+  // measurable that way, so busier pools keep one head per work item.
+  if (!recurrent && p.T > options.chunk && 2 * p.B * p.H <= num_threads()) {
+    run_chunk_parallel(p, Lp);
+    return;
+  }
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? 1 : Lp);
     for (int64_t task = begin; task < end; ++task) {

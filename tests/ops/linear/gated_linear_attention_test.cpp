@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "src/core/parallel.h"
 #include "src/ops/linear/gated_linear_attention.h"
+#include "subq/ops.h"
 #include "tests/reference/linear_attention.h"
 #include "tests/support/random.h"
 #include "tests/support/targets.h"
@@ -135,6 +137,36 @@ TEST(GatedLinearAttention, ScalarGatePerTokenOverLengths) {
 
 TEST(GatedLinearAttention, VectorGatePerTokenOverLengths) {
   for (int64_t T : {1, 5, 63, 64, 65, 1000}) check_case(base(T, 32, 24, LinearGate::per_token_vector, 64));
+}
+
+// Few heads split over chunks as well (a pass per chunk from a zero state, a pass per
+// head over the chunks' start states, then the outputs), when they would occupy at most
+// half the threads: 1 head on 3 threads and 1 and 3 heads on 16 take that form, the rest
+// the heads form. dk = dv = 256 at 1000 tokens in 16-token chunks fills a segment's 32
+// MiB of states, so the sequence goes in two segments.
+TEST(GatedLinearAttention, HeadsAndChunksSplitOverThreads) {
+  const int saved = num_threads();
+  for (const int threads : {1, 3, 16}) {
+    set_num_threads(threads);
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    for (LinearGate g : {LinearGate::none, LinearGate::per_head, LinearGate::per_token, LinearGate::per_token_vector})
+      for (const int64_t heads : {1, 3}) {
+        Case c = base(150, 24, 17, g, 32);
+        c.s.B = 1;
+        c.s.Hq = c.s.Hk = c.s.Hv = heads;
+        if (g == LinearGate::none) {
+          c.opt.feature_map = FeatureMap::elu_plus_one;
+          c.opt.normalize = true;
+        }
+        check_case(c);
+      }
+  }
+  set_num_threads(16);
+  Case c = base(1000, 256, 256, LinearGate::per_token, 16);
+  c.s.B = 1;
+  c.s.Hq = c.s.Hk = c.s.Hv = 3;
+  check_case(c);
+  set_num_threads(saved);
 }
 
 TEST(GatedLinearAttention, ChunkSizes) {
