@@ -73,7 +73,7 @@ void write_output(const Problem& p, const float* row, float* out) {
   for (int64_t j = 0; j < p.dv; ++j) out[j] = row[j] * inv;
 }
 
-// Per-thread buffers, allocated once per call.
+// Per-thread buffers, allocated once per call (per pass, in the chunk-parallel form).
 struct Workspace {
   // The state being advanced: the caller's memory when its rows need no padding, else S.
   float* state = nullptr;
