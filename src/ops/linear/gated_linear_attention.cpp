@@ -287,14 +287,8 @@ void run_chunk_parallel(const Problem& p, int64_t Lp) {
   const Scratch<ChunkDecays, float> decays(static_cast<size_t>(tasks * seg * p.dk));
   const Scratch<HeadStates, float> heads(static_cast<size_t>(tasks * sd));
   parallel_for(tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const float* src = p.state + task * p.dk * p.dvs;
-      float* dst = heads.data() + task * sd;
-      for (int64_t d = 0; d < p.dk; ++d) {
-        std::copy_n(src + d * p.dvs, p.dvs, dst + d * p.dvp);
-        std::fill(dst + d * p.dvp + p.dvs, dst + (d + 1) * p.dvp, 0.f);
-      }
-    }
+    for (int64_t task = begin; task < end; ++task)
+      pad_state_rows(p.state + task * p.dk * p.dvs, p.dk, p.dvs, p.dvp, heads.data() + task * sd);
   });
   for (int64_t c0 = 0; c0 < chunks; c0 += seg) {
     const int64_t n = std::min(seg, chunks - c0);
@@ -336,11 +330,8 @@ void run_chunk_parallel(const Problem& p, int64_t Lp) {
       chunk_outputs(p, w, task / p.H, task % p.H, t0, L, Lp);
     });
   }
-  for (int64_t task = 0; task < tasks; ++task) {
-    const float* src = heads.data() + task * sd;
-    float* dst = p.state + task * p.dk * p.dvs;
-    for (int64_t d = 0; d < p.dk; ++d) std::copy_n(src + d * p.dvp, p.dvs, dst + d * p.dvs);
-  }
+  for (int64_t task = 0; task < tasks; ++task)
+    unpad_state_rows(heads.data() + task * sd, p.dk, p.dvs, p.dvp, p.state + task * p.dk * p.dvs);
 }
 
 void check_log_gate(const Problem& p, const Tensor& g) {
