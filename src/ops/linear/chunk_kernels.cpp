@@ -51,21 +51,35 @@ HWY_INLINE void GemmRows(D d, int64_t N, int64_t kend, const float* A, int64_t l
   for (; n < N; n += NL) GemmBlock<MR, 1>(d, kend, A, lda, B + n, ldb, C + n, ldc, accumulate);
 }
 
-void ChunkGemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-               int64_t ldc, bool accumulate, bool lower_triangular) {
+// Rows of C in blocks of four; lower_a: row m reads only k <= m; lower_c: row m needs
+// only columns n <= m (computed up to the end of the vector holding the diagonal).
+void GemmLower(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+               int64_t ldc, bool accumulate, bool lower_a, bool lower_c) {
   const hn::ScalableTag<float> d;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t m = 0; m < M; m += 4) {
     const int64_t mr = std::min<int64_t>(4, M - m);
-    const int64_t kend = lower_triangular ? std::min(K, m + mr) : K;
+    const int64_t kend = lower_a ? std::min(K, m + mr) : K;
+    const int64_t n = lower_c ? std::min(N, (m + mr + NL - 1) / NL * NL) : N;
     const float* a = A + m * lda;
     float* c = C + m * ldc;
     switch (mr) {
-      case 4: GemmRows<4>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
-      case 3: GemmRows<3>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
-      case 2: GemmRows<2>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
-      default: GemmRows<1>(d, N, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+      case 4: GemmRows<4>(d, n, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+      case 3: GemmRows<3>(d, n, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+      case 2: GemmRows<2>(d, n, kend, a, lda, B, ldb, c, ldc, accumulate); break;
+      default: GemmRows<1>(d, n, kend, a, lda, B, ldb, c, ldc, accumulate); break;
     }
   }
+}
+
+void ChunkGemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+               int64_t ldc, bool accumulate, bool lower_triangular) {
+  GemmLower(M, N, K, A, lda, B, ldb, C, ldc, accumulate, lower_triangular, false);
+}
+
+void ChunkGemmCausal(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     float* C, int64_t ldc) {
+  GemmLower(M, N, K, A, lda, B, ldb, C, ldc, false, false, true);
 }
 
 // Runs f over full vectors, then the tail through a one-lane tag (same math for all).
@@ -272,6 +286,7 @@ HWY_AFTER_NAMESPACE();
 namespace subq::ops {
 
 HWY_EXPORT(ChunkGemm);
+HWY_EXPORT(ChunkGemmCausal);
 HWY_EXPORT(MulExpDiff);
 HWY_EXPORT(MulExpDiffScalar);
 HWY_EXPORT(DecayedDotsBackward);
@@ -283,6 +298,10 @@ HWY_EXPORT(DplrDecayedDots);
 void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                 int64_t ldc, bool accumulate, bool lower_triangular) {
   HWY_DYNAMIC_DISPATCH(ChunkGemm)(M, N, K, A, lda, B, ldb, C, ldc, accumulate, lower_triangular);
+}
+void chunk_gemm_causal(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                       float* C, int64_t ldc) {
+  HWY_DYNAMIC_DISPATCH(ChunkGemmCausal)(M, N, K, A, lda, B, ldb, C, ldc);
 }
 void mul_exp_diff(const float* x, const float* a, const float* b, float* out, int64_t n) {
   HWY_DYNAMIC_DISPATCH(MulExpDiff)(x, a, b, out, n);

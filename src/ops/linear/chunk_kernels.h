@@ -17,6 +17,11 @@ inline int64_t round_up_to_align(int64_t n) { return (n + kChunkAlign - 1) / kCh
 // k <= m. N % kChunkAlign == 0.
 void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                 int64_t ldc, bool accumulate, bool lower_triangular = false);
+// C[m, n] = A[m, :] · B[:, n] for the causal part n <= m only (scores of a chunk's
+// queries against its own keys). Entries above the diagonal are left unspecified: some
+// are computed (to the end of the diagonal's vector), the rest left as they were.
+void chunk_gemm_causal(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                       float* C, int64_t ldc);
 
 // out[i] = x[i] * exp(a[i] - b[i]) (element-wise decays between two log-gate vectors).
 void mul_exp_diff(const float* x, const float* a, const float* b, float* out, int64_t n);

@@ -46,10 +46,17 @@ struct Problem {
   LinearAttentionOptions opt;
 };
 
+template <FeatureMap F>
+float feature(float x) {
+  if constexpr (F == FeatureMap::elu_plus_one) return x > 0.f ? x + 1.f : std::exp(x);
+  else if constexpr (F == FeatureMap::relu) return x > 0.f ? x : 0.f;
+  else return x;
+}
+
 float feature(FeatureMap f, float x) {
   switch (f) {
-    case FeatureMap::elu_plus_one: return x > 0.f ? x + 1.f : std::exp(x);
-    case FeatureMap::relu: return x > 0.f ? x : 0.f;
+    case FeatureMap::elu_plus_one: return feature<FeatureMap::elu_plus_one>(x);
+    case FeatureMap::relu: return feature<FeatureMap::relu>(x);
     default: return x;
   }
 }
@@ -77,6 +84,11 @@ void write_output(const Problem& p, const float* row, float* out) {
 struct Workspace {
   // The state being advanced: the caller's memory when its rows need no padding, else S.
   float* state = nullptr;
+  // The chunk's packed queries [L, dk] and transposed keys [dk, Lp]: Q and Kt, or a block
+  // shared by a group of heads, which also holds their undecayed causal scores.
+  const float* q = nullptr;
+  const float* kt = nullptr;
+  const float* scores = nullptr;
   std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
@@ -157,21 +169,43 @@ void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp
   }
 }
 
-// Packs chunk [t0, t0 + L) of head (b, h): q, k (row and transposed), v, and the
-// cumulative log-gates.
-void pack_chunk(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp) {
+// q (scaled) and k of chunk [t0, t0 + L) through the feature map: k transposed (kt, dk
+// rows of Lp), and by rows too (kr) where the vector gate's diagonal blocks read them.
+template <FeatureMap F>
+void pack_queries_keys(const Problem& p, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp, float* q, float* kt,
+                       float* kr) {
+  const int64_t dk = p.dk;
+  for (int64_t i = 0; i < L; ++i) {
+    const float* qt = p.q.at(b, t0 + i, h);
+    const float* kti = p.k.at(b, t0 + i, h);
+    for (int64_t d = 0; d < dk; ++d) q[i * dk + d] = feature<F>(qt[d]) * p.opt.scale;
+    for (int64_t d = 0; d < dk; ++d) kt[d * Lp + i] = feature<F>(kti[d]);
+    if (kr)
+      for (int64_t d = 0; d < dk; ++d) kr[i * dk + d] = feature<F>(kti[d]);
+  }
+  for (int64_t t = t0 + L; t < std::min(p.T, t0 + 2 * L); ++t) {
+    prefetch_row_to_l2(p.q.at(b, t, h), dk);
+    prefetch_row_to_l2(p.k.at(b, t, h), dk);
+  }
+}
+
+void pack_queries_keys(const Problem& p, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp, float* q, float* kt,
+                       float* kr) {
+  switch (p.opt.feature_map) {
+    case FeatureMap::elu_plus_one: pack_queries_keys<FeatureMap::elu_plus_one>(p, b, h, t0, L, Lp, q, kt, kr); return;
+    case FeatureMap::relu: pack_queries_keys<FeatureMap::relu>(p, b, h, t0, L, Lp, q, kt, kr); return;
+    default: pack_queries_keys<FeatureMap::identity>(p, b, h, t0, L, Lp, q, kt, kr); return;
+  }
+}
+
+// Packs what is head (b, h)'s own in chunk [t0, t0 + L): v and the cumulative log-gates;
+// asks for the next chunk's value rows while this one is computed.
+void pack_head_rows(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp) {
   const int64_t dk = p.dk, dvp = p.dvp;
   const bool vector = p.gate == LinearGate::per_token_vector;
+  for (int64_t t = t0 + L; t < std::min(p.T, t0 + 2 * L); ++t) prefetch_row_to_l2(p.v.at(b, t, h), p.dv);
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = t0 + i;
-    const float* qt = p.q.at(b, t, h);
-    const float* kt = p.k.at(b, t, h);
-    for (int64_t d = 0; d < dk; ++d) {
-      w.Q[i * dk + d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
-      const float kd = feature(p.opt.feature_map, kt[d]);
-      w.Kr[i * dk + d] = kd;
-      w.Kt[d * Lp + i] = kd;
-    }
     load_value_row(p, b, t, h, w.V.data() + i * dvp);
     if (vector) {
       float* g = w.G.data() + i * dk;
@@ -187,6 +221,39 @@ void pack_chunk(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0
   }
 }
 
+// Packs chunk [t0, t0 + L) of head (b, h): its queries and keys, then its own rows.
+void pack_chunk(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp) {
+  pack_queries_keys(p, b, h, t0, L, Lp, w.Q.data(), w.Kt.data(),
+                    p.gate == LinearGate::per_token_vector ? w.Kr.data() : nullptr);
+  w.q = w.Q.data();
+  w.kt = w.Kt.data();
+  w.scores = nullptr;
+  pack_head_rows(p, w, b, h, t0, L, Lp);
+}
+
+// Heads that read the same q and k rows (Mamba-2's groups of B and C) share a chunk's
+// packing and causal scores: one block per (batch, group, chunk) of q [Lp, dk],
+// k^T [dk, Lp] and undecayed scores q k^T [Lp, Lp].
+bool shares_queries_keys(const Problem& p) {
+  return p.gate != LinearGate::per_token_vector && p.q.group > 1 && p.q.group == p.k.group;
+}
+
+int64_t shared_block_floats(const Problem& p, int64_t Lp) { return 2 * Lp * p.dk + Lp * Lp; }
+
+void pack_shared_block(const Problem& p, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp, float* block) {
+  float* q = block;
+  float* kt = q + Lp * p.dk;
+  float* scores = kt + p.dk * Lp;
+  pack_queries_keys(p, b, h, t0, L, Lp, q, kt, nullptr);
+  chunk_gemm_causal(L, Lp, p.dk, q, p.dk, kt, Lp, scores, Lp);
+}
+
+void use_shared_block(const Problem& p, Workspace& w, int64_t Lp, const float* block) {
+  w.q = block;
+  w.kt = block + Lp * p.dk;
+  w.scores = w.kt + p.dk * Lp;
+}
+
 // Outputs of the packed chunk against w.state, the state at the chunk's start (read only).
 void chunk_outputs(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp) {
   const int64_t dk = p.dk, dvp = p.dvp;
@@ -196,21 +263,30 @@ void chunk_outputs(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t
   if (vector) {
     vector_gate_attention(p, w, L, Lp);
   } else {
-    chunk_gemm(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp, false);
+    if (!w.scores) chunk_gemm_causal(L, Lp, dk, w.q, dk, w.kt, Lp, w.att.data(), Lp);
+    const float* scores = w.scores ? w.scores : w.att.data();
     for (int64_t i = 0; i < L; ++i) {
       float* row = w.att.data() + i * Lp;
-      if (gated) mul_exp_diff_scalar(row, w.G[i], w.G.data(), row, i + 1);
+      const float* src = scores + i * Lp;
+      // Whole vectors past the diagonal (overwritten below) rather than a scalar tail.
+      if (gated) mul_exp_diff_scalar(src, w.G[i], w.G.data(), row, std::min(Lp, round_up_to_align(i + 1)));
+      else if (src != row) std::copy_n(src, i + 1, row);
       std::fill(row + i + 1, row + L, 0.f);
     }
   }
   chunk_gemm(L, dvp, L, w.att.data(), Lp, w.V.data(), dvp, w.O.data(), dvp, false, true);
   // Inter-chunk: decayed queries against the carried state.
-  const float* qdec = w.Q.data();
+  const float* qdec = w.q;
   if (gated) {
     for (int64_t i = 0; i < L; ++i) {
       float* dst = w.Qhat.data() + i * dk;
-      if (vector) mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, w.zeros.data(), dst, dk);
-      else mul_exp_diff_scalar(w.Q.data() + i * dk, w.G[i], w.zeros.data(), dst, dk);
+      const float* q = w.q + i * dk;
+      if (vector) {
+        mul_exp_diff(q, w.G.data() + i * dk, w.zeros.data(), dst, dk);
+      } else {
+        const float decay = std::exp(w.G[i]);
+        for (int64_t d = 0; d < dk; ++d) dst[d] = q[d] * decay;
+      }
     }
     qdec = w.Qhat.data();
   }
@@ -222,13 +298,13 @@ void chunk_outputs(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t
 // Scales w.V in place, so it comes after chunk_outputs.
 void carry_state(const Problem& p, Workspace& w, int64_t L, int64_t Lp) {
   const int64_t dk = p.dk, dvp = p.dvp;
-  const float* kdec = w.Kt.data();
+  const float* kdec = w.kt;
   if (p.gate == LinearGate::per_token_vector) {
     const float* last = w.G.data() + (L - 1) * dk;
     for (int64_t d = 0; d < dk; ++d) {
       const float decay = std::exp(last[d]);
       for (int64_t j = 0; j < dvp; ++j) w.state[d * dvp + j] *= decay;
-      mul_exp_diff_scalar(w.Kt.data() + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
+      mul_exp_diff_scalar(w.kt + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
     }
     kdec = w.Khat.data();
   } else if (p.gate != LinearGate::none) {
@@ -334,6 +410,46 @@ void run_chunk_parallel(const Problem& p, int64_t Lp) {
     unpad_state_rows(heads.data() + task * sd, p.dk, p.dvs, p.dvp, p.state + task * p.dk * p.dvs);
 }
 
+struct SharedBlocks;
+
+// The chunked form for heads sharing q and k: per segment of chunks (as many as 32 MiB
+// of shared blocks hold), every (batch, group, chunk) block is packed once, then each
+// head runs over the segment's chunks from the blocks of its group.
+void run_shared_groups(const Problem& p, int64_t Lp) {
+  const int64_t groups = p.H / p.q.group, C = p.opt.chunk, chunks = (p.T + C - 1) / C;
+  const int64_t block = shared_block_floats(p, Lp);
+  const int64_t by_memory = (kKeptScratchBytes / sizeof(float)) / (p.B * groups * block);
+  const int64_t seg = std::clamp<int64_t>(by_memory, 1, chunks);
+  const Scratch<SharedBlocks, float> blocks(static_cast<size_t>(p.B * groups * seg * block));
+  for (int64_t c0 = 0; c0 < chunks; c0 += seg) {
+    const int64_t n = std::min(seg, chunks - c0);
+    parallel_for(p.B * groups * n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t bg = item / n, t0 = (c0 + item % n) * C;
+        pack_shared_block(p, bg / groups, (bg % groups) * p.q.group, t0, std::min(C, p.T - t0), Lp,
+                          blocks.data() + item * block);
+      }
+    });
+    parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+      Workspace w(p, Lp);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / p.H, h = task % p.H;
+        const float* first = blocks.data() + (b * groups + h / p.q.group) * n * block;
+        with_padded_state(p.state + task * p.dk * p.dvs, p.dk, p.dvs, p.dvp, w.S.data(), [&](float* state) {
+          w.state = state;
+          for (int64_t c = 0; c < n; ++c) {
+            const int64_t t0 = (c0 + c) * C, L = std::min(C, p.T - t0);
+            use_shared_block(p, w, Lp, first + c * block);
+            pack_head_rows(p, w, b, h, t0, L, Lp);
+            chunk_outputs(p, w, b, h, t0, L, Lp);
+            carry_state(p, w, L, Lp);
+          }
+        });
+      }
+    });
+  }
+}
+
 void check_log_gate(const Problem& p, const Tensor& g) {
   auto bad = [](float x) { return !(x <= 0.f); };
   switch (p.gate) {
@@ -420,6 +536,10 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   // measurable that way, so busier pools keep one head per work item.
   if (!recurrent && p.T > options.chunk && 2 * p.B * p.H <= num_threads()) {
     run_chunk_parallel(p, Lp);
+    return;
+  }
+  if (!recurrent && shares_queries_keys(p)) {
+    run_shared_groups(p, Lp);
     return;
   }
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {

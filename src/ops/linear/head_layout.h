@@ -36,6 +36,12 @@ struct TokenScalars {
 };
 TokenScalars token_scalars(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H);
 
+// Asks for a row of n floats to be brought into L2 ahead of its use: a head's rows are a
+// whole token's heads apart, further than the hardware prefetchers follow.
+inline void prefetch_row_to_l2(const float* row, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(row + i, 0, 2);
+}
+
 // A head's state [dk, cols] copied to rows of `padded` >= cols floats (the kernels'
 // aligned layout, zeros after cols) and back.
 inline void pad_state_rows(const float* st, int64_t dk, int64_t cols, int64_t padded, float* out) {

@@ -169,6 +169,32 @@ TEST(GatedLinearAttention, HeadsAndChunksSplitOverThreads) {
   set_num_threads(saved);
 }
 
+// Heads reading the same q and k (Mamba-2's groups) pack each chunk and its causal scores
+// once per group. B x groups x chunks of 81,920-float blocks (dk 256, chunk 128) over the
+// 32 MiB a segment may take: 2 x 4 x 14 blocks go in two segments.
+TEST(GatedLinearAttention, GroupsShareChunkScores) {
+  const int saved = num_threads();
+  for (const int threads : {1, 3}) {
+    set_num_threads(threads);
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    for (LinearGate g : {LinearGate::none, LinearGate::per_head, LinearGate::per_token}) {
+      Case c = base(150, 24, 17, g, 32);
+      c.s.Hq = c.s.Hk = 2;
+      c.s.Hv = 6;
+      if (g == LinearGate::none) {
+        c.opt.feature_map = FeatureMap::elu_plus_one;
+        c.opt.normalize = true;
+      }
+      check_case(c);
+    }
+  }
+  set_num_threads(saved);
+  Case c = base(13 * 128 + 5, 256, 16, LinearGate::per_token, 128);
+  c.s.Hq = c.s.Hk = 4;
+  c.s.Hv = 8;
+  check_case(c);
+}
+
 TEST(GatedLinearAttention, ChunkSizes) {
   for (int64_t chunk : {16, 37, 64, 128})
     for (LinearGate g : {LinearGate::per_token, LinearGate::per_token_vector}) check_case(base(300, 16, 16, g, chunk));
