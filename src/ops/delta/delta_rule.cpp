@@ -104,11 +104,12 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
       w.beta[i] = p.beta.at(b, t, h);
       w.G[i] = token_log_gate(p, b, t, h) + (i > 0 ? w.G[i - 1] : 0.f);
     }
-    chunk_gemm(L, Lp, dk, w.Kr.data(), dk, w.Kt.data(), Lp, w.KK.data(), Lp, false);
-    chunk_gemm(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp, false);
+    chunk_gemm_causal(L, Lp, dk, w.Kr.data(), dk, w.Kt.data(), Lp, w.KK.data(), Lp);
+    chunk_gemm_causal(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp);
     for (int64_t i = 0; i < L; ++i) {
       float* row = w.att.data() + i * Lp;
-      if (p.gated) mul_exp_diff_scalar(row, w.G[i], w.G.data(), row, i + 1);
+      // Whole vectors past the diagonal (overwritten below) rather than a scalar tail.
+      if (p.gated) mul_exp_diff_scalar(row, w.G[i], w.G.data(), row, std::min(Lp, round_up_to_align(i + 1)));
       std::fill(row + i + 1, row + L, 0.f);
     }
     // R = diag(beta) (V - diag(exp G) K S0), then D = (I + A)^{-1} R in place.
