@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -34,9 +35,12 @@ class SafetensorsFile {
   // Throws Error naming the file and the tensor if it is absent.
   Tensor get(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // The file's bytes (the mapping the tensors view).
+  const Storage& storage() const { return *storage_; }
 
  private:
   std::string path_;
+  std::shared_ptr<Storage> storage_;
   std::map<std::string, Tensor> tensors_;
   std::map<std::string, std::string> metadata_;
 };
@@ -56,6 +60,9 @@ class Checkpoint {
   Tensor get(const std::string& name, DType dtype, const Shape& shape) const;
   // get() that checks the shape and accepts any floating dtype (f32, bf16, f16).
   Tensor get_float(const std::string& name, const Shape& shape) const;
+  // Reads every file into memory now (see Storage::populate), reporting bytes read so
+  // far and in all after each part.
+  void populate(const std::function<void(int64_t done, int64_t total)>& progress) const;
 
  private:
   std::string path_;

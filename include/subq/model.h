@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -51,6 +52,9 @@ struct LoadOptions {
   // backend, and for now Llama-style attention over a bf16 KV cache (any sparse policy
   // but the evicting window), SwiGLU and relu2 MLPs, Mamba and Mamba-2 layers).
   std::string device;
+  // Called as the checkpoint is read into memory (bytes so far, bytes in all): loading
+  // reads every weight, so the first forward pass runs at its steady speed, as later ones.
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 class Model {

@@ -4,6 +4,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <span>
@@ -80,6 +81,10 @@ class Storage {
   static size_t cached_bytes();
   // Maps the whole file read-only. Throws Error naming the path if it cannot.
   static std::shared_ptr<Storage> map_file(const std::string& path);
+  // Reads every page into memory now rather than at first use (a mapped file's pages
+  // otherwise fault in during the first forward pass), calling step(n) after each part
+  // of n bytes.
+  void populate(const std::function<void(size_t)>& step) const;
 
  protected:
   std::byte* data_ = nullptr;

@@ -88,6 +88,16 @@ Checkpoint Checkpoint::open(const std::string& path) {
   return c;
 }
 
+void Checkpoint::populate(const std::function<void(int64_t done, int64_t total)>& progress) const {
+  int64_t total = 0, done = 0;
+  for (const SafetensorsFile& f : files_) total += static_cast<int64_t>(f.storage().bytes());
+  for (const SafetensorsFile& f : files_)
+    f.storage().populate([&](size_t n) {
+      done += static_cast<int64_t>(n);
+      if (progress) progress(done, total);
+    });
+}
+
 std::vector<std::string> Checkpoint::names() const {
   std::vector<std::string> out;
   out.reserve(where_.size());

@@ -117,6 +117,7 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<Storage> bytes, const std
   const uint64_t data_bytes = size - data_start;
   SafetensorsFile f;
   f.path_ = label;
+  f.storage_ = bytes;
   std::vector<Entry> entries;
   for (const auto& [key, value] : j.items()) {
     if (key == "__metadata__") {

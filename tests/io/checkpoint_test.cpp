@@ -48,6 +48,27 @@ TEST(Checkpoint, OpensShardedDirectory) {
   expect_error([&] { c.get("lm_head.weight"); }, {"model.safetensors.index.json: ", "'lm_head.weight' not found"});
 }
 
+// populate() reads files in 64 MiB parts: a 68 MiB shard and a small one give three
+// reports, the last at the two files' size, and leave the tensors as they were.
+TEST(Checkpoint, PopulateReadsEveryShardInParts) {
+  auto rng = rng_for_test();
+  const auto dir = scratch_dir();
+  const auto a = write_shard(rng, dir / "model-00001-of-00002.safetensors", {"big"}, int64_t{17} << 20);
+  const auto b = write_shard(rng, dir / "model-00002-of-00002.safetensors", {"small"}, 5);
+  write_file(dir / "model.safetensors.index.json",
+             index_json(R"("big":"model-00001-of-00002.safetensors","small":"model-00002-of-00002.safetensors")"));
+  const Checkpoint c = Checkpoint::open(dir.string());
+  std::vector<std::pair<int64_t, int64_t>> calls;
+  c.populate([&](int64_t done, int64_t total) { calls.emplace_back(done, total); });
+  const auto bytes = static_cast<int64_t>(std::filesystem::file_size(dir / "model-00001-of-00002.safetensors") +
+                                          std::filesystem::file_size(dir / "model-00002-of-00002.safetensors"));
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[0], std::make_pair(int64_t{64} << 20, bytes));
+  EXPECT_EQ(calls[2], std::make_pair(bytes, bytes));
+  EXPECT_EQ(std::memcmp(c.get("big").data<float>(), a[0].data(), a[0].size() * 4), 0);
+  EXPECT_EQ(std::memcmp(c.get("small").data<float>(), b[0].data(), 20), 0);
+}
+
 TEST(Checkpoint, OpensSingleFileDirectory) {
   auto rng = rng_for_test();
   const auto dir = scratch_dir();

@@ -89,6 +89,17 @@ INSTANTIATE_TEST_SUITE_P(Models, Fixture, testing::Values("llama", "llama_tied_b
 // own instead: model.* names and each layer's experts fused into [E, I, L] / [E, L, I]
 // tensors; and the hub's config.json files give the schedule as hybrid_override_pattern.
 // Rewritten that way, the fixture must load to the same model.
+TEST(ModelLoad, ReadsTheWeightsInAndReportsProgress) {
+  std::vector<std::pair<int64_t, int64_t>> calls;
+  LoadOptions options;
+  options.progress = [&](int64_t done, int64_t total) { calls.emplace_back(done, total); };
+  Model::load(kFixtures + "mamba2", options);
+  const auto bytes = static_cast<int64_t>(std::filesystem::file_size(kFixtures + "mamba2/model.safetensors"));
+  ASSERT_FALSE(calls.empty());
+  EXPECT_EQ(calls.back(), std::make_pair(bytes, bytes));
+  for (size_t i = 1; i < calls.size(); ++i) EXPECT_GT(calls[i].first, calls[i - 1].first);
+}
+
 TEST(ModelLoad, NemotronHTransformersLayoutAndPatternLoadAlike) {
   const std::string src = kFixtures + "nemotron_h_moe", dir = testing::TempDir() + "subq_nemotron_h_moe_fused";
   std::filesystem::create_directories(dir);

@@ -35,6 +35,13 @@ void write_logits(const std::string& path, const std::vector<float>& logits, int
                path.c_str());
 }
 
+// Model::load with a progress line while the weights are read into memory.
+std::unique_ptr<Model> load_model(const std::string& dir, LoadOptions options = {}) {
+  ProgressLine bar("loading (MiB)");
+  options.progress = [&](int64_t done, int64_t total) { bar.update(done >> 20, total >> 20); };
+  return Model::load(dir, options);
+}
+
 void add_device_option(CLI::App* cmd, LoadOptions& load) {
   cmd->add_option("--device", load.device,
                   "Run on cpu (default) or cuda (the GPU: attention, SwiGLU/relu2 MLP, Mamba and Mamba-2 layers)")
@@ -76,7 +83,9 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--load-state", a->load_state, "Continue from a state saved by --save-state")->type_name("FILE");
   return {cmd, [a] {
             a->o.stop_at_eos = !a->ignore_eos;
-            const auto model = Model::load(a->dir, a->load);
+            const auto load_start = std::chrono::steady_clock::now();
+            const auto model = load_model(a->dir, a->load);
+            const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
             Session session(*model, load_tokenizer(a->dir));
             if (!a->load_state.empty()) session.load(a->load_state);
             std::vector<float> logits;
@@ -93,9 +102,9 @@ Command add_run_command(CLI::App& app) {
                 a->logits_out.empty() ? nullptr : &logits, [&](int64_t d, int64_t t) { bar.update(d, t); });
             bar.clear();
             std::fputs("\n", stdout);
-            std::fprintf(stderr, "\nprefill: %lld tokens in %.3f s (%.1f tok/s); decode: %lld tokens in %.3f s (%.1f tok/s); "
+            std::fprintf(stderr, "\nload: %.2f s; prefill: %lld tokens in %.3f s (%.1f tok/s); decode: %lld tokens in %.3f s (%.1f tok/s); "
                          "stop: %s; state %s; peak memory %s\n",
-                         static_cast<long long>(st.prompt_tokens), st.prefill_s,
+                         load_s, static_cast<long long>(st.prompt_tokens), st.prefill_s,
                          st.prefill_s > 0 ? st.prompt_tokens / st.prefill_s : 0.0, static_cast<long long>(st.new_tokens),
                          st.decode_s, st.decode_s > 0 ? st.new_tokens / st.decode_s : 0.0, st.stop_reason.c_str(),
                          human_bytes(static_cast<double>(session.state().state_bytes())).c_str(),
@@ -110,7 +119,7 @@ Command add_info_command(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   cmd->add_option("MODEL_DIR", *dir, "Model directory")->required();
   return {cmd, [dir] {
-            const auto model = Model::load(*dir);
+            const auto model = load_model(*dir);
             const ModelInfo& i = model->info();
             std::printf("architecture:   %s\n", i.architecture.c_str());
             std::printf("parameters:     %lld (%.1fM)\n", static_cast<long long>(i.parameter_count), i.parameter_count / 1e6);
@@ -163,7 +172,7 @@ Command add_perplexity_command(CLI::App& app) {
             if (!f) throw Error("cannot read " + a->file);
             std::stringstream ss;
             ss << f.rdbuf();
-            const auto model = Model::load(a->dir, a->load);
+            const auto model = load_model(a->dir, a->load);
             const Tokenizer tok = load_tokenizer(a->dir);
             const std::vector<int32_t> ids = tok.encode(ss.str());
             std::vector<float> logits;
