@@ -74,8 +74,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
     throw Error(config.path() + ": architecture " + archs[0] + " is not supported (supported: " + known + ")");
   }
   const Checkpoint weights = Checkpoint::open(dir);
-  weights.populate(options.progress);
   DecoderSpec spec = it->second(config, weights, options);
+  weights.populate(options.progress);  // after the checks: a bad config fails before the read
   spec.eos_token_ids = eos_ids(config);
   const auto [params, dtypes] = census(weights);
 #ifdef SUBQ_WITH_CUDA

@@ -89,7 +89,9 @@ struct Workspace {
   const float* q = nullptr;
   const float* kt = nullptr;
   const float* scores = nullptr;
-  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay;
+  // Columns of Khat that hold decayed keys (vector gate), relative to token khat_cols - 1.
+  int64_t khat_cols = 0;
+  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay, ref_decay;
   Workspace(const Problem& p, int64_t Lp) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
     const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
@@ -107,6 +109,7 @@ struct Workspace {
     O.assign(n(Lp * p.dvp), 0.f);
     zeros.assign(n(p.dk), 0.f);
     running_decay.assign(n(p.dk), 0.f);
+    ref_decay.assign(n(p.dk), 0.f);
   }
 };
 
@@ -148,7 +151,27 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
   }
 }
 
-// Intra-chunk attention matrix for a vector gate (see the file comment).
+// Brings the first `cols` columns of w.Khat (keys transposed, vector gate) to
+// k_j exp(G_r - G_j) with r = cols - 1: columns it already holds, relative to an earlier
+// token, are rescaled by one factor per row (both factors <= 1); only new columns take an
+// exponential per element.
+void advance_decayed_keys(const Problem& p, Workspace& w, int64_t Lp, int64_t cols) {
+  const int64_t dk = p.dk, have = w.khat_cols;
+  const float* ref = w.G.data() + (cols - 1) * dk;
+  for (int64_t d = 0; d < dk; ++d) {
+    float* row = w.Khat.data() + d * Lp;
+    if (have > 0) {
+      const float f = std::exp(ref[d] - w.G[(have - 1) * dk + d]);
+      for (int64_t j = 0; j < have; ++j) row[j] *= f;
+    }
+    mul_exp_diff_scalar(w.kt + d * Lp + have, ref[d], w.Gt.data() + d * Lp + have, row + have, cols - have);
+  }
+  w.khat_cols = cols;
+}
+
+// Intra-chunk attention matrix for a vector gate (see the file comment). Leaves in w.Qhat
+// the queries decayed to the chunk's start, q_i exp(G_i), which the inter-chunk product
+// takes: for sub-blocks after the first, from the sub-block's own decays times exp(G_ref).
 void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp) {
   const int64_t dk = p.dk;
   for (int64_t s = 0; s < L; s += kSubBlock) {
@@ -156,16 +179,36 @@ void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp
     if (s > 0) {
       const float* ref = w.G.data() + (s - 1) * dk;
       for (int64_t i = s; i < e; ++i)
-        mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, ref, w.Qhat.data() + (i - s) * dk, dk);
-      for (int64_t d = 0; d < dk; ++d)
-        mul_exp_diff_scalar(w.Kt.data() + d * Lp, ref[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, s);
-      chunk_gemm(e - s, s, dk, w.Qhat.data(), dk, w.Khat.data(), Lp, w.att.data() + s * Lp, Lp, false);
+        mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, ref, w.Qhat.data() + i * dk, dk);
+      advance_decayed_keys(p, w, Lp, s);
+      chunk_gemm(e - s, s, dk, w.Qhat.data() + s * dk, dk, w.Khat.data(), Lp, w.att.data() + s * Lp, Lp, false);
+      ops::exp(ref, w.ref_decay.data(), static_cast<size_t>(dk));
+      for (int64_t i = s; i < e; ++i)
+        for (int64_t d = 0; d < dk; ++d) w.Qhat[i * dk + d] *= w.ref_decay[d];
+    } else {
+      for (int64_t i = s; i < e; ++i)
+        mul_exp_diff(w.Q.data() + i * dk, w.G.data() + i * dk, w.zeros.data(), w.Qhat.data() + i * dk, dk);
     }
     for (int64_t i = s; i < e; ++i) {
       float* row = w.att.data() + i * Lp;
       decayed_dots_backward(w.Q.data() + i * dk, w.Kr.data(), w.A.data(), dk, s, i, row, w.running_decay.data());
       std::fill(row + i + 1, row + L, 0.f);
     }
+  }
+}
+
+// out[d * ld + i] = map(row(i)[d]) for L rows of n, in tiles of a few rows: each row of
+// out gets a run of contiguous stores (one store per element and row, 256 bytes apart,
+// thrashed L1).
+template <class Row, class Map>
+void transpose_rows(int64_t L, int64_t n, int64_t ld, Row row, float* out, Map map) {
+  constexpr int64_t kTile = 8;
+  for (int64_t i0 = 0; i0 < L; i0 += kTile) {
+    const int64_t m = std::min(kTile, L - i0);
+    const float* rows[kTile];
+    for (int64_t i = 0; i < m; ++i) rows[i] = row(i0 + i);
+    for (int64_t d = 0; d < n; ++d)
+      for (int64_t i = 0; i < m; ++i) out[d * ld + i0 + i] = map(rows[i][d]);
   }
 }
 
@@ -177,12 +220,11 @@ void pack_queries_keys(const Problem& p, int64_t b, int64_t h, int64_t t0, int64
   const int64_t dk = p.dk;
   for (int64_t i = 0; i < L; ++i) {
     const float* qt = p.q.at(b, t0 + i, h);
-    const float* kti = p.k.at(b, t0 + i, h);
     for (int64_t d = 0; d < dk; ++d) q[i * dk + d] = feature<F>(qt[d]) * p.opt.scale;
-    for (int64_t d = 0; d < dk; ++d) kt[d * Lp + i] = feature<F>(kti[d]);
     if (kr)
-      for (int64_t d = 0; d < dk; ++d) kr[i * dk + d] = feature<F>(kti[d]);
+      for (int64_t d = 0; d < dk; ++d) kr[i * dk + d] = feature<F>(p.k.at(b, t0 + i, h)[d]);
   }
+  transpose_rows(L, dk, Lp, [&](int64_t i) { return p.k.at(b, t0 + i, h); }, kt, [](float x) { return feature<F>(x); });
   for (int64_t t = t0 + L; t < std::min(p.T, t0 + 2 * L); ++t) {
     prefetch_row_to_l2(p.q.at(b, t, h), dk);
     prefetch_row_to_l2(p.k.at(b, t, h), dk);
@@ -204,21 +246,22 @@ void pack_head_rows(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_
   const int64_t dk = p.dk, dvp = p.dvp;
   const bool vector = p.gate == LinearGate::per_token_vector;
   for (int64_t t = t0 + L; t < std::min(p.T, t0 + 2 * L); ++t) prefetch_row_to_l2(p.v.at(b, t, h), p.dv);
+  w.khat_cols = 0;
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = t0 + i;
     load_value_row(p, b, t, h, w.V.data() + i * dvp);
     if (vector) {
+      const float* log_a = p.gate_vector.at(b, t, h);
       float* g = w.G.data() + i * dk;
-      token_log_gate(p, b, t, h, g);
-      ops::exp(g, w.A.data() + i * dk, static_cast<size_t>(dk));
-      if (i > 0)
-        for (int64_t d = 0; d < dk; ++d) g[d] += g[d - dk];
-      for (int64_t d = 0; d < dk; ++d) w.Gt[d * Lp + i] = g[d];
+      ops::exp(log_a, w.A.data() + i * dk, static_cast<size_t>(dk));
+      for (int64_t d = 0; d < dk; ++d) g[d] = i > 0 ? g[d - dk] + log_a[d] : log_a[d];
     } else {
       token_log_gate(p, b, t, h, &w.G[i]);
       if (i > 0) w.G[i] += w.G[i - 1];
     }
   }
+  if (vector)
+    transpose_rows(L, dk, Lp, [&](int64_t i) { return w.G.data() + i * dk; }, w.Gt.data(), [](float x) { return x; });
 }
 
 // Packs chunk [t0, t0 + L) of head (b, h): its queries and keys, then its own rows.
@@ -276,20 +319,13 @@ void chunk_outputs(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t
   }
   chunk_gemm(L, dvp, L, w.att.data(), Lp, w.V.data(), dvp, w.O.data(), dvp, false, true);
   // Inter-chunk: decayed queries against the carried state.
-  const float* qdec = w.q;
-  if (gated) {
+  // Queries decayed to the chunk's start (the vector gate's were left in Qhat).
+  const float* qdec = gated ? w.Qhat.data() : w.q;
+  if (gated && !vector)
     for (int64_t i = 0; i < L; ++i) {
-      float* dst = w.Qhat.data() + i * dk;
-      const float* q = w.q + i * dk;
-      if (vector) {
-        mul_exp_diff(q, w.G.data() + i * dk, w.zeros.data(), dst, dk);
-      } else {
-        const float decay = std::exp(w.G[i]);
-        for (int64_t d = 0; d < dk; ++d) dst[d] = q[d] * decay;
-      }
+      const float decay = std::exp(w.G[i]);
+      for (int64_t d = 0; d < dk; ++d) w.Qhat[i * dk + d] = w.q[i * dk + d] * decay;
     }
-    qdec = w.Qhat.data();
-  }
   chunk_gemm(L, dvp, dk, qdec, dk, w.state, dvp, w.O.data(), dvp, true);
   for (int64_t i = 0; i < L; ++i) write_output(p, w.O.data() + i * dvp, p.o.at(b, t0 + i, h));
 }
@@ -304,8 +340,8 @@ void carry_state(const Problem& p, Workspace& w, int64_t L, int64_t Lp) {
     for (int64_t d = 0; d < dk; ++d) {
       const float decay = std::exp(last[d]);
       for (int64_t j = 0; j < dvp; ++j) w.state[d * dvp + j] *= decay;
-      mul_exp_diff_scalar(w.kt + d * Lp, last[d], w.Gt.data() + d * Lp, w.Khat.data() + d * Lp, L);
     }
+    advance_decayed_keys(p, w, Lp, L);
     kdec = w.Khat.data();
   } else if (p.gate != LinearGate::none) {
     const float last = w.G[L - 1];
