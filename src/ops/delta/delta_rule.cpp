@@ -99,11 +99,11 @@ void run_chunked(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t L
     for (int64_t i = 0; i < L; ++i) {
       const int64_t t = t0 + i;
       load_qk(p, b, t, h, w.Q.data() + i * dk, w.Kr.data() + i * dk);
-      for (int64_t d = 0; d < dk; ++d) w.Kt[d * Lp + i] = w.Kr[i * dk + d];
       load_v(p, p.v.at(b, t, h), w.V.data() + i * dvp);
       w.beta[i] = p.beta.at(b, t, h);
       w.G[i] = token_log_gate(p, b, t, h) + (i > 0 ? w.G[i - 1] : 0.f);
     }
+    transpose_rows(L, dk, Lp, [&](int64_t i) { return w.Kr.data() + i * dk; }, w.Kt.data());
     chunk_gemm_causal(L, Lp, dk, w.Kr.data(), dk, w.Kt.data(), Lp, w.KK.data(), Lp);
     chunk_gemm_causal(L, Lp, dk, w.Q.data(), dk, w.Kt.data(), Lp, w.att.data(), Lp);
     for (int64_t i = 0; i < L; ++i) {

@@ -111,13 +111,11 @@ void pack_chunk(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t0
     const float* lw = p.log_w.at(b, t, h);
     ops::exp(lw, &w.W[i * dkp], static_cast<size_t>(dk));
     for (int64_t d = 0; d < dk; ++d) g[d] = lw[d] + (i > 0 ? g[d - dkp] : 0.f);
-    for (int64_t d = 0; d < dk; ++d) {
-      w.Kt[d * Lp + i] = w.K[i * dkp + d];
-      w.Bt[d * Lp + i] = w.Bk[i * dkp + d];
-      w.Gt[d * Lp + i] = g[d];
-    }
     load_v(p, b, t, h, &w.V[i * p.dvp]);
   }
+  transpose_rows(L, dk, Lp, [&](int64_t i) { return &w.K[i * dkp]; }, w.Kt.data());
+  transpose_rows(L, dk, Lp, [&](int64_t i) { return &w.Bk[i * dkp]; }, w.Bt.data());
+  transpose_rows(L, dk, Lp, [&](int64_t i) { return &w.G[i * dkp]; }, w.Gt.data());
 }
 
 // Cumulative log-decay before token i of the chunk (G_{i-1}; zeros for i = 0).

@@ -4,6 +4,7 @@
 // multiple of kChunkAlign: callers pad their workspaces with zeros so no tail is needed.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace subq::ops {
@@ -11,6 +12,24 @@ namespace subq::ops {
 inline constexpr int64_t kChunkAlign = 16;  // the widest f32 vector (AVX-512)
 
 inline int64_t round_up_to_align(int64_t n) { return (n + kChunkAlign - 1) / kChunkAlign * kChunkAlign; }
+
+// out[d * ld + i] = map(row(i)[d]) for L rows of n (a chunk's rows to its transposed
+// layout), in tiles of a few rows: each row of out gets a run of contiguous stores (one
+// store per element and row, a chunk's width apart, thrashed L1).
+struct SameValue {
+  float operator()(float x) const { return x; }
+};
+template <class Row, class Map = SameValue>
+void transpose_rows(int64_t L, int64_t n, int64_t ld, Row row, float* out, Map map = {}) {
+  constexpr int64_t kTile = 8;
+  for (int64_t i0 = 0; i0 < L; i0 += kTile) {
+    const int64_t m = std::min(kTile, L - i0);
+    const float* rows[kTile];
+    for (int64_t i = 0; i < m; ++i) rows[i] = row(i0 + i);
+    for (int64_t d = 0; d < n; ++d)
+      for (int64_t i = 0; i < m; ++i) out[d * ld + i0 + i] = map(rows[i][d]);
+  }
+}
 
 // C[M, N] (+)= A[M, K] · B[K, N], row-major with leading dimensions in elements.
 // lower_triangular: A is lower triangular (A[m, k] = 0 for k > m), so row m only reads

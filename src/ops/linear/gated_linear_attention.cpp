@@ -197,21 +197,6 @@ void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp
   }
 }
 
-// out[d * ld + i] = map(row(i)[d]) for L rows of n, in tiles of a few rows: each row of
-// out gets a run of contiguous stores (one store per element and row, 256 bytes apart,
-// thrashed L1).
-template <class Row, class Map>
-void transpose_rows(int64_t L, int64_t n, int64_t ld, Row row, float* out, Map map) {
-  constexpr int64_t kTile = 8;
-  for (int64_t i0 = 0; i0 < L; i0 += kTile) {
-    const int64_t m = std::min(kTile, L - i0);
-    const float* rows[kTile];
-    for (int64_t i = 0; i < m; ++i) rows[i] = row(i0 + i);
-    for (int64_t d = 0; d < n; ++d)
-      for (int64_t i = 0; i < m; ++i) out[d * ld + i0 + i] = map(rows[i][d]);
-  }
-}
-
 // q (scaled) and k of chunk [t0, t0 + L) through the feature map: k transposed (kt, dk
 // rows of Lp), and by rows too (kr) where the vector gate's diagonal blocks read them.
 template <FeatureMap F>
@@ -261,7 +246,7 @@ void pack_head_rows(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_
     }
   }
   if (vector)
-    transpose_rows(L, dk, Lp, [&](int64_t i) { return w.G.data() + i * dk; }, w.Gt.data(), [](float x) { return x; });
+    transpose_rows(L, dk, Lp, [&](int64_t i) { return w.G.data() + i * dk; }, w.Gt.data());
 }
 
 // Packs chunk [t0, t0 + L) of head (b, h): its queries and keys, then its own rows.
