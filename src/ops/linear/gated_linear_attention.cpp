@@ -198,7 +198,8 @@ void vector_gate_attention(const Problem& p, Workspace& w, int64_t L, int64_t Lp
 }
 
 // q (scaled) and k of chunk [t0, t0 + L) through the feature map: k transposed (kt, dk
-// rows of Lp), and by rows too (kr) where the vector gate's diagonal blocks read them.
+// rows of Lp), and by rows too (kr) where the vector gate's diagonal blocks read them;
+// asks for the next chunk's q and k rows.
 template <FeatureMap F>
 void pack_queries_keys(const Problem& p, int64_t b, int64_t h, int64_t t0, int64_t L, int64_t Lp, float* q, float* kt,
                        float* kr) {
