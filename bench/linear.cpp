@@ -4,9 +4,9 @@
 // linear-attention shape and the generalized (DPLR) delta rule at RWKV-7's.
 //
 // flops() counts the work each algorithm does per token and head: recurrent 4 dk dv
-// (update + readout); chunked with chunk L: 2 L dk (Q K^T, full tile) + L dv (masked
-// A V, lower half) + 4 dk dv (inter-chunk readout and state update); the quadratic form
-// is chunked with L = T. bytes() is the compulsory traffic: q, k, v, gates in, o out,
+// (update + readout); chunked with chunk L: L dk (Q K^T, causal half; Mamba-2's heads of
+// a group share it) + L dv (masked A V, lower half) + 4 dk dv (inter-chunk readout and
+// state update); the quadratic form is chunked with L = T. bytes() is the compulsory traffic: q, k, v, gates in, o out,
 // state in and out. max_rel_err() reruns the kernel on the first min(T, 256) tokens from
 // a zero state and reports max|got - want| / max|want| against the float64 reference.
 #include <algorithm>
@@ -43,10 +43,11 @@ double normwise_err(const Tensor& got, const std::vector<double>& want) {
   return err / scale;
 }
 
-double per_token_head_flops(ops::LinearAlgorithm alg, int64_t chunk, int64_t T, int64_t dk, int64_t dv) {
+double per_token_head_flops(ops::LinearAlgorithm alg, int64_t chunk, int64_t T, int64_t dk, int64_t dv,
+                            int64_t heads_sharing_qk = 1) {
   if (alg == ops::LinearAlgorithm::recurrent) return 4.0 * dk * dv;
   const double L = static_cast<double>(std::min(chunk, T));
-  return 2 * L * dk + L * dv + 4.0 * dk * dv;
+  return L * dk / static_cast<double>(heads_sharing_qk) + L * dv + 4.0 * dk * dv;
 }
 
 // Gated linear attention, one batch, H heads, per-token scalar or vector gates.
@@ -112,7 +113,7 @@ class SsdRun final : public Instance {
   double flops() const override {
     const auto alg =
         T_ < ops::kLinearAttentionRecurrentBelow ? ops::LinearAlgorithm::recurrent : ops::LinearAlgorithm::chunked;
-    return static_cast<double>(T_ * H_) * per_token_head_flops(alg, 64, T_, N_, P_);
+    return static_cast<double>(T_ * H_) * per_token_head_flops(alg, 64, T_, N_, P_, H_ / G_);
   }
   double bytes() const override {
     return 4.0 * static_cast<double>(T_) * (2.0 * H_ * P_ + H_ + 2.0 * G_ * N_) + 8.0 * H_ * N_ * P_;
@@ -151,13 +152,13 @@ class DeltaRun final : public Instance {
     o_ = Tensor::empty(DType::f32, {1, T, Hv, dv});
   }
   void run() override { ops::delta_rule(q_, k_, v_, beta_, g_, state_, o_, opt_); }
-  // Chunked: Q K^T and K K^T tiles (4 L dk), K S0 and the inter readout (4 dk dv),
+  // Chunked: Q K^T and K K^T, causal halves (2 L dk), K S0 and the inter readout (4 dk dv),
   // forward substitution and masked A D (L dv), state update (2 dk dv).
   double flops() const override {
     const double L = static_cast<double>(std::min<int64_t>(opt_.chunk, T_));
     const bool rec = opt_.algorithm == ops::LinearAlgorithm::recurrent ||
                      (opt_.algorithm == ops::LinearAlgorithm::automatic && T_ < ops::kDeltaRuleRecurrentBelow);
-    const double per = rec ? 6.0 * dk_ * dv_ : 4 * L * dk_ + L * dv_ + 6.0 * dk_ * dv_;
+    const double per = rec ? 6.0 * dk_ * dv_ : 2 * L * dk_ + L * dv_ + 6.0 * dk_ * dv_;
     return static_cast<double>(T_ * Hv_) * per;
   }
   double bytes() const override {
