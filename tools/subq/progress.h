@@ -1,4 +1,4 @@
-// A progress line on stderr for long prefill and scoring, drawn only on a terminal.
+// A progress line on stderr for model loading, long prefill and scoring, drawn only on a terminal.
 #pragma once
 
 #include <sys/resource.h>
