@@ -61,7 +61,8 @@ class Checkpoint {
   // get() that checks the shape and accepts any floating dtype (f32, bf16, f16).
   Tensor get_float(const std::string& name, const Shape& shape) const;
   // Reads every file into memory now (see Storage::populate), reporting bytes read so
-  // far and in all after each part.
+  // far and in all after each part; does nothing when the files exceed the memory
+  // available, where reading ahead would only evict its own first parts.
   void populate(const std::function<void(int64_t done, int64_t total)>& progress) const;
 
  private:

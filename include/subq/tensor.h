@@ -85,6 +85,9 @@ class Storage {
   // otherwise fault in during the first forward pass), calling step(n) after each part
   // of n bytes.
   void populate(const std::function<void(size_t)>& step) const;
+  // Memory the system can still give without swapping (MemAvailable in /proc/meminfo),
+  // in bytes; SIZE_MAX where it cannot be read.
+  static size_t available_memory();
 
  protected:
   std::byte* data_ = nullptr;

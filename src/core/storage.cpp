@@ -5,10 +5,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "subq/tensor.h"
@@ -152,6 +156,14 @@ size_t Storage::cached_bytes() { return large_blocks().cached(); }
 
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
   return std::make_shared<MappedStorage>(path);
+}
+
+size_t Storage::available_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  unsigned long long kib = 0;
+  for (std::string line; std::getline(meminfo, line);)
+    if (std::sscanf(line.c_str(), "MemAvailable: %llu kB", &kib) == 1) return static_cast<size_t>(kib) * 1024;
+  return SIZE_MAX;
 }
 
 void Storage::populate(const std::function<void(size_t)>& step) const {

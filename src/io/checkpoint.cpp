@@ -91,6 +91,7 @@ Checkpoint Checkpoint::open(const std::string& path) {
 void Checkpoint::populate(const std::function<void(int64_t done, int64_t total)>& progress) const {
   int64_t total = 0, done = 0;
   for (const SafetensorsFile& f : files_) total += static_cast<int64_t>(f.storage().bytes());
+  if (static_cast<size_t>(total) > Storage::available_memory()) return;
   for (const SafetensorsFile& f : files_)
     f.storage().populate([&](size_t n) {
       done += static_cast<int64_t>(n);

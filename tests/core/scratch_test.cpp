@@ -1,6 +1,7 @@
 // Memory kept across calls: the per-thread Scratch buffers and the cache of large host
 // buffers behind Tensor::empty. Reuse is the point of both; handing one buffer to two
-// live users would be the bug.
+// live users would be the bug. Also the available memory that decides whether a
+// checkpoint is read in at load.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -59,6 +60,14 @@ TEST(Scratch, EachPoolThreadHasItsOwn) {
   }
   for (size_t i = 0; i < seen.size(); ++i)
     for (size_t j = i + 1; j < seen.size(); ++j) EXPECT_NE(seen[i], seen[j]) << i << " " << j;
+}
+
+// Read from /proc/meminfo, not the unknown-value fallback (any machine running the tests
+// has more than a MiB available).
+TEST(Storage, AvailableMemoryIsReadFromTheSystem) {
+  const size_t available = Storage::available_memory();
+  EXPECT_LT(available, SIZE_MAX);
+  EXPECT_GT(available, size_t{1} << 20);
 }
 
 TEST(Storage, LargeBuffersAreKeptForTheNextRequestOfTheirSize) {
