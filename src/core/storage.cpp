@@ -183,6 +183,7 @@ void Storage::populate(const std::function<void(size_t)>& step) const {
     if (!done) {
       const auto* bytes = reinterpret_cast<const volatile std::byte*>(data_);
       for (size_t i = off; i < off + n; i += page) (void)bytes[i];
+      (void)bytes[off + n - 1];  // the part's last page, when its start is not page-aligned
     }
     if (step) step(n);
   }
