@@ -10,6 +10,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
+#include "src/ops/linear/chunk_kernels.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace subq::ops::HWY_NAMESPACE {
@@ -197,6 +198,103 @@ void LinearAttentionStep(float* S, int64_t dk, int64_t N, const float* decay, co
   });
 }
 
+void LinearAttentionBlockFactors(const float* decay, const float* const* q, float q_scale, const float* const* k,
+                                 int64_t dk, float* D, float* kd, float* qd, float* scores) {
+  constexpr int M = kBlockTokens;
+  // The columns [c, c + lanes) of every factor; the scores' partial sums go to acc.
+  auto columns = [&](auto d, int64_t c, auto (&acc)[M][M]) {
+    using V = hn::Vec<decltype(d)>;
+    V dec[M], qv[M], kv[M];
+    for (int i = 0; i < M; ++i) {
+      dec[i] = hn::LoadU(d, decay + i * dk + c);
+      qv[i] = hn::Mul(hn::Set(d, q_scale), hn::LoadU(d, q[i] + c));
+      kv[i] = hn::LoadU(d, k[i] + c);
+    }
+    V prefix = dec[0];
+    for (int j = 0; j < M; ++j) {
+      if (j > 0) prefix = hn::Mul(prefix, dec[j]);
+      hn::StoreU(hn::Mul(qv[j], prefix), d, qd + j * dk + c);
+    }
+    hn::StoreU(prefix, d, D + c);
+    V suffix = hn::Set(d, 1.f);
+    for (int i = M - 1; i >= 0; --i) {
+      hn::StoreU(hn::Mul(kv[i], suffix), d, kd + i * dk + c);
+      suffix = hn::Mul(suffix, dec[i]);
+    }
+    for (int j = 0; j < M; ++j) {
+      V qe = qv[j];
+      for (int i = j; i >= 0; --i) {
+        acc[j][i] = hn::MulAdd(qe, kv[i], acc[j][i]);
+        if (i > 0) qe = hn::Mul(qe, dec[i]);
+      }
+    }
+  };
+  const hn::ScalableTag<float> d;
+  const hn::CappedTag<float, 1> d1;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  hn::Vec<decltype(d)> acc[M][M];
+  hn::Vec<decltype(d1)> tail[M][M];
+  for (int j = 0; j < M; ++j)
+    for (int i = 0; i < M; ++i) {
+      acc[j][i] = hn::Zero(d);
+      tail[j][i] = hn::Zero(d1);
+    }
+  int64_t c = 0;
+  for (; c + NL <= dk; c += NL) columns(d, c, acc);
+  for (; c < dk; ++c) columns(d1, c, tail);
+  for (int j = 0; j < M; ++j)
+    for (int i = 0; i < M; ++i)
+      scores[j * M + i] = i <= j ? hn::GetLane(hn::SumOfLanes(d, acc[j][i])) + hn::GetLane(tail[j][i]) : 0.f;
+}
+
+void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, const float* kd, const float* qd,
+                              const float* scores, const float* const* v, float* const* o, RowPrefetch& ahead) {
+  constexpr int M = kBlockTokens;
+  const hn::ScalableTag<float> d;
+  using V = hn::Vec<decltype(d)>;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  // M outputs and M value rows per column vector: two vectors of columns fit 32
+  // registers, one fits 16.
+  constexpr int kWide = kStepVectors / 2;
+  auto block = [&](auto nv, int64_t n) {
+    constexpr int NV = decltype(nv)::value;
+    V vv[M][NV], acc[M][NV];
+    for (int i = 0; i < M; ++i)
+      for (int c = 0; c < NV; ++c) {
+        vv[i][c] = hn::LoadU(d, v[i] + n + c * NL);
+        acc[i][c] = hn::Zero(d);
+      }
+    for (int64_t r = 0; r < dk; ++r) {
+      ahead.next();
+      float* s = S + r * N + n;
+      V old[NV], upd[NV];
+      for (int c = 0; c < NV; ++c) old[c] = hn::LoadU(d, s + c * NL);
+      for (int j = 0; j < M; ++j) {
+        const V qj = hn::Set(d, qd[j * dk + r]);
+        for (int c = 0; c < NV; ++c) acc[j][c] = hn::MulAdd(qj, old[c], acc[j][c]);
+      }
+      const V k0 = hn::Set(d, kd[r]);
+      for (int c = 0; c < NV; ++c) upd[c] = hn::Mul(k0, vv[0][c]);
+      for (int i = 1; i < M; ++i) {
+        const V ki = hn::Set(d, kd[i * dk + r]);
+        for (int c = 0; c < NV; ++c) upd[c] = hn::MulAdd(ki, vv[i][c], upd[c]);
+      }
+      const V dr = hn::Set(d, D[r]);
+      for (int c = 0; c < NV; ++c) hn::StoreU(hn::MulAdd(dr, old[c], upd[c]), d, s + c * NL);
+    }
+    for (int j = 0; j < M; ++j)
+      for (int i = 0; i <= j; ++i) {
+        const V a = hn::Set(d, scores[j * M + i]);
+        for (int c = 0; c < NV; ++c) acc[j][c] = hn::MulAdd(a, vv[i][c], acc[j][c]);
+      }
+    for (int j = 0; j < M; ++j)
+      for (int c = 0; c < NV; ++c) hn::StoreU(acc[j][c], d, o[j] + n + c * NL);
+  };
+  int64_t n = 0;
+  for (; n + kWide * NL <= N; n += kWide * NL) block(std::integral_constant<int, kWide>(), n);
+  for (; n < N; n += NL) block(std::integral_constant<int, 1>(), n);
+}
+
 void DeltaRuleStep(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
                    const float* q, float* o) {
   // u = S^T k, delta = beta (v - a u); S = a S + k delta^T; o = S^T q.
@@ -281,8 +379,6 @@ void DplrDecayedDots(const float* q, const float* a_next, const float* K, const 
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-#include "src/ops/linear/chunk_kernels.h"
-
 namespace subq::ops {
 
 HWY_EXPORT(ChunkGemm);
@@ -291,6 +387,8 @@ HWY_EXPORT(MulExpDiff);
 HWY_EXPORT(MulExpDiffScalar);
 HWY_EXPORT(DecayedDotsBackward);
 HWY_EXPORT(LinearAttentionStep);
+HWY_EXPORT(LinearAttentionBlockFactors);
+HWY_EXPORT(LinearAttentionBlockStep);
 HWY_EXPORT(DeltaRuleStep);
 HWY_EXPORT(DplrStep);
 HWY_EXPORT(DplrDecayedDots);
@@ -316,6 +414,14 @@ void decayed_dots_backward(const float* q, const float* K, const float* A, int64
 void linear_attention_step(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
                            const float* q, float* o) {
   HWY_DYNAMIC_DISPATCH(LinearAttentionStep)(S, dk, N, decay, k, v, q, o);
+}
+void linear_attention_block_factors(const float* decay, const float* const* q, float q_scale, const float* const* k,
+                                    int64_t dk, float* D, float* kd, float* qd, float* scores) {
+  HWY_DYNAMIC_DISPATCH(LinearAttentionBlockFactors)(decay, q, q_scale, k, dk, D, kd, qd, scores);
+}
+void linear_attention_block_step(float* S, int64_t dk, int64_t N, const float* D, const float* kd, const float* qd,
+                                 const float* scores, const float* const* v, float* const* o, RowPrefetch& ahead) {
+  HWY_DYNAMIC_DISPATCH(LinearAttentionBlockStep)(S, dk, N, D, kd, qd, scores, v, o, ahead);
 }
 void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
                      const float* q, float* o) {

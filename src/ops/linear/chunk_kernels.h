@@ -11,6 +11,9 @@ namespace subq::ops {
 
 inline constexpr int64_t kChunkAlign = 16;  // the widest f32 vector (AVX-512)
 
+// Tokens per linear_attention_block_step.
+inline constexpr int kBlockTokens = 4;
+
 inline int64_t round_up_to_align(int64_t n) { return (n + kChunkAlign - 1) / kChunkAlign * kChunkAlign; }
 
 // out[d * ld + i] = map(row(i)[d]) for L rows of n (a chunk's rows to its transposed
@@ -30,6 +33,32 @@ void transpose_rows(int64_t L, int64_t n, int64_t ld, Row row, float* out, Map m
       for (int64_t i = 0; i < m; ++i) out[d * ld + i0 + i] = map(rows[i][d]);
   }
 }
+
+// Rows to bring into L2 while a long kernel runs, one cache line per call of next():
+// prefetches issued in a burst before the kernel mostly came too late or were dropped
+// (measured on the recurrence's input rows, whose heads lie a token's width apart).
+struct RowPrefetch {
+  static constexpr int kMaxRows = 4 * kBlockTokens;
+  const float* rows[kMaxRows];
+  int64_t lengths[kMaxRows];
+  int count = 0, row = 0;
+  int64_t offset = 0;
+  void add(const float* p, int64_t floats) {
+    if (count < kMaxRows) {
+      rows[count] = p;
+      lengths[count++] = floats;
+    }
+  }
+  void next() {
+    if (row == count) return;
+    __builtin_prefetch(rows[row] + offset, 0, 2);
+    offset += 16;
+    if (offset >= lengths[row]) {
+      ++row;
+      offset = 0;
+    }
+  }
+};
 
 // C[M, N] (+)= A[M, K] · B[K, N], row-major with leading dimensions in elements.
 // lower_triangular: A is lower triangular (A[m, k] = 0 for k > m), so row m only reads
@@ -56,6 +85,21 @@ void decayed_dots_backward(const float* q, const float* K, const float* A, int64
 // (ld = N). decay is per row of S (dk values). N % kChunkAlign == 0.
 void linear_attention_step(float* S, int64_t dk, int64_t N, const float* decay, const float* k, const float* v,
                            const float* q, float* o);
+// kBlockTokens tokens of that recurrence in one pass over S: with, per row of S, D the
+// block's whole decay, kd_i = k_i times the decay of the tokens after i, qd_j = q_j times
+// the decay of tokens 0..j (kd, qd: kBlockTokens rows of dk), and scores[j, i] (i <= j,
+// row-major kBlockTokens x kBlockTokens) = q_j . (k_i times the decay of tokens i+1..j):
+//   o_j = S^T qd_j + sum_{i<=j} scores[j, i] v_i,   S = diag(D) S + sum_i kd_i v_i^T,
+// with S^T qd_j read before the update. A token then costs 2 + 1/kBlockTokens vector
+// operations per state element instead of the single step's 3, and S streams through
+// the cache once per block. v, o: kBlockTokens rows of N. N % kChunkAlign == 0.
+// ahead: rows the kernel asks for while it runs (the next blocks' inputs).
+// linear_attention_block_factors computes D, kd, qd and scores from the block's decays
+// (kBlockTokens rows of dk) and its q rows (times q_scale) and k rows.
+void linear_attention_block_factors(const float* decay, const float* const* q, float q_scale, const float* const* k,
+                                    int64_t dk, float* D, float* kd, float* qd, float* scores);
+void linear_attention_block_step(float* S, int64_t dk, int64_t N, const float* D, const float* kd, const float* qd,
+                                 const float* scores, const float* const* v, float* const* o, RowPrefetch& ahead);
 // One token of the gated delta rule for S [dk, N]: S = a S; u = S^T k;
 // S += k (beta (v - u))^T; o = S^T q. N % kChunkAlign == 0.
 void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,

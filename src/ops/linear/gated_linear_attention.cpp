@@ -53,21 +53,12 @@ float feature(float x) {
   else return x;
 }
 
-float feature(FeatureMap f, float x) {
-  switch (f) {
-    case FeatureMap::elu_plus_one: return feature<FeatureMap::elu_plus_one>(x);
-    case FeatureMap::relu: return feature<FeatureMap::relu>(x);
-    default: return x;
-  }
-}
-
-// Log-gate of token t for head h: one value (scalar gates) or dk values into out.
-void token_log_gate(const Problem& p, int64_t b, int64_t t, int64_t h, float* out) {
+// Log-gate of token t for head h under a scalar gate (none, per head, per token).
+float scalar_log_gate(const Problem& p, int64_t b, int64_t t, int64_t h) {
   switch (p.gate) {
-    case LinearGate::none: out[0] = 0.f; return;
-    case LinearGate::per_head: out[0] = p.gate_per_head[h]; return;
-    case LinearGate::per_token: out[0] = p.gate_per_token.at(b, t, h); return;
-    case LinearGate::per_token_vector: std::copy_n(p.gate_vector.at(b, t, h), p.dk, out); return;
+    case LinearGate::per_head: return p.gate_per_head[h];
+    case LinearGate::per_token: return p.gate_per_token.at(b, t, h);
+    default: return 0.f;
   }
 }
 
@@ -125,29 +116,100 @@ void load_value_row(const Problem& p, int64_t b, int64_t t, int64_t h, float* ro
   if (p.opt.normalize) row[p.dv] = 1.f;
 }
 
-void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
-  float* decay = w.Q.data();
-  float* k = w.Kr.data();
-  float* q = w.Qhat.data();
-  float* v = w.V.data();
-  float* o = w.O.data();
-  const bool vector = p.gate == LinearGate::per_token_vector;
-  for (int64_t t = 0; t < p.T; ++t) {
-    token_log_gate(p, b, t, h, decay);
-    if (vector) {
-      ops::exp(decay, decay, static_cast<size_t>(p.dk));
+// The recurrence's rows of one token, in row `i` of the block: its decay (dk values, in
+// the workspace's Gt buffer, which the recurrence has no other use for), and where its
+// q, k and value rows are read and its output row written: straight from and to the
+// caller's tensors where nothing changes them (copies took a third of the vector gate's
+// time per token). q is read unscaled; the scale is applied where it is used.
+template <FeatureMap F>
+struct RecurrentRows {
+  const Problem& p;
+  Workspace& w;
+  int64_t b, h;
+  float* decay;
+  const float *q[kBlockTokens], *k[kBlockTokens], *v[kBlockTokens];
+  float* o[kBlockTokens];
+
+  RecurrentRows(const Problem& p_, Workspace& w_, int64_t b_, int64_t h_)
+      : p(p_), w(w_), b(b_), h(h_), decay(w_.Gt.data()) {}
+
+  bool direct_v() const { return !p.scaled_values && p.dvp == p.dv; }
+  bool direct_o() const { return p.dvp == p.dv; }  // dv a multiple of the alignment, no normaliser
+
+  void load(int64_t t, int i) {
+    const int64_t dk = p.dk;
+    float* dec = decay + i * dk;
+    if (p.gate == LinearGate::per_token_vector) ops::exp(p.gate_vector.at(b, t, h), dec, static_cast<size_t>(dk));
+    else std::fill_n(dec, dk, std::exp(scalar_log_gate(p, b, t, h)));
+    q[i] = p.q.at(b, t, h);
+    k[i] = p.k.at(b, t, h);
+    if constexpr (F != FeatureMap::identity) {
+      float* qf = w.Q.data() + i * dk;
+      float* kf = w.Kr.data() + i * dk;
+      for (int64_t d = 0; d < dk; ++d) {
+        qf[d] = feature<F>(q[i][d]);
+        kf[d] = feature<F>(k[i][d]);
+      }
+      q[i] = qf;
+      k[i] = kf;
+    }
+    if (direct_v()) {
+      v[i] = p.v.at(b, t, h);
     } else {
-      std::fill_n(decay + 1, p.dk - 1, decay[0] = std::exp(decay[0]));
+      load_value_row(p, b, t, h, w.V.data() + i * p.dvp);
+      v[i] = w.V.data() + i * p.dvp;
     }
-    const float* kt = p.k.at(b, t, h);
-    const float* qt = p.q.at(b, t, h);
-    for (int64_t d = 0; d < p.dk; ++d) {
-      k[d] = feature(p.opt.feature_map, kt[d]);
-      q[d] = feature(p.opt.feature_map, qt[d]) * p.opt.scale;
+    o[i] = direct_o() ? p.o.at(b, t, h) : w.O.data() + i * p.dvp;
+  }
+  void store(int64_t t, int i) const {
+    if (!direct_o()) write_output(p, o[i], p.o.at(b, t, h));
+  }
+  void prefetch(int64_t t, RowPrefetch& ahead) const {
+    if (t >= p.T) return;
+    ahead.add(p.q.at(b, t, h), p.dk);
+    ahead.add(p.k.at(b, t, h), p.dk);
+    ahead.add(p.v.at(b, t, h), p.dv);
+    if (p.gate == LinearGate::per_token_vector) ahead.add(p.gate_vector.at(b, t, h), p.dk);
+  }
+};
+
+// Token by token, kBlockTokens at a time (linear_attention_block_step); the last
+// T % kBlockTokens tokens one at a time. Each block's decayed factors are running
+// products of its tokens' decays, multiplied, never divided.
+template <FeatureMap F>
+void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
+  constexpr int M = kBlockTokens;
+  const int64_t dk = p.dk;
+  RecurrentRows<F> rows(p, w, b, h);
+  float* qd = w.Qhat.data();
+  float* kd = w.Khat.data();
+  float* scores = w.att.data();
+  float* whole = w.running_decay.data();
+  int64_t t = 0;
+  for (; t + M <= p.T; t += M) {
+    RowPrefetch ahead;
+    for (int i = 0; i < M; ++i) {
+      rows.prefetch(t + M + i, ahead);
+      rows.load(t + i, i);
     }
-    load_value_row(p, b, t, h, v);
-    linear_attention_step(w.state, p.dk, p.dvp, decay, k, v, q, o);
-    write_output(p, o, p.o.at(b, t, h));
+    linear_attention_block_factors(rows.decay, rows.q, p.opt.scale, rows.k, dk, whole, kd, qd, scores);
+    linear_attention_block_step(w.state, dk, p.dvp, whole, kd, qd, scores, rows.v, rows.o, ahead);
+    for (int i = 0; i < M; ++i) rows.store(t + i, i);
+  }
+  for (; t < p.T; ++t) {
+    rows.load(t, 0);
+    float* q = w.Qhat.data();
+    for (int64_t d = 0; d < dk; ++d) q[d] = rows.q[0][d] * p.opt.scale;
+    linear_attention_step(w.state, dk, p.dvp, rows.decay, rows.k[0], rows.v[0], q, rows.o[0]);
+    rows.store(t, 0);
+  }
+}
+
+void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
+  switch (p.opt.feature_map) {
+    case FeatureMap::elu_plus_one: run_recurrent<FeatureMap::elu_plus_one>(p, w, b, h); return;
+    case FeatureMap::relu: run_recurrent<FeatureMap::relu>(p, w, b, h); return;
+    default: run_recurrent<FeatureMap::identity>(p, w, b, h); return;
   }
 }
 
@@ -242,8 +304,7 @@ void pack_head_rows(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_
       ops::exp(log_a, w.A.data() + i * dk, static_cast<size_t>(dk));
       for (int64_t d = 0; d < dk; ++d) g[d] = i > 0 ? g[d - dk] + log_a[d] : log_a[d];
     } else {
-      token_log_gate(p, b, t, h, &w.G[i]);
-      if (i > 0) w.G[i] += w.G[i - 1];
+      w.G[i] = scalar_log_gate(p, b, t, h) + (i > 0 ? w.G[i - 1] : 0.f);
     }
   }
   if (vector)
@@ -498,11 +559,16 @@ void check_log_gate(const Problem& p, const Tensor& g) {
     case LinearGate::per_token_vector:
       for (int64_t b = 0; b < p.B; ++b)
         for (int64_t t = 0; t < p.T; ++t)
-          for (int64_t h = 0; h < p.H; ++h)
-            for (int64_t d = 0; d < p.dk; ++d)
-              if (bad(p.gate_vector.at(b, t, h)[d]))
-                throw Error("gated_linear_attention: log_gate: expected values <= 0, got " +
-                            std::to_string(p.gate_vector.at(b, t, h)[d]));
+          for (int64_t h = 0; h < p.H; ++h) {
+            // One branch per row, so that the scan over every gate value vectorises.
+            const float* row = p.gate_vector.at(b, t, h);
+            bool any = false;
+            for (int64_t d = 0; d < p.dk; ++d) any |= bad(row[d]);
+            if (any)
+              for (int64_t d = 0; d < p.dk; ++d)
+                if (bad(row[d]))
+                  throw Error("gated_linear_attention: log_gate: expected values <= 0, got " + std::to_string(row[d]));
+          }
       return;
   }
 }
@@ -550,13 +616,21 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   check_contiguous(state, "gated_linear_attention: state");
   p.state = state.mutable_data<float>();
 
-  const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
-                         (options.algorithm == LinearAlgorithm::automatic && p.T < kLinearAttentionRecurrentBelow);
+  // With heads for at most half the threads, the chunked form splits heads and chunks
+  // (the extra passes cost less than the idle threads; 24 heads on 16 threads gained
+  // nothing measurable that way, so busier pools keep one head per work item).
+  const bool chunk_parallel = p.T > options.chunk && 2 * p.B * p.H <= num_threads();
+  // Where neither that split nor a group's shared q k^T (Mamba-2) helps the chunked form,
+  // automatic runs the recurrence in blocks of tokens at every length: about as many
+  // operations per token (2 + 1/kBlockTokens per state element against the chunk's 2 plus
+  // its intra-chunk products) with no packing, and it measured 1.35-1.75x faster
+  // (docs/benchmarks.md).
+  const bool recurrent =
+      options.algorithm == LinearAlgorithm::recurrent ||
+      (options.algorithm == LinearAlgorithm::automatic &&
+       (p.T < kLinearAttentionRecurrentBelow || !(chunk_parallel || shares_queries_keys(p))));
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
-  // With heads for at most half the threads, heads and chunks both split (the extra
-  // passes cost less than the idle threads); 24 heads on 16 threads gained nothing
-  // measurable that way, so busier pools keep one head per work item.
-  if (!recurrent && p.T > options.chunk && 2 * p.B * p.H <= num_threads()) {
+  if (!recurrent && chunk_parallel) {
     run_chunk_parallel(p, Lp);
     return;
   }
@@ -565,7 +639,7 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
     return;
   }
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    Workspace w(p, recurrent ? 1 : Lp);
+    Workspace w(p, recurrent ? kChunkAlign : Lp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       with_padded_state(p.state + task * p.dk * p.dvs, p.dk, p.dvs, p.dvp, w.S.data(), [&](float* state) {

@@ -20,14 +20,17 @@ enum class LinearGate {
 enum class FeatureMap { identity, elu_plus_one, relu };  // phi applied to q and k
 
 enum class LinearAlgorithm {
-  automatic,  // recurrent for short inputs (decode), chunked otherwise
+  automatic,  // see kLinearAttentionRecurrentBelow
   chunked,    // intra-chunk masked quadratic product + carried state across chunks
-  recurrent,  // token by token
+  recurrent,  // token by token (a few tokens per pass over the state)
 };
 
-// LinearAlgorithm::automatic runs shorter inputs token by token (measured crossover on
-// AVX-512, 4 heads of dk = dv = 128, scalar gate: the two tie at T = 4, chunked is 1.3x
-// faster at T = 8).
+// LinearAlgorithm::automatic takes the chunked form only where it has an advantage the
+// recurrence lacks: heads too few for the threads (the chunks of a head then split over
+// threads) or q and k shared by a group of heads (Mamba-2's B and C: one q k^T per group),
+// and there for inputs of at least this many tokens (Mamba2-130m's SSD on AVX-512: the
+// two level from 8 to 512 tokens, the chunked form 5-10% ahead at 2048). Everything else
+// runs the recurrence.
 inline constexpr int64_t kLinearAttentionRecurrentBelow = 5;
 
 struct LinearAttentionOptions {
