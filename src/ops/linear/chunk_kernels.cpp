@@ -256,8 +256,10 @@ void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, c
   // M outputs and M value rows per column vector: two vectors of columns fit 32
   // registers, one fits 16.
   constexpr int kWide = kStepVectors / 2;
+  const int64_t places = 2 * ((N + kWide * NL - 1) / (kWide * NL));
   auto block = [&](auto nv, int64_t n) {
     constexpr int NV = decltype(nv)::value;
+    ahead.issue_share(places);
     V vv[M][NV], acc[M][NV];
     for (int i = 0; i < M; ++i)
       for (int c = 0; c < NV; ++c) {
@@ -265,7 +267,6 @@ void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, c
         acc[i][c] = hn::Zero(d);
       }
     for (int64_t r = 0; r < dk; ++r) {
-      ahead.next();
       float* s = S + r * N + n;
       V old[NV], upd[NV];
       for (int c = 0; c < NV; ++c) old[c] = hn::LoadU(d, s + c * NL);
@@ -282,6 +283,7 @@ void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, c
       const V dr = hn::Set(d, D[r]);
       for (int c = 0; c < NV; ++c) hn::StoreU(hn::MulAdd(dr, old[c], upd[c]), d, s + c * NL);
     }
+    ahead.issue_share(places);
     for (int j = 0; j < M; ++j)
       for (int i = 0; i <= j; ++i) {
         const V a = hn::Set(d, scores[j * M + i]);
@@ -342,6 +344,91 @@ void DplrStep(float* S, int64_t dk, int64_t N, const float* w, const float* a, c
   });
 }
 
+void DplrBlockFactors(const float* w, const float* a, const float* b, const float* k, const float* q, int64_t ldf,
+                      float* D, float* ad, float* qd, float* bd, float* kd) {
+  constexpr int M = kBlockTokens;
+  const hn::ScalableTag<float> d;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t c = 0; c < ldf; c += NL) {
+    auto prefix = hn::Set(d, 1.f);
+    for (int j = 0; j < M; ++j) {
+      const int64_t at = j * ldf + c;
+      hn::StoreU(hn::Mul(prefix, hn::LoadU(d, a + at)), d, ad + at);
+      prefix = hn::Mul(prefix, hn::LoadU(d, w + at));
+      hn::StoreU(hn::Mul(prefix, hn::LoadU(d, q + at)), d, qd + at);
+    }
+    hn::StoreU(prefix, d, D + c);
+    auto suffix = hn::Set(d, 1.f);
+    for (int i = M - 1; i >= 0; --i) {
+      const int64_t at = i * ldf + c;
+      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, b + at)), d, bd + at);
+      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, k + at)), d, kd + at);
+      suffix = hn::Mul(suffix, hn::LoadU(d, w + at));
+    }
+  }
+}
+
+void DplrBlockStep(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D, const float* ad, const float* qd,
+                   const float* bd, const float* kd, const float* ab, const float* ak, const float* qb, const float* qk,
+                   const float* const* v, float* const* o, RowPrefetch& ahead) {
+  constexpr int M = kBlockTokens;
+  const hn::ScalableTag<float> d;
+  using V = hn::Vec<decltype(d)>;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  constexpr int kWide = kStepVectors / 2;
+  const int64_t places = 3 * ((N + kWide * NL - 1) / (kWide * NL));
+  auto block = [&](auto nv, int64_t n) {
+    constexpr int NV = decltype(nv)::value;
+    ahead.issue_share(places);
+    // u[j]: S^T ad_j, then u_j; out[j]: S^T qd_j, then o_j.
+    V u[M][NV], out[M][NV], vv[M][NV];
+    for (int j = 0; j < M; ++j)
+      for (int c = 0; c < NV; ++c) u[j][c] = out[j][c] = hn::Zero(d);
+    for (int64_t r = 0; r < dk; ++r) {
+      const float* s = S + r * N + n;
+      V sv[NV];
+      for (int c = 0; c < NV; ++c) sv[c] = hn::LoadU(d, s + c * NL);
+      for (int j = 0; j < M; ++j) {
+        const V aj = hn::Set(d, ad[j * ldf + r]), qj = hn::Set(d, qd[j * ldf + r]);
+        for (int c = 0; c < NV; ++c) {
+          u[j][c] = hn::MulAdd(aj, sv[c], u[j][c]);
+          out[j][c] = hn::MulAdd(qj, sv[c], out[j][c]);
+        }
+      }
+    }
+    ahead.issue_share(places);
+    for (int i = 0; i < M; ++i)
+      for (int c = 0; c < NV; ++c) vv[i][c] = hn::LoadU(d, v[i] + n + c * NL);
+    for (int j = 0; j < M; ++j)
+      for (int i = 0; i < j; ++i) {
+        const V sb = hn::Set(d, ab[j * M + i]), sk = hn::Set(d, ak[j * M + i]);
+        for (int c = 0; c < NV; ++c) u[j][c] = hn::MulAdd(sk, vv[i][c], hn::MulAdd(sb, u[i][c], u[j][c]));
+      }
+    for (int j = 0; j < M; ++j) {
+      for (int i = 0; i <= j; ++i) {
+        const V sb = hn::Set(d, qb[j * M + i]), sk = hn::Set(d, qk[j * M + i]);
+        for (int c = 0; c < NV; ++c) out[j][c] = hn::MulAdd(sk, vv[i][c], hn::MulAdd(sb, u[i][c], out[j][c]));
+      }
+      for (int c = 0; c < NV; ++c) hn::StoreU(out[j][c], d, o[j] + n + c * NL);
+    }
+    for (int64_t r = 0; r < dk; ++r) {
+      float* s = S + r * N + n;
+      V upd[NV];
+      const V dr = hn::Set(d, D[r]);
+      for (int c = 0; c < NV; ++c) upd[c] = hn::Mul(dr, hn::LoadU(d, s + c * NL));
+      for (int i = 0; i < M; ++i) {
+        const V bi = hn::Set(d, bd[i * ldf + r]), ki = hn::Set(d, kd[i * ldf + r]);
+        for (int c = 0; c < NV; ++c) upd[c] = hn::MulAdd(ki, vv[i][c], hn::MulAdd(bi, u[i][c], upd[c]));
+      }
+      for (int c = 0; c < NV; ++c) hn::StoreU(upd[c], d, s + c * NL);
+    }
+    ahead.issue_share(places);
+  };
+  int64_t n = 0;
+  for (; n + kWide * NL <= N; n += kWide * NL) block(std::integral_constant<int, kWide>(), n);
+  for (; n < N; n += NL) block(std::integral_constant<int, 1>(), n);
+}
+
 void DplrDecayedDots(const float* q, const float* a_next, const float* K, const float* Bk, const float* W, int64_t n,
                      int64_t s, int64_t i, float* qk, float* qb, float* ak, float* ab, float* e) {
   const hn::ScalableTag<float> d;
@@ -392,6 +479,8 @@ HWY_EXPORT(LinearAttentionBlockStep);
 HWY_EXPORT(DeltaRuleStep);
 HWY_EXPORT(DplrStep);
 HWY_EXPORT(DplrDecayedDots);
+HWY_EXPORT(DplrBlockFactors);
+HWY_EXPORT(DplrBlockStep);
 
 void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                 int64_t ldc, bool accumulate, bool lower_triangular) {
@@ -434,6 +523,16 @@ void dplr_step(float* S, int64_t dk, int64_t N, const float* w, const float* a, 
 void dplr_decayed_dots(const float* q, const float* a_next, const float* K, const float* Bk, const float* W, int64_t n,
                        int64_t s, int64_t i, float* qk, float* qb, float* ak, float* ab, float* e) {
   HWY_DYNAMIC_DISPATCH(DplrDecayedDots)(q, a_next, K, Bk, W, n, s, i, qk, qb, ak, ab, e);
+}
+
+void dplr_block_factors(const float* w, const float* a, const float* b, const float* k, const float* q, int64_t ldf,
+                        float* D, float* ad, float* qd, float* bd, float* kd) {
+  HWY_DYNAMIC_DISPATCH(DplrBlockFactors)(w, a, b, k, q, ldf, D, ad, qd, bd, kd);
+}
+void dplr_block_step(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D, const float* ad, const float* qd,
+                     const float* bd, const float* kd, const float* ab, const float* ak, const float* qb,
+                     const float* qk, const float* const* v, float* const* o, RowPrefetch& ahead) {
+  HWY_DYNAMIC_DISPATCH(DplrBlockStep)(S, dk, N, ldf, D, ad, qd, bd, kd, ab, ak, qb, qk, v, o, ahead);
 }
 
 }  // namespace subq::ops

@@ -34,28 +34,33 @@ void transpose_rows(int64_t L, int64_t n, int64_t ld, Row row, float* out, Map m
   }
 }
 
-// Rows to bring into L2 while a long kernel runs, one cache line per call of next():
-// prefetches issued in a burst before the kernel mostly came too late or were dropped
-// (measured on the recurrence's input rows, whose heads lie a token's width apart).
+// Rows to bring into L2 while a long kernel runs, a share of their cache lines at a
+// time: prefetches issued in one burst before the kernel mostly came too late or were
+// dropped (measured on the recurrence's input rows, whose heads lie a token's width
+// apart). Kernels issue them between row loops: a call inside a loop that carries
+// accumulators made the compiler keep them in memory.
 struct RowPrefetch {
-  static constexpr int kMaxRows = 4 * kBlockTokens;
+  static constexpr int kMaxRows = 6 * kBlockTokens;
+  static constexpr int64_t kLineFloats = 16;
   const float* rows[kMaxRows];
   int64_t lengths[kMaxRows];
   int count = 0, row = 0;
-  int64_t offset = 0;
+  int64_t offset = 0, lines = 0;
   void add(const float* p, int64_t floats) {
-    if (count < kMaxRows) {
-      rows[count] = p;
-      lengths[count++] = floats;
-    }
+    if (count == kMaxRows) return;
+    rows[count] = p;
+    lengths[count++] = floats;
+    lines += (floats + kLineFloats - 1) / kLineFloats;
   }
-  void next() {
-    if (row == count) return;
-    __builtin_prefetch(rows[row] + offset, 0, 2);
-    offset += 16;
-    if (offset >= lengths[row]) {
-      ++row;
-      offset = 0;
+  // Issues 1/parts of all the lines (rounded up), where the kernel has `parts` places.
+  void issue_share(int64_t parts) {
+    for (int64_t n = (lines + parts - 1) / parts; n > 0 && row < count; --n) {
+      __builtin_prefetch(rows[row] + offset, 0, 2);
+      offset += kLineFloats;
+      if (offset >= lengths[row]) {
+        ++row;
+        offset = 0;
+      }
     }
   }
 };
@@ -108,6 +113,24 @@ void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const
 // S = diag(w) S + b u^T + k v^T; o = S^T q. N % kChunkAlign == 0.
 void dplr_step(float* S, int64_t dk, int64_t N, const float* w, const float* a, const float* b, const float* k,
                const float* v, const float* q, float* o);
+// kBlockTokens tokens of dplr_step in two passes over S [dk, N] (ld = N). With P_j the
+// product of the decays of tokens 0..j (P_{-1} = 1) and R_i that of tokens i+1.. of the
+// block, the factors (kBlockTokens rows of ldf floats each) are ad_j = P_{j-1} a_j,
+// qd_j = P_j q_j, bd_i = R_i b_i, kd_i = R_i k_i, and D = P of the whole block (dk);
+// the intra-block scores (row-major kBlockTokens x kBlockTokens, as dplr_decayed_dots
+// gives them) are ab[j, i], ak[j, i] (i < j: a_j against b_i, k_i decayed from i to
+// j - 1) and qb[j, i], qk[j, i] (i <= j: q_j against them decayed from i to j). Then
+//   u_j = S^T ad_j + sum_{i<j} (ab[j, i] u_i + ak[j, i] v_i),
+//   o_j = S^T qd_j + sum_{i<=j} (qb[j, i] u_i + qk[j, i] v_i),
+//   S = diag(D) S + sum_i (bd_i u_i^T + kd_i v_i^T),
+// 4 + 1/kBlockTokens vector operations per state element and token instead of the single
+// step's 5. dplr_block_factors computes the factors from the block's rows (decays w, a,
+// b, k and q, each kBlockTokens rows of ldf; ldf % kChunkAlign == 0).
+void dplr_block_factors(const float* w, const float* a, const float* b, const float* k, const float* q, int64_t ldf,
+                        float* D, float* ad, float* qd, float* bd, float* kd);
+void dplr_block_step(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D, const float* ad, const float* qd,
+                     const float* bd, const float* kd, const float* ab, const float* ak, const float* qb,
+                     const float* qk, const float* const* v, float* const* o, RowPrefetch& ahead);
 // One row of a diagonal block of the chunked DPLR delta rule: with the running product
 // e_j = prod_{m=j+1..i} W[m] (rows of n), for j = i, i-1, ..., s:
 //   qk[j] = <q, e_j K[j]>,  qb[j] = <q, e_j Bk[j]>,
