@@ -301,9 +301,9 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
       {
         // One branch per row, so that the scan over every decay vectorises.
         const float* row = p.log_w.at(bi, t, h);
-        bool any = false;
-        for (int64_t d = 0; d < p.dk; ++d) any |= !(row[d] <= 0.f);
-        if (any)
+        int64_t bad = 0;  // a count, not a bool: GCC vectorises the sum, not an or
+        for (int64_t d = 0; d < p.dk; ++d) bad += !(row[d] <= 0.f);
+        if (bad > 0)
           for (int64_t d = 0; d < p.dk; ++d)
             if (!(row[d] <= 0.f))
               throw Error("generalized_delta_rule: log_w: expected values <= 0, got " + std::to_string(row[d]));

@@ -562,9 +562,9 @@ void check_log_gate(const Problem& p, const Tensor& g) {
           for (int64_t h = 0; h < p.H; ++h) {
             // One branch per row, so that the scan over every gate value vectorises.
             const float* row = p.gate_vector.at(b, t, h);
-            bool any = false;
-            for (int64_t d = 0; d < p.dk; ++d) any |= bad(row[d]);
-            if (any)
+            int64_t count = 0;  // a count, not a bool: GCC vectorises the sum, not an or
+            for (int64_t d = 0; d < p.dk; ++d) count += bad(row[d]);
+            if (count > 0)
               for (int64_t d = 0; d < p.dk; ++d)
                 if (bad(row[d]))
                   throw Error("gated_linear_attention: log_gate: expected values <= 0, got " + std::to_string(row[d]));
