@@ -47,21 +47,28 @@ struct Workspace {
   float* state = nullptr;
   std::vector<float> S, Q, K, A, Bk, W, G, Kt, Bt, Gt, Khat, Bhat, Qhat, Ahat, X, Mqk, Mqb, Mak, Mab, V, U, O,
       zeros, scratch;
-  Workspace(const Problem& p, int64_t Lp) {
-    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-    if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
-    for (auto* rows : {&Q, &K, &A, &Bk, &G, &X}) rows->assign(n(Lp * p.dkp), 0.f);
-    W.assign(n(Lp * p.dkp), 1.f);
-    for (auto* cols : {&Kt, &Bt, &Gt, &Khat, &Bhat}) cols->assign(n(p.dk * Lp), 0.f);
-    for (auto* block : {&Qhat, &Ahat}) block->assign(n(kSubBlock * p.dkp), 0.f);
-    for (auto* m : {&Mqk, &Mqb, &Mak, &Mab}) m->assign(n(Lp * Lp), 0.f);
-    for (auto* rows : {&V, &U, &O}) rows->assign(n(Lp * p.dvp), 0.f);
-    zeros.assign(n(p.dkp), 0.f);
-    scratch.assign(n(p.dkp), 0.f);
-    factors.assign(n((4 * kBlockTokens + 1) * p.dkp), 0.f);
-  }
   // The recurrence's block factors (dplr_block_step): ad, qd, bd, kd, then D.
   std::vector<float> factors;
+  // The recurrence (a block of kBlockTokens rows) takes only its own buffers: at T = 1
+  // the others' allocation showed in the time of a call.
+  Workspace(const Problem& p, int64_t Lp, bool recurrent) {
+    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
+    for (auto* rows : {&Q, &K, &A, &Bk}) rows->assign(n(Lp * p.dkp), 0.f);
+    W.assign(n(Lp * p.dkp), 1.f);
+    for (auto* m : {&Mqk, &Mqb, &Mak, &Mab}) m->assign(n(Lp * Lp), 0.f);
+    for (auto* rows : {&V, &O}) rows->assign(n(Lp * p.dvp), 0.f);
+    scratch.assign(n(p.dkp), 0.f);
+    if (recurrent) {
+      factors.assign(n((4 * kBlockTokens + 1) * p.dkp), 0.f);
+      return;
+    }
+    if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
+    for (auto* rows : {&G, &X}) rows->assign(n(Lp * p.dkp), 0.f);
+    for (auto* cols : {&Kt, &Bt, &Gt, &Khat, &Bhat}) cols->assign(n(p.dk * Lp), 0.f);
+    for (auto* block : {&Qhat, &Ahat}) block->assign(n(kSubBlock * p.dkp), 0.f);
+    U.assign(n(Lp * p.dvp), 0.f);
+    zeros.assign(n(p.dkp), 0.f);
+  }
 };
 
 void load_v(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
@@ -316,7 +323,7 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   const bool recurrent = options.algorithm != LinearAlgorithm::chunked;
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    Workspace w(p, recurrent ? kChunkAlign : Lp);
+    Workspace w(p, recurrent ? kBlockTokens : Lp, recurrent);
     if (recurrent) {
       run_recurrent(p, w, begin, end);
       return;

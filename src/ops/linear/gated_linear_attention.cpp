@@ -83,23 +83,22 @@ struct Workspace {
   // Columns of Khat that hold decayed keys (vector gate), relative to token khat_cols - 1.
   int64_t khat_cols = 0;
   std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay, ref_decay;
-  Workspace(const Problem& p, int64_t Lp) {
+  // The recurrence (a block of kBlockTokens rows) takes only its own buffers: at T = 1
+  // the others' allocation showed in the time of a call.
+  Workspace(const Problem& p, int64_t Lp, bool recurrent) {
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-    const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
     if (p.dvs != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
-    Q.assign(n(Lp * p.dk), 0.f);
-    Kr.assign(n(Lp * p.dk), 0.f);
-    Kt.assign(n(p.dk * Lp), 0.f);
-    Khat.assign(n(p.dk * Lp), 0.f);
-    Qhat.assign(n(Lp * p.dk), 0.f);
-    G.assign(n(Lp * gd), 0.f);
-    Gt.assign(n(p.dk * Lp), 0.f);
-    A.assign(n(Lp * gd), 0.f);
+    for (auto* rows : {&Q, &Kr, &Qhat}) rows->assign(n(Lp * p.dk), 0.f);
+    for (auto* cols : {&Khat, &Gt}) cols->assign(n(p.dk * Lp), 0.f);
     att.assign(n(Lp * Lp), 0.f);
-    V.assign(n(Lp * p.dvp), 0.f);
-    O.assign(n(Lp * p.dvp), 0.f);
-    zeros.assign(n(p.dk), 0.f);
+    for (auto* rows : {&V, &O}) rows->assign(n(Lp * p.dvp), 0.f);
     running_decay.assign(n(p.dk), 0.f);
+    if (recurrent) return;
+    const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
+    Kt.assign(n(p.dk * Lp), 0.f);
+    G.assign(n(Lp * gd), 0.f);
+    A.assign(n(Lp * gd), 0.f);
+    zeros.assign(n(p.dk), 0.f);
     ref_decay.assign(n(p.dk), 0.f);
   }
 };
@@ -453,7 +452,7 @@ void run_chunk_parallel(const Problem& p, int64_t Lp) {
     const int64_t n = std::min(seg, chunks - c0);
     const auto each_chunk = [&](auto&& fn) {
       parallel_for(tasks * n, 1, [&](int64_t begin, int64_t end) {
-        Workspace w(p, Lp);
+        Workspace w(p, Lp, false);
         for (int64_t item = begin; item < end; ++item) {
           const int64_t task = item / n, c = item % n;
           const int64_t t0 = (c0 + c) * C, L = std::min(C, p.T - t0);
@@ -514,7 +513,7 @@ void run_shared_groups(const Problem& p, int64_t Lp) {
       }
     });
     parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-      Workspace w(p, Lp);
+      Workspace w(p, Lp, false);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / p.H, h = task % p.H;
         const float* first = blocks.data() + (b * groups + h / p.q.group) * n * block;
@@ -639,7 +638,7 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
     return;
   }
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    Workspace w(p, recurrent ? kChunkAlign : Lp);
+    Workspace w(p, recurrent ? kBlockTokens : Lp, recurrent);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       with_padded_state(p.state + task * p.dk * p.dvs, p.dk, p.dvs, p.dvp, w.S.data(), [&](float* state) {
