@@ -247,17 +247,32 @@ void LinearAttentionBlockFactors(const float* decay, const float* const* q, floa
       scores[j * M + i] = i <= j ? hn::GetLane(hn::SumOfLanes(d, acc[j][i])) + hn::GetLane(tail[j][i]) : 0.f;
 }
 
+// The block steps' column runs: kBlockWide vectors of columns at a time (kBlockTokens
+// outputs and value rows per column vector: two vectors fit 32 registers, one fits 16),
+// single vectors for the rest.
+constexpr int kBlockWide = kStepVectors / 2;
+
+HWY_INLINE int64_t BlockColumnRuns(int64_t N) {
+  const int64_t width = kBlockWide * static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
+  return (N + width - 1) / width;
+}
+
+template <class Run>
+HWY_INLINE void ForEachBlockColumnRun(int64_t N, Run run) {
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
+  int64_t n = 0;
+  for (; n + kBlockWide * NL <= N; n += kBlockWide * NL) run(std::integral_constant<int, kBlockWide>(), n);
+  for (; n < N; n += NL) run(std::integral_constant<int, 1>(), n);
+}
+
 void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, const float* kd, const float* qd,
                               const float* scores, const float* const* v, float* const* o, RowPrefetch& ahead) {
   constexpr int M = kBlockTokens;
   const hn::ScalableTag<float> d;
   using V = hn::Vec<decltype(d)>;
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
-  // M outputs and M value rows per column vector: two vectors of columns fit 32
-  // registers, one fits 16.
-  constexpr int kWide = kStepVectors / 2;
-  const int64_t places = 2 * ((N + kWide * NL - 1) / (kWide * NL));
-  auto block = [&](auto nv, int64_t n) {
+  const int64_t places = 2 * BlockColumnRuns(N);
+  ForEachBlockColumnRun(N, [&](auto nv, int64_t n) {
     constexpr int NV = decltype(nv)::value;
     ahead.issue_share(places);
     V vv[M][NV], acc[M][NV];
@@ -291,10 +306,7 @@ void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, c
       }
     for (int j = 0; j < M; ++j)
       for (int c = 0; c < NV; ++c) hn::StoreU(acc[j][c], d, o[j] + n + c * NL);
-  };
-  int64_t n = 0;
-  for (; n + kWide * NL <= N; n += kWide * NL) block(std::integral_constant<int, kWide>(), n);
-  for (; n < N; n += NL) block(std::integral_constant<int, 1>(), n);
+  });
 }
 
 void DeltaRuleStep(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
@@ -375,9 +387,8 @@ void DplrBlockStep(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D,
   const hn::ScalableTag<float> d;
   using V = hn::Vec<decltype(d)>;
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
-  constexpr int kWide = kStepVectors / 2;
-  const int64_t places = 3 * ((N + kWide * NL - 1) / (kWide * NL));
-  auto block = [&](auto nv, int64_t n) {
+  const int64_t places = 3 * BlockColumnRuns(N);
+  ForEachBlockColumnRun(N, [&](auto nv, int64_t n) {
     constexpr int NV = decltype(nv)::value;
     ahead.issue_share(places);
     // u[j]: S^T ad_j, then u_j; out[j]: S^T qd_j, then o_j.
@@ -423,10 +434,7 @@ void DplrBlockStep(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D,
       for (int c = 0; c < NV; ++c) hn::StoreU(upd[c], d, s + c * NL);
     }
     ahead.issue_share(places);
-  };
-  int64_t n = 0;
-  for (; n + kWide * NL <= N; n += kWide * NL) block(std::integral_constant<int, kWide>(), n);
-  for (; n < N; n += NL) block(std::integral_constant<int, 1>(), n);
+  });
 }
 
 void DplrDecayedDots(const float* q, const float* a_next, const float* K, const float* Bk, const float* W, int64_t n,

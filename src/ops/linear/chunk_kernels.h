@@ -1,5 +1,6 @@
-// Internal SIMD building blocks shared by the chunked linear-attention and delta-rule
-// kernels: small row-major GEMMs on per-chunk workspaces and exp-decay scalings.
+// Internal SIMD building blocks shared by the linear-attention and delta-rule kernels:
+// small row-major GEMMs on per-chunk workspaces, exp-decay scalings, and the
+// recurrences' steps (one token, or a block of kBlockTokens per pass over the state).
 // Single-threaded (callers parallelise over batch x heads). Matrix widths N must be a
 // multiple of kChunkAlign: callers pad their workspaces with zeros so no tail is needed.
 #pragma once
