@@ -36,14 +36,16 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
 
 // What matrix products may round, process-wide (as torch.set_float32_matmul_precision).
 // exact (the default): activations stay f32 against every weight and KV-cache dtype,
-// within f32 rounding of the float64 result. bf16, where the CPU has AMX tiles (elsewhere
-// the exact path runs): linear() against bf16 weights with more than 32 rows of x rounds
-// x to bf16, as PyTorch and llama.cpp do for bf16 weights, and attention prefill over a
-// bf16 KV cache rounds q and the probabilities to bf16; both run on the tiles.
+// within f32 rounding of the float64 result. bf16, where the CPU has AMX tiles or
+// AVX512-BF16 dot products (elsewhere the exact path runs): linear() against bf16 weights
+// with more than 32 rows of x rounds x to bf16, as PyTorch and llama.cpp do for bf16
+// weights, and runs on those; with AMX, attention prefill over a bf16 KV cache also rounds
+// q and the probabilities to bf16 and runs on the tiles.
 enum class MatmulPrecision { exact, bf16 };
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
-// Whether this CPU (and OS) runs MatmulPrecision::bf16's AMX kernels.
+// Whether this CPU (and OS) runs MatmulPrecision::bf16's products: AMX-BF16 tiles or
+// AVX512-BF16 dot products.
 bool bf16_matmul_available();
 
 // ---- Normalisation and activations (last dimension is the feature dimension) -----------

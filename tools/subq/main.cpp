@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   std::string matmul = "exact";
   app.add_option("--matmul", matmul,
                  "Matrix products against bf16 weights: exact (x stays f32; default) or bf16 (x rounded to bf16 as "
-                 "PyTorch and llama.cpp do; AMX tiles where the CPU has them)")
+                 "PyTorch and llama.cpp do; AMX tiles or AVX512-BF16 where the CPU has them)")
       ->check(CLI::IsMember({"exact", "bf16"}))
       ->type_name("PRECISION");
   const std::vector<subq::cli::Command> commands = {
@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
     if (threads > 0) subq::set_num_threads(threads);
     subq::set_matmul_precision(matmul == "bf16" ? subq::MatmulPrecision::bf16 : subq::MatmulPrecision::exact);
     if (matmul == "bf16" && !subq::bf16_matmul_available())
-      std::fprintf(stderr, "subq: note: --matmul bf16 needs AMX-BF16, which this CPU or OS does not offer; "
+      std::fprintf(stderr, "subq: note: --matmul bf16 needs AMX-BF16 or AVX512-BF16, which this CPU or OS does not offer; "
                            "products stay exact\n");
     for (const auto& c : commands)
       if (c.app->parsed()) c.run();

@@ -32,6 +32,8 @@ void gemm_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, cons
     gemv_xwt(M, N, K, x, ldx, w, wdt, ldw, y, ldy, accumulate);
   else if (wdt == DType::bf16 && matmul_precision() == MatmulPrecision::bf16 && amx_available())
     gemm_amx_bf16_xwt(M, N, K, x, ldx, static_cast<const bf16*>(w), ldw, y, ldy, accumulate);
+  else if (wdt == DType::bf16 && matmul_precision() == MatmulPrecision::bf16 && bf16_dot_available())
+    gemm_bf16_dot_xwt(M, N, K, x, ldx, static_cast<const bf16*>(w), ldw, y, ldy, accumulate);
   else
     gemm_packed_xwt(M, N, K, x, ldx, w, wdt, ldw, y, ldy, accumulate);
 }
@@ -42,6 +44,6 @@ namespace subq {
 
 void set_matmul_precision(MatmulPrecision precision) { ops::g_precision.store(precision); }
 MatmulPrecision matmul_precision() { return ops::g_precision.load(); }
-bool bf16_matmul_available() { return ops::amx_available(); }
+bool bf16_matmul_available() { return ops::amx_available() || ops::bf16_dot_available(); }
 
 }  // namespace subq

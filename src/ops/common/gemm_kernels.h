@@ -25,6 +25,12 @@ bool amx_available();
 void gemm_amx_bf16_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const bf16* w, int64_t ldw,
                        float* y, int64_t ldy, bool accumulate);
 
+// The same product with AVX512-BF16 dot products (gemm_bf16_dot.cpp), for CPUs that have
+// them but no AMX (AMD Zen 4 and later). Only where bf16_dot_available().
+bool bf16_dot_available();
+void gemm_bf16_dot_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const bf16* w, int64_t ldw,
+                       float* y, int64_t ldy, bool accumulate);
+
 // Scratch (packing buffers) from the global aligned operator new[], where the bench's heap
 // accounting sees it; 64-byte aligned for whole-vector loads.
 struct AlignedFloatsDelete {

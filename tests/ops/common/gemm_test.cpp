@@ -184,9 +184,36 @@ TEST(GemmAmx, MatchesFloat64ProductOfBf16RoundedX) {
   set_num_threads(saved);
 }
 
-// linear() rounds x only when asked to, and only against bf16 weights.
-TEST(GemmAmx, LinearRoundsXOnlyUnderBf16Precision) {
-  if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
+const NamedKernel kBf16Dot{"gemm_bf16_dot",
+                           [](int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType,
+                              int64_t ldw, float* y, int64_t ldy, bool accumulate) {
+                             ops::gemm_bf16_dot_xwt(M, N, K, x, ldx, static_cast<const bf16*>(w), ldw, y, ldy,
+                                                    accumulate);
+                           }};
+
+// Sizes at and across the kernel's edges: 8-row tiles, 48-column panels, the 768-column
+// packed block, 256-pair k blocks (K = 513 and 1025 end in half a pair), and on 3 threads
+// W of fewer than six panels, which also splits by rows.
+TEST(GemmBf16Dot, MatchesFloat64ProductOfBf16RoundedX) {
+  if (!ops::bf16_dot_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  auto rng = rng_for_test();
+  std::vector<Dims> dims = kDims;
+  for (const Dims d : {Dims{8, 48, 2}, Dims{9, 49, 3}, Dims{64, 770, 513}, Dims{65, 161, 1025}, Dims{1000, 300, 77},
+                       Dims{31, 17, 5000}, Dims{97, 257, 33}})
+    dims.push_back(d);
+  const int saved = num_threads();
+  for (const int threads : {saved, 1, 3}) {
+    set_num_threads(threads);
+    for (size_t c = 0; c < dims.size(); ++c)
+      check_case(kBf16Dot, dims[c], DType::bf16, c % 2 == 1, rng, "threads " + std::to_string(threads), true);
+  }
+  set_num_threads(saved);
+}
+
+// linear() rounds x only when asked to, and only against bf16 weights (on AMX tiles or
+// AVX512-BF16 dot products, whichever the CPU has).
+TEST(Linear, RoundsXOnlyUnderBf16Precision) {
+  if (!bf16_matmul_available()) GTEST_SKIP() << "no AMX-BF16 or AVX512-BF16 on this CPU";
   auto rng = rng_for_test();
   const int64_t M = 100, K = 300, N = 70;
   const Tensor x = test::random_tensor(rng, Shape{M, K});
