@@ -44,23 +44,10 @@ void gemm_amx_bf16_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t 
     }
   });
 
-  // Parts own disjoint column ranges (whole 32-column blocks), each packing its share of W,
-  // up to four per thread. W narrower than two blocks per thread also splits by rows
-  // (parts of kMinPartRowBlocks or more), so that every thread gets work.
-  const int64_t threads = num_threads();
-  const int64_t col_blocks = (N + 2 * kTile - 1) / (2 * kTile), row_blocks = m_pad / (2 * kTile);
-  const int64_t col_parts = std::min(col_blocks, 4 * threads);
-  const int64_t row_parts =
-      col_blocks >= 2 * threads
-          ? 1
-          : std::clamp<int64_t>((4 * threads + col_parts - 1) / col_parts, 1,
-                                std::max<int64_t>(1, row_blocks / kMinPartRowBlocks));
-  parallel_for_each(col_parts * row_parts, [&](int64_t part) {
-    const int64_t cp = part % col_parts, rp = part / col_parts;
-    const int64_t c0 = col_blocks * cp / col_parts * 2 * kTile;
-    const int64_t c1 = std::min(N, col_blocks * (cp + 1) / col_parts * 2 * kTile);
-    const int64_t r0 = row_blocks * rp / row_parts * 2 * kTile;
-    const int64_t r1 = std::min(M, row_blocks * (rp + 1) / row_parts * 2 * kTile);
+  const GemmParts parts(M, N, 2 * kTile, 2 * kTile, kMinPartRowBlocks, num_threads());
+  parallel_for_each(parts.count(), [&](int64_t part) {
+    int64_t c0, c1, r0, r1;
+    parts.range(part, c0, c1, r0, r1);
     if (c0 >= c1 || r0 >= r1) return;
     const Scratch<PackedColumns, bf16> pack(static_cast<size_t>((kNB / kTile) * k_blocks * kPackedTile));
     alignas(64) float edge[4 * kTile * kTile];

@@ -118,20 +118,10 @@ void gemm_bf16_dot_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t 
   });
   const auto* a = reinterpret_cast<const uint32_t*>(rounded.data());
 
-  // Parts own disjoint column ranges (whole panels), up to four per thread; W narrower
-  // than two panels per thread also splits by rows, so that every thread gets work.
-  const int64_t threads = num_threads();
-  const int64_t col_blocks = (N + kNR - 1) / kNR, row_tiles = (M + kMR - 1) / kMR;
-  const int64_t col_parts = std::min(col_blocks, 4 * threads);
-  const int64_t row_parts =
-      col_blocks >= 2 * threads
-          ? 1
-          : std::clamp<int64_t>((4 * threads + col_parts - 1) / col_parts, 1,
-                                std::max<int64_t>(1, row_tiles / kMinPartRowTiles));
-  parallel_for_each(col_parts * row_parts, [&](int64_t part) {
-    const int64_t cp = part % col_parts, rp = part / col_parts;
-    const int64_t c0 = col_blocks * cp / col_parts * kNR, c1 = std::min(N, col_blocks * (cp + 1) / col_parts * kNR);
-    const int64_t r0 = row_tiles * rp / row_parts * kMR, r1 = std::min(M, row_tiles * (rp + 1) / row_parts * kMR);
+  const GemmParts parts(M, N, kNR, kMR, kMinPartRowTiles, num_threads());
+  parallel_for_each(parts.count(), [&](int64_t part) {
+    int64_t c0, c1, r0, r1;
+    parts.range(part, c0, c1, r0, r1);
     if (c0 >= c1 || r0 >= r1) return;
     const Scratch<PackedPanels, uint32_t> pack(static_cast<size_t>(kKC * kNC));
     for (int64_t n0 = c0; n0 < c1; n0 += kNC) {
