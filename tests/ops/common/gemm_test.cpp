@@ -157,7 +157,7 @@ TEST(Gemm, ZeroKOverwritesOrKeepsY) {
   for (float v : y) EXPECT_EQ(v, 2.f);
 }
 
-// ---- MatmulPrecision::bf16 on AMX ----------------------------------------------------
+// ---- MatmulPrecision::bf16 on AMX tiles and AVX512-BF16 --------------------------------
 
 const NamedKernel kAmx{"gemm_amx", [](int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w,
                                       DType, int64_t ldw, float* y, int64_t ldy, bool accumulate) {
@@ -168,20 +168,25 @@ const NamedKernel kAmx{"gemm_amx", [](int64_t M, int64_t N, int64_t K, const flo
 // Sizes at and across the kernel's edges: 32-row and 32-column blocks, 32-wide k blocks,
 // the 128-column packed block, and the ragged ends of each. On 3 threads, W of fewer than
 // six 32-column blocks (N = 100, 50, 7 with M >= 256) splits by rows too.
-TEST(GemmAmx, MatchesFloat64ProductOfBf16RoundedX) {
-  if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
+// A bf16 kernel (x rounded to bf16) against the float64 product on kDims plus its own
+// edge sizes, on the default thread count, 1 and 3 threads.
+void check_bf16_kernel(const NamedKernel& kernel, std::initializer_list<Dims> edges) {
   auto rng = rng_for_test();
   std::vector<Dims> dims = kDims;
-  for (const Dims d : {Dims{32, 32, 32}, Dims{33, 129, 31}, Dims{64, 128, 64}, Dims{65, 161, 1000},
-                       Dims{1000, 300, 77}, Dims{31, 17, 5000}, Dims{97, 257, 33}})
-    dims.push_back(d);
+  dims.insert(dims.end(), edges);
   const int saved = num_threads();
   for (const int threads : {saved, 1, 3}) {
     set_num_threads(threads);
     for (size_t c = 0; c < dims.size(); ++c)
-      check_case(kAmx, dims[c], DType::bf16, c % 2 == 1, rng, "threads " + std::to_string(threads), true);
+      check_case(kernel, dims[c], DType::bf16, c % 2 == 1, rng, "threads " + std::to_string(threads), true);
   }
   set_num_threads(saved);
+}
+
+TEST(GemmAmx, MatchesFloat64ProductOfBf16RoundedX) {
+  if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
+  check_bf16_kernel(kAmx, {Dims{32, 32, 32}, Dims{33, 129, 31}, Dims{64, 128, 64}, Dims{65, 161, 1000},
+                           Dims{1000, 300, 77}, Dims{31, 17, 5000}, Dims{97, 257, 33}});
 }
 
 const NamedKernel kBf16Dot{"gemm_bf16_dot",
@@ -196,18 +201,8 @@ const NamedKernel kBf16Dot{"gemm_bf16_dot",
 // W of fewer than six panels, which also splits by rows.
 TEST(GemmBf16Dot, MatchesFloat64ProductOfBf16RoundedX) {
   if (!ops::bf16_dot_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  auto rng = rng_for_test();
-  std::vector<Dims> dims = kDims;
-  for (const Dims d : {Dims{8, 48, 2}, Dims{9, 49, 3}, Dims{64, 770, 513}, Dims{65, 161, 1025}, Dims{1000, 300, 77},
-                       Dims{31, 17, 5000}, Dims{97, 257, 33}})
-    dims.push_back(d);
-  const int saved = num_threads();
-  for (const int threads : {saved, 1, 3}) {
-    set_num_threads(threads);
-    for (size_t c = 0; c < dims.size(); ++c)
-      check_case(kBf16Dot, dims[c], DType::bf16, c % 2 == 1, rng, "threads " + std::to_string(threads), true);
-  }
-  set_num_threads(saved);
+  check_bf16_kernel(kBf16Dot, {Dims{8, 48, 2}, Dims{9, 49, 3}, Dims{64, 770, 513}, Dims{65, 161, 1025},
+                               Dims{1000, 300, 77}, Dims{31, 17, 5000}, Dims{97, 257, 33}});
 }
 
 // linear() rounds x only when asked to, and only against bf16 weights (on AMX tiles or
