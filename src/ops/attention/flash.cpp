@@ -6,7 +6,7 @@
 // K and V may be bf16 (a bf16 KV cache): they are widened where they are read (while K
 // is transposed into its tile, in the direct Q·K loop, in the P·V loop), so the cache is
 // never copied to f32. Under MatmulPrecision::bf16 a prefill over a bf16 cache runs both
-// products in bf16 instead, on AMX tiles or as AVX512-BF16 dot products (flash_bf16.h).
+// products on AMX tiles instead (flash_amx.h).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/attention/flash.cpp"
 #include <algorithm>
@@ -22,7 +22,7 @@
 #include "hwy/contrib/math/math-inl.h"
 #include "src/core/parallel.h"
 #include "src/ops/attention/flash.h"
-#include "src/ops/attention/flash_bf16.h"
+#include "src/ops/attention/flash_amx.h"
 #include "src/ops/attention/score_rows-inl.h"
 
 #ifndef SUBQ_ATTN_FLASH_SHARED
@@ -63,7 +63,7 @@ constexpr int64_t kDirectRows = 8;
 // What a tile's buffers are sized for.
 struct TileSizes {
   int64_t rows = -1, padded_dim = 0, padded_k_block = 0, head_dim = 0;
-  bool bf16_products = false;
+  bool amx = false;
   bool operator==(const TileSizes&) const = default;
 };
 
@@ -76,7 +76,7 @@ struct Tile {
   AlignedFloats q, s, o;
   std::vector<float> m, l, alpha;
   std::vector<int64_t> qpos;
-  Bf16Tile bf16_tile;  // sized only when the call takes the bf16 path
+  AmxTile amx;  // sized only when the call takes the AMX path
 };
 
 // What the tile kernel needs to know about one call.
@@ -88,7 +88,7 @@ struct TileProblem {
   const ElementRule* rule;
   const int32_t* key_positions;
   DType kv_dtype;                      // f32 or bf16
-  bool bf16_products = false;          // Q·K^T and P·V in bf16 (flash_bf16.h)
+  bool amx = false;                    // Q·K^T and P·V on AMX tiles (flash_amx.h)
 };
 
 // Floats per key block prepared by PackBlocks: K^T [Dp, Bkp] then V [Bkp, Dp].
@@ -362,9 +362,9 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
   const int64_t Dh = kDh > 0 ? kDh : pb.head_dim;
   const int64_t Dp = pb.padded_dim, Bk = pb.k_block, Bkp = pb.padded_k_block;
   const ElementRule& rule = *pb.rule;
-  // A bf16 cache under MatmulPrecision::bf16: both products in bf16 (Dh % 32 == 0).
-  const bool in_bf16 = std::is_same_v<T, hwy::bfloat16_t> && pb.bf16_products;
-  if (in_bf16) detail::bf16_begin(t.bf16_tile, t.q.data(), Dp, rows, Dh);
+  // A bf16 cache under MatmulPrecision::bf16: both products on AMX tiles (Dh % 32 == 0).
+  const bool amx = std::is_same_v<T, hwy::bfloat16_t> && pb.amx;
+  if (amx) detail::amx_begin(t.amx, t.q.data(), Dp, rows, Dh);
   // The rows' lowest and highest positions.
   const auto [q_lo, q_hi] = std::minmax_element(t.qpos.begin(), t.qpos.begin() + rows);
   const int64_t q_first = *q_lo, q_last = *q_hi;
@@ -382,13 +382,13 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     // unless a single query row reads them, or with a dim that needs padding, they are
     // first copied (widened) into a contiguous tile, row by row (a GQA group's decode
     // ran 1.5-1.9x faster so).
-    const bool copy_v = !in_bf16 && (!aligned_dim || rows > 1);
+    const bool copy_v = !amx && (!aligned_dim || rows > 1);
     const float* kt = nullptr;
     const float* vs = nullptr;  // V as a contiguous f32 tile of row length Dp, or null: read in place
-    if (packed && !in_bf16) {
+    if (packed && !amx) {
       kt = packed + blocks[bi] * detail::PackedBlockFloats(pb);
       vs = kt + Dp * Bkp;
-    } else if (!in_bf16 && !direct_qk) {
+    } else if (!amx && !direct_qk) {
       detail::PreparedBlock& pbk = PrepareBlock(t, kbase, k_row_stride, vbase, v_row_stride, blocks[bi], k0, kn, Dh,
                                                 Dp, Bkp, copy_v);
       kt = pbk.kt.data();
@@ -402,9 +402,9 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     }
 
     float* s = t.s.data();
-    if (in_bf16) {
-      detail::bf16_scores(t.bf16_tile, rows, Dh, reinterpret_cast<const bf16*>(kbase + k0 * k_row_stride), k_row_stride, kn,
-                          s, Bkp, Bkp);
+    if (amx) {
+      detail::amx_scores(t.amx, rows, Dh, reinterpret_cast<const bf16*>(kbase + k0 * k_row_stride), k_row_stride, kn,
+                         s, Bkp, Bkp);
     } else if (direct_qk && !kt) {
       for (int64_t r = 0; r < rows; ++r) std::fill(s + r * Bkp + kn, s + (r + 1) * Bkp, 0.f);
       const T* kb = kbase + k0 * k_row_stride;
@@ -434,15 +434,15 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
         PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
       for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
     };
-    if (in_bf16) {
-      detail::bf16_pv(t.bf16_tile, rows, Dh, s, Bkp, Bkp, reinterpret_cast<const bf16*>(vbase + k0 * v_row_stride),
-                      v_row_stride, kn);
+    if (amx) {
+      detail::amx_pv(t.amx, rows, Dh, s, Bkp, Bkp, reinterpret_cast<const bf16*>(vbase + k0 * v_row_stride),
+                     v_row_stride, kn);
       const DF d;
       const int64_t N = static_cast<int64_t>(hn::Lanes(d));
       for (int64_t r = 0; r < rows; ++r) {
         const VF a = hn::Set(d, t.alpha[static_cast<size_t>(r)]);
         float* o = t.o.data() + r * Dp;
-        const float* add = t.bf16_tile.o.data() + r * Dh;
+        const float* add = t.amx.o.data() + r * Dh;
         for (int64_t x = 0; x < Dh; x += N) hn::Store(hn::MulAdd(hn::Load(d, o + x), a, hn::LoadU(d, add + x)), d, o + x);
       }
     } else if (vs) {
@@ -451,7 +451,7 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
       pv(vbase + k0 * v_row_stride, v_row_stride);
     }
   }
-  if (in_bf16) detail::bf16_end();
+  if (amx) detail::amx_end();
 }
 
 template <class T>
@@ -533,7 +533,7 @@ const void* advance(const void* p, int64_t elements, DType dtype) {
 // when a new call first takes it: that call's keys may sit where the last call's did.
 Tile& thread_tile(int64_t max_rows, const TileProblem& pb, uint64_t call) {
   thread_local Tile t;
-  const detail::TileSizes sizes{max_rows, pb.padded_dim, pb.padded_k_block, pb.head_dim, pb.bf16_products};
+  const detail::TileSizes sizes{max_rows, pb.padded_dim, pb.padded_k_block, pb.head_dim, pb.amx};
   if (t.sizes != sizes) {
     const size_t rows = static_cast<size_t>(max_rows);
     t.q.assign(rows * static_cast<size_t>(pb.padded_dim), 0.f);
@@ -550,7 +550,7 @@ Tile& thread_tile(int64_t max_rows, const TileProblem& pb, uint64_t call) {
     t.l.assign(rows, 0.f);
     t.alpha.assign(rows, 0.f);
     t.qpos.assign(rows, 0);
-    if (pb.bf16_products) t.bf16_tile.size(max_rows, pb.head_dim, pb.padded_k_block);
+    if (pb.amx) t.amx.size(max_rows, pb.head_dim, pb.padded_k_block);
     t.sizes = sizes;
   }
   if (t.call != call) {
@@ -616,7 +616,7 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   const int64_t lanes = HWY_DYNAMIC_DISPATCH(VectorLanes)();
   const TileProblem pb{a.head_dim, round_up(a.head_dim, lanes), mask.k_block,    round_up(mask.k_block, lanes),
                        a.kv_len,   a.softcap,                   &mask.rule,      a.key_positions,
-                       a.kv_dtype, detail::bf16_attention(a.kv_dtype, a.head_dim)};
+                       a.kv_dtype, detail::amx_attention(a.kv_dtype, a.head_dim)};
   static std::atomic<uint64_t> calls{0};
   const uint64_t call = ++calls;
   const int64_t nqb = mask.num_q_blocks();
@@ -638,7 +638,7 @@ void flash_attention(const AttentionArgs& a, const BlockMask& mask) {
   constexpr int64_t kWarmBytes = int64_t{2} << 20;  // a thread's share of L2 + L3, conservatively
   const int64_t warm = kWarmBytes / (2 * mask.k_block * Dh * static_cast<int64_t>(dtype_size(a.kv_dtype)));
   Tensor packed;
-  if (!pb.bf16_products && mask.q_block > detail::kDirectRows && nkb > 0 && group * nqb >= 2 * num_threads() &&
+  if (!pb.amx && mask.q_block > detail::kDirectRows && nkb > 0 && group * nqb >= 2 * num_threads() &&
       group * cold_visits(mask, warm) >= 4 * nkb)
     packed = Tensor::empty(DType::f32, {nkb * detail::PackedBlockFloats(pb)});
 

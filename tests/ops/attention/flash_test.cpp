@@ -169,13 +169,13 @@ TEST(FlashAttention, RandomBlockMasksPerHead) {
   });
 }
 
-// MatmulPrecision::bf16 over a bf16 cache: Q·K^T and P·V on AMX tiles or as AVX512-BF16
-// dot products, with q and P rounded to bf16. A score moves by ~2^-9 |q||k| (~0.04 here) through q's rounding and
+// MatmulPrecision::bf16 over a bf16 cache: Q·K^T and P·V on AMX tiles with q and P
+// rounded to bf16. A score moves by ~2^-9 |q||k| (~0.04 here) through q's rounding and
 // each weight by up to 2^-9 relative through P's, so outputs of size ~0.3 stay within ~1e-2
 // of the float64 attention; a packing or indexing error is of the size of the output. The
 // exact path must still give its own, far tighter answer (the switch is really taken).
-TEST(FlashAttention, Bf16PrecisionRunsInBf16) {
-  if (!bf16_matmul_available()) GTEST_SKIP() << "no AMX-BF16 or AVX512-BF16 on this CPU";
+TEST(FlashAttention, Bf16PrecisionRunsOnAmxTiles) {
+  if (!ops::amx_available()) GTEST_SKIP() << "no AMX-BF16 on this CPU, or the OS refused this process the tile state";
   auto rng = rng_for_test();
   struct Case { int64_t T, Dh, Hq, Hkv, q_block, k_block; bool causal; };
   for (const Case c : {Case{1, 64, 2, 2, 64, 64, true}, Case{17, 64, 4, 1, 64, 64, true},
