@@ -304,11 +304,10 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.o = head_rows_out(o, "generalized_delta_rule: o", p.B, p.T, p.H, p.dv);
   for (int64_t bi = 0; bi < p.B; ++bi)
     for (int64_t t = 0; t < p.T; ++t)
-      for (int64_t h = 0; h < p.H; ++h)
-      {
-        // One branch per row, so that the scan over every decay vectorises.
+      for (int64_t h = 0; h < p.H; ++h) {
+        // A count of bad values per row, not a bool: GCC vectorises the sum, not an or.
         const float* row = p.log_w.at(bi, t, h);
-        int64_t bad = 0;  // a count, not a bool: GCC vectorises the sum, not an or
+        int64_t bad = 0;
         for (int64_t d = 0; d < p.dk; ++d) bad += !(row[d] <= 0.f);
         if (bad > 0)
           for (int64_t d = 0; d < p.dk; ++d)

@@ -559,9 +559,9 @@ void check_log_gate(const Problem& p, const Tensor& g) {
       for (int64_t b = 0; b < p.B; ++b)
         for (int64_t t = 0; t < p.T; ++t)
           for (int64_t h = 0; h < p.H; ++h) {
-            // One branch per row, so that the scan over every gate value vectorises.
+            // A count of bad values per row, not a bool: GCC vectorises the sum, not an or.
             const float* row = p.gate_vector.at(b, t, h);
-            int64_t count = 0;  // a count, not a bool: GCC vectorises the sum, not an or
+            int64_t count = 0;
             for (int64_t d = 0; d < p.dk; ++d) count += bad(row[d]);
             if (count > 0)
               for (int64_t d = 0; d < p.dk; ++d)
