@@ -1,6 +1,7 @@
-// The two kernels behind gemm_xwt (same contract as gemm_xwt in gemm.h, M, N, K > 0):
+// The kernels behind gemm_xwt (same contract as gemm_xwt in gemm.h, M, N, K > 0):
 // gemm_packed_xwt is the cache-blocked, packed GEMM for many rows of x; gemv_xwt streams
-// W once from memory and suits the few rows of x of a decode step.
+// W once from memory and suits the few rows of x of a decode step; the bf16 kernels below
+// serve MatmulPrecision::bf16.
 #pragma once
 
 #include <algorithm>

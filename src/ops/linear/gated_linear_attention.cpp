@@ -622,7 +622,7 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
   // Where neither that split nor a group's shared q k^T (Mamba-2) helps the chunked form,
   // automatic runs the recurrence in blocks of tokens at every length: about as many
   // operations per token (2 + 1/kBlockTokens per state element against the chunk's 2 plus
-  // its intra-chunk products) with no packing, and it measured 1.35-1.75x faster
+  // its intra-chunk products) with no packing, and it measured 1.4-1.8x faster
   // (docs/benchmarks.md).
   const bool recurrent =
       options.algorithm == LinearAlgorithm::recurrent ||
