@@ -156,8 +156,7 @@ class DeltaRun final : public Instance {
   // forward substitution and masked A D (L dv), state update (2 dk dv).
   double flops() const override {
     const double L = static_cast<double>(std::min<int64_t>(opt_.chunk, T_));
-    const bool rec = opt_.algorithm == ops::LinearAlgorithm::recurrent ||
-                     (opt_.algorithm == ops::LinearAlgorithm::automatic && T_ < ops::kDeltaRuleRecurrentBelow);
+    const bool rec = opt_.algorithm != ops::LinearAlgorithm::chunked;
     const double per = rec ? 6.0 * dk_ * dv_ : 2 * L * dk_ + L * dv_ + 6.0 * dk_ * dv_;
     return static_cast<double>(T_ * Hv_) * per;
   }
@@ -303,7 +302,7 @@ SUBQ_BENCH_CASES(linear_delta) {
                 .make = [alg](int64_t T) { return std::make_unique<DeltaRun>(T, 16, 32, 128, 128, alg); }};
   };
   return {delta_case("linear.delta.gated", "", ops::LinearAlgorithm::automatic, {1, 512, 2048}),
-          delta_case("linear.delta.gated.recurrent", "linear.delta.gated", ops::LinearAlgorithm::recurrent,
+          delta_case("linear.delta.gated.chunked", "linear.delta.gated", ops::LinearAlgorithm::chunked,
                      {512, 2048})};
 }
 

@@ -82,9 +82,60 @@ float token_log_gate(const Problem& p, int64_t b, int64_t t, int64_t h) {
   return p.gated ? p.log_gate.at(b, t, h) : 0.f;
 }
 
+// Token by token, kBlockTokens at a time (delta_block_step: two passes over the state per
+// block, 3 + 1/kBlockTokens operations per state element and token where the single step
+// makes two passes and 4 per token), the last T % kBlockTokens one at a time. The
+// block's decays are products of its tokens' gates, multiplied, never divided.
 void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
+  constexpr int M = kBlockTokens;
+  const int64_t dk = p.dk;
   float *q = w.Q.data(), *k = w.Kr.data(), *v = w.V.data(), *o = w.O.data();
-  for (int64_t t = 0; t < p.T; ++t) {
+  float* kd = w.Kt.data();
+  // Rows of 1 make decayed_dots_backward plain dot products.
+  const std::vector<float> ones(static_cast<size_t>(M * dk), 1.f);
+  std::vector<float> scratch(static_cast<size_t>(dk));
+  float a[M], beta[M], cp[M], cu[M * M] = {}, co[M * M] = {}, dots[M];
+  int64_t t = 0;
+  for (; t + M <= p.T; t += M) {
+    const float* vr[M];
+    float* orow[M];
+    RowPrefetch ahead;
+    for (int i = 0; i < M; ++i) {
+      load_qk(p, b, t + i, h, q + i * dk, k + i * dk);
+      a[i] = std::exp(token_log_gate(p, b, t + i, h));
+      beta[i] = p.beta.at(b, t + i, h);
+      load_v(p, p.v.at(b, t + i, h), v + i * p.dvp);
+      vr[i] = v + i * p.dvp;
+      orow[i] = o + i * p.dvp;
+      if (t + M + i < p.T) {
+        ahead.add(p.q.at(b, t + M + i, h), dk);
+        ahead.add(p.k.at(b, t + M + i, h), dk);
+        ahead.add(p.v.at(b, t + M + i, h), p.dv);
+      }
+    }
+    // decay(i, j) = a_{i+1} .. a_j (1 for i = j).
+    auto decay = [&](int i, int j) {
+      float x = 1.f;
+      for (int l = i + 1; l <= j; ++l) x *= a[l];
+      return x;
+    };
+    for (int j = 0; j < M; ++j) {
+      cp[j] = decay(-1, j);
+      decayed_dots_backward(q + j * dk, k, ones.data(), dk, 0, j, dots, scratch.data());
+      for (int i = 0; i <= j; ++i) co[j * M + i] = decay(i, j) * dots[i];
+      if (j > 0) {
+        decayed_dots_backward(k + j * dk, k, ones.data(), dk, 0, j - 1, dots, scratch.data());
+        for (int i = 0; i < j; ++i) cu[j * M + i] = decay(i, j) * dots[i];
+      }
+    }
+    for (int i = 0; i < M; ++i) {
+      const float f = decay(i, M - 1);
+      for (int64_t d = 0; d < dk; ++d) kd[i * dk + d] = f * k[i * dk + d];
+    }
+    delta_block_step(w.state, dk, p.dvp, k, q, dk, kd, cp[M - 1], cp, cu, co, beta, vr, orow, ahead);
+    for (int i = 0; i < M; ++i) std::copy_n(orow[i], p.dv, p.o.at(b, t + i, h));
+  }
+  for (; t < p.T; ++t) {
     load_qk(p, b, t, h, q, k);
     load_v(p, p.v.at(b, t, h), v);
     delta_rule_step(w.state, p.dk, p.dvp, std::exp(token_log_gate(p, b, t, h)), p.beta.at(b, t, h), k, v, q, o);
@@ -187,11 +238,10 @@ void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   check_contiguous(state, "delta_rule: state");
   p.state = state.mutable_data<float>();
 
-  const bool recurrent = options.algorithm == LinearAlgorithm::recurrent ||
-                         (options.algorithm == LinearAlgorithm::automatic && p.T < kDeltaRuleRecurrentBelow);
+  const bool recurrent = options.algorithm != LinearAlgorithm::chunked;
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    Workspace w(p, recurrent ? 1 : Lp);
+    Workspace w(p, recurrent ? kBlockTokens : Lp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       with_padded_state(p.state + task * p.dk * p.dv, p.dk, p.dv, p.dvp, w.S.data(), [&](float* state) {

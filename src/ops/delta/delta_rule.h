@@ -10,16 +10,17 @@
 
 namespace subq::ops {
 
-// LinearAlgorithm::automatic runs shorter inputs token by token (measured crossover on
-// AVX-512, dk = dv = 128: the two tie at T = 2, chunked is 1.3x faster at T = 3).
-inline constexpr int64_t kDeltaRuleRecurrentBelow = 3;
-
 struct DeltaRuleOptions {
   // q and k divided by sqrt(|x|^2 + eps) first (Gated DeltaNet, Qwen3-Next).
   bool l2_normalize_qk = false;
   float l2_eps = 1e-6f;
   float scale = 1.f;  // multiplies q after normalisation
   int64_t chunk = 64;
+  // automatic runs the recurrence, four tokens per two passes over the state, at every
+  // length: 3 + 1/4 operations per state element and token against the chunked WY form's
+  // 3 products of dk dv plus its intra-chunk ones and packing; it measured 1.4x faster at
+  // Qwen3-Next's shape on a Zen 4 core (docs/benchmarks.md). The chunked form stays,
+  // tested, as the form a tensor-core kernel takes.
   LinearAlgorithm algorithm = LinearAlgorithm::automatic;
 };
 

@@ -333,6 +333,60 @@ void DeltaRuleStep(float* S, int64_t dk, int64_t N, float a, float beta, const f
   });
 }
 
+void DeltaBlockStep(float* S, int64_t dk, int64_t N, const float* k, const float* q, int64_t ld_rows,
+                    const float* kd, float D, const float* cp, const float* cu, const float* co, const float* beta,
+                    const float* const* v, float* const* o, RowPrefetch& ahead) {
+  constexpr int M = kBlockTokens;
+  const hn::ScalableTag<float> d;
+  using V = hn::Vec<decltype(d)>;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t places = 3 * BlockColumnRuns(N);
+  ForEachBlockColumnRun(N, [&](auto nv, int64_t n) {
+    constexpr int NV = decltype(nv)::value;
+    ahead.issue_share(places);
+    // dd[j]: S^T k_j, then d_j; out[j]: S^T q_j, then o_j.
+    V dd[M][NV], out[M][NV];
+    for (int j = 0; j < M; ++j)
+      for (int c = 0; c < NV; ++c) dd[j][c] = out[j][c] = hn::Zero(d);
+    for (int64_t r = 0; r < dk; ++r) {
+      const float* s = S + r * N + n;
+      V sv[NV];
+      for (int c = 0; c < NV; ++c) sv[c] = hn::LoadU(d, s + c * NL);
+      for (int j = 0; j < M; ++j) {
+        const V kj = hn::Set(d, k[j * ld_rows + r]), qj = hn::Set(d, q[j * ld_rows + r]);
+        for (int c = 0; c < NV; ++c) {
+          dd[j][c] = hn::MulAdd(kj, sv[c], dd[j][c]);
+          out[j][c] = hn::MulAdd(qj, sv[c], out[j][c]);
+        }
+      }
+    }
+    ahead.issue_share(places);
+    for (int j = 0; j < M; ++j) {
+      const V pj = hn::Set(d, cp[j]), bj = hn::Set(d, beta[j]);
+      for (int c = 0; c < NV; ++c) {
+        V u = hn::Mul(pj, dd[j][c]);
+        for (int i = 0; i < j; ++i) u = hn::MulAdd(hn::Set(d, cu[j * M + i]), dd[i][c], u);
+        dd[j][c] = hn::Mul(bj, hn::Sub(hn::LoadU(d, v[j] + n + c * NL), u));
+        V oj = hn::Mul(pj, out[j][c]);
+        for (int i = 0; i <= j; ++i) oj = hn::MulAdd(hn::Set(d, co[j * M + i]), dd[i][c], oj);
+        hn::StoreU(oj, d, o[j] + n + c * NL);
+      }
+    }
+    const V dv = hn::Set(d, D);
+    for (int64_t r = 0; r < dk; ++r) {
+      float* s = S + r * N + n;
+      V upd[NV];
+      for (int c = 0; c < NV; ++c) upd[c] = hn::Mul(dv, hn::LoadU(d, s + c * NL));
+      for (int i = 0; i < M; ++i) {
+        const V ki = hn::Set(d, kd[i * ld_rows + r]);
+        for (int c = 0; c < NV; ++c) upd[c] = hn::MulAdd(ki, dd[i][c], upd[c]);
+      }
+      for (int c = 0; c < NV; ++c) hn::StoreU(upd[c], d, s + c * NL);
+    }
+    ahead.issue_share(places);
+  });
+}
+
 void DplrStep(float* S, int64_t dk, int64_t N, const float* w, const float* a, const float* b, const float* k,
               const float* v, const float* q, float* o) {
   // u = S^T a; S = diag(w) S + b u^T + k v^T; o = S^T q.
@@ -485,6 +539,7 @@ HWY_EXPORT(LinearAttentionStep);
 HWY_EXPORT(LinearAttentionBlockFactors);
 HWY_EXPORT(LinearAttentionBlockStep);
 HWY_EXPORT(DeltaRuleStep);
+HWY_EXPORT(DeltaBlockStep);
 HWY_EXPORT(DplrStep);
 HWY_EXPORT(DplrDecayedDots);
 HWY_EXPORT(DplrBlockFactors);
@@ -523,6 +578,11 @@ void linear_attention_block_step(float* S, int64_t dk, int64_t N, const float* D
 void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
                      const float* q, float* o) {
   HWY_DYNAMIC_DISPATCH(DeltaRuleStep)(S, dk, N, a, beta, k, v, q, o);
+}
+void delta_block_step(float* S, int64_t dk, int64_t N, const float* k, const float* q, int64_t ld_rows,
+                      const float* kd, float D, const float* cp, const float* cu, const float* co, const float* beta,
+                      const float* const* v, float* const* o, RowPrefetch& ahead) {
+  HWY_DYNAMIC_DISPATCH(DeltaBlockStep)(S, dk, N, k, q, ld_rows, kd, D, cp, cu, co, beta, v, o, ahead);
 }
 void dplr_step(float* S, int64_t dk, int64_t N, const float* w, const float* a, const float* b, const float* k,
                const float* v, const float* q, float* o) {

@@ -110,6 +110,18 @@ void linear_attention_block_step(float* S, int64_t dk, int64_t N, const float* D
 // S += k (beta (v - u))^T; o = S^T q. N % kChunkAlign == 0.
 void delta_rule_step(float* S, int64_t dk, int64_t N, float a, float beta, const float* k, const float* v,
                      const float* q, float* o);
+// kBlockTokens tokens of delta_rule_step in two passes over S [dk, N] (ld = N). With the
+// block's keys k and queries q (kBlockTokens rows of dk, row stride ld_rows), per token
+// beta, and scalar decay products: cp[j] = a_0 .. a_j, cu[j, i] (i < j) = a_{i+1} .. a_j
+// times k_i . k_j, co[j, i] (i <= j) = a_{i+1} .. a_j times k_i . q_j (row-major
+// kBlockTokens x kBlockTokens), kd_i = k_i times a_{i+1} .. a_last and D = cp[last]:
+//   d_j = beta_j (v_j - cp[j] S^T k_j - sum_{i<j} cu[j, i] d_i),
+//   o_j = cp[j] S^T q_j + sum_{i<=j} co[j, i] d_i,   S = D S + sum_i kd_i d_i^T,
+// 3 + 1/kBlockTokens vector operations per state element and token instead of the single
+// step's 4.
+void delta_block_step(float* S, int64_t dk, int64_t N, const float* k, const float* q, int64_t ld_rows,
+                      const float* kd, float D, const float* cp, const float* cu, const float* co, const float* beta,
+                      const float* const* v, float* const* o, RowPrefetch& ahead);
 // One token of the generalized (DPLR) delta rule for S [dk, N]: u = S^T a;
 // S = diag(w) S + b u^T + k v^T; o = S^T q. N % kChunkAlign == 0.
 void dplr_step(float* S, int64_t dk, int64_t N, const float* w, const float* a, const float* b, const float* k,

@@ -20,7 +20,7 @@ enum class LinearGate {
 enum class FeatureMap { identity, elu_plus_one, relu };  // phi applied to q and k
 
 enum class LinearAlgorithm {
-  automatic,  // see kLinearAttentionRecurrentBelow
+  automatic,  // the op's own choice (kLinearAttentionRecurrentBelow; the delta rules' options)
   chunked,    // intra-chunk masked quadratic product + carried state across chunks
   recurrent,  // token by token (a few tokens per pass over the state)
 };
