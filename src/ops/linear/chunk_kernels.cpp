@@ -333,6 +333,27 @@ void DeltaRuleStep(float* S, int64_t dk, int64_t N, float a, float beta, const f
   });
 }
 
+// x[j] = S^T a_j and y[j] = S^T b_j over one column run of S (from S + n), for the
+// kBlockTokens rows a_j, b_j (ld apart): the first pass of the two-pass block steps.
+template <int NV, class D>
+HWY_INLINE void ProjectBlock(D d, const float* S, int64_t dk, int64_t N, const float* a, const float* b, int64_t ld,
+                             hn::Vec<D> (&x)[kBlockTokens][NV], hn::Vec<D> (&y)[kBlockTokens][NV]) {
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  for (int j = 0; j < kBlockTokens; ++j)
+    for (int c = 0; c < NV; ++c) x[j][c] = y[j][c] = hn::Zero(d);
+  for (int64_t r = 0; r < dk; ++r) {
+    hn::Vec<D> sv[NV];
+    for (int c = 0; c < NV; ++c) sv[c] = hn::LoadU(d, S + r * N + c * NL);
+    for (int j = 0; j < kBlockTokens; ++j) {
+      const auto aj = hn::Set(d, a[j * ld + r]), bj = hn::Set(d, b[j * ld + r]);
+      for (int c = 0; c < NV; ++c) {
+        x[j][c] = hn::MulAdd(aj, sv[c], x[j][c]);
+        y[j][c] = hn::MulAdd(bj, sv[c], y[j][c]);
+      }
+    }
+  }
+}
+
 void DeltaBlockStep(float* S, int64_t dk, int64_t N, const float* k, const float* q, int64_t ld_rows,
                     const float* kd, float D, const float* cp, const float* cu, const float* co, const float* beta,
                     const float* const* v, float* const* o, RowPrefetch& ahead) {
@@ -346,20 +367,7 @@ void DeltaBlockStep(float* S, int64_t dk, int64_t N, const float* k, const float
     ahead.issue_share(places);
     // dd[j]: S^T k_j, then d_j; out[j]: S^T q_j, then o_j.
     V dd[M][NV], out[M][NV];
-    for (int j = 0; j < M; ++j)
-      for (int c = 0; c < NV; ++c) dd[j][c] = out[j][c] = hn::Zero(d);
-    for (int64_t r = 0; r < dk; ++r) {
-      const float* s = S + r * N + n;
-      V sv[NV];
-      for (int c = 0; c < NV; ++c) sv[c] = hn::LoadU(d, s + c * NL);
-      for (int j = 0; j < M; ++j) {
-        const V kj = hn::Set(d, k[j * ld_rows + r]), qj = hn::Set(d, q[j * ld_rows + r]);
-        for (int c = 0; c < NV; ++c) {
-          dd[j][c] = hn::MulAdd(kj, sv[c], dd[j][c]);
-          out[j][c] = hn::MulAdd(qj, sv[c], out[j][c]);
-        }
-      }
-    }
+    ProjectBlock<NV>(d, S + n, dk, N, k, q, ld_rows, dd, out);
     ahead.issue_share(places);
     for (int j = 0; j < M; ++j) {
       const V pj = hn::Set(d, cp[j]), bj = hn::Set(d, beta[j]);
@@ -447,20 +455,7 @@ void DplrBlockStep(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D,
     ahead.issue_share(places);
     // u[j]: S^T ad_j, then u_j; out[j]: S^T qd_j, then o_j.
     V u[M][NV], out[M][NV], vv[M][NV];
-    for (int j = 0; j < M; ++j)
-      for (int c = 0; c < NV; ++c) u[j][c] = out[j][c] = hn::Zero(d);
-    for (int64_t r = 0; r < dk; ++r) {
-      const float* s = S + r * N + n;
-      V sv[NV];
-      for (int c = 0; c < NV; ++c) sv[c] = hn::LoadU(d, s + c * NL);
-      for (int j = 0; j < M; ++j) {
-        const V aj = hn::Set(d, ad[j * ldf + r]), qj = hn::Set(d, qd[j * ldf + r]);
-        for (int c = 0; c < NV; ++c) {
-          u[j][c] = hn::MulAdd(aj, sv[c], u[j][c]);
-          out[j][c] = hn::MulAdd(qj, sv[c], out[j][c]);
-        }
-      }
-    }
+    ProjectBlock<NV>(d, S + n, dk, N, ad, qd, ldf, u, out);
     ahead.issue_share(places);
     for (int i = 0; i < M; ++i)
       for (int c = 0; c < NV; ++c) vv[i][c] = hn::LoadU(d, v[i] + n + c * NL);
