@@ -91,9 +91,10 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t b, int64_t h) {
   const int64_t dk = p.dk;
   float *q = w.Q.data(), *k = w.Kr.data(), *v = w.V.data(), *o = w.O.data();
   float* kd = w.Kt.data();
-  // Rows of 1 make decayed_dots_backward plain dot products.
-  const std::vector<float> ones(static_cast<size_t>(M * dk), 1.f);
-  std::vector<float> scratch(static_cast<size_t>(dk));
+  // Rows of 1 make decayed_dots_backward plain dot products (none for a decode step).
+  const bool blocks = p.T >= M;
+  const std::vector<float> ones(blocks ? static_cast<size_t>(M * dk) : 0, 1.f);
+  std::vector<float> scratch(blocks ? static_cast<size_t>(dk) : 0);
   float a[M], beta[M], cp[M], cu[M * M] = {}, co[M * M] = {}, dots[M];
   int64_t t = 0;
   for (; t + M <= p.T; t += M) {
@@ -241,7 +242,7 @@ void delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   const bool recurrent = options.algorithm != LinearAlgorithm::chunked;
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    Workspace w(p, recurrent ? kBlockTokens : Lp);
+    Workspace w(p, recurrent ? std::min<int64_t>(p.T, kBlockTokens) : Lp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       with_padded_state(p.state + task * p.dk * p.dv, p.dk, p.dv, p.dvp, w.S.data(), [&](float* state) {

@@ -322,7 +322,7 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   const bool recurrent = options.algorithm != LinearAlgorithm::chunked;
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    Workspace w(p, recurrent ? kBlockTokens : Lp, recurrent);
+    Workspace w(p, recurrent ? std::min<int64_t>(p.T, kBlockTokens) : Lp, recurrent);
     if (recurrent) {
       run_recurrent(p, w, begin, end);
       return;

@@ -638,7 +638,7 @@ void gated_linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, c
     return;
   }
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    Workspace w(p, recurrent ? kBlockTokens : Lp, recurrent);
+    Workspace w(p, recurrent ? std::min<int64_t>(p.T, kBlockTokens) : Lp, recurrent);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
       with_padded_state(p.state + task * p.dk * p.dvs, p.dk, p.dvs, p.dvp, w.S.data(), [&](float* state) {
