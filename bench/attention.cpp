@@ -184,6 +184,7 @@ class SplitDecode final : public Instance {
     return layers() * 2.0 * static_cast<double>(dtype_size(cache_)) * static_cast<double>(T_) *
            static_cast<double>(hkv_ * dim_);
   }
+  bool reads_only() const override { return true; }
   int64_t tokens() const override { return 1; }
   std::optional<double> max_rel_err() override {
     attn::decode_attention(args_.back(), rule_, T_ - 1);

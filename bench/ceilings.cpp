@@ -39,6 +39,23 @@ void Triad(float* a, const float* b, const float* c, float s, size_t n) {
   for (; i < n; ++i) a[i] = b[i] + s * c[i];
 }
 
+// The sum of a[0, n), four vectors a step so that the adds do not bound the loop.
+float ReadSum(const float* a, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto s0 = hn::Zero(d), s1 = s0, s2 = s0, s3 = s0;
+  size_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    s0 = hn::Add(s0, hn::Load(d, a + i));
+    s1 = hn::Add(s1, hn::Load(d, a + i + N));
+    s2 = hn::Add(s2, hn::Load(d, a + i + 2 * N));
+    s3 = hn::Add(s3, hn::Load(d, a + i + 3 * N));
+  }
+  float tail = 0.f;
+  for (; i < n; ++i) tail += a[i];
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3)))) + tail;
+}
+
 }  // namespace subq::bench::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -54,6 +71,7 @@ namespace subq::bench {
 
 HWY_EXPORT(FmaLoop);
 HWY_EXPORT(Triad);
+HWY_EXPORT(ReadSum);
 
 namespace {
 
@@ -81,8 +99,15 @@ double measure_fma() {
   return best;
 }
 
-double measure_triad() {
-  const size_t n = size_t{48} << 20;  // 3 arrays x 192 MiB: far beyond any cache
+// STREAM's triad a = b + s c and a plain read of b and c, over the same arrays (3 x 192
+// MiB: far beyond any cache), first touched on the threads that stream them; best of five
+// each.
+struct Bandwidths {
+  double triad_gbs = 0, read_gbs = 0;
+};
+
+Bandwidths measure_bandwidths() {
+  const size_t n = size_t{48} << 20;
   const Tensor a = Tensor::empty(DType::f32, {static_cast<int64_t>(n)});
   const Tensor b = Tensor::empty(DType::f32, {static_cast<int64_t>(n)});
   const Tensor c = Tensor::empty(DType::f32, {static_cast<int64_t>(n)});
@@ -90,7 +115,6 @@ double measure_triad() {
   float* pb = b.mutable_data<float>();
   float* pc = c.mutable_data<float>();
   const int64_t blocks = static_cast<int64_t>(n / 4096);
-  // First touch on the threads that will stream the data.
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0 * 4096; i < b1 * 4096; ++i) {
       pa[i] = 0.f;
@@ -98,22 +122,34 @@ double measure_triad() {
       pc[i] = 2.f;
     }
   });
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const double t0 = now_s();
-    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-      const size_t off = static_cast<size_t>(b0) * 4096, len = static_cast<size_t>(b1 - b0) * 4096;
-      HWY_DYNAMIC_DISPATCH(Triad)(pa + off, pb + off, pc + off, 3.f, len);
-    });
-    const double dt = now_s() - t0;
-    best = std::max(best, 3.0 * 4.0 * static_cast<double>(n) / dt / 1e9);
-  }
-  return best;
+  const auto best_of_five = [&](double bytes, const auto& pass) {
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+      const double t0 = now_s();
+      parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+        pass(static_cast<size_t>(b0) * 4096, static_cast<size_t>(b1 - b0) * 4096);
+      });
+      best = std::max(best, bytes / (now_s() - t0) / 1e9);
+    }
+    return best;
+  };
+  Bandwidths bw;
+  bw.triad_gbs = best_of_five(3.0 * 4.0 * static_cast<double>(n), [&](size_t off, size_t len) {
+    HWY_DYNAMIC_DISPATCH(Triad)(pa + off, pb + off, pc + off, 3.f, len);
+  });
+  std::vector<float> sums(static_cast<size_t>(blocks));
+  bw.read_gbs = best_of_five(2.0 * 4.0 * static_cast<double>(n), [&](size_t off, size_t len) {
+    sums[off / 4096] = HWY_DYNAMIC_DISPATCH(ReadSum)(pb + off, len) + HWY_DYNAMIC_DISPATCH(ReadSum)(pc + off, len);
+  });
+  return bw;
 }
 
 }  // namespace
 
-Ceilings measure_ceilings() { return Ceilings{measure_triad(), measure_fma()}; }
+Ceilings measure_ceilings() {
+  const Bandwidths bw = measure_bandwidths();
+  return Ceilings{bw.triad_gbs, bw.read_gbs, measure_fma()};
+}
 
 }  // namespace subq::bench
 #endif  // HWY_ONCE

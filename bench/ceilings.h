@@ -1,12 +1,15 @@
-// The machine's two ceilings, measured on the spot: sustained memory bandwidth (STREAM
-// triad over arrays far larger than the last-level cache) and peak f32 FMA rate (a
-// register-resident FMA loop with enough independent chains to hide FMA latency).
+// The machine's ceilings, measured on the spot: sustained memory bandwidth over arrays far
+// larger than the last-level cache, as a STREAM triad (reads and writes) and as a plain
+// read (the traffic of a decode step, which streams weights or a KV cache and writes
+// little), and peak f32 FMA rate (a register-resident FMA loop with enough independent
+// chains to hide FMA latency).
 #pragma once
 
 namespace subq::bench {
 
 struct Ceilings {
   double bandwidth_gbs = 0;  // triad, counting 2 reads + 1 write per element (as STREAM)
+  double read_gbs = 0;       // reads only
   double fma_gflops = 0;     // 2 flops per FMA lane
 };
 

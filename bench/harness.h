@@ -8,7 +8,7 @@
 //
 // The harness warms each instance up, times several repetitions, and reports the median
 // with tokens/s, GFLOP/s, GB/s, the fraction of the machine's ceiling (roofline: the
-// larger of flops/peak and bytes/bandwidth), peak extra heap bytes and the max
+// larger of flops/peak and bytes/bandwidth, the read bandwidth for reads_only cases), peak extra heap bytes and the max
 // relative error against the float64 reference.
 #pragma once
 
@@ -28,6 +28,9 @@ class Instance {
   virtual void run() = 0;                           // the timed work
   virtual double flops() const { return 0; }        // useful FLOPs per run (0: not reported)
   virtual double bytes() const { return 0; }        // compulsory memory traffic per run
+  // True where that traffic is reads (a decode step streaming weights or a KV cache): it
+  // is then measured against the read bandwidth, not the triad's.
+  virtual bool reads_only() const { return false; }
   virtual int64_t tokens() const { return 0; }      // tokens processed per run (0: n/a)
   // Max relative error of run()'s output against the float64 reference, computed by
   // the instance (cases compute it at a small T where the reference is affordable).

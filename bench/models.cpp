@@ -167,6 +167,7 @@ class Decode final : public Instance {
   }
   int64_t tokens() const override { return kSteps; }
   double bytes() const override { return weight_bytes(*model_) * static_cast<double>(kSteps); }
+  bool reads_only() const override { return true; }
 
  private:
   std::unique_ptr<Model> model_;

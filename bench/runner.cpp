@@ -25,6 +25,7 @@ struct Result {
   int64_t T = 0;
   double median_s = 0;
   double flops = 0, bytes = 0;
+  bool reads_only = false;
   int64_t tokens = 0;
   size_t peak_bytes = 0;
   std::optional<double> max_rel_err;
@@ -85,6 +86,7 @@ Result measure(const Case& c, int64_t T, const RunOptions& opts) {
   r.median_s = times[times.size() / 2];
   r.flops = inst->flops();
   r.bytes = inst->bytes();
+  r.reads_only = inst->reads_only();
   r.tokens = inst->tokens();
   r.max_rel_err = inst->max_rel_err();
   return r;
@@ -112,7 +114,8 @@ std::string human_time(double s) {
 
 double ceiling_fraction(const Result& r, const Ceilings& ceil) {
   const double f = r.flops > 0 ? r.flops / r.median_s / 1e9 / ceil.fma_gflops : 0;
-  const double b = r.bytes > 0 ? r.bytes / r.median_s / 1e9 / ceil.bandwidth_gbs : 0;
+  const double bandwidth = r.reads_only ? ceil.read_gbs : ceil.bandwidth_gbs;
+  const double b = r.bytes > 0 ? r.bytes / r.median_s / 1e9 / bandwidth : 0;
   return std::max(f, b);
 }
 
@@ -159,7 +162,8 @@ void write_json(const std::string& path, const std::vector<Result>& results, con
   j["machine"] = {{"cpu", cpu_name()},
                   {"threads", num_threads()},
                   {"simd_target", cpu_target()},
-                  {"ceilings", {{"bandwidth_gbs", ceil.bandwidth_gbs}, {"fma_gflops", ceil.fma_gflops}}}};
+                  {"ceilings",
+                   {{"bandwidth_gbs", ceil.bandwidth_gbs}, {"read_gbs", ceil.read_gbs}, {"fma_gflops", ceil.fma_gflops}}}};
   j["cases"] = nlohmann::json::array();
   for (const auto& r : results) {
     j["cases"].push_back({
@@ -216,8 +220,9 @@ int run_benchmarks(const RunOptions& opts) {
   if (chosen.empty()) throw Error("bench: no case matches \"" + opts.only + "\" (see `subq bench --list`)");
   std::fprintf(stderr, "measuring machine ceilings (bandwidth, FMA peak) on %d threads...\n", num_threads());
   const Ceilings ceil = measure_ceilings();
-  std::printf("machine: %s, %d threads, SIMD %s; ceilings: %.1f GB/s triad, %.0f GFLOP/s f32 FMA\n\n",
-              cpu_name().c_str(), num_threads(), cpu_target().c_str(), ceil.bandwidth_gbs, ceil.fma_gflops);
+  std::printf("machine: %s, %d threads, SIMD %s; ceilings: %.1f GB/s triad, %.1f GB/s read, %.0f GFLOP/s f32 FMA\n\n",
+              cpu_name().c_str(), num_threads(), cpu_target().c_str(), ceil.bandwidth_gbs, ceil.read_gbs,
+              ceil.fma_gflops);
   size_t total = 0;
   for (const Case* c : chosen) total += lengths(*c, opts).size();
   std::vector<Result> results;

@@ -107,7 +107,7 @@ HWY_INLINE void LoadPair(const hwy::bfloat16_t* HWY_RESTRICT p, VF& a, VF& b) {
 HWY_INLINE void Prefetch(PrefetchSpan* span, int64_t keys) {
   if (!span) return;
   const int64_t bytes = keys * span->per_key;
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(span->next + b);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(span->next + b, 0, 2);
   span->next += bytes;
 }
 
