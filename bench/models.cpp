@@ -2,10 +2,11 @@
 // shaped like Mamba-130m, Mamba2-130m and Llama-160M, with random bf16 weights (speed
 // does not depend on the values). Each checkpoint is written once per process as a
 // Hugging Face directory under the temp dir and loaded through Model::load, the same
-// path `subq run` takes. Decode reports bytes = weight bytes per token, so its roofline
-// fraction is the share of the memory-bandwidth bound on decode speed.
+// path `subq run` takes. Decode reports bytes = the weight bytes a step reads, so its
+// roofline fraction is the share of the memory-bandwidth bound on decode speed.
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -119,7 +120,18 @@ const std::string& checkpoint(const Spec& spec) {
   return dirs.emplace(spec.name, dir.string()).first->second;
 }
 
-double weight_bytes(const Model& m) { return 2.0 * static_cast<double>(m.info().parameter_count); }
+// Bytes of bf16 weights one decode step reads: every tensor but an untied input embedding
+// (a separate lm_head.weight exists), of which a step gathers one row.
+double decode_weight_bytes(const Spec& spec) {
+  const bool untied = std::any_of(spec.tensors.begin(), spec.tensors.end(),
+                                  [](const auto& t) { return t.first == "lm_head.weight"; });
+  double bytes = 0;
+  for (const auto& [name, shape] : spec.tensors) {
+    if (untied && name.ends_with("embed_tokens.weight")) continue;
+    bytes += 2.0 * static_cast<double>(shape.numel());
+  }
+  return bytes;
+}
 
 class Prefill final : public Instance {
  public:
@@ -152,7 +164,7 @@ class Decode final : public Instance {
  public:
   static constexpr int64_t kSteps = 16;
   Decode(const Spec& spec, int64_t T, const LoadOptions& options = {})
-      : model_(Model::load(checkpoint(spec), options)) {
+      : model_(Model::load(checkpoint(spec), options)), bytes_per_step_(decode_weight_bytes(spec)) {
     std::vector<int32_t> prompt(static_cast<size_t>(T), 1);
     state_ = model_->new_state();
     logits_ = Tensor::empty(DType::f32, {1, model_->info().vocab_size});
@@ -166,11 +178,12 @@ class Decode final : public Instance {
     }
   }
   int64_t tokens() const override { return kSteps; }
-  double bytes() const override { return weight_bytes(*model_) * static_cast<double>(kSteps); }
+  double bytes() const override { return bytes_per_step_ * static_cast<double>(kSteps); }
   bool reads_only() const override { return true; }
 
  private:
   std::unique_ptr<Model> model_;
+  double bytes_per_step_;
   std::unique_ptr<ModelState> state_;
   Tensor logits_;
 };
