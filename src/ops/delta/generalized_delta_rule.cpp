@@ -302,18 +302,7 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.b = per_head_rows(b, "generalized_delta_rule: b", p.B, p.T, p.H, p.dk);
   p.log_w = per_head_rows(log_w, "generalized_delta_rule: log_w", p.B, p.T, p.H, p.dk);
   p.o = head_rows_out(o, "generalized_delta_rule: o", p.B, p.T, p.H, p.dv);
-  for (int64_t bi = 0; bi < p.B; ++bi)
-    for (int64_t t = 0; t < p.T; ++t)
-      for (int64_t h = 0; h < p.H; ++h) {
-        // A count of bad values per row, not a bool: GCC vectorises the sum, not an or.
-        const float* row = p.log_w.at(bi, t, h);
-        int64_t bad = 0;
-        for (int64_t d = 0; d < p.dk; ++d) bad += !(row[d] <= 0.f);
-        if (bad > 0)
-          for (int64_t d = 0; d < p.dk; ++d)
-            if (!(row[d] <= 0.f))
-              throw Error("generalized_delta_rule: log_w: expected values <= 0, got " + std::to_string(row[d]));
-      }
+  check_rows_at_most_zero(p.log_w, p.B, p.T, p.H, p.dk, "generalized_delta_rule: log_w");
   check_dtype(state, DType::f32, "generalized_delta_rule: state");
   check_shape(state, Shape{p.B, p.H, p.dk, p.dv}, "generalized_delta_rule: state");
   check_contiguous(state, "generalized_delta_rule: state");

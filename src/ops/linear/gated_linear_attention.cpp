@@ -556,18 +556,7 @@ void check_log_gate(const Problem& p, const Tensor& g) {
                           std::to_string(p.gate_per_token.at(b, t, h)));
       return;
     case LinearGate::per_token_vector:
-      for (int64_t b = 0; b < p.B; ++b)
-        for (int64_t t = 0; t < p.T; ++t)
-          for (int64_t h = 0; h < p.H; ++h) {
-            // A count of bad values per row, not a bool: GCC vectorises the sum, not an or.
-            const float* row = p.gate_vector.at(b, t, h);
-            int64_t count = 0;
-            for (int64_t d = 0; d < p.dk; ++d) count += bad(row[d]);
-            if (count > 0)
-              for (int64_t d = 0; d < p.dk; ++d)
-                if (bad(row[d]))
-                  throw Error("gated_linear_attention: log_gate: expected values <= 0, got " + std::to_string(row[d]));
-          }
+      check_rows_at_most_zero(p.gate_vector, p.B, p.T, p.H, p.dk, "gated_linear_attention: log_gate");
       return;
   }
 }

@@ -1,6 +1,9 @@
 #include "src/ops/linear/head_layout.h"
 
+#include <atomic>
 #include <string>
+
+#include "src/core/parallel.h"
 
 namespace subq::ops {
 namespace {
@@ -35,6 +38,27 @@ TokenScalars token_scalars(const Tensor& t, const char* what, int64_t B, int64_t
   check_f32_rank(t, what, 3);
   check_shape(t, Shape{B, T, H}, what);
   return TokenScalars{t.data<float>(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+void check_rows_at_most_zero(const HeadRows& rows, int64_t B, int64_t T, int64_t H, int64_t n, const char* what) {
+  const auto row = [&](int64_t r) { return rows.at(r / (T * H), r / H % T, r % H); };
+  std::atomic<int64_t> bad{0};
+  // At least ~64K values per range, so that a decode step's check stays on the calling
+  // thread.
+  parallel_for(B * T * H, std::max<int64_t>(1, (int64_t{1} << 16) / n), [&](int64_t begin, int64_t end) {
+    int64_t count = 0;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* x = row(r);
+      // A count of bad values, not a bool: GCC vectorises the sum, not an or.
+      for (int64_t d = 0; d < n; ++d) count += !(x[d] <= 0.f);
+    }
+    if (count > 0) bad += count;
+  });
+  if (bad == 0) return;
+  for (int64_t r = 0; r < B * T * H; ++r)
+    for (int64_t d = 0; d < n; ++d)
+      if (!(row(r)[d] <= 0.f))
+        throw Error(std::string(what) + ": expected values <= 0, got " + std::to_string(row(r)[d]));
 }
 
 }  // namespace subq::ops

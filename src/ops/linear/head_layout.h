@@ -36,6 +36,12 @@ struct TokenScalars {
 };
 TokenScalars token_scalars(const Tensor& t, const char* what, int64_t B, int64_t T, int64_t H);
 
+// Throws "`what`: expected values <= 0, got X" for the first value of rows [B, T, H, n]
+// (log-decays) that is not <= 0, NaN included. The scan runs on the pool's threads: a
+// prefill's vector decays are as many values as its keys, too many for the calling thread
+// alone while the rest wait.
+void check_rows_at_most_zero(const HeadRows& rows, int64_t B, int64_t T, int64_t H, int64_t n, const char* what);
+
 // Asks for a row of n floats to be brought into L2 ahead of its use: a head's rows are a
 // whole token's heads apart, further than the hardware prefetchers follow.
 inline void prefetch_row_to_l2(const float* row, int64_t n) {

@@ -12,9 +12,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "src/core/parallel.h"
 #include "src/ops/delta/generalized_delta_rule.h"
 #include "tests/reference/delta.h"
 #include "tests/support/random.h"
@@ -175,6 +178,35 @@ TEST(GeneralizedDeltaRule, RejectsBadArguments) {
   GeneralizedDeltaRuleOptions bad_chunk;
   bad_chunk.chunk = 0;
   EXPECT_THROW(ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, bad_chunk), Error);
+}
+
+// The decay check runs on the pool's threads over long inputs: one positive value or NaN
+// far into a 3000-token input is still found, named, and thrown on the calling thread.
+TEST(GeneralizedDeltaRule, FindsOneBadDecayInALongInput) {
+  auto rng = rng_for_test();
+  const int saved = num_threads();
+  set_num_threads(3);
+  const Shape shape{1, 3000, 4, 64};
+  const Tensor x = random_tensor(rng, shape, -0.1f, 0.1f);
+  const Tensor state = Tensor::zeros(DType::f32, Shape{1, 4, 64, 64});
+  const Tensor o = nan_tensor(shape);
+  Tensor log_w = random_tensor(rng, shape, -0.61f, 0.f);
+  EXPECT_NO_THROW(ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, {}));
+  const int64_t at = std::uniform_int_distribution<int64_t>(log_w.numel() / 2, log_w.numel() - 1)(rng);
+  for (const float bad : {0.25f, std::numeric_limits<float>::quiet_NaN()}) {
+    const float kept = log_w.data<float>()[at];
+    log_w.mutable_data<float>()[at] = bad;
+    try {
+      ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, {});
+      ADD_FAILURE() << "no error for log_w = " << bad << " at element " << at;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("generalized_delta_rule: log_w: expected values <= 0, got"),
+                std::string::npos)
+          << e.what();
+    }
+    log_w.mutable_data<float>()[at] = kept;
+  }
+  set_num_threads(saved);
 }
 
 }  // namespace
