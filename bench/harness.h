@@ -8,8 +8,8 @@
 //
 // The harness warms each instance up, times several repetitions, and reports the median
 // with tokens/s, GFLOP/s, GB/s, the fraction of the machine's ceiling (roofline: the
-// larger of flops/peak and bytes/bandwidth, the read bandwidth for reads_only cases), peak extra heap bytes and the max
-// relative error against the float64 reference.
+// larger of flops/peak and bytes/bandwidth, the read bandwidth for reads_only cases),
+// peak extra heap bytes and the max relative error against the float64 reference.
 #pragma once
 
 #include <cstdint>

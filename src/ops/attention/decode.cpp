@@ -41,7 +41,8 @@
 #define SUBQ_ATTN_DECODE_SHARED
 namespace subq::attn::detail {
 
-// Next lines of the following key block to prefetch: per_key bytes after each key read.
+// Next lines of the following key block to prefetch into L2: per_key bytes after each key
+// read.
 struct PrefetchSpan {
   const char* next = nullptr;
   int64_t per_key = 0;
