@@ -154,9 +154,10 @@ void AttentionMixer::forward(const Tensor& x, MixerState& state, const Tensor& y
   const Tensor v = Tensor::empty(DType::f32, Shape{B, T, Hkv, Dh});
   const Tensor o = Tensor::empty(DType::f32, Shape{B, T, Hq, Dh});
   const Tensor rows = x.view({B * T, D});
-  linear(rows, w_.wq, w_.bq, q.view({B * T, Hq * Dh}));
-  linear(rows, w_.wk, w_.bk, k.view({B * T, Hkv * Dh}));
-  linear(rows, w_.wv, w_.bv, v.view({B * T, Hkv * Dh}));
+  const LinearOutput qkv[] = {{w_.wq, w_.bq, q.view({B * T, Hq * Dh})},
+                              {w_.wk, w_.bk, k.view({B * T, Hkv * Dh})},
+                              {w_.wv, w_.bv, v.view({B * T, Hkv * Dh})}};
+  linear_group(rows, qkv);
   if (cfg_.qk_norm) {
     rms_norm(q.view({B * T * Hq, Dh}), w_.q_norm, cfg_.norm_eps, q.view({B * T * Hq, Dh}));
     rms_norm(k.view({B * T * Hkv, Dh}), w_.k_norm, cfg_.norm_eps, k.view({B * T * Hkv, Dh}));

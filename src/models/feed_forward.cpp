@@ -88,8 +88,8 @@ class GatedMlp final : public FeedForward {
     check_io(x, y, D_);
     const int64_t T = x.dim(0);
     Tensor g = Tensor::empty(DType::f32, {T, F_}), u = Tensor::empty(DType::f32, {T, F_});
-    linear(x, w_.gate, w_.gate_bias, g);
-    linear(x, w_.up, w_.up_bias, u);
+    const LinearOutput gate_up[] = {{w_.gate, w_.gate_bias, g}, {w_.up, w_.up_bias, u}};
+    linear_group(x, gate_up);
     activate_times(act_, g.mutable_data<float>(), u.data<float>(), T * F_);
     linear(g, w_.down, w_.down_bias, y);
   }

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <memory>
 #include <new>
+#include <span>
 
+#include "src/ops/common/gemm.h"
 #include "subq/tensor.h"
 
 namespace subq::ops {
@@ -19,6 +21,10 @@ void gemm_packed_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ld
 
 void gemv_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt,
               int64_t ldw, float* y, int64_t ldy, bool accumulate);
+// The GEMV of several weights of dtype wdt against the same x, their rows split between
+// the threads as one run.
+void gemv_xwt_group(int64_t M, int64_t K, const float* x, int64_t ldx, DType wdt, std::span<const WeightOutput> outputs,
+                    bool accumulate);
 
 // y (+)= bf16(x) · W^T on Intel AMX tiles (gemm_amx.cpp): x rounded to bf16, products
 // exact, f32 accumulation. Only where amx_available(): the CPU has AMX-BF16 and the OS

@@ -148,7 +148,7 @@ HWY_INLINE void DotRowsAnyM(size_t MB, size_t K, const float* const* xs, const T
 }
 
 template <class T>
-void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T* w, size_t ldw, float* y, size_t ldy,
+void GemvTyped(size_t M, size_t K, const float* x, size_t ldx, const WeightOutput* outputs, size_t count,
                bool accumulate) {
   // bf16 steps see x in the even/odd order of their widened weights.
   AlignedFloats reordered;
@@ -171,7 +171,11 @@ void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
     xbase = reordered.get();
     xstride = K;
   }
-  auto run_rows = [&](size_t begin, size_t end) {
+  // Rows [begin, end) of one output's weight.
+  auto run_rows = [&](const WeightOutput& out_w, size_t begin, size_t end) {
+    const T* w = static_cast<const T*>(out_w.w);
+    const size_t ldw = static_cast<size_t>(out_w.ldw), ldy = static_cast<size_t>(out_w.ldy);
+    float* y = out_w.y;
     float out[kXRows * kRows];
     const float* xs[kXRows];
     const T* rows[kRows];
@@ -202,23 +206,31 @@ void GemvTyped(size_t M, size_t N, size_t K, const float* x, size_t ldx, const T
       }
     }
   };
+  // The outputs' rows form one run [0, total) split between the threads, so that a group
+  // of small products (q, k and v) keeps every thread streaming through one fork and join.
+  size_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += static_cast<size_t>(outputs[i].n);
   // One contiguous range of rows per thread (measured faster here than dynamically taken
   // chunks, with other processes competing for the cores); at least ~64K weights per
   // range, so small products stay on one thread.
   const int64_t grain = static_cast<int64_t>(std::max<size_t>(kRows, (size_t{1} << 16) / K));
-  parallel_for(static_cast<int64_t>(N), grain,
-               [&](int64_t b, int64_t e) { run_rows(static_cast<size_t>(b), static_cast<size_t>(e)); });
+  parallel_for(static_cast<int64_t>(total), grain, [&](int64_t b, int64_t e) {
+    size_t first = 0;
+    for (size_t i = 0; i < count && first < static_cast<size_t>(e); ++i) {
+      const size_t n = static_cast<size_t>(outputs[i].n);
+      const size_t lo = std::max(first, static_cast<size_t>(b)), hi = std::min(first + n, static_cast<size_t>(e));
+      if (lo < hi) run_rows(outputs[i], lo - first, hi - first);
+      first += n;
+    }
+  });
 }
 
-void Gemv(size_t M, size_t N, size_t K, const float* x, size_t ldx, const void* w, DType wdt, size_t ldw, float* y,
-          size_t ldy, bool accumulate) {
+void Gemv(size_t M, size_t K, const float* x, size_t ldx, DType wdt, const WeightOutput* outputs, size_t count,
+          bool accumulate) {
   switch (wdt) {
-    case DType::bf16:
-      return GemvTyped(M, N, K, x, ldx, static_cast<const hwy::bfloat16_t*>(w), ldw, y, ldy, accumulate);
-    case DType::f16:
-      return GemvTyped(M, N, K, x, ldx, static_cast<const hwy::float16_t*>(w), ldw, y, ldy, accumulate);
-    default:
-      return GemvTyped(M, N, K, x, ldx, static_cast<const float*>(w), ldw, y, ldy, accumulate);
+    case DType::bf16: return GemvTyped<hwy::bfloat16_t>(M, K, x, ldx, outputs, count, accumulate);
+    case DType::f16: return GemvTyped<hwy::float16_t>(M, K, x, ldx, outputs, count, accumulate);
+    default: return GemvTyped<float>(M, K, x, ldx, outputs, count, accumulate);
   }
 }
 
@@ -231,11 +243,16 @@ namespace subq::ops {
 
 HWY_EXPORT(Gemv);
 
+void gemv_xwt_group(int64_t M, int64_t K, const float* x, int64_t ldx, DType wdt, std::span<const WeightOutput> outputs,
+                    bool accumulate) {
+  HWY_DYNAMIC_DISPATCH(Gemv)(static_cast<size_t>(M), static_cast<size_t>(K), x, static_cast<size_t>(ldx), wdt,
+                             outputs.data(), outputs.size(), accumulate);
+}
+
 void gemv_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const void* w, DType wdt, int64_t ldw,
               float* y, int64_t ldy, bool accumulate) {
-  HWY_DYNAMIC_DISPATCH(Gemv)(static_cast<size_t>(M), static_cast<size_t>(N), static_cast<size_t>(K), x,
-                             static_cast<size_t>(ldx), w, wdt, static_cast<size_t>(ldw), y, static_cast<size_t>(ldy),
-                             accumulate);
+  const WeightOutput output{w, N, ldw, y, ldy};
+  gemv_xwt_group(M, K, x, ldx, wdt, {&output, 1}, accumulate);
 }
 
 }  // namespace subq::ops

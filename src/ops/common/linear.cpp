@@ -1,9 +1,13 @@
+#include <vector>
+
 #include "src/ops/common/gemm.h"
 #include "subq/ops.h"
 
 namespace subq {
+namespace {
 
-void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
+// Checks one product's operands; returns M, x's rows.
+int64_t check_linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
   check_dtype(x, DType::f32, "linear: x");
   check_dtype(y, DType::f32, "linear: y");
   if (!w.defined() || w.ndim() != 2) throw Error("linear: weight must be 2-D [N, K], found " + (w.defined() ? w.str() : std::string("undefined")));
@@ -22,13 +26,45 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
     check_dtype(bias, DType::f32, "linear: bias");
     check_shape(bias, Shape{N}, "linear: bias");
   }
+  return M;
+}
+
+void add_bias(int64_t M, const Tensor& bias, const Tensor& y) {
+  if (!bias.defined()) return;
+  const int64_t N = bias.dim(0);
+  float* out = y.mutable_data<float>();
+  const float* b = bias.data<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) out[m * N + n] += b[n];
+}
+
+}  // namespace
+
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
+  const int64_t M = check_linear(x, w, bias, y), N = w.dim(0), K = w.dim(1);
   ops::gemm_xwt(M, N, K, x.data<float>(), K, w.raw_data(), w.dtype(), K, y.mutable_data<float>(), N, false);
-  if (bias.defined()) {
-    float* out = y.mutable_data<float>();
-    const float* b = bias.data<float>();
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) out[m * N + n] += b[n];
+  add_bias(M, bias, y);
+}
+
+void linear_group(const Tensor& x, std::span<const LinearOutput> outputs) {
+  if (outputs.empty()) return;
+  int64_t M = 0;
+  bool one_dtype = true;
+  for (const LinearOutput& o : outputs) {
+    M = check_linear(x, o.w, o.bias, o.y);
+    one_dtype &= o.w.dtype() == outputs[0].w.dtype();
   }
+  if (!one_dtype) {
+    for (const LinearOutput& o : outputs) linear(x, o.w, o.bias, o.y);
+    return;
+  }
+  const int64_t K = x.dim(-1);
+  std::vector<ops::WeightOutput> products;
+  products.reserve(outputs.size());
+  for (const LinearOutput& o : outputs)
+    products.push_back({o.w.raw_data(), o.w.dim(0), K, o.y.mutable_data<float>(), o.w.dim(0)});
+  ops::gemm_xwt_group(M, K, x.data<float>(), K, outputs[0].w.dtype(), products);
+  for (const LinearOutput& o : outputs) add_bias(M, o.bias, o.y);
 }
 
 }  // namespace subq

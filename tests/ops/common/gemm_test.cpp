@@ -1,6 +1,6 @@
 // gemm_xwt (and both kernels behind it, GEMV and packed GEMM) against the float64
 // product, on awkward sizes, all weight dtypes, strided operands, accumulate, every
-// compiled SIMD target; subq::linear's argument checks and bias.
+// compiled SIMD target; subq::linear's and linear_group's argument checks and bias.
 //
 // Tolerance: an f32 dot product of K terms, in any summation order, with or without FMA,
 // is within K * 2^-24 * sum_k |x_k w_k| of the exact value (the classical gamma_K bound,
@@ -278,6 +278,69 @@ TEST(Linear, WithoutBiasEqualsProduct) {
   test::expect_close(y, ref.y, 0.0, 2.0 * K * std::ldexp(1.0, -24) * K, "linear without bias");
 }
 
+// linear_group: every output against its own float64 product (with bias where it has one)
+// on every SIMD target and several thread counts. At K = 1000 the outputs' 204 rows split
+// into ranges that begin and end inside outputs (70 | 3 | 130 | 1 rows); K = 77 leaves
+// vector tails; M = 33 takes the GEMM path.
+TEST(Linear, GroupMatchesReferenceForEachOutput) {
+  auto rng = rng_for_test();
+  const int saved = num_threads();
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    for (const DType dtype : {DType::f32, DType::bf16, DType::f16})
+      for (const int threads : {1, 3, 16})
+        for (const int64_t M : {1, 5, 33})
+          for (const int64_t K : {1000, 77}) {
+            set_num_threads(threads);
+            const Tensor x = test::random_tensor(rng, Shape{M, K});
+            std::vector<LinearOutput> outputs;
+            std::vector<ref::LinearResult> want;
+            for (const int64_t N : {70, 3, 130, 1}) {
+              std::vector<double> wv;
+              const Tensor w = make_weights(rng, dtype, N, K, wv);
+              const Tensor bias = N % 2 == 0 ? test::random_tensor(rng, Shape{N}) : Tensor();
+              want.push_back(ref::linear(test::to_double(x), K, wv, K, bias.defined() ? test::to_double(bias)
+                                                                                      : std::vector<double>{},
+                                         M, N, K));
+              outputs.push_back({w, bias, test::nan_tensor(Shape{M, N})});
+            }
+            linear_group(x, outputs);
+            for (size_t i = 0; i < outputs.size(); ++i) {
+              double scale = 0;
+              for (double v : want[i].abs_sum) scale = std::max(scale, v);
+              test::expect_close(outputs[i].y, want[i].y, 0.0, 2.0 * (K + 1) * std::ldexp(1.0, -24) * scale,
+                                 std::string("linear_group ") + hwy::TargetName(target) + " " + dtype_name(dtype) +
+                                     " threads " + std::to_string(threads) + " M=" + std::to_string(M) +
+                                     " K=" + std::to_string(K) + " output " + std::to_string(i));
+            }
+          }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  set_num_threads(saved);
+}
+
+// Weights of different dtypes in one group run as separate products, with the same result.
+TEST(Linear, GroupOfMixedDtypesMatchesReference) {
+  auto rng = rng_for_test();
+  const int64_t M = 2, K = 300;
+  const Tensor x = test::random_tensor(rng, Shape{M, K});
+  std::vector<LinearOutput> outputs;
+  std::vector<ref::LinearResult> want;
+  for (const DType dtype : {DType::bf16, DType::f32}) {
+    std::vector<double> wv;
+    const Tensor w = make_weights(rng, dtype, 90, K, wv);
+    want.push_back(ref::linear(test::to_double(x), K, wv, K, {}, M, 90, K));
+    outputs.push_back({w, Tensor(), test::nan_tensor(Shape{M, 90})});
+  }
+  linear_group(x, outputs);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    double scale = 0;
+    for (double v : want[i].abs_sum) scale = std::max(scale, v);
+    test::expect_close(outputs[i].y, want[i].y, 0.0, 2.0 * K * std::ldexp(1.0, -24) * scale,
+                       "linear_group, mixed dtypes, output " + std::to_string(i));
+  }
+}
+
 void expect_error_mentioning(const std::function<void()>& fn, const std::string& needle) {
   try {
     fn();
@@ -300,6 +363,12 @@ TEST(Linear, RejectsBadArguments) {
   expect_error_mentioning([&] { linear(x, w, none, Tensor::zeros(DType::bf16, Shape{3, 5})); }, "y");
   expect_error_mentioning([&] { linear(x, w, Tensor::zeros(DType::f32, Shape{4}), y); }, "bias");
   expect_error_mentioning([&] { linear(x, w, Tensor::zeros(DType::bf16, Shape{5}), y); }, "bias");
+  // A group checks every output, not only the first.
+  const Tensor y2 = Tensor::zeros(DType::f32, Shape{3, 5});
+  const LinearOutput bad_k[] = {{w, none, y}, {Tensor::zeros(DType::f32, Shape{5, 7}), none, y2}};
+  expect_error_mentioning([&] { linear_group(x, bad_k); }, "K = 7");
+  const LinearOutput bad_y[] = {{w, none, y}, {w, none, Tensor::zeros(DType::f32, Shape{3, 4})}};
+  expect_error_mentioning([&] { linear_group(x, bad_y); }, "y");
 }
 
 }  // namespace
