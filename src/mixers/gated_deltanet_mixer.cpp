@@ -68,8 +68,8 @@ void GatedDeltaNetMixer::forward(const Tensor& x, MixerState& state_base, const 
 
   const Tensor qkvz = Tensor::empty(DType::f32, Shape{B, T, QKVZ});
   const Tensor ba = Tensor::empty(DType::f32, Shape{B, T, 2 * Hv});
-  linear(x, qkvz_w_, Tensor(), qkvz);
-  linear(x, ba_w_, Tensor(), ba);
+  const LinearOutput projections[] = {{qkvz_w_, Tensor(), qkvz}, {ba_w_, Tensor(), ba}};
+  linear_group(x, projections);
 
   // Un-group the projection: conv input [q (all key heads) | k | v], z [Hv, dv],
   // beta and log-gate [Hv] (value head kh * r + j belongs to key head kh).

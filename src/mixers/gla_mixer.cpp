@@ -62,11 +62,12 @@ void GlaMixer::forward(const Tensor& x, MixerState& state_base, const Tensor& y)
   const Tensor g = Tensor::empty(DType::f32, Shape{B, T, c.value_dim});
   const Tensor low = Tensor::empty(DType::f32, Shape{B, T, c.gate_low_rank_dim});
   const Tensor gk = Tensor::empty(DType::f32, Shape{B, T, H, dk});
-  linear(x, w_.q_proj, Tensor(), q.view(Shape{B, T, c.key_dim}));
-  linear(x, w_.k_proj, Tensor(), k.view(Shape{B, T, c.key_dim}));
-  linear(x, w_.v_proj, Tensor(), v.view(Shape{B, T, c.value_dim}));
-  linear(x, w_.g_proj, Tensor(), g);
-  linear(x, w_.gk_proj_0, Tensor(), low);
+  const LinearOutput projections[] = {{w_.q_proj, Tensor(), q.view(Shape{B, T, c.key_dim})},
+                                      {w_.k_proj, Tensor(), k.view(Shape{B, T, c.key_dim})},
+                                      {w_.v_proj, Tensor(), v.view(Shape{B, T, c.value_dim})},
+                                      {w_.g_proj, Tensor(), g},
+                                      {w_.gk_proj_0, Tensor(), low}};
+  linear_group(x, projections);
   linear(low, w_.gk_proj_1, w_.gk_bias, gk.view(Shape{B, T, c.key_dim}));
   // logsigmoid(u) / normaliser = -softplus(-u) / normaliser, always <= 0.
   float* pg = gk.mutable_data<float>();
