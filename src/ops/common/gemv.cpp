@@ -13,6 +13,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/common/gemm_kernels.h"
 #include "subq/tensor.h"
 
@@ -25,6 +26,7 @@ using VF = hn::Vec<DF>;
 constexpr size_t kLanes = HWY_LANES(float);
 constexpr size_t kRows = 4;   // weight rows per step
 constexpr size_t kXRows = 4;  // rows of x per pass over a weight row block
+struct ReorderedX;
 
 template <class D>
 HWY_INLINE hn::Vec<D> LoadWide(D d, const float* p) {
@@ -151,15 +153,14 @@ template <class T>
 void GemvTyped(size_t M, size_t K, const float* x, size_t ldx, const WeightOutput* outputs, size_t count,
                bool accumulate) {
   // bf16 steps see x in the even/odd order of their widened weights.
-  AlignedFloats reordered;
+  const Scratch<ReorderedX, float> reordered(Step<T>::kStep == 2 * kLanes ? M * K : 0);
   const float* xbase = x;
   size_t xstride = ldx;
   if constexpr (Step<T>::kStep == 2 * kLanes) {
-    reordered = allocate_floats(M * K);
     constexpr size_t kStep = Step<T>::kStep;
     for (size_t m = 0; m < M; ++m) {
       const float* src = x + m * ldx;
-      float* dst = reordered.get() + m * K;
+      float* dst = reordered.data() + m * K;
       const size_t k_vec = K / kStep * kStep;
       for (size_t k = 0; k < k_vec; k += kStep)
         for (size_t j = 0; j < kLanes; ++j) {
@@ -168,7 +169,7 @@ void GemvTyped(size_t M, size_t K, const float* x, size_t ldx, const WeightOutpu
         }
       std::copy(src + k_vec, src + K, dst + k_vec);
     }
-    xbase = reordered.get();
+    xbase = reordered.data();
     xstride = K;
   }
   // Rows [begin, end) of one output's weight.

@@ -10,11 +10,11 @@
 #include <cstdint>
 #include <cstring>
 
-#include "hwy/aligned_allocator.h"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/ssm/selective_scan.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -162,6 +162,8 @@ HWY_INLINE void ScanChannelBlock(DF d, const SelectiveScanArgs& a, int64_t b, in
     for (int64_t n = 0; n < N; ++n) h[l * N + n] = hl[n * L + l];
 }
 
+struct ChannelScratch;
+
 void ScanChannels(const SelectiveScanArgs& a) {
   const hn::ScalableTag<float> d;
   const hn::CappedTag<float, 1> d1;
@@ -173,8 +175,8 @@ void ScanChannels(const SelectiveScanArgs& a) {
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / (a.seqlen * L * a.state_dim));
   parallel_for(a.batch * a.groups * blocks, grain, [&](int64_t begin, int64_t end) {
     const int64_t N = a.state_dim, chunk = ChunkTokens(N);
-    auto scratch = hwy::AllocateAligned<float>(static_cast<size_t>((2 * N + chunk * (N + 4)) * L));
-    float* hl = scratch.get();
+    const Scratch<ChannelScratch, float> scratch(static_cast<size_t>((2 * N + chunk * (N + 4)) * L));
+    float* hl = scratch.data();
     float* at = hl + N * L;
     float* work = at + N * L;
     for (int64_t task = begin; task < end; ++task) {
@@ -265,6 +267,8 @@ void ScanStateBlock(const SelectiveScanArgs& a, int64_t b, int64_t c0, int64_t c
     std::memcpy(a.h + (b * Dn + c0 + i) * N, hs + i * Np, static_cast<size_t>(N) * sizeof(float));
 }
 
+struct StateScratch;
+
 void ScanState(const SelectiveScanArgs& a) {
   const hn::ScalableTag<float> d;
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
@@ -272,8 +276,8 @@ void ScanState(const SelectiveScanArgs& a) {
   const int64_t per_group = a.channels / a.groups;
   const int64_t blocks = (per_group + kStateBlock - 1) / kStateBlock;
   parallel_for(a.batch * a.groups * blocks, 1, [&](int64_t begin, int64_t end) {
-    auto scratch = hwy::AllocateAligned<float>(static_cast<size_t>(2 * kStateBlock * Np + 2 * Np));
-    float* hs = scratch.get();
+    const Scratch<StateScratch, float> scratch(static_cast<size_t>(2 * kStateBlock * Np + 2 * Np));
+    float* hs = scratch.data();
     float* as = hs + kStateBlock * Np;
     float* bp = as + kStateBlock * Np;
     float* cp = bp + Np;
