@@ -106,7 +106,7 @@ struct Bandwidths {
   double triad_gbs = 0, read_gbs = 0;
 };
 
-Bandwidths measure_bandwidths() {
+Bandwidths measure_bandwidths(bool with_triad) {
   const size_t n = size_t{48} << 20;
   const Tensor a = Tensor::empty(DType::f32, {static_cast<int64_t>(n)});
   const Tensor b = Tensor::empty(DType::f32, {static_cast<int64_t>(n)});
@@ -134,9 +134,10 @@ Bandwidths measure_bandwidths() {
     return best;
   };
   Bandwidths bw;
-  bw.triad_gbs = best_of_five(3.0 * 4.0 * static_cast<double>(n), [&](size_t off, size_t len) {
-    HWY_DYNAMIC_DISPATCH(Triad)(pa + off, pb + off, pc + off, 3.f, len);
-  });
+  if (with_triad)
+    bw.triad_gbs = best_of_five(3.0 * 4.0 * static_cast<double>(n), [&](size_t off, size_t len) {
+      HWY_DYNAMIC_DISPATCH(Triad)(pa + off, pb + off, pc + off, 3.f, len);
+    });
   std::vector<float> sums(static_cast<size_t>(blocks));
   bw.read_gbs = best_of_five(2.0 * 4.0 * static_cast<double>(n), [&](size_t off, size_t len) {
     sums[off / 4096] = HWY_DYNAMIC_DISPATCH(ReadSum)(pb + off, len) + HWY_DYNAMIC_DISPATCH(ReadSum)(pc + off, len);
@@ -147,9 +148,11 @@ Bandwidths measure_bandwidths() {
 }  // namespace
 
 Ceilings measure_ceilings() {
-  const Bandwidths bw = measure_bandwidths();
+  const Bandwidths bw = measure_bandwidths(true);
   return Ceilings{bw.triad_gbs, bw.read_gbs, measure_fma()};
 }
+
+double measure_read_gbs() { return measure_bandwidths(false).read_gbs; }
 
 }  // namespace subq::bench
 #endif  // HWY_ONCE

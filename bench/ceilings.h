@@ -16,4 +16,8 @@ struct Ceilings {
 // Uses subq::num_threads() threads. Takes about a second.
 Ceilings measure_ceilings();
 
+// The read ceiling alone (a fraction of a second), for measuring it again beside a
+// bandwidth-bound case: on shared VMs it moved 30-64 GB/s from one process to the next.
+double measure_read_gbs();
+
 }  // namespace subq::bench

@@ -26,6 +26,9 @@ struct Result {
   double median_s = 0;
   double flops = 0, bytes = 0;
   bool reads_only = false;
+  // For reads_only cases: the read ceiling measured just before and just after the timed
+  // runs, which the roofline fraction uses instead of the one measured at start.
+  double read_before_gbs = 0, read_after_gbs = 0;
   int64_t tokens = 0;
   size_t peak_bytes = 0;
   std::optional<double> max_rel_err;
@@ -74,6 +77,13 @@ Result measure(const Case& c, int64_t T, const RunOptions& opts) {
   heap_reset_peak();
   inst->run();
   r.peak_bytes = heap_peak() > base ? heap_peak() - base : 0;
+  r.reads_only = inst->reads_only();
+  const auto read_ceiling = [] {
+    const double gbs = measure_read_gbs();
+    Storage::release_cached();
+    return gbs;
+  };
+  if (r.reads_only) r.read_before_gbs = read_ceiling();
   std::vector<double> times;
   const double start = now_s();
   while (static_cast<int>(times.size()) < opts.min_reps || now_s() - start < opts.min_time_s) {
@@ -82,11 +92,11 @@ Result measure(const Case& c, int64_t T, const RunOptions& opts) {
     times.push_back(now_s() - t0);
     if (times.size() >= 1000) break;
   }
+  if (r.reads_only) r.read_after_gbs = read_ceiling();
   std::sort(times.begin(), times.end());
   r.median_s = times[times.size() / 2];
   r.flops = inst->flops();
   r.bytes = inst->bytes();
-  r.reads_only = inst->reads_only();
   r.tokens = inst->tokens();
   r.max_rel_err = inst->max_rel_err();
   return r;
@@ -112,9 +122,23 @@ std::string human_time(double s) {
   return fmt("%.3f s", s);
 }
 
+// The bandwidth a case is held to: the triad, or for a case that only reads, the mean
+// of the read ceilings measured around it.
+double case_bandwidth(const Result& r, const Ceilings& ceil) {
+  if (!r.reads_only) return ceil.bandwidth_gbs;
+  return r.read_before_gbs > 0 && r.read_after_gbs > 0 ? (r.read_before_gbs + r.read_after_gbs) / 2 : ceil.read_gbs;
+}
+
+// The read ceiling moved by more than 15% across the case: its fraction is not a reading
+// of the machine.
+bool unsteady(const Result& r) {
+  const double lo = std::min(r.read_before_gbs, r.read_after_gbs), hi = std::max(r.read_before_gbs, r.read_after_gbs);
+  return r.reads_only && lo > 0 && hi > 1.15 * lo;
+}
+
 double ceiling_fraction(const Result& r, const Ceilings& ceil) {
   const double f = r.flops > 0 ? r.flops / r.median_s / 1e9 / ceil.fma_gflops : 0;
-  const double bandwidth = r.reads_only ? ceil.read_gbs : ceil.bandwidth_gbs;
+  const double bandwidth = case_bandwidth(r, ceil);
   const double b = r.bytes > 0 ? r.bytes / r.median_s / 1e9 / bandwidth : 0;
   return std::max(f, b);
 }
@@ -133,7 +157,7 @@ void print_table(const std::vector<Result>& results, const Ceilings& ceil) {
         r.tokens ? fmt("%.3g", r.tokens / r.median_s) : "-",
         r.flops > 0 ? fmt("%.1f", r.flops / r.median_s / 1e9) : "-",
         r.bytes > 0 ? fmt("%.1f", r.bytes / r.median_s / 1e9) : "-",
-        (r.flops > 0 || r.bytes > 0) ? fmt("%.0f%%", 100 * ceiling_fraction(r, ceil)) : "-",
+        (r.flops > 0 || r.bytes > 0) ? fmt("%.0f%%", 100 * ceiling_fraction(r, ceil)) + (unsteady(r) ? "~" : "") : "-",
         human_bytes(static_cast<double>(r.peak_bytes)),
         r.max_rel_err ? fmt("%.1e", *r.max_rel_err) : "-",
         peer != peer_time.end() ? fmt("%.2fx", peer->second / r.median_s) : "",
@@ -152,6 +176,14 @@ void print_table(const std::vector<Result>& results, const Ceilings& ceil) {
     while (!line.empty() && line.back() == ' ') line.pop_back();
     std::printf("%s\n", line.c_str());
     if (k == 0) std::printf("%s\n", std::string(line.size(), '-').c_str());
+  }
+  bool any = false;
+  for (const auto& r : results) {
+    if (!r.reads_only || r.read_before_gbs <= 0) continue;
+    if (!any) std::printf("\n%%ceil of cases that only read: against the read ceiling measured just before and after (~: it moved > 15%%)\n");
+    any = true;
+    std::printf("  %s%s: %.1f GB/s before, %.1f after\n", r.c->name.c_str(),
+                r.T ? (" T=" + std::to_string(r.T)).c_str() : "", r.read_before_gbs, r.read_after_gbs);
   }
 }
 
@@ -176,6 +208,8 @@ void write_json(const std::string& path, const std::vector<Result>& results, con
         {"gflops", null_if(r.flops <= 0, r.flops / r.median_s / 1e9)},
         {"gbs", null_if(r.bytes <= 0, r.bytes / r.median_s / 1e9)},
         {"ceiling_fraction", null_if(r.flops <= 0 && r.bytes <= 0, ceiling_fraction(r, ceil))},
+        {"read_ceiling_gbs_around",
+         r.read_before_gbs > 0 ? nlohmann::json::array({r.read_before_gbs, r.read_after_gbs}) : nlohmann::json(nullptr)},
         {"peak_bytes", r.peak_bytes},
         {"max_rel_err", r.max_rel_err ? nlohmann::json(*r.max_rel_err) : nlohmann::json(nullptr)},
         {"peer_of", r.c->peer_of.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.c->peer_of)},
