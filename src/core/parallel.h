@@ -45,31 +45,15 @@ class DenormalsFlushed {
 // threads per product (8 MiB stacks mapped and unmapped, ~480K TLB shootdowns in one
 // bench run): 36-42 tok/s on 16 threads of a Xeon VM, 213-280 with the whole team.
 
-// Runs fn(begin, end) over [0, n) in at most num_threads() ranges of at least `grain`
-// items each. Runs inline when one range suffices (small n, one thread, or nested).
-template <class F>
-void parallel_for(int64_t n, int64_t grain, F&& fn) {
-  if (n <= 0) return;
-  const int64_t max_ranges = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
-  const int ranges = static_cast<int>(std::min<int64_t>(num_threads(), max_ranges));
-  if (ranges <= 1 || omp_in_parallel()) {
-    const DenormalsFlushed flushed;
-    fn(int64_t{0}, n);
-    return;
-  }
-#pragma omp parallel num_threads(num_threads())
-  {
-    const DenormalsFlushed flushed;
-#pragma omp for schedule(static, 1)
-    for (int r = 0; r < ranges; ++r) {
-      const int64_t begin = n * r / ranges;
-      const int64_t end = n * (r + 1) / ranges;
-      fn(begin, end);
-    }
-  }
-}
-
 namespace detail {
+
+// The ranges of at least `grain` items [0, n) splits into on the pool, at most one per
+// thread; 1 where the call should run inline (nested in a parallel region).
+inline int range_count(int64_t n, int64_t grain) {
+  if (omp_in_parallel()) return 1;
+  const int64_t max_ranges = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
+  return static_cast<int>(std::min<int64_t>(num_threads(), max_ranges));
+}
 
 // A range's next unclaimed item and its end, on a cache line of its own.
 struct alignas(64) RangeCursor {
@@ -90,17 +74,40 @@ inline RangeCursor* range_cursors(int n) {
 
 }  // namespace detail
 
+// Runs fn(begin, end) over [0, n) in at most num_threads() ranges of at least `grain`
+// items each. Runs inline when one range suffices (small n, one thread, or nested).
+template <class F>
+void parallel_for(int64_t n, int64_t grain, F&& fn) {
+  if (n <= 0) return;
+  const int ranges = detail::range_count(n, grain);
+  if (ranges <= 1) {
+    const DenormalsFlushed flushed;
+    fn(int64_t{0}, n);
+    return;
+  }
+#pragma omp parallel num_threads(num_threads())
+  {
+    const DenormalsFlushed flushed;
+#pragma omp for schedule(static, 1)
+    for (int r = 0; r < ranges; ++r) {
+      const int64_t begin = n * r / ranges;
+      const int64_t end = n * (r + 1) / ranges;
+      fn(begin, end);
+    }
+  }
+}
+
 // parallel_for whose ranges are claimed `chunk` items at a time: each thread runs its own
 // range in order, then takes the unclaimed chunks of the others. Where other work shares
-// the cores a static split waits for the slowest thread; a 16-core Xeon VM streamed
-// decode-sized products ~1.3x faster this way than split statically. Chunks of one range
-// run in order on its thread unless another takes them, so streams stay sequential.
+// the cores a static split waits for the slowest thread; a throwaway driver streamed
+// decode-sized products 1.1-1.3x faster this way on 16 threads of a Xeon VM. Chunks of
+// one range run in order on its thread unless another takes them, so streams stay
+// sequential.
 template <class F>
 void parallel_for_balanced(int64_t n, int64_t grain, int64_t chunk, F&& fn) {
   if (n <= 0) return;
-  const int64_t max_ranges = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
-  const int ranges = static_cast<int>(std::min<int64_t>(num_threads(), max_ranges));
-  if (ranges <= 1 || omp_in_parallel()) {
+  const int ranges = detail::range_count(n, grain);
+  if (ranges <= 1) {
     const DenormalsFlushed flushed;
     fn(int64_t{0}, n);
     return;
@@ -117,7 +124,8 @@ void parallel_for_balanced(int64_t n, int64_t grain, int64_t chunk, F&& fn) {
     const int me = omp_get_thread_num();
     for (int j = 0; me < ranges && j < ranges; ++j) {
       detail::RangeCursor& c = cursors[(me + j) % ranges];
-      for (int64_t b; (b = c.next.fetch_add(chunk, std::memory_order_relaxed)) < c.end;) fn(b, std::min(b + chunk, c.end));
+      for (int64_t b; (b = c.next.fetch_add(chunk, std::memory_order_relaxed)) < c.end;)
+        fn(b, std::min(b + chunk, c.end));
     }
   }
 }
