@@ -180,7 +180,9 @@ void print_table(const std::vector<Result>& results, const Ceilings& ceil) {
   bool any = false;
   for (const auto& r : results) {
     if (!r.reads_only || r.read_before_gbs <= 0) continue;
-    if (!any) std::printf("\n%%ceil of cases that only read: against the read ceiling measured just before and after (~: it moved > 15%%)\n");
+    if (!any)
+      std::printf("\n%%ceil of cases that only read: against the read ceiling measured just before and after"
+                  " (~: it moved > 15%%)\n");
     any = true;
     std::printf("  %s%s: %.1f GB/s before, %.1f after\n", r.c->name.c_str(),
                 r.T ? (" T=" + std::to_string(r.T)).c_str() : "", r.read_before_gbs, r.read_after_gbs);

@@ -1,7 +1,8 @@
 // The one thread pool: OpenMP. parallel_for splits [0, n) into contiguous ranges, one
 // per thread, and runs fn(begin, end) on each; it returns when all are done
-// (parallel_for_balanced lets threads that finish early take over the rest of others'). Every range
-// runs with denormals flushed (see DenormalsFlushed), on the pool's threads and inline.
+// (parallel_for_balanced lets threads that finish early take over the rest of others').
+// Every range runs with denormals flushed (see DenormalsFlushed), on the pool's threads
+// and inline.
 #pragma once
 
 #include <omp.h>

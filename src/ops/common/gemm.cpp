@@ -38,7 +38,8 @@ void gemm_xwt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, cons
     gemm_packed_xwt(M, N, K, x, ldx, w, wdt, ldw, y, ldy, accumulate);
 }
 
-void gemm_xwt_group(int64_t M, int64_t K, const float* x, int64_t ldx, DType wdt, std::span<const WeightOutput> outputs) {
+void gemm_xwt_group(int64_t M, int64_t K, const float* x, int64_t ldx, DType wdt,
+                    std::span<const WeightOutput> outputs) {
   if (M > 0 && K > 0 && M <= kMaxGemvRows) return gemv_xwt_group(M, K, x, ldx, wdt, outputs, false);
   for (const WeightOutput& o : outputs) gemm_xwt(M, o.n, K, x, ldx, o.w, wdt, o.ldw, o.y, o.ldy, false);
 }

@@ -26,6 +26,7 @@ struct WeightOutput {
 // gemm_xwt for several weights of one dtype and width K against the same M x K x,
 // overwriting each y. For the few rows of a decode step every weight's rows stream in one
 // pass over the thread pool (gemv_xwt_group), not one per product.
-void gemm_xwt_group(int64_t M, int64_t K, const float* x, int64_t ldx, DType wdt, std::span<const WeightOutput> outputs);
+void gemm_xwt_group(int64_t M, int64_t K, const float* x, int64_t ldx, DType wdt,
+                    std::span<const WeightOutput> outputs);
 
 }  // namespace subq::ops
