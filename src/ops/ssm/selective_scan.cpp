@@ -170,10 +170,12 @@ void ScanChannels(const SelectiveScanArgs& a) {
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
   const int64_t per_group = a.channels / a.groups;
   const int64_t blocks = (per_group + L - 1) / L;
-  // At least 4K (token, channel, state) updates per range, a few microseconds, about what
-  // waking the pool costs (4 us on 16 threads of a Xeon VM): a Mamba-130m decode step's
-  // 24K updates run on 6 threads (with 16K per range they ran on one while 15 waited).
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 12) / (a.seqlen * L * a.state_dim));
+  // At least 1K (token, channel, state) updates per range: a Mamba-130m decode step's 24K
+  // updates run on all 16 threads of a Xeon host, 17-18 us a step against 23-30 us on the
+  // 6 threads that ranges of 4K gave it (per-call timings, docs/benchmarks.md). A step's
+  // state and A come back from memory (the weights streamed since evicted them), so the
+  // step is worth more threads than its arithmetic suggests.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 10) / (a.seqlen * L * a.state_dim));
   parallel_for(a.batch * a.groups * blocks, grain, [&](int64_t begin, int64_t end) {
     const int64_t N = a.state_dim, chunk = ChunkTokens(N);
     const Scratch<ChannelScratch, float> scratch(static_cast<size_t>((2 * N + chunk * (N + 4)) * L));
