@@ -63,9 +63,9 @@ HWY_AFTER_NAMESPACE();
 #include <algorithm>
 #include <cstring>
 #include <string>
-#include <vector>
 
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/conv/causal_conv1d.h"
 
 namespace subq::ops {
@@ -76,6 +76,8 @@ namespace {
 
 constexpr int64_t kTokenTile = 64;
 
+struct ConvBuffers;
+
 }  // namespace
 
 void causal_conv1d(int64_t batch, int64_t seqlen, int64_t channels, int width, SeqView x, const float* w,
@@ -84,10 +86,14 @@ void causal_conv1d(int64_t batch, int64_t seqlen, int64_t channels, int width, S
     throw Error("causal_conv1d: width must be in [2, 8], found " + std::to_string(width));
   if (batch <= 0 || seqlen <= 0 || channels <= 0) return;
   const int64_t ctx = width - 1;
-  std::vector<float> wt(static_cast<size_t>(width * channels));
+  // The filter transposed to [width, channels], then a row of zeros for the left context
+  // when there is no state; from per-thread scratch, as a decode step runs this per layer.
+  const Scratch<ConvBuffers, float> buffers(static_cast<size_t>((width + 1) * channels));
+  float* wt = buffers.data();
   for (int64_t c = 0; c < channels; ++c)
-    for (int k = 0; k < width; ++k) wt[static_cast<size_t>(k * channels + c)] = w[c * width + k];
-  const std::vector<float> zeros(static_cast<size_t>(channels), 0.f);
+    for (int k = 0; k < width; ++k) wt[k * channels + c] = w[c * width + k];
+  float* zeros = wt + width * channels;
+  if (!state) std::fill_n(zeros, channels, 0.f);
 
   const int64_t tiles = (seqlen + kTokenTile - 1) / kTokenTile;
   // Enough outputs per thread that a decode step does not pay for waking the pool.
@@ -102,9 +108,9 @@ void causal_conv1d(int64_t batch, int64_t seqlen, int64_t channels, int width, S
         const int64_t s = t0 - ctx + i;
         if (s >= 0) rows[i] = x.data + b * x.batch_stride + s * x.token_stride;
         else if (state) rows[i] = state + (b * ctx + ctx + s) * channels;
-        else rows[i] = zeros.data();
+        else rows[i] = zeros;
       }
-      HWY_DYNAMIC_DISPATCH(ConvTile)(width, rows, count, wt.data(), channels, bias, silu,
+      HWY_DYNAMIC_DISPATCH(ConvTile)(width, rows, count, wt, channels, bias, silu,
                                      y.data + b * y.batch_stride + t0 * y.token_stride, y.token_stride);
     }
   });

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include <vector>
 
 #include "src/core/parallel.h"
 #include "src/core/scratch.h"
@@ -71,7 +70,19 @@ void write_output(const Problem& p, const float* row, float* out) {
   for (int64_t j = 0; j < p.dv; ++j) out[j] = row[j] * inv;
 }
 
-// Per-thread buffers, allocated once per call (per pass, in the chunk-parallel form).
+// A piece of a Workspace: `size` floats.
+struct Buffer {
+  float* ptr = nullptr;
+  size_t size = 0;
+  float* data() const { return ptr; }
+  float& operator[](int64_t i) const { return ptr[i]; }
+};
+
+struct WorkspaceFloats;
+
+// A thread's buffers for one call (one pass, in the chunk-parallel form), zeroed, carved
+// from the thread's scratch: a decode step's work per head is a few microseconds, and a
+// dozen allocations per call showed beside it.
 struct Workspace {
   // The state being advanced: the caller's memory when its rows need no padding, else S.
   float* state = nullptr;
@@ -82,25 +93,33 @@ struct Workspace {
   const float* scores = nullptr;
   // Columns of Khat that hold decayed keys (vector gate), relative to token khat_cols - 1.
   int64_t khat_cols = 0;
-  std::vector<float> S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay, ref_decay;
-  // The recurrence (a block of kBlockTokens rows) takes only its own buffers: at T = 1
-  // the others' allocation showed in the time of a call.
-  Workspace(const Problem& p, int64_t Lp, bool recurrent) {
-    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-    if (p.dvs != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
-    for (auto* rows : {&Q, &Kr, &Qhat}) rows->assign(n(Lp * p.dk), 0.f);
-    for (auto* cols : {&Khat, &Gt}) cols->assign(n(p.dk * Lp), 0.f);
-    att.assign(n(Lp * Lp), 0.f);
-    for (auto* rows : {&V, &O}) rows->assign(n(Lp * p.dvp), 0.f);
-    running_decay.assign(n(p.dk), 0.f);
-    if (recurrent) return;
-    const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
-    Kt.assign(n(p.dk * Lp), 0.f);
-    G.assign(n(Lp * gd), 0.f);
-    A.assign(n(Lp * gd), 0.f);
-    zeros.assign(n(p.dk), 0.f);
-    ref_decay.assign(n(p.dk), 0.f);
+  Buffer S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay, ref_decay;
+  // The recurrence (a block of kBlockTokens rows) sizes only its own buffers.
+  Workspace(const Problem& p, int64_t Lp, bool recurrent) : memory_(layout(p, Lp, recurrent, nullptr)) {
+    std::fill_n(memory_.data(), layout(p, Lp, recurrent, memory_.data()), 0.f);
   }
+
+ private:
+  // Sizes the buffers (each starting on 64 bytes) from `base`, or only counts their
+  // floats when base is null; returns the count.
+  size_t layout(const Problem& p, int64_t Lp, bool recurrent, float* base) {
+    size_t total = 0;
+    const auto take = [&](Buffer& b, int64_t n) {
+      b = {base ? base + total : nullptr, static_cast<size_t>(n)};
+      total += static_cast<size_t>((n + 15) / 16 * 16);
+    };
+    take(S, p.dvs != p.dvp ? p.dk * p.dvp : 0);
+    for (Buffer* rows : {&Q, &Kr, &Qhat}) take(*rows, Lp * p.dk);
+    for (Buffer* cols : {&Khat, &Gt}) take(*cols, p.dk * Lp);
+    take(att, Lp * Lp);
+    for (Buffer* rows : {&V, &O}) take(*rows, Lp * p.dvp);
+    take(running_decay, p.dk);
+    const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
+    for (auto [b, n] : {std::pair{&Kt, p.dk * Lp}, {&G, Lp * gd}, {&A, Lp * gd}, {&zeros, p.dk}, {&ref_decay, p.dk}})
+      take(*b, recurrent ? 0 : n);
+    return total;
+  }
+  Scratch<WorkspaceFloats, float> memory_;
 };
 
 void load_value_row(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
