@@ -64,6 +64,28 @@ TEST(Scratch, EachPoolThreadHasItsOwn) {
 
 // Read from /proc/meminfo, not the unknown-value fallback (any machine running the tests
 // has more than a MiB available).
+struct TagPieces;
+
+// The second workspace reuses the first's memory, which it left dirty: every piece must
+// come back zeroed, 64-byte aligned and apart from the others.
+TEST(ZeroedPieces, PiecesAreAlignedApartAndZeroedOnReuse) {
+  const std::vector<int64_t> sizes{5, 0, 33, 16, 1};
+  for (int round = 0; round < 2; ++round) {
+    Piece p[5];
+    const ZeroedPieces<TagPieces> pieces({{&p[0], sizes[0]}, {&p[1], sizes[1]}, {&p[2], sizes[2]}, {&p[3], sizes[3]},
+                                          {&p[4], sizes[4]}});
+    for (int i = 0; i < 5; ++i) {
+      EXPECT_EQ(p[i].size, static_cast<size_t>(sizes[static_cast<size_t>(i)]));
+      EXPECT_TRUE(aligned64(p[i].data()));
+      if (i > 0) EXPECT_GE(p[i].data(), p[i - 1].data() + p[i - 1].size);
+      for (size_t j = 0; j < p[i].size; ++j) {
+        EXPECT_EQ(p[i][static_cast<int64_t>(j)], 0.f) << "round " << round << " piece " << i << " float " << j;
+        p[i][static_cast<int64_t>(j)] = 7.f;  // dirty for the next round
+      }
+    }
+  }
+}
+
 TEST(Storage, AvailableMemoryIsReadFromTheSystem) {
   const size_t available = Storage::available_memory();
   EXPECT_LT(available, SIZE_MAX);

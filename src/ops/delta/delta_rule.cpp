@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/linear/chunk_kernels.h"
 #include "src/ops/linear/head_layout.h"
 
@@ -32,25 +33,29 @@ struct Problem {
   DeltaRuleOptions opt;
 };
 
+struct DeltaWorkspaceFloats;
+
+// A thread's buffers for one call, zeroed.
 struct Workspace {
   // The state being advanced: the caller's memory when its rows need no padding, else S.
   float* state = nullptr;
-  std::vector<float> S, Q, Kr, Kt, KK, att, V, R, O, G, beta, coef;
-  Workspace(const Problem& p, int64_t Lp) {
-    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-    if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
-    Q.assign(n(Lp * p.dk), 0.f);
-    Kr.assign(n(Lp * p.dk), 0.f);
-    Kt.assign(n(p.dk * Lp), 0.f);
-    KK.assign(n(Lp * Lp), 0.f);
-    att.assign(n(Lp * Lp), 0.f);
-    V.assign(n(Lp * p.dvp), 0.f);
-    R.assign(n(Lp * p.dvp), 0.f);
-    O.assign(n(Lp * p.dvp), 0.f);
-    G.assign(n(Lp), 0.f);
-    beta.assign(n(Lp), 0.f);
-    coef.assign(n(Lp), 0.f);
-  }
+  Piece S, Q, Kr, Kt, KK, att, V, R, O, G, beta, coef;
+  Workspace(const Problem& p, int64_t Lp)
+      : memory_({{&S, p.dv != p.dvp ? p.dk * p.dvp : 0},
+                 {&Q, Lp * p.dk},
+                 {&Kr, Lp * p.dk},
+                 {&Kt, p.dk * Lp},
+                 {&KK, Lp * Lp},
+                 {&att, Lp * Lp},
+                 {&V, Lp * p.dvp},
+                 {&R, Lp * p.dvp},
+                 {&O, Lp * p.dvp},
+                 {&G, Lp},
+                 {&beta, Lp},
+                 {&coef, Lp}}) {}
+
+ private:
+  ZeroedPieces<DeltaWorkspaceFloats> memory_;
 };
 
 // Normalised, scaled q and normalised k of one token.

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "src/core/parallel.h"
+#include "src/core/scratch.h"
 #include "src/ops/common/activations.h"
 #include "src/ops/linear/chunk_kernels.h"
 #include "src/ops/linear/head_layout.h"
@@ -39,36 +40,49 @@ struct Problem {
   GeneralizedDeltaRuleOptions opt;
 };
 
-// Per-thread buffers, allocated once per call. Token rows of dk values are padded to dkp
-// (zeros, decays of 1) so that the SIMD kernels need no tails.
+struct DplrWorkspaceFloats;
+
+// A thread's buffers for one call, zeroed (W: ones). Token rows of dk values are padded
+// to dkp (zeros, decays of 1) so that the SIMD kernels need no tails.
 struct Workspace {
   // The chunked form's state being advanced: the caller's memory when its rows need no
   // padding, else S.
   float* state = nullptr;
-  std::vector<float> S, Q, K, A, Bk, W, G, Kt, Bt, Gt, Khat, Bhat, Qhat, Ahat, X, Mqk, Mqb, Mak, Mab, V, U, O,
-      zeros, scratch;
+  Piece S, Q, K, A, Bk, W, G, Kt, Bt, Gt, Khat, Bhat, Qhat, Ahat, X, Mqk, Mqb, Mak, Mab, V, U, O, zeros, scratch;
   // The recurrence's block factors (dplr_block_step): ad, qd, bd, kd, then D.
-  std::vector<float> factors;
-  // The recurrence (a block of kBlockTokens rows) takes only its own buffers: at T = 1
-  // the others' allocation showed in the time of a call.
-  Workspace(const Problem& p, int64_t Lp, bool recurrent) {
-    const auto n = [](int64_t x) { return static_cast<size_t>(x); };
-    for (auto* rows : {&Q, &K, &A, &Bk}) rows->assign(n(Lp * p.dkp), 0.f);
-    W.assign(n(Lp * p.dkp), 1.f);
-    for (auto* m : {&Mqk, &Mqb, &Mak, &Mab}) m->assign(n(Lp * Lp), 0.f);
-    for (auto* rows : {&V, &O}) rows->assign(n(Lp * p.dvp), 0.f);
-    scratch.assign(n(p.dkp), 0.f);
-    if (recurrent) {
-      factors.assign(n((4 * kBlockTokens + 1) * p.dkp), 0.f);
-      return;
-    }
-    if (p.dv != p.dvp) S.assign(n(p.dk * p.dvp), 0.f);
-    for (auto* rows : {&G, &X}) rows->assign(n(Lp * p.dkp), 0.f);
-    for (auto* cols : {&Kt, &Bt, &Gt, &Khat, &Bhat}) cols->assign(n(p.dk * Lp), 0.f);
-    for (auto* block : {&Qhat, &Ahat}) block->assign(n(kSubBlock * p.dkp), 0.f);
-    U.assign(n(Lp * p.dvp), 0.f);
-    zeros.assign(n(p.dkp), 0.f);
+  Piece factors;
+  // The recurrence (a block of kBlockTokens rows) sizes only its own buffers.
+  Workspace(const Problem& p, int64_t Lp, bool recurrent)
+      : memory_({{&Q, Lp * p.dkp},
+                 {&K, Lp * p.dkp},
+                 {&A, Lp * p.dkp},
+                 {&Bk, Lp * p.dkp},
+                 {&W, Lp * p.dkp},
+                 {&Mqk, Lp * Lp},
+                 {&Mqb, Lp * Lp},
+                 {&Mak, Lp * Lp},
+                 {&Mab, Lp * Lp},
+                 {&V, Lp * p.dvp},
+                 {&O, Lp * p.dvp},
+                 {&scratch, p.dkp},
+                 {&factors, recurrent ? (4 * kBlockTokens + 1) * p.dkp : 0},
+                 {&S, !recurrent && p.dv != p.dvp ? p.dk * p.dvp : 0},
+                 {&G, recurrent ? 0 : Lp * p.dkp},
+                 {&X, recurrent ? 0 : Lp * p.dkp},
+                 {&Kt, recurrent ? 0 : p.dk * Lp},
+                 {&Bt, recurrent ? 0 : p.dk * Lp},
+                 {&Gt, recurrent ? 0 : p.dk * Lp},
+                 {&Khat, recurrent ? 0 : p.dk * Lp},
+                 {&Bhat, recurrent ? 0 : p.dk * Lp},
+                 {&Qhat, recurrent ? 0 : kSubBlock * p.dkp},
+                 {&Ahat, recurrent ? 0 : kSubBlock * p.dkp},
+                 {&U, recurrent ? 0 : Lp * p.dvp},
+                 {&zeros, recurrent ? 0 : p.dkp}}) {
+    std::fill_n(W.data(), W.size, 1.f);
   }
+
+ private:
+  ZeroedPieces<DplrWorkspaceFloats> memory_;
 };
 
 void load_v(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {

@@ -70,19 +70,9 @@ void write_output(const Problem& p, const float* row, float* out) {
   for (int64_t j = 0; j < p.dv; ++j) out[j] = row[j] * inv;
 }
 
-// A piece of a Workspace: `size` floats.
-struct Buffer {
-  float* ptr = nullptr;
-  size_t size = 0;
-  float* data() const { return ptr; }
-  float& operator[](int64_t i) const { return ptr[i]; }
-};
+struct LinearWorkspaceFloats;
 
-struct WorkspaceFloats;
-
-// A thread's buffers for one call (one pass, in the chunk-parallel form), zeroed, carved
-// from the thread's scratch: a decode step's work per head is a few microseconds, and a
-// dozen allocations per call showed beside it.
+// A thread's buffers for one call (one pass, in the chunk-parallel form), zeroed.
 struct Workspace {
   // The state being advanced: the caller's memory when its rows need no padding, else S.
   float* state = nullptr;
@@ -93,33 +83,28 @@ struct Workspace {
   const float* scores = nullptr;
   // Columns of Khat that hold decayed keys (vector gate), relative to token khat_cols - 1.
   int64_t khat_cols = 0;
-  Buffer S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay, ref_decay;
+  Piece S, Q, Kr, Kt, Khat, Qhat, G, Gt, A, att, V, O, zeros, running_decay, ref_decay;
   // The recurrence (a block of kBlockTokens rows) sizes only its own buffers.
-  Workspace(const Problem& p, int64_t Lp, bool recurrent) : memory_(layout(p, Lp, recurrent, nullptr)) {
-    std::fill_n(memory_.data(), layout(p, Lp, recurrent, memory_.data()), 0.f);
-  }
+  Workspace(const Problem& p, int64_t Lp, bool recurrent)
+      : memory_({{&S, p.dvs != p.dvp ? p.dk * p.dvp : 0},
+                 {&Q, Lp * p.dk},
+                 {&Kr, Lp * p.dk},
+                 {&Qhat, Lp * p.dk},
+                 {&Khat, p.dk * Lp},
+                 {&Gt, p.dk * Lp},
+                 {&att, Lp * Lp},
+                 {&V, Lp * p.dvp},
+                 {&O, Lp * p.dvp},
+                 {&running_decay, p.dk},
+                 {&Kt, recurrent ? 0 : p.dk * Lp},
+                 {&G, recurrent ? 0 : Lp * gate_width(p)},
+                 {&A, recurrent ? 0 : Lp * gate_width(p)},
+                 {&zeros, recurrent ? 0 : p.dk},
+                 {&ref_decay, recurrent ? 0 : p.dk}}) {}
 
  private:
-  // Sizes the buffers (each starting on 64 bytes) from `base`, or only counts their
-  // floats when base is null; returns the count.
-  size_t layout(const Problem& p, int64_t Lp, bool recurrent, float* base) {
-    size_t total = 0;
-    const auto take = [&](Buffer& b, int64_t n) {
-      b = {base ? base + total : nullptr, static_cast<size_t>(n)};
-      total += static_cast<size_t>((n + 15) / 16 * 16);
-    };
-    take(S, p.dvs != p.dvp ? p.dk * p.dvp : 0);
-    for (Buffer* rows : {&Q, &Kr, &Qhat}) take(*rows, Lp * p.dk);
-    for (Buffer* cols : {&Khat, &Gt}) take(*cols, p.dk * Lp);
-    take(att, Lp * Lp);
-    for (Buffer* rows : {&V, &O}) take(*rows, Lp * p.dvp);
-    take(running_decay, p.dk);
-    const int64_t gd = p.gate == LinearGate::per_token_vector ? p.dk : 1;
-    for (auto [b, n] : {std::pair{&Kt, p.dk * Lp}, {&G, Lp * gd}, {&A, Lp * gd}, {&zeros, p.dk}, {&ref_decay, p.dk}})
-      take(*b, recurrent ? 0 : n);
-    return total;
-  }
-  Scratch<WorkspaceFloats, float> memory_;
+  static int64_t gate_width(const Problem& p) { return p.gate == LinearGate::per_token_vector ? p.dk : 1; }
+  ZeroedPieces<LinearWorkspaceFloats> memory_;
 };
 
 void load_value_row(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
