@@ -329,24 +329,24 @@ struct ItemBuffers;
 struct ItemPositions;
 struct SplitResults;
 
-// A work item's buffers, carved from its thread's scratch: every KV head's rows (queries,
-// outputs, running max and sum), then one block's scores, rescales and tile. Each piece
-// starts on a 64-byte boundary.
+// A work item's buffers, zeroed, from its thread's scratch: every KV head's rows
+// (queries, outputs, running max and sum), then one block's scores, rescales and tile.
 struct ItemWorkspace {
-  float *q, *o, *m, *l, *s, *alpha, *tile;
-  int64_t* qpos;
+  Piece q, o, m, l, s, alpha, tile;
+  ItemWorkspace(int64_t head_rows, int64_t rows, int64_t block, int64_t Dp)
+      : positions_(static_cast<size_t>(rows)),
+        memory_({{&q, head_rows * Dp},
+                 {&o, head_rows * Dp},
+                 {&m, head_rows},
+                 {&l, head_rows},
+                 {&s, rows * block},
+                 {&alpha, rows},
+                 {&tile, block * Dp}}) {}
+  int64_t* qpos() const { return positions_.data(); }  // the rows' query positions
 
-  static size_t padded(int64_t n) { return static_cast<size_t>(round_up(n, 16)); }
-  static size_t floats(int64_t head_rows, int64_t rows, int64_t block, int64_t Dp) {
-    return 2 * padded(head_rows * Dp) + 2 * padded(head_rows) + padded(rows * block) + padded(rows) + padded(block * Dp);
-  }
-  ItemWorkspace(float* f, int64_t* positions, int64_t head_rows, int64_t rows, int64_t block, int64_t Dp) : qpos(positions) {
-    for (auto [piece, n] : {std::pair{&q, head_rows * Dp}, {&o, head_rows * Dp}, {&m, head_rows}, {&l, head_rows},
-                            {&s, rows * block}, {&alpha, rows}, {&tile, block * Dp}}) {
-      *piece = f;
-      f += padded(n);
-    }
-  }
+ private:
+  Scratch<ItemPositions, int64_t> positions_;
+  ZeroedPieces<ItemBuffers> memory_;
 };
 
 }  // namespace
@@ -397,9 +397,7 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
   // alone, a token's heads apart, stream at half the bandwidth (13 vs 28 GB/s on two
   // threads of the AVX2 Zen 3).
   parallel_for_each(a.batch * row_chunks * splits, [&](int64_t item) {
-    const Scratch<ItemBuffers, float> buffers(ItemWorkspace::floats(H * chunk_rows, chunk_rows, kBlock, Dp));
-    const Scratch<ItemPositions, int64_t> positions(static_cast<size_t>(chunk_rows));
-    const ItemWorkspace w(buffers.data(), positions.data(), H * chunk_rows, chunk_rows, kBlock, Dp);
+    const ItemWorkspace w(H * chunk_rows, chunk_rows, kBlock, Dp);
     const int64_t s = item % splits;
     const int64_t chunk = (item / splits) % row_chunks;
     const int64_t b = item / (splits * row_chunks);
@@ -410,19 +408,19 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
     const auto* v_base = static_cast<const char*>(a.v) + b * a.v_batch_stride * elem;
     // Row r of KV head kvh is query head kvh * group + (r0 + r) / Tq at token (r0 + r) % Tq.
     const auto q_head = [&](int64_t kvh, int64_t r) { return kvh * group + (r0 + r) / Tq; };
-    for (int64_t r = 0; r < rows; ++r) w.qpos[r] = q_offset + (r0 + r) % Tq;
+    for (int64_t r = 0; r < rows; ++r) w.qpos()[r] = q_offset + (r0 + r) % Tq;
     for (int64_t kvh = 0; kvh < H; ++kvh)
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t hr = kvh * chunk_rows + r;
         const float* q = a.q + b * a.q_batch_stride + (r0 + r) % Tq * a.q_row_stride + q_head(kvh, r) * Dh;
-        float* qr = w.q + hr * Dp;
+        float* qr = w.q.data() + hr * Dp;
         std::fill_n(qr, Dp, 0.f);
         for (int64_t x = 0; x < Dh; ++x) qr[detail::pair_position(x, lanes, bf16)] = q[x] * a.scale;
-        std::fill_n(w.o + hr * Dp, Dp, 0.f);
+        std::fill_n(w.o.data() + hr * Dp, Dp, 0.f);
         w.m[hr] = -std::numeric_limits<float>::infinity();
         w.l[hr] = 0.f;
       }
-    const auto [q_lo, q_hi] = std::minmax_element(w.qpos, w.qpos + rows);
+    const auto [q_lo, q_hi] = std::minmax_element(w.qpos(), w.qpos() + rows);
     for (int64_t kb = kb0; kb < kb1; ++kb) {
       const int64_t k0 = kb * kBlock, kn = std::min(kBlock, a.kv_len - k0);
       const int64_t next = k0 + kBlock, next_n = std::min(kBlock, a.kv_len - next);
@@ -439,11 +437,11 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
         st.rows = rows;
         st.head_dim = Dh;
         st.pair_dim = Dp;
-        st.q = w.q + hr * Dp;
-        st.o = w.o + hr * Dp;
-        st.m = w.m + hr;
-        st.l = w.l + hr;
-        st.qpos = w.qpos;
+        st.q = w.q.data() + hr * Dp;
+        st.o = w.o.data() + hr * Dp;
+        st.m = w.m.data() + hr;
+        st.l = w.l.data() + hr;
+        st.qpos = w.qpos();
         st.k = k_base + (k0 * a.k_row_stride + kvh * Dh) * elem;
         st.v = v_base + (k0 * a.v_row_stride + kvh * Dh) * elem;
         st.k_stride = a.k_row_stride;
@@ -459,9 +457,9 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
         st.k_ahead = ahead(k_base, a.k_row_stride);
         st.v_ahead = ahead(v_base, a.v_row_stride);
         st.dtype = a.kv_dtype;
-        st.s = w.s;
-        st.alpha = w.alpha;
-        st.tile = w.tile;
+        st.s = w.s.data();
+        st.alpha = w.alpha.data();
+        st.tile = w.tile.data();
         HWY_DYNAMIC_DISPATCH(DecodeBlock)(st);
       }
     }
@@ -473,7 +471,7 @@ void decode_attention(const AttentionArgs& a, const ElementRule& rule, int64_t q
         const size_t p = part_index(b, q_head(kvh, r), (r0 + r) % Tq, s);
         part_m[p] = w.m[hr];
         part_l[p] = w.l[hr];
-        const float* o = w.o + hr * Dp;
+        const float* o = w.o.data() + hr * Dp;
         float* out = part_o + p * static_cast<size_t>(Dh);
         for (int64_t x = 0; x < Dh; ++x) out[x] = o[detail::pair_position(x, lanes, bf16)];
       }
