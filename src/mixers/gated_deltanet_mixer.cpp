@@ -133,14 +133,8 @@ void GatedDeltaNetMixer::forward(const Tensor& x, MixerState& state_base, const 
   opt.chunk = c.chunk_size;
   ops::delta_rule(q, k, v, beta, log_gate, state->delta, o, opt);
 
-  float* po = o.mutable_data<float>();
-  const float* pz = z.data<float>();
-  parallel_for(R * Hv, 64, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scratch(static_cast<size_t>(dv));
-    for (int64_t i = i0; i < i1; ++i)
-      ops::gated_rms_norm_row(po + i * dv, pz + i * dv, norm_w_.data<float>(), dv, dv, c.rms_norm_eps,
-                              ops::GateOrder::norm_then_gate, po + i * dv, scratch.data());
-  });
+  ops::gated_rms_norm_rows(o.mutable_data<float>(), z.data<float>(), dv, norm_w_.data<float>(), R * Hv, dv, dv,
+                           c.rms_norm_eps, ops::GateOrder::norm_then_gate);
   linear(o.view(Shape{B, T, VD}), out_w_, Tensor(), y);
 }
 

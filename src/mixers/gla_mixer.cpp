@@ -86,14 +86,8 @@ void GlaMixer::forward(const Tensor& x, MixerState& state_base, const Tensor& y)
   opt.chunk = c.chunk_size;
   const Tensor o = Tensor::empty(DType::f32, Shape{B, T, H, dv});
   ops::gated_linear_attention(q, k, v, gk, state->S, o, opt);
-  float* po = o.mutable_data<float>();
-  const float* pz = g.data<float>();
-  parallel_for(B * T * H, 64, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scratch(static_cast<size_t>(dv));
-    for (int64_t i = i0; i < i1; ++i)
-      ops::gated_rms_norm_row(po + i * dv, pz + i * dv, w_.g_norm.data<float>(), dv, dv, c.norm_eps,
-                              ops::GateOrder::norm_then_gate, po + i * dv, scratch.data());
-  });
+  ops::gated_rms_norm_rows(o.mutable_data<float>(), g.data<float>(), dv, w_.g_norm.data<float>(), B * T * H, dv, dv,
+                           c.norm_eps, ops::GateOrder::norm_then_gate);
   linear(o.view(Shape{B, T, c.value_dim}), w_.o_proj, Tensor(), y);
 }
 

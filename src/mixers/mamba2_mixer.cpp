@@ -104,13 +104,8 @@ void Mamba2Mixer::forward(const Tensor& x, MixerState& state_base, const Tensor&
   ops::ssd(xs, dt, A_, Bm, Cm, D_, state->ssm, ys, c.chunk_size);
 
   // Gated RMSNorm with the gate z = proj[..., :I], in place on ys.
-  float* yp = ys.mutable_data<float>();
-  parallel_for(R, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<float> scratch(static_cast<size_t>(I));
-    for (int64_t r = r0; r < r1; ++r)
-      ops::gated_rms_norm_row(yp + r * I, pp + r * PS, norm_w_.data<float>(), I, I / G, c.layer_norm_epsilon,
-                              ops::GateOrder::gate_then_norm, yp + r * I, scratch.data());
-  });
+  ops::gated_rms_norm_rows(ys.mutable_data<float>(), pp, PS, norm_w_.data<float>(), R, I, I / G, c.layer_norm_epsilon,
+                           ops::GateOrder::gate_then_norm);
   linear(ys.view(Shape{B, T, I}), out_proj_w_, out_proj_b_, y);
 }
 

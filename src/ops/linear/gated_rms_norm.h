@@ -16,4 +16,9 @@ enum class GateOrder { gate_then_norm, norm_then_gate };
 void gated_rms_norm_row(const float* x, const float* z, const float* weight, int64_t n, int64_t group, float eps,
                         GateOrder order, float* y, float* scratch);
 
+// `rows` rows of y (n floats each, contiguous) in place, row r gated by z + r * z_stride,
+// split over the pool.
+void gated_rms_norm_rows(float* y, const float* z, int64_t z_stride, const float* weight, int64_t rows, int64_t n,
+                         int64_t group, float eps, GateOrder order);
+
 }  // namespace subq::ops
