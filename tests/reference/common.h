@@ -48,6 +48,23 @@ inline Vec softmax(const Vec& x, int64_t n) {
 inline double silu(double x) { return x / (1.0 + std::exp(-x)); }
 inline double softplus(double x) { return std::log1p(std::exp(x)); }
 
+// Gated RMSNorm of rows [rows, n] (gate row r at z[r * z_stride]) in groups of `group`:
+// gate_first: rms_norm_groups(x * silu(z)) * w; else rms_norm_groups(x) * w * silu(z).
+inline Vec gated_rms_norm(const Vec& x, const Vec& z, const Vec& w, int64_t rows, int64_t n, int64_t z_stride,
+                          int64_t group, double eps, bool gate_first) {
+  Vec y(x.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < n; g += group) {
+      const auto in = [&](int64_t i) { return x[r * n + i] * (gate_first ? silu(z[r * z_stride + i]) : 1.0); };
+      double ss = 0;
+      for (int64_t i = g; i < g + group; ++i) ss += in(i) * in(i);
+      const double inv = 1.0 / std::sqrt(ss / static_cast<double>(group) + eps);
+      for (int64_t i = g; i < g + group; ++i)
+        y[r * n + i] = in(i) * inv * w[i] * (gate_first ? 1.0 : silu(z[r * z_stride + i]));
+    }
+  return y;
+}
+
 // NeoX rotate-half RoPE on x[T, H, Dh] over the first rotary_dim channels.
 inline Vec rope(const Vec& x, const std::vector<int32_t>& pos, int64_t H, int64_t Dh, double theta,
                 int64_t rotary_dim) {
