@@ -141,8 +141,8 @@ TEST(CudaGeneralizedDeltaRule, HeadDims) {
   }
 }
 
-// Grids of at least two CTAs per multiprocessor take 16 state rows per thread (launch()
-// in generalized_delta_rule.cu), smaller ones 8: the last two cases take the former.
+// Grids of at least two CTAs per multiprocessor take 8 state rows per thread (launch()
+// in generalized_delta_rule.cu), smaller ones 4: the last two cases take the former.
 TEST(CudaGeneralizedDeltaRule, BatchAndManyHeads) {
   SUBQ_REQUIRE_GPU();
   for (auto [B, H, dk] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 64}, {3, 5, 64}, {4, 32, 64}, {4, 32, 128}}) {

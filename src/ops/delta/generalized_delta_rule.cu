@@ -4,19 +4,19 @@
 // update, o = S^T q) on CUDA cores, bound by its sequential dependence through S, which
 // parallelism over batch, heads and state columns hides only once the grid fills the GPU.
 // A chunked form does as many FLOPs at dk = 64 but most of them on tensor cores, and wins
-// prefill of one or two sequences (fla's chunk_rwkv7 is 1.6-1.7x faster there on an H200,
+// prefill of one or two sequences (fla's chunk_rwkv7 is 1.3-1.6x faster there on an H100,
 // docs/benchmarks.md); this kernel is the decode path, and the prefill path until such a
 // form exists here.
 //
-// One CTA takes W state columns of one (batch, head). P = dk / 8 threads share each
-// group of C columns: thread (g, p) holds columns C g .. C g + C - 1 and the 8 rows
-// 4 P j + 4 p + {0..3} (j = 0, 1) of S in f32 registers, so both sums over rows
+// One CTA takes W = 32 state columns of one (batch, head). P = dk / R threads share each
+// pair of columns (C = 2): thread (g, p) holds columns 2 g, 2 g + 1 and the R rows
+// 4 P j + 4 p + {0..3} (j < R / 4) of S in f32 registers, so both sums over rows
 // (u_c = sum_i a_i S_ic and o_c = sum_i q_i S_ic) end in log2(P) warp shuffles, and P
 // consecutive lanes read P consecutive float4s of a token's row vectors, free of bank
-// conflicts. Two shapes (launch()): where the grid fills the GPU, W = 32 and C = 2, so
-// each float4 read feeds 8 state elements (the shared-memory pipe delivers a quarter of
-// the FMA pipe's operands per cycle); on small grids (one sequence, few heads), W = 16
-// and C = 1, twice the CTAs per head and half the sequential work per thread and token.
+// conflicts; each float4 read feeds 8 state elements (the shared-memory pipe delivers a
+// quarter of the FMA pipe's operands per cycle). Two shapes (launch()): where the grid
+// fills the GPU, R = 8; on small grids (one or two sequences), R = 4, twice the warps per
+// CTA and half the sequential work per thread and token.
 //
 // Tokens arrive in blocks of kTokens through cp.async into a raw staging buffer two
 // blocks ahead of use; each block is converted once per CTA to f32 (q times scale,
@@ -38,12 +38,11 @@ namespace {
 
 using bf16_t = __nv_bfloat16;
 
-constexpr int kRows = 8;    // state rows per thread
 constexpr int kTokens = 8;  // tokens per staged block
 
-template <int DK, int W, int C>
+template <int DK, int W, int C, int R>
 constexpr int threads_for() {
-  return W / C * (DK / kRows);
+  return W / C * (DK / R);
 }
 
 struct Params {
@@ -142,20 +141,26 @@ __device__ __forceinline__ float group_sum(float x) {
   return x;
 }
 
+// Loads the 4 consecutive floats at p, one 16-byte read.
+__device__ __forceinline__ void load_rows(const float* p, float (&x)[4]) {
+  const float4 t = *reinterpret_cast<const float4*>(p);
+  x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
+}
+
 // One token: u = S^T a, S = diag(w) S + b u^T + k v^T, o = S^T q over this thread's
 // rows and columns (r: the token's converted row vectors), o summed over the group.
-template <int DK, int C>
-__device__ __forceinline__ void token_step(float (&S)[kRows / 4][4][C], const float* r, int part, int c0,
+template <int DK, int R, int C>
+__device__ __forceinline__ void token_step(float (&S)[R / 4][4][C], const float* r, int part, int c0,
                                            float (&o)[C]) {
-  constexpr int P = DK / kRows, J = kRows / 4;
+  constexpr int V = 4, J = R / V, P = DK / R;
   // Two accumulators per column (even and odd j) halve the dependent FMA chains.
   float u2[2][C] = {};
 #pragma unroll
   for (int j = 0; j < J; ++j) {
-    const float4 a4 = *reinterpret_cast<const float4*>(r + 2 * DK + 4 * P * j + 4 * part);
-    const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+    float av[V];
+    load_rows(r + 2 * DK + V * P * j + V * part, av);
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
+    for (int e = 0; e < V; ++e)
 #pragma unroll
       for (int c = 0; c < C; ++c) u2[j & 1][c] = fmaf(av[e], S[j][e][c], u2[j & 1][c]);
   }
@@ -168,15 +173,14 @@ __device__ __forceinline__ void token_step(float (&S)[kRows / 4][4][C], const fl
   float o2[2][C] = {};
 #pragma unroll
   for (int j = 0; j < J; ++j) {
-    const int i = 4 * P * j + 4 * part;
-    const float4 q4 = *reinterpret_cast<const float4*>(r + i);
-    const float4 k4 = *reinterpret_cast<const float4*>(r + DK + i);
-    const float4 b4 = *reinterpret_cast<const float4*>(r + 3 * DK + i);
-    const float4 w4 = *reinterpret_cast<const float4*>(r + 4 * DK + i);
-    const float qv[4] = {q4.x, q4.y, q4.z, q4.w}, kv[4] = {k4.x, k4.y, k4.z, k4.w};
-    const float bv[4] = {b4.x, b4.y, b4.z, b4.w}, wv[4] = {w4.x, w4.y, w4.z, w4.w};
+    const int i = V * P * j + V * part;
+    float qv[V], kv[V], bv[V], wv[V];
+    load_rows(r + i, qv);
+    load_rows(r + DK + i, kv);
+    load_rows(r + 3 * DK + i, bv);
+    load_rows(r + 4 * DK + i, wv);
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
+    for (int e = 0; e < V; ++e)
 #pragma unroll
       for (int c = 0; c < C; ++c) {
         S[j][e][c] = fmaf(wv[e], S[j][e][c], fmaf(bv[e], u[c], kv[e] * v[c]));
@@ -196,11 +200,11 @@ __device__ __forceinline__ void store_output(void* out, int64_t at, const float 
   }
 }
 
-template <int DK, int W, int C, bool kF32Out>
-__global__ void __launch_bounds__(W / C * (DK / kRows)) dplr_recurrent_kernel(Params p) {
+template <int DK, int W, int C, int R, bool kF32Out>
+__global__ void __launch_bounds__(W / C * (DK / R)) dplr_recurrent_kernel(Params p) {
   using L = Layout<DK, W>;
-  constexpr int kThreads = threads_for<DK, W, C>();
-  constexpr int P = DK / kRows, J = kRows / 4;
+  constexpr int kThreads = threads_for<DK, W, C, R>();
+  constexpr int V = 4, P = DK / R, J = R / V;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto stage = [&](int n) { return smem + (n & 1) * L::kStageBytes; };
   float* rows = reinterpret_cast<float*>(smem + 2 * L::kStageBytes);
@@ -212,14 +216,14 @@ __global__ void __launch_bounds__(W / C * (DK / kRows)) dplr_recurrent_kernel(Pa
   const int64_t row0 = static_cast<int64_t>(b) * p.T * p.H + h;
   float* state = p.state + (static_cast<int64_t>(b) * p.H + h) * DK * p.dv + col0 + c0;
 
-  float S[J][4][C];
+  float S[J][V][C];
 #pragma unroll
   for (int j = 0; j < J; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
+    for (int e = 0; e < V; ++e)
 #pragma unroll
       for (int c = 0; c < C; ++c)
-        S[j][e][c] = owns ? state[static_cast<int64_t>(4 * P * j + 4 * part + e) * p.dv + c] : 0.f;
+        S[j][e][c] = owns ? state[static_cast<int64_t>(V * P * j + V * part + e) * p.dv + c] : 0.f;
 
   const int blocks = (p.T + kTokens - 1) / kTokens;
   stage_block<DK, W, kThreads>(p, stage(0), row0, col0, 0);
@@ -239,7 +243,7 @@ __global__ void __launch_bounds__(W / C * (DK / kRows)) dplr_recurrent_kernel(Pa
     const int64_t step = static_cast<int64_t>(p.H) * p.dv;
     for (int tok = 0; tok < count; ++tok) {
       float o[C];
-      token_step<DK, C>(S, rows + tok * L::kRow, part, c0, o);
+      token_step<DK, R, C>(S, rows + tok * L::kRow, part, c0, o);
       if (part == 0 && owns) store_output<kF32Out, C>(p.o, at0 + tok * step, o);
     }
   }
@@ -248,28 +252,32 @@ __global__ void __launch_bounds__(W / C * (DK / kRows)) dplr_recurrent_kernel(Pa
 #pragma unroll
   for (int j = 0; j < J; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
+    for (int e = 0; e < V; ++e)
 #pragma unroll
-      for (int c = 0; c < C; ++c) state[static_cast<int64_t>(4 * P * j + 4 * part + e) * p.dv + c] = S[j][e][c];
+      for (int c = 0; c < C; ++c) state[static_cast<int64_t>(V * P * j + V * part + e) * p.dv + c] = S[j][e][c];
 }
 
-template <int DK, int W, int C, bool kF32Out>
-void launch(const Params& p, int B) {
+template <int DK, int W, int C, int R>
+void launch(const Params& p, int B, bool f32_out) {
   constexpr int kBytes = Layout<DK, W>::kBytes;
   static_assert(kBytes <= 48 * 1024, "above the default shared-memory limit: opt in first");
-  const int tiles = (p.dv + W - 1) / W;
-  dplr_recurrent_kernel<DK, W, C, kF32Out><<<dim3(tiles, p.H, B), threads_for<DK, W, C>(), kBytes, stream()>>>(p);
+  static_assert(DK / R <= 32, "a column's rows must lie in one warp");
+  static_assert(R % 4 == 0, "rows come in float4 groups");
+  const dim3 grid((p.dv + W - 1) / W, p.H, B);
+  constexpr int kThreads = threads_for<DK, W, C, R>();
+  if (f32_out) dplr_recurrent_kernel<DK, W, C, R, true><<<grid, kThreads, kBytes, stream()>>>(p);
+  else dplr_recurrent_kernel<DK, W, C, R, false><<<grid, kThreads, kBytes, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("dplr_recurrent_kernel");
 }
 
-// 32 columns per CTA, 2 per thread, once that gives two CTAs per multiprocessor; else 16
-// and 1.
+// 32 columns per CTA, 2 per thread; 8 rows per thread once that gives two CTAs per
+// multiprocessor, else 4 (twice the warps for the same columns).
 template <int DK>
 void launch(const Params& p, int B, bool f32_out) {
   const int64_t wide_ctas = static_cast<int64_t>(p.dv + 31) / 32 * p.H * B;
   const bool full = wide_ctas >= 2 * static_cast<int64_t>(device_info().multiprocessors);
-  if (full) f32_out ? launch<DK, 32, 2, true>(p, B) : launch<DK, 32, 2, false>(p, B);
-  else f32_out ? launch<DK, 16, 1, true>(p, B) : launch<DK, 16, 1, false>(p, B);
+  if (full) launch<DK, 32, 2, 8>(p, B, f32_out);
+  else launch<DK, 32, 2, 4>(p, B, f32_out);
 }
 
 void check_gpu_tensor(const Tensor& t, DType dtype, const Shape& shape, const char* what) {
