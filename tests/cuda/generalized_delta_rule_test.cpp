@@ -141,11 +141,13 @@ TEST(CudaGeneralizedDeltaRule, HeadDims) {
   }
 }
 
-// Grids of at least two CTAs per multiprocessor take 8 state rows per thread (launch()
-// in generalized_delta_rule.cu), smaller ones 4: the last two cases take the former.
+// launch() in generalized_delta_rule.cu picks the CTA shape by grid size: on a GPU of
+// 100 to 132 multiprocessors (A100, H100, H200) the first two cases take 16-column CTAs,
+// the next two 32-column CTAs of 4 rows per thread, the last two 8 rows per thread.
 TEST(CudaGeneralizedDeltaRule, BatchAndManyHeads) {
   SUBQ_REQUIRE_GPU();
-  for (auto [B, H, dk] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 64}, {3, 5, 64}, {4, 32, 64}, {4, 32, 128}}) {
+  for (auto [B, H, dk] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 64}, {3, 5, 64}, {3, 32, 64}, {3, 32, 128},
+                          {4, 32, 64}, {4, 32, 128}}) {
     Case c = base(77, dk, B * H > 100 ? 128 : 64);
     c.B = B;
     c.H = H;

@@ -4,19 +4,22 @@
 // update, o = S^T q) on CUDA cores, bound by its sequential dependence through S, which
 // parallelism over batch, heads and state columns hides only once the grid fills the GPU.
 // A chunked form does as many FLOPs at dk = 64 but most of them on tensor cores, and wins
-// prefill of one or two sequences (fla's chunk_rwkv7 is 1.3-1.6x faster there on an H100,
+// prefill of one sequence (fla's chunk_rwkv7 is 1.1x faster there on an H100,
 // docs/benchmarks.md); this kernel is the decode path, and the prefill path until such a
 // form exists here.
 //
-// One CTA takes W = 32 state columns of one (batch, head). P = dk / R threads share each
-// pair of columns (C = 2): thread (g, p) holds columns 2 g, 2 g + 1 and the R rows
-// 4 P j + 4 p + {0..3} (j < R / 4) of S in f32 registers, so both sums over rows
-// (u_c = sum_i a_i S_ic and o_c = sum_i q_i S_ic) end in log2(P) warp shuffles, and P
-// consecutive lanes read P consecutive float4s of a token's row vectors, free of bank
-// conflicts; each float4 read feeds 8 state elements (the shared-memory pipe delivers a
-// quarter of the FMA pipe's operands per cycle). Two shapes (launch()): where the grid
-// fills the GPU, R = 8; on small grids (one or two sequences), R = 4, twice the warps per
-// CTA and half the sequential work per thread and token.
+// One CTA takes W state columns of one (batch, head). P = dk / R threads share each group
+// of C columns: thread (g, p) holds columns C g .. C g + C - 1 and the R rows
+// 4 P j + 4 p + {0..3} (j < R / 4) of S in f32 registers, and P consecutive lanes read P
+// consecutive float4s of a token's row vectors, free of bank conflicts. u_c = sum_i a_i
+// S_ic, which the next token's update needs, ends in log2(P) warp shuffles per token;
+// o_c = sum_i q_i S_ic, which nothing in the recurrence waits for, is summed over the
+// group once per block of tokens, all its values in one butterfly
+// (group_reduce_scatter). Three shapes (launch()): where the grid fills the GPU, W = 32,
+// C = 2 and R = 8, so each float4 read feeds 8 state elements (the shared-memory pipe
+// delivers a quarter of the FMA pipe's operands per cycle); on smaller grids R = 4, twice
+// the warps and half the sequential work per thread and token; on grids of one sequence,
+// W = 16 and C = 1 besides, twice the CTAs.
 //
 // Tokens arrive in blocks of kTokens through cp.async into a raw staging buffer two
 // blocks ahead of use; each block is converted once per CTA to f32 (q times scale,
@@ -147,8 +150,9 @@ __device__ __forceinline__ void load_rows(const float* p, float (&x)[4]) {
   x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
 }
 
-// One token: u = S^T a, S = diag(w) S + b u^T + k v^T, o = S^T q over this thread's
-// rows and columns (r: the token's converted row vectors), o summed over the group.
+// One token: u = S^T a, S = diag(w) S + b u^T + k v^T, and this thread's share of
+// o = S^T q over its rows and columns (r: the token's converted row vectors); the caller
+// sums o over the group, a block of tokens at a time, off the recurrence's critical path.
 template <int DK, int R, int C>
 __device__ __forceinline__ void token_step(float (&S)[R / 4][4][C], const float* r, int part, int c0,
                                            float (&o)[C]) {
@@ -188,16 +192,44 @@ __device__ __forceinline__ void token_step(float (&S)[R / 4][4][C], const float*
       }
   }
 #pragma unroll
-  for (int c = 0; c < C; ++c) o[c] = group_sum<P>(o2[0][c] + o2[1][c]);
+  for (int c = 0; c < C; ++c) o[c] = o2[0][c] + o2[1][c];
 }
 
-template <bool kF32Out, int C>
-__device__ __forceinline__ void store_output(void* out, int64_t at, const float (&o)[C]) {
+// Sums each of the M values x[0 .. M) over the P consecutive lanes of a group (call with
+// kMask = P / 2, N = M). Each butterfly step sends half of the N values left and keeps the
+// other half; once one is left, both lanes keep its sum. Lane `part` ends with kept<M, P>()
+// sums, those of values kept() (part / spread<M, P>()) + i in x[i]: M - 1 shuffles, where
+// a sum per value would take M log2(P).
+template <int M, int P>
+constexpr int kept() {
+  return M >= P ? M / P : 1;
+}
+template <int M, int P>
+constexpr int spread() {
+  return M >= P ? 1 : P / M;
+}
+template <int kMask, int N, int M>
+__device__ __forceinline__ void group_reduce_scatter(float (&x)[M], int part) {
+  if constexpr (kMask >= 1) {
+    if constexpr (N == 1) {
+      x[0] += __shfl_xor_sync(0xffffffffu, x[0], kMask);
+    } else {
+      const bool upper = part & kMask;
 #pragma unroll
-  for (int c = 0; c < C; ++c) {
-    if constexpr (kF32Out) static_cast<float*>(out)[at + c] = o[c];
-    else static_cast<bf16_t*>(out)[at + c] = __float2bfloat16(o[c]);
+      for (int i = 0; i < N / 2; ++i) {
+        const float send = upper ? x[i] : x[i + N / 2];
+        const float keep = upper ? x[i + N / 2] : x[i];
+        x[i] = keep + __shfl_xor_sync(0xffffffffu, send, kMask);
+      }
+    }
+    group_reduce_scatter<kMask / 2, N == 1 ? 1 : N / 2>(x, part);
   }
+}
+
+template <bool kF32Out>
+__device__ __forceinline__ void store_output(void* out, int64_t at, float o) {
+  if constexpr (kF32Out) static_cast<float*>(out)[at] = o;
+  else static_cast<bf16_t*>(out)[at] = __float2bfloat16(o);
 }
 
 template <int DK, int W, int C, int R, bool kF32Out>
@@ -241,10 +273,21 @@ __global__ void __launch_bounds__(W / C * (DK / R)) dplr_recurrent_kernel(Params
     const int count = min(kTokens, p.T - n * kTokens);
     const int64_t at0 = (row0 + static_cast<int64_t>(n) * kTokens * p.H) * p.dv + col0 + c0;
     const int64_t step = static_cast<int64_t>(p.H) * p.dv;
-    for (int tok = 0; tok < count; ++tok) {
-      float o[C];
-      token_step<DK, R, C>(S, rows + tok * L::kRow, part, c0, o);
-      if (part == 0 && owns) store_output<kF32Out, C>(p.o, at0 + tok * step, o);
+    // o[C tok + c]: token tok's column c0 + c, this thread's rows, then the group's sum.
+    float o[kTokens * C];
+#pragma unroll
+    for (int tok = 0; tok < kTokens; ++tok) {
+      float ot[C] = {};
+      if (tok < count) token_step<DK, R, C>(S, rows + tok * L::kRow, part, c0, ot);
+#pragma unroll
+      for (int c = 0; c < C; ++c) o[C * tok + c] = ot[c];
+    }
+    constexpr int M = kTokens * C, kKept = kept<M, P>(), kSpread = spread<M, P>();
+    group_reduce_scatter<P / 2, M>(o, part);
+#pragma unroll
+    for (int i = 0; i < kKept; ++i) {
+      const int value = kKept * (part / kSpread) + i, tok = value / C, c = value % C;
+      if (owns && part % kSpread == 0 && tok < count) store_output<kF32Out>(p.o, at0 + tok * step + c, o[i]);
     }
   }
 
@@ -270,14 +313,16 @@ void launch(const Params& p, int B, bool f32_out) {
   SUBQ_CUDA_CHECK_LAUNCH("dplr_recurrent_kernel");
 }
 
-// 32 columns per CTA, 2 per thread; 8 rows per thread once that gives two CTAs per
-// multiprocessor, else 4 (twice the warps for the same columns).
+// 32 columns per CTA, 2 per thread, 8 rows per thread once that gives two CTAs per
+// multiprocessor; else 4 rows (twice the warps for the same columns); and where even
+// twice as many CTAs fit one per multiprocessor (one sequence), 16 columns of 1 per thread.
 template <int DK>
 void launch(const Params& p, int B, bool f32_out) {
   const int64_t wide_ctas = static_cast<int64_t>(p.dv + 31) / 32 * p.H * B;
-  const bool full = wide_ctas >= 2 * static_cast<int64_t>(device_info().multiprocessors);
-  if (full) launch<DK, 32, 2, 8>(p, B, f32_out);
-  else launch<DK, 32, 2, 4>(p, B, f32_out);
+  const int64_t sms = device_info().multiprocessors;
+  if (wide_ctas >= 2 * sms) launch<DK, 32, 2, 8>(p, B, f32_out);
+  else if (2 * wide_ctas > sms) launch<DK, 32, 2, 4>(p, B, f32_out);
+  else launch<DK, 16, 1, 4>(p, B, f32_out);
 }
 
 void check_gpu_tensor(const Tensor& t, DType dtype, const Shape& shape, const char* what) {
