@@ -77,7 +77,9 @@ TEST(ZeroedPieces, PiecesAreAlignedApartAndZeroedOnReuse) {
     for (int i = 0; i < 5; ++i) {
       EXPECT_EQ(p[i].size, static_cast<size_t>(sizes[static_cast<size_t>(i)]));
       EXPECT_TRUE(aligned64(p[i].data()));
-      if (i > 0) EXPECT_GE(p[i].data(), p[i - 1].data() + p[i - 1].size);
+      if (i > 0) {
+        EXPECT_GE(p[i].data(), p[i - 1].data() + p[i - 1].size);
+      }
       for (size_t j = 0; j < p[i].size; ++j) {
         EXPECT_EQ(p[i][static_cast<int64_t>(j)], 0.f) << "round " << round << " piece " << i << " float " << j;
         p[i][static_cast<int64_t>(j)] = 7.f;  // dirty for the next round
