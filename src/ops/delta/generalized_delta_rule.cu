@@ -33,6 +33,7 @@
 
 #include "src/core/cuda/check.cuh"
 #include "src/core/cuda/device.h"
+#include "src/core/cuda/lane_sums.cuh"
 #include "src/core/cuda/mma.cuh"
 #include "src/ops/delta/generalized_delta_rule_cuda.h"
 
@@ -193,37 +194,6 @@ __device__ __forceinline__ void token_step(float (&S)[R / 4][4][C], const float*
   }
 #pragma unroll
   for (int c = 0; c < C; ++c) o[c] = o2[0][c] + o2[1][c];
-}
-
-// Sums each of the M values x[0 .. M) over the P consecutive lanes of a group (call with
-// kMask = P / 2, N = M). Each butterfly step sends half of the N values left and keeps the
-// other half; once one is left, both lanes keep its sum. Lane `part` ends with kept<M, P>()
-// sums, those of values kept() (part / spread<M, P>()) + i in x[i]: M - 1 shuffles, where
-// a sum per value would take M log2(P).
-template <int M, int P>
-constexpr int kept() {
-  return M >= P ? M / P : 1;
-}
-template <int M, int P>
-constexpr int spread() {
-  return M >= P ? 1 : P / M;
-}
-template <int kMask, int N, int M>
-__device__ __forceinline__ void group_reduce_scatter(float (&x)[M], int part) {
-  if constexpr (kMask >= 1) {
-    if constexpr (N == 1) {
-      x[0] += __shfl_xor_sync(0xffffffffu, x[0], kMask);
-    } else {
-      const bool upper = part & kMask;
-#pragma unroll
-      for (int i = 0; i < N / 2; ++i) {
-        const float send = upper ? x[i] : x[i + N / 2];
-        const float keep = upper ? x[i + N / 2] : x[i];
-        x[i] = keep + __shfl_xor_sync(0xffffffffu, send, kMask);
-      }
-    }
-    group_reduce_scatter<kMask / 2, N == 1 ? 1 : N / 2>(x, part);
-  }
 }
 
 template <bool kF32Out>

@@ -35,6 +35,7 @@
 
 #include "src/core/cuda/check.cuh"
 #include "src/core/cuda/device.h"
+#include "src/core/cuda/lane_sums.cuh"
 #include "src/core/cuda/mma.cuh"
 #include "src/ops/ssm/selective_scan_cuda.h"
 
@@ -122,22 +123,6 @@ __device__ __forceinline__ void load_states(float (&v)[SPL], const float* s) {
 // would not fit in registers.
 constexpr int steps_per_group(int L) { return L <= 16 ? L : 1; }
 
-// One reduce-scatter round between lanes M apart, on y[0, 2M): the lane keeps the half its
-// bit M selects, adding the partner's copy, in y[0, M); then the rounds of M / 2, ... 1.
-// (Recursion, not a loop over rounds: nvcc did not unroll that loop at L = 16 and kept y
-// in local memory.)
-template <int M, int R>
-__device__ __forceinline__ void scatter_rounds(float (&y)[R], int slice) {
-  const bool upper = slice & M;
-#pragma unroll
-  for (int j = 0; j < M; ++j) {
-    const float send = upper ? y[j] : y[j + M];
-    const float keep = upper ? y[j + M] : y[j];
-    y[j] = keep + __shfl_xor_sync(0xffffffffu, send, M);
-  }
-  if constexpr (M > 1) scatter_rounds<M / 2>(y, slice);
-}
-
 // Sums y[r] over the L lanes of a channel. R == L: a reduce-scatter in log2(L) rounds of
 // halving (L - 1 shuffles per lane for L steps); the lane ends with step `slice`'s sum in
 // y[0] and returns slice. R == 1: a butterfly; lane 0 returns step 0, the others -1.
@@ -149,7 +134,7 @@ __device__ __forceinline__ int channel_sum(float (&y)[R], int slice) {
     return slice == 0 ? 0 : -1;
   } else {
     static_assert(R == L);
-    scatter_rounds<L / 2>(y, slice);
+    group_reduce_scatter<L / 2, L>(y, slice);
     return slice;
   }
 }
