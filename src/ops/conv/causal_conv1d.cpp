@@ -1,6 +1,7 @@
-// Causal depthwise conv1d (see causal_conv1d.h). Vectorised over channels: each lane is
-// one channel, so the W taps of a channel block stay in registers while the block walks
-// down a tile of tokens. Work is split over (batch, token tile) so prefill of one long
+// Causal depthwise conv1d (see causal_conv1d.h). Vectorised over channels, one lane per
+// channel; a tile of tokens is walked row by row, each output row over all channels, so
+// that the input and output rows stream front to back and the next input row can be
+// prefetched as a whole. Work is split over (batch, token tile) so prefill of one long
 // sequence still uses every thread.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/ops/conv/causal_conv1d.cpp"
@@ -14,33 +15,38 @@ HWY_BEFORE_NAMESPACE();
 namespace subq::ops::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Channels [c0, c0 + Lanes(d)) of `count` output rows. rows[i + k] is the input row of tap
-// k for output i. wt is the filter transposed to [W, D].
+// Output row i, channels [c0, c0 + Lanes(d)). rows[i + k] is the input row of tap k for
+// output i; wt is the filter transposed to [W, D].
 template <int W, class D>
-HWY_INLINE void ConvChannels(D d, int64_t c0, int64_t count, const float* const* rows, const float* wt,
-                             int64_t channels, const float* bias, bool silu, float* y, int64_t y_stride) {
+HWY_INLINE void ConvVector(D d, int64_t c0, int64_t i, const float* const* rows, const float* wt, int64_t channels,
+                           const float* bias, bool silu, float* y) {
   using V = hn::Vec<D>;
-  V taps[W];
-  for (int k = 0; k < W; ++k) taps[k] = hn::LoadU(d, wt + k * channels + c0);
-  const V b = bias ? hn::LoadU(d, bias + c0) : hn::Zero(d);
-  const V one = hn::Set(d, 1.f);
-  for (int64_t i = 0; i < count; ++i) {
-    V acc = b;
-    for (int k = 0; k < W; ++k) acc = hn::MulAdd(taps[k], hn::LoadU(d, rows[i + k] + c0), acc);
-    if (silu) acc = hn::Div(acc, hn::Add(one, hn::Exp(d, hn::Neg(acc))));
-    hn::StoreU(acc, d, y + i * y_stride + c0);
-  }
+  V acc = bias ? hn::LoadU(d, bias + c0) : hn::Zero(d);
+  for (int k = 0; k < W; ++k) acc = hn::MulAdd(hn::LoadU(d, wt + k * channels + c0), hn::LoadU(d, rows[i + k] + c0), acc);
+  if (silu) acc = hn::Div(acc, hn::Add(hn::Set(d, 1.f), hn::Exp(d, hn::Neg(acc))));
+  hn::StoreU(acc, d, y + c0);
 }
 
+// Output rows [0, count), each over all channels, while the input row that the next output
+// row adds is prefetched. Walking all rows per vector of channels instead (the taps kept
+// in registers) touched every row of the tile per 64 bytes, which the hardware prefetchers
+// do not follow: 1.4-1.9x slower at 3-4K channels on a Zen 4 (docs/benchmarks.md).
 template <int W>
 void ConvTileW(const float* const* rows, int64_t count, const float* wt, int64_t channels, const float* bias,
                bool silu, float* y, int64_t y_stride) {
   const hn::ScalableTag<float> d;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  int64_t c = 0;
-  for (; c + lanes <= channels; c += lanes) ConvChannels<W>(d, c, count, rows, wt, channels, bias, silu, y, y_stride);
   const hn::CappedTag<float, 1> d1;
-  for (; c < channels; ++c) ConvChannels<W>(d1, c, count, rows, wt, channels, bias, silu, y, y_stride);
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t i = 0; i < count; ++i) {
+    float* yi = y + i * y_stride;
+    const float* next = i + 1 < count ? rows[i + W] : nullptr;
+    int64_t c = 0;
+    for (; c + lanes <= channels; c += lanes) {
+      if (next) __builtin_prefetch(next + c);
+      ConvVector<W>(d, c, i, rows, wt, channels, bias, silu, yi);
+    }
+    for (; c < channels; ++c) ConvVector<W>(d1, c, i, rows, wt, channels, bias, silu, yi);
+  }
 }
 
 void ConvTile(int width, const float* const* rows, int64_t count, const float* wt, int64_t channels,
