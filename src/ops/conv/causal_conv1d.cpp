@@ -30,7 +30,8 @@ HWY_INLINE void ConvVector(D d, int64_t c0, int64_t i, const float* const* rows,
 // Output rows [0, count), each over all channels, while the input row that the next output
 // row adds is prefetched. Walking all rows per vector of channels instead (the taps kept
 // in registers) touched every row of the tile per 64 bytes, which the hardware prefetchers
-// do not follow: 1.4-1.9x slower at 3-4K channels on a Zen 4 (docs/benchmarks.md).
+// do not follow: 1.4-2.2x slower at 3-4K channels and 1-4K tokens on a Zen 4
+// (docs/benchmarks.md).
 template <int W>
 void ConvTileW(const float* const* rows, int64_t count, const float* wt, int64_t channels, const float* bias,
                bool silu, float* y, int64_t y_stride) {
