@@ -244,7 +244,10 @@ void list_cases(const RunOptions& opts) {
   every.all = true;
   for (const Case* c : select(cases, every)) {
     std::string seq;
-    for (int64_t t : c->seq) seq += (seq.empty() ? "" : ",") + (t ? std::to_string(t) : std::string("-"));
+    for (int64_t t : c->seq) {
+      if (!seq.empty()) seq += ",";
+      seq += t ? std::to_string(t) : "-";
+    }
     std::printf("%-40s %-10s %-36s T=%s%s\n", c->name.c_str(), c->family.c_str(), c->shape.c_str(), seq.c_str(),
                 c->in_default ? "" : "  (not in default sweep)");
   }

@@ -194,7 +194,8 @@ SUBQ_BENCH_CASES(ssm_long_conv) {
   for (int64_t L : {16, 64, 256, 0}) {
     for (auto m : {ops::LongConvMethod::direct, ops::LongConvMethod::fft}) {
       const std::string method = m == ops::LongConvMethod::fft ? "fft" : "direct";
-      const std::string taps = L ? "L" + std::to_string(L) : "Lfull";
+      std::string taps = "L";
+      taps += L ? std::to_string(L) : "full";
       cases.push_back(Case{.name = "ssm.long_conv." + taps + "." + method,
                            .family = "ssm",
                            .shape = "C=256 " + (L ? "L=" + std::to_string(L) : std::string("L=T")) + " " + method,

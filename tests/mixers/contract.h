@@ -74,7 +74,10 @@ inline void expect_split_invariant(const ContractCase& c, int64_t B, int64_t T) 
     if (s.size() == 2 && s[1] == 0) s[1] = T - s[0];
     const std::vector<double> pieces = run_in_pieces(*mixer, x, s);
     std::string desc;
-    for (int64_t v : s) desc += (desc.empty() ? "" : "+") + std::to_string(v);
+    for (int64_t v : s) {
+      if (!desc.empty()) desc += "+";
+      desc += std::to_string(v);
+    }
     if (desc.size() > 40) desc = "token by token";
     expect_close(pieces, whole, c.rtol, c.atol, mixer->kind() + " split " + desc + " vs whole");
   }
