@@ -4,6 +4,15 @@
 
 namespace subq::cuda {
 
+// Sums x over each group of P consecutive lanes (a power of two up to 32); every lane of
+// the group gets the sum.
+template <int P>
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll
+  for (int m = 1; m < P; m <<= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+  return x;
+}
+
 // The layout group_reduce_scatter<P / 2, M> leaves over a group of P lanes: each lane
 // holds kept<M, P>() sums, those of values kept() (lane / spread<M, P>()) + i in x[i].
 template <int M, int P>

@@ -137,14 +137,6 @@ __device__ __forceinline__ void convert_block(const Params& p, const unsigned ch
   }
 }
 
-// Sums x over the P consecutive lanes that share a group of columns.
-template <int P>
-__device__ __forceinline__ float group_sum(float x) {
-#pragma unroll
-  for (int m = 1; m < P; m <<= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
-  return x;
-}
-
 // Loads the 4 consecutive floats at p, one 16-byte read.
 __device__ __forceinline__ void load_rows(const float* p, float (&x)[4]) {
   const float4 t = *reinterpret_cast<const float4*>(p);

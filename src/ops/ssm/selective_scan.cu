@@ -129,8 +129,7 @@ constexpr int steps_per_group(int L) { return L <= 16 ? L : 1; }
 template <int L, int R>
 __device__ __forceinline__ int channel_sum(float (&y)[R], int slice) {
   if constexpr (R == 1) {
-#pragma unroll
-    for (int m = 1; m < L; m <<= 1) y[0] += __shfl_xor_sync(0xffffffffu, y[0], m);
+    y[0] = group_sum<L>(y[0]);
     return slice == 0 ? 0 : -1;
   } else {
     static_assert(R == L);
