@@ -90,28 +90,18 @@ void load_v(const Problem& p, int64_t b, int64_t t, int64_t h, float* row) {
   std::fill(row + p.dv, row + p.dvp, 0.f);
 }
 
-// Row i of the recurrence's block: token t of head (b, h) packed to dkp floats (q
-// scaled, decays exponentiated; the padding stays zero, decays one) for the factors and
-// scores, its value row (read in place where it needs no padding) and where its output
-// goes (written in place likewise).
-void pack_block_row(const Problem& p, Workspace& w, int64_t b, int64_t t, int64_t h, int i, const float** v,
-                    float** o) {
-  const int64_t dkp = p.dkp, at = i * dkp;
-  const float* qt = p.q.at(b, t, h);
-  for (int64_t d = 0; d < p.dk; ++d) w.Q[at + d] = qt[d] * p.opt.scale;
-  std::copy_n(p.k.at(b, t, h), p.dk, w.K.data() + at);
-  std::copy_n(p.a.at(b, t, h), p.dk, w.A.data() + at);
-  std::copy_n(p.b.at(b, t, h), p.dk, w.Bk.data() + at);
-  ops::exp(p.log_w.at(b, t, h), w.W.data() + at, static_cast<size_t>(p.dk));
-  const bool in_place = p.dv == p.dvp;
-  if (in_place) {
+// Where token t of head (b, h) reads its value row and writes its output: in place where
+// the rows need no padding, else through the workspace's padded rows i.
+void block_value_rows(const Problem& p, Workspace& w, int64_t b, int64_t t, int64_t h, int i, const float** v,
+                      float** o) {
+  if (p.dv == p.dvp) {
     v[i] = p.v.at(b, t, h);
     o[i] = p.o.at(b, t, h);
-  } else {
-    load_v(p, b, t, h, w.V.data() + i * p.dvp);
-    v[i] = w.V.data() + i * p.dvp;
-    o[i] = w.O.data() + i * p.dvp;
+    return;
   }
+  load_v(p, b, t, h, w.V.data() + i * p.dvp);
+  v[i] = w.V.data() + i * p.dvp;
+  o[i] = w.O.data() + i * p.dvp;
 }
 
 void add_block_prefetch(const Problem& p, int64_t task, int64_t t, RowPrefetch& ahead) {
@@ -127,20 +117,25 @@ void add_block_prefetch(const Problem& p, int64_t task, int64_t t, RowPrefetch& 
 void run_block(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t, float* state, RowPrefetch& ahead) {
   constexpr int M = kBlockTokens;
   const int64_t dkp = p.dkp;
-  const float* v[M];
+  const float *q[M], *k[M], *a[M], *bk[M], *log_w[M], *v[M];
   float* o[M];
-  for (int i = 0; i < M; ++i) pack_block_row(p, w, b, t + i, h, i, v, o);
+  for (int i = 0; i < M; ++i) {
+    q[i] = p.q.at(b, t + i, h);
+    k[i] = p.k.at(b, t + i, h);
+    a[i] = p.a.at(b, t + i, h);
+    bk[i] = p.b.at(b, t + i, h);
+    log_w[i] = p.log_w.at(b, t + i, h);
+    block_value_rows(p, w, b, t + i, h, i, v, o);
+  }
   float* ad = w.factors.data();
   float* qd = ad + M * dkp;
   float* bd = qd + M * dkp;
   float* kd = bd + M * dkp;
   float* D = kd + M * dkp;
-  dplr_block_factors(w.W.data(), w.A.data(), w.Bk.data(), w.K.data(), w.Q.data(), dkp, D, ad, qd, bd, kd);
+  dplr_block_pack(q, p.opt.scale, k, a, bk, log_w, p.dk, dkp, w.Q.data(), w.K.data(), w.A.data(), w.Bk.data(),
+                  w.W.data(), D, ad, qd, bd, kd);
   float *qk = w.Mqk.data(), *qb = w.Mqb.data(), *ak = w.Mak.data(), *ab = w.Mab.data();
-  for (int i = 0; i < M; ++i)
-    dplr_decayed_dots(w.Q.data() + i * dkp, i + 1 < M ? w.A.data() + (i + 1) * dkp : nullptr, w.K.data(),
-                      w.Bk.data(), w.W.data(), dkp, 0, i, qk + i * M, qb + i * M, ak + (i + 1) * M, ab + (i + 1) * M,
-                      w.scratch.data());
+  dplr_block_scores(w.Q.data(), w.A.data(), w.K.data(), w.Bk.data(), w.W.data(), dkp, ab, ak, qb, qk);
   dplr_block_step(state, p.dk, p.dvp, dkp, D, ad, qd, bd, kd, ab, ak, qb, qk, v, o, ahead);
   if (p.dv != p.dvp)
     for (int i = 0; i < M; ++i) std::copy_n(o[i], p.dv, p.o.at(b, t + i, h));

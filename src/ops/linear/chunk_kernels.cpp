@@ -5,6 +5,7 @@
 #define HWY_TARGET_INCLUDE "src/ops/linear/chunk_kernels.cpp"
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -418,27 +419,117 @@ void DplrStep(float* S, int64_t dk, int64_t N, const float* w, const float* a, c
   });
 }
 
-void DplrBlockFactors(const float* w, const float* a, const float* b, const float* k, const float* q, int64_t ldf,
-                      float* D, float* ad, float* qd, float* bd, float* kd) {
+void DplrBlockPack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
+                   const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
+                   float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd) {
   constexpr int M = kBlockTokens;
+  // Row by row: the caller's rows of a head lie a whole token apart, so the same columns
+  // of several rows share L1 sets and address bits below 4 KiB; read side by side they
+  // measured slower. D holds the running decay product meanwhile.
+  for (int j = 0; j < M; ++j) {
+    auto columns = [&](auto d, int64_t c) {
+      using V = hn::Vec<decltype(d)>;
+      const int64_t at = j * ldf + c;
+      const V w = hn::Exp(d, hn::LoadU(d, log_w[j] + c));
+      const V qj = hn::Mul(hn::Set(d, q_scale), hn::LoadU(d, q[j] + c)), aj = hn::LoadU(d, a[j] + c);
+      hn::StoreU(w, d, W + at);
+      hn::StoreU(qj, d, Q + at);
+      hn::StoreU(aj, d, A + at);
+      hn::StoreU(hn::LoadU(d, k[j] + c), d, K + at);
+      hn::StoreU(hn::LoadU(d, b[j] + c), d, Bk + at);
+      V prefix = j == 0 ? hn::Set(d, 1.f) : hn::LoadU(d, D + c);
+      hn::StoreU(hn::Mul(prefix, aj), d, ad + at);
+      prefix = hn::Mul(prefix, w);
+      hn::StoreU(prefix, d, D + c);
+      hn::StoreU(hn::Mul(prefix, qj), d, qd + at);
+    };
+    const hn::ScalableTag<float> d;
+    const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+    int64_t c = 0;
+    for (; c + NL <= dk; c += NL) columns(d, c);
+    for (; c < dk; ++c) columns(hn::CappedTag<float, 1>(), c);
+  }
   const hn::ScalableTag<float> d;
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t c = 0; c < ldf; c += NL) {
-    auto prefix = hn::Set(d, 1.f);
-    for (int j = 0; j < M; ++j) {
-      const int64_t at = j * ldf + c;
-      hn::StoreU(hn::Mul(prefix, hn::LoadU(d, a + at)), d, ad + at);
-      prefix = hn::Mul(prefix, hn::LoadU(d, w + at));
-      hn::StoreU(hn::Mul(prefix, hn::LoadU(d, q + at)), d, qd + at);
-    }
-    hn::StoreU(prefix, d, D + c);
+  for (int64_t c = 0; c < dk; c += NL) {
     auto suffix = hn::Set(d, 1.f);
     for (int i = M - 1; i >= 0; --i) {
       const int64_t at = i * ldf + c;
-      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, b + at)), d, bd + at);
-      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, k + at)), d, kd + at);
-      suffix = hn::Mul(suffix, hn::LoadU(d, w + at));
+      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, Bk + at)), d, bd + at);
+      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, K + at)), d, kd + at);
+      suffix = hn::Mul(suffix, hn::LoadU(d, W + at));
     }
+  }
+}
+
+// sums[p] = the sum of acc[p]'s lanes for 16 vectors: pairs interleaved within 128-bit
+// blocks, then the blocks added (a quarter of the shuffles of 16 separate lane sums).
+template <class D>
+HWY_INLINE void SumLanesOf16(D d, const hn::Vec<D> (&acc)[16], float* sums) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)d;
+  for (int p = 0; p < 16; ++p) sums[p] = hn::GetLane(acc[p]);
+#else
+  const hn::Repartition<double, D> d64;
+  const hn::FixedTag<float, 4> d4;
+  const size_t NL = hn::Lanes(d);
+  HWY_ALIGN float blocks[kChunkAlign];
+  for (int g = 0; g < 4; ++g) {
+    const hn::Vec<D>* x = acc + 4 * g;
+    const auto s01 = hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, x[0], x[1]), hn::InterleaveUpper(d, x[0], x[1])));
+    const auto s23 = hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, x[2], x[3]), hn::InterleaveUpper(d, x[2], x[3])));
+    hn::Store(hn::Add(hn::BitCast(d, hn::InterleaveLower(d64, s01, s23)),
+                      hn::BitCast(d, hn::InterleaveUpper(d64, s01, s23))),
+              d, blocks);
+    auto sum = hn::Load(d4, blocks);
+    for (size_t at = 4; at < NL; at += 4) sum = hn::Add(sum, hn::Load(d4, blocks + at));
+    hn::StoreU(sum, d4, sums + 4 * g);
+  }
+#endif
+}
+
+void DplrBlockScores(const float* Q, const float* A, const float* K, const float* Bk, const float* W, int64_t ldf,
+                     float* ab, float* ak, float* qb, float* qk) {
+  constexpr int M = kBlockTokens;
+  static_assert(M * M == 16, "SumLanesOf16 reduces one score kind pair of a block");
+  const hn::ScalableTag<float> d;
+  using V = hn::Vec<decltype(d)>;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  // One pass for the keys (qk, ak), one for b (qb, ab): 16 sums each. Sum p < 10 is
+  // (j, i <= j) of q_j, the rest (j, i < j) of a_j, both in the order the loops meet them.
+  for (const auto& [X, qx, ax] : {std::tuple{K, qk, ak}, std::tuple{Bk, qb, ab}}) {
+    V acc[16];
+    for (V& x : acc) x = hn::Zero(d);
+    for (int64_t c = 0; c < ldf; c += NL) {
+      int qp = 0, ap = 10;
+      // Unrolled in full, so that the sums' indices are constants and acc stays in registers.
+#pragma GCC unroll 4
+      for (int j = 0; j < M; ++j) {
+        const V qj = hn::LoadU(d, Q + j * ldf + c);
+        // e: the decays of tokens i+1 .. j (a_{j+1}'s stop one token before its own).
+        V e = hn::Set(d, 1.f);
+#pragma GCC unroll 4
+        for (int i = j; i >= 0; --i) {
+          const V xi = hn::LoadU(d, X + i * ldf + c);
+          const V xe = i == j ? xi : hn::Mul(xi, e);
+          acc[qp] = hn::MulAdd(qj, xe, acc[qp]);
+          ++qp;
+          if (j + 1 < M) {
+            acc[ap] = hn::MulAdd(hn::LoadU(d, A + (j + 1) * ldf + c), xe, acc[ap]);
+            ++ap;
+          }
+          if (i > 0) e = i == j ? hn::LoadU(d, W + i * ldf + c) : hn::Mul(e, hn::LoadU(d, W + i * ldf + c));
+        }
+      }
+    }
+    float sums[16];
+    SumLanesOf16(d, acc, sums);
+    int qp = 0, ap = 10;
+    for (int j = 0; j < M; ++j)
+      for (int i = j; i >= 0; --i) {
+        qx[j * M + i] = sums[qp++];
+        if (j + 1 < M) ax[(j + 1) * M + i] = sums[ap++];
+      }
   }
 }
 
@@ -537,7 +628,8 @@ HWY_EXPORT(DeltaRuleStep);
 HWY_EXPORT(DeltaBlockStep);
 HWY_EXPORT(DplrStep);
 HWY_EXPORT(DplrDecayedDots);
-HWY_EXPORT(DplrBlockFactors);
+HWY_EXPORT(DplrBlockPack);
+HWY_EXPORT(DplrBlockScores);
 HWY_EXPORT(DplrBlockStep);
 
 void chunk_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
@@ -588,9 +680,14 @@ void dplr_decayed_dots(const float* q, const float* a_next, const float* K, cons
   HWY_DYNAMIC_DISPATCH(DplrDecayedDots)(q, a_next, K, Bk, W, n, s, i, qk, qb, ak, ab, e);
 }
 
-void dplr_block_factors(const float* w, const float* a, const float* b, const float* k, const float* q, int64_t ldf,
-                        float* D, float* ad, float* qd, float* bd, float* kd) {
-  HWY_DYNAMIC_DISPATCH(DplrBlockFactors)(w, a, b, k, q, ldf, D, ad, qd, bd, kd);
+void dplr_block_pack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
+                     const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
+                     float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd) {
+  HWY_DYNAMIC_DISPATCH(DplrBlockPack)(q, q_scale, k, a, b, log_w, dk, ldf, Q, K, A, Bk, W, D, ad, qd, bd, kd);
+}
+void dplr_block_scores(const float* Q, const float* A, const float* K, const float* Bk, const float* W, int64_t ldf,
+                       float* ab, float* ak, float* qb, float* qk) {
+  HWY_DYNAMIC_DISPATCH(DplrBlockScores)(Q, A, K, Bk, W, ldf, ab, ak, qb, qk);
 }
 void dplr_block_step(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D, const float* ad, const float* qd,
                      const float* bd, const float* kd, const float* ab, const float* ak, const float* qb,

@@ -130,20 +130,28 @@ void dplr_step(float* S, int64_t dk, int64_t N, const float* w, const float* a, 
 // product of the decays of tokens 0..j (P_{-1} = 1) and R_i that of tokens i+1.. of the
 // block, the factors (kBlockTokens rows of ldf floats each) are ad_j = P_{j-1} a_j,
 // qd_j = P_j q_j, bd_i = R_i b_i, kd_i = R_i k_i, and D = P of the whole block (dk);
-// the intra-block scores (row-major kBlockTokens x kBlockTokens, as dplr_decayed_dots
-// gives them) are ab[j, i], ak[j, i] (i < j: a_j against b_i, k_i decayed from i to
-// j - 1) and qb[j, i], qk[j, i] (i <= j: q_j against them decayed from i to j). Then
+// the intra-block scores (row-major kBlockTokens x kBlockTokens) are ab[j, i], ak[j, i]
+// (i < j: a_j against b_i, k_i decayed from i to j - 1) and qb[j, i], qk[j, i] (i <= j:
+// q_j against them decayed from i to j). Then
 //   u_j = S^T ad_j + sum_{i<j} (ab[j, i] u_i + ak[j, i] v_i),
 //   o_j = S^T qd_j + sum_{i<=j} (qb[j, i] u_i + qk[j, i] v_i),
 //   S = diag(D) S + sum_i (bd_i u_i^T + kd_i v_i^T),
 // 4 + 1/kBlockTokens vector operations per state element and token instead of the single
-// step's 5. dplr_block_factors computes the factors from the block's rows (decays w, a,
-// b, k and q, each kBlockTokens rows of ldf; ldf % kChunkAlign == 0).
-void dplr_block_factors(const float* w, const float* a, const float* b, const float* k, const float* q, int64_t ldf,
-                        float* D, float* ad, float* qd, float* bd, float* kd);
+// step's 5.
 void dplr_block_step(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D, const float* ad, const float* qd,
                      const float* bd, const float* kd, const float* ab, const float* ak, const float* qb,
                      const float* qk, const float* const* v, float* const* o, RowPrefetch& ahead);
+// The block's rows for dplr_block_step, read once from the caller's rows (kBlockTokens
+// pointers each, dk floats): Q = q_scale q, K, A, Bk and W = exp(log_w) packed to rows of
+// ldf (ldf % kChunkAlign == 0; the padding past dk is left as it is), and the factors
+// D, ad, qd, bd, kd.
+void dplr_block_pack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
+                     const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
+                     float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd);
+// The intra-block scores of dplr_block_step from the packed rows (ldf apart, zero past
+// dk), all of a block at once.
+void dplr_block_scores(const float* Q, const float* A, const float* K, const float* Bk, const float* W, int64_t ldf,
+                       float* ab, float* ak, float* qb, float* qk);
 // One row of a diagonal block of the chunked DPLR delta rule: with the running product
 // e_j = prod_{m=j+1..i} W[m] (rows of n), for j = i, i-1, ..., s:
 //   qk[j] = <q, e_j K[j]>,  qb[j] = <q, e_j Bk[j]>,
