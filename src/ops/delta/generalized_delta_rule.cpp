@@ -17,7 +17,9 @@
 #include "src/ops/delta/generalized_delta_rule.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,6 +33,13 @@ namespace subq::ops {
 namespace {
 
 constexpr int64_t kSubBlock = kChunkAlign;
+
+// Recurrent prefills of at least this many tokens check their log-decays as the blocks
+// read them, advancing copies of the states that are written back only when every value
+// passed (a bad value leaves the caller's states as they were). A separate pass over
+// log_w first cost ~3% of a prefill (Zen 4, 32 heads of 64); the copies cost a state's
+// read and write per call, too much for short calls.
+constexpr int64_t kCheckInPassTokens = 256;
 
 struct Problem {
   int64_t B, T, H, dk, dv, dkp, dvp;
@@ -113,8 +122,9 @@ void add_block_prefetch(const Problem& p, int64_t task, int64_t t, RowPrefetch& 
 
 // kBlockTokens tokens of task (b, h) from token t (dplr_block_step): factors, scores by
 // running products of the decays (multiplied, never divided), then the two passes.
-// ahead: rows of the next work to bring in meanwhile.
-void run_block(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t, float* state, RowPrefetch& ahead) {
+// ahead: rows of the next work to bring in meanwhile. Returns whether the block's
+// log-decays were all <= 0.
+bool run_block(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t, float* state, RowPrefetch& ahead) {
   constexpr int M = kBlockTokens;
   const int64_t dkp = p.dkp;
   const float *q[M], *k[M], *a[M], *bk[M], *log_w[M], *v[M];
@@ -132,13 +142,20 @@ void run_block(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t, 
   float* bd = qd + M * dkp;
   float* kd = bd + M * dkp;
   float* D = kd + M * dkp;
-  dplr_block_pack(q, p.opt.scale, k, a, bk, log_w, p.dk, dkp, w.Q.data(), w.K.data(), w.A.data(), w.Bk.data(),
-                  w.W.data(), D, ad, qd, bd, kd);
+  const bool decays_ok = dplr_block_pack(q, p.opt.scale, k, a, bk, log_w, p.dk, dkp, w.Q.data(), w.K.data(),
+                                         w.A.data(), w.Bk.data(), w.W.data(), D, ad, qd, bd, kd);
   float *qk = w.Mqk.data(), *qb = w.Mqb.data(), *ak = w.Mak.data(), *ab = w.Mab.data();
   dplr_block_scores(w.Q.data(), w.A.data(), w.K.data(), w.Bk.data(), w.W.data(), dkp, ab, ak, qb, qk);
   dplr_block_step(state, p.dk, p.dvp, dkp, D, ad, qd, bd, kd, ab, ak, qb, qk, v, o, ahead);
   if (p.dv != p.dvp)
     for (int i = 0; i < M; ++i) std::copy_n(o[i], p.dv, p.o.at(b, t + i, h));
+  return decays_ok;
+}
+
+bool row_at_most_zero(const float* x, int64_t n) {
+  int64_t bad = 0;
+  for (int64_t d = 0; d < n; ++d) bad += !(x[d] <= 0.f);
+  return bad == 0;
 }
 
 // Over a range of (batch, head) tasks, every head of a block of tokens (kBlockTokens at
@@ -146,32 +163,44 @@ void run_block(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t, 
 // token: the rows of one token are then adjacent in memory, where one head's rows lie H
 // heads apart (measured 1.2x at RWKV-7 shapes); the range's states (16 KiB each at
 // dk = dv = 64) stay in L2.
-void run_recurrent(const Problem& p, Workspace& w, int64_t begin, int64_t end) {
+// copies: when given, the states to advance instead of the caller's (padded rows, one per
+// task), and the log-decays are checked as they are read: a bad one sets bad_decay and
+// stops the range, and other ranges stop at their next block.
+void run_recurrent(const Problem& p, Workspace& w, int64_t begin, int64_t end, float* copies,
+                   std::atomic<bool>& bad_decay) {
   constexpr int M = kBlockTokens;
   const int64_t size = p.dk * p.dvp;
-  const bool padded = p.dv != p.dvp;
+  const bool padded = p.dv != p.dvp && !copies;
   std::vector<float> padded_states(padded ? static_cast<size_t>((end - begin) * size) : 0);
   auto state_of = [&](int64_t task) {
+    if (copies) return copies + task * size;
     return padded ? &padded_states[static_cast<size_t>((task - begin) * size)] : p.state + task * size;
   };
-  if (padded)
+  if (padded || copies)
     for (int64_t task = begin; task < end; ++task)
       pad_state_rows(p.state + task * p.dk * p.dv, p.dk, p.dv, p.dvp, state_of(task));
+  const auto stop = [&](bool decays_ok) {
+    if (!copies) return false;
+    if (!decays_ok) bad_decay.store(true, std::memory_order_relaxed);
+    return bad_decay.load(std::memory_order_relaxed);
+  };
   int64_t t = 0;
   for (; t + M <= p.T; t += M)
     for (int64_t task = begin; task < end; ++task) {
       RowPrefetch ahead;
       const bool last = task + 1 == end;
       for (int i = 0; i < M; ++i) add_block_prefetch(p, last ? begin : task + 1, (last ? t + M : t) + i, ahead);
-      run_block(p, w, task / p.H, task % p.H, t, state_of(task), ahead);
+      if (stop(run_block(p, w, task / p.H, task % p.H, t, state_of(task), ahead))) return;
     }
   float *q = w.Q.data(), *decay = w.W.data(), *v = w.V.data(), *o = w.O.data();
   for (; t < p.T; ++t)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.H, h = task % p.H;
+      const float* log_w = p.log_w.at(b, t, h);
+      if (stop(!copies || row_at_most_zero(log_w, p.dk))) return;
       const float* qt = p.q.at(b, t, h);
       for (int64_t d = 0; d < p.dk; ++d) q[d] = qt[d] * p.opt.scale;
-      ops::exp(p.log_w.at(b, t, h), decay, static_cast<size_t>(p.dk));
+      ops::exp(log_w, decay, static_cast<size_t>(p.dk));
       load_v(p, b, t, h, v);
       dplr_step(state_of(task), p.dk, p.dvp, decay, p.a.at(b, t, h), p.b.at(b, t, h), p.k.at(b, t, h), v, q, o);
       std::copy_n(o, p.dv, p.o.at(b, t, h));
@@ -311,18 +340,22 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   p.b = per_head_rows(b, "generalized_delta_rule: b", p.B, p.T, p.H, p.dk);
   p.log_w = per_head_rows(log_w, "generalized_delta_rule: log_w", p.B, p.T, p.H, p.dk);
   p.o = head_rows_out(o, "generalized_delta_rule: o", p.B, p.T, p.H, p.dv);
-  check_rows_at_most_zero(p.log_w, p.B, p.T, p.H, p.dk, "generalized_delta_rule: log_w");
+  const bool recurrent = options.algorithm != LinearAlgorithm::chunked;
+  const bool check_in_pass = recurrent && p.T >= kCheckInPassTokens;
+  if (!check_in_pass) check_rows_at_most_zero(p.log_w, p.B, p.T, p.H, p.dk, "generalized_delta_rule: log_w");
   check_dtype(state, DType::f32, "generalized_delta_rule: state");
   check_shape(state, Shape{p.B, p.H, p.dk, p.dv}, "generalized_delta_rule: state");
   check_contiguous(state, "generalized_delta_rule: state");
   p.state = state.mutable_data<float>();
 
-  const bool recurrent = options.algorithm != LinearAlgorithm::chunked;
   const int64_t Lp = round_up_to_align(std::min(options.chunk, p.T));
+  const int64_t state_size = p.dk * p.dvp;
+  const auto copies = std::make_unique_for_overwrite<float[]>(check_in_pass ? p.B * p.H * state_size : 0);
+  std::atomic<bool> bad_decay{false};
   parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
     Workspace w(p, recurrent ? std::min<int64_t>(p.T, kBlockTokens) : Lp, recurrent);
     if (recurrent) {
-      run_recurrent(p, w, begin, end);
+      run_recurrent(p, w, begin, end, check_in_pass ? copies.get() : nullptr, bad_decay);
       return;
     }
     for (int64_t task = begin; task < end; ++task)
@@ -331,6 +364,16 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
         run_chunked(p, w, task / p.H, task % p.H, Lp);
       });
   });
+  if (bad_decay) {
+    check_rows_at_most_zero(p.log_w, p.B, p.T, p.H, p.dk, "generalized_delta_rule: log_w");
+    throw Error("generalized_delta_rule: log_w: a value > 0 or NaN seen in the recurrence was not found again");
+  }
+  if (check_in_pass)
+    parallel_for(p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task)
+        unpad_state_rows(&copies[task * state_size], p.dk, p.dv, p.dvp,
+                         p.state + task * p.dk * p.dv);
+    });
 }
 
 }  // namespace subq::ops

@@ -419,10 +419,11 @@ void DplrStep(float* S, int64_t dk, int64_t N, const float* w, const float* a, c
   });
 }
 
-void DplrBlockPack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
+bool DplrBlockPack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
                    const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
                    float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd) {
   constexpr int M = kBlockTokens;
+  bool decays_ok = true;
   // Row by row: the caller's rows of a head lie a whole token apart, so the same columns
   // of several rows share L1 sets and address bits below 4 KiB; read side by side they
   // measured slower. D holds the running decay product meanwhile.
@@ -430,7 +431,9 @@ void DplrBlockPack(const float* const* q, float q_scale, const float* const* k, 
     auto columns = [&](auto d, int64_t c) {
       using V = hn::Vec<decltype(d)>;
       const int64_t at = j * ldf + c;
-      const V w = hn::Exp(d, hn::LoadU(d, log_w[j] + c));
+      const V lw = hn::LoadU(d, log_w[j] + c);
+      decays_ok &= hn::AllTrue(d, hn::Le(lw, hn::Zero(d)));
+      const V w = hn::Exp(d, lw);
       const V qj = hn::Mul(hn::Set(d, q_scale), hn::LoadU(d, q[j] + c)), aj = hn::LoadU(d, a[j] + c);
       hn::StoreU(w, d, W + at);
       hn::StoreU(qj, d, Q + at);
@@ -460,6 +463,7 @@ void DplrBlockPack(const float* const* q, float q_scale, const float* const* k, 
       suffix = hn::Mul(suffix, hn::LoadU(d, W + at));
     }
   }
+  return decays_ok;
 }
 
 // sums[p] = the sum of acc[p]'s lanes for 16 vectors: pairs interleaved within 128-bit
@@ -680,10 +684,10 @@ void dplr_decayed_dots(const float* q, const float* a_next, const float* K, cons
   HWY_DYNAMIC_DISPATCH(DplrDecayedDots)(q, a_next, K, Bk, W, n, s, i, qk, qb, ak, ab, e);
 }
 
-void dplr_block_pack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
+bool dplr_block_pack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
                      const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
                      float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd) {
-  HWY_DYNAMIC_DISPATCH(DplrBlockPack)(q, q_scale, k, a, b, log_w, dk, ldf, Q, K, A, Bk, W, D, ad, qd, bd, kd);
+  return HWY_DYNAMIC_DISPATCH(DplrBlockPack)(q, q_scale, k, a, b, log_w, dk, ldf, Q, K, A, Bk, W, D, ad, qd, bd, kd);
 }
 void dplr_block_scores(const float* Q, const float* A, const float* K, const float* Bk, const float* W, int64_t ldf,
                        float* ab, float* ak, float* qb, float* qk) {

@@ -182,29 +182,35 @@ TEST(GeneralizedDeltaRule, RejectsBadArguments) {
 
 // The decay check runs on the pool's threads over long inputs: one positive value or NaN
 // far into a 3000-token input is still found, named, and thrown on the calling thread.
+// Long prefills check log_w as the recurrence reads it: the error still names the value,
+// and the caller's states stay as they were (also where their rows are padded: d = 40).
 TEST(GeneralizedDeltaRule, FindsOneBadDecayInALongInput) {
   auto rng = rng_for_test();
   const int saved = num_threads();
   set_num_threads(3);
-  const Shape shape{1, 3000, 4, 64};
-  const Tensor x = random_tensor(rng, shape, -0.1f, 0.1f);
-  const Tensor state = Tensor::zeros(DType::f32, Shape{1, 4, 64, 64});
-  const Tensor o = nan_tensor(shape);
-  Tensor log_w = random_tensor(rng, shape, -0.61f, 0.f);
-  EXPECT_NO_THROW(ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, {}));
-  const int64_t at = std::uniform_int_distribution<int64_t>(log_w.numel() / 2, log_w.numel() - 1)(rng);
-  for (const float bad : {0.25f, std::numeric_limits<float>::quiet_NaN()}) {
-    const float kept = log_w.data<float>()[at];
-    log_w.mutable_data<float>()[at] = bad;
-    try {
-      ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, {});
-      ADD_FAILURE() << "no error for log_w = " << bad << " at element " << at;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("generalized_delta_rule: log_w: expected values <= 0, got"),
-                std::string::npos)
-          << e.what();
+  for (const Shape shape : {Shape{1, 3000, 4, 64}, Shape{2, 601, 3, 40}}) {
+    const int64_t B = shape[0], H = shape[2], d = shape[3];
+    const Tensor x = random_tensor(rng, shape, -0.1f, 0.1f);
+    const Tensor state = random_tensor(rng, Shape{B, H, d, d});
+    const Tensor o = nan_tensor(shape);
+    Tensor log_w = random_tensor(rng, shape, -0.61f, 0.f);
+    EXPECT_NO_THROW(ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, {}));
+    const int64_t at = std::uniform_int_distribution<int64_t>(log_w.numel() / 2, log_w.numel() - 1)(rng);
+    for (const float bad : {0.25f, std::numeric_limits<float>::quiet_NaN()}) {
+      const float kept = log_w.data<float>()[at];
+      log_w.mutable_data<float>()[at] = bad;
+      const std::vector<float> before(state.data<float>(), state.data<float>() + state.numel());
+      try {
+        ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, {});
+        ADD_FAILURE() << "no error for log_w = " << bad << " at element " << at;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("generalized_delta_rule: log_w: expected values <= 0, got"),
+                  std::string::npos)
+            << e.what();
+      }
+      EXPECT_TRUE(std::equal(before.begin(), before.end(), state.data<float>())) << "state changed by a failed call";
+      log_w.mutable_data<float>()[at] = kept;
     }
-    log_w.mutable_data<float>()[at] = kept;
   }
   set_num_threads(saved);
 }
