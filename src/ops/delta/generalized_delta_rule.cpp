@@ -113,11 +113,15 @@ void block_value_rows(const Problem& p, Workspace& w, int64_t b, int64_t t, int6
   o[i] = w.O.data() + i * p.dvp;
 }
 
+// Asks for the rows of kBlockTokens tokens of task from token t (those before T).
 void add_block_prefetch(const Problem& p, int64_t task, int64_t t, RowPrefetch& ahead) {
-  if (t >= p.T) return;
-  const int64_t b = task / p.H, h = task % p.H;
-  for (const HeadRows* rows : {&p.q, &p.k, &p.a, &p.b, &p.log_w}) ahead.add(rows->at(b, t, h), p.dk);
-  ahead.add(p.v.at(b, t, h), p.dv);
+  const int64_t b = task / p.H, h = task % p.H, n = std::min<int64_t>(kBlockTokens, p.T - t);
+  for (const HeadRows* rows : {&p.q, &p.k, &p.a, &p.b, &p.log_w}) {
+    const float* row = rows->at(b, t, h);
+    for (int64_t i = 0; i < n; ++i) ahead.add(row + i * rows->st, p.dk);
+  }
+  const float* row = p.v.at(b, t, h);
+  for (int64_t i = 0; i < n; ++i) ahead.add(row + i * p.v.st, p.dv);
 }
 
 // kBlockTokens tokens of task (b, h) from token t (dplr_block_step): factors, scores by
@@ -129,12 +133,14 @@ bool run_block(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t, 
   const int64_t dkp = p.dkp;
   const float *q[M], *k[M], *a[M], *bk[M], *log_w[M], *v[M];
   float* o[M];
+  const float *q0 = p.q.at(b, t, h), *k0 = p.k.at(b, t, h), *a0 = p.a.at(b, t, h), *b0 = p.b.at(b, t, h),
+              *log_w0 = p.log_w.at(b, t, h);
   for (int i = 0; i < M; ++i) {
-    q[i] = p.q.at(b, t + i, h);
-    k[i] = p.k.at(b, t + i, h);
-    a[i] = p.a.at(b, t + i, h);
-    bk[i] = p.b.at(b, t + i, h);
-    log_w[i] = p.log_w.at(b, t + i, h);
+    q[i] = q0 + i * p.q.st;
+    k[i] = k0 + i * p.k.st;
+    a[i] = a0 + i * p.a.st;
+    bk[i] = b0 + i * p.b.st;
+    log_w[i] = log_w0 + i * p.log_w.st;
     block_value_rows(p, w, b, t + i, h, i, v, o);
   }
   float* ad = w.factors.data();
@@ -189,7 +195,7 @@ void run_recurrent(const Problem& p, Workspace& w, int64_t begin, int64_t end, f
     for (int64_t task = begin; task < end; ++task) {
       RowPrefetch ahead;
       const bool last = task + 1 == end;
-      for (int i = 0; i < M; ++i) add_block_prefetch(p, last ? begin : task + 1, (last ? t + M : t) + i, ahead);
+      add_block_prefetch(p, last ? begin : task + 1, last ? t + M : t, ahead);
       if (stop(run_block(p, w, task / p.H, task % p.H, t, state_of(task), ahead))) return;
     }
   float *q = w.Q.data(), *decay = w.W.data(), *v = w.V.data(), *o = w.O.data();
