@@ -149,9 +149,9 @@ bool run_block(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t t, 
   float* kd = bd + M * dkp;
   float* D = kd + M * dkp;
   const bool decays_ok = dplr_block_pack(q, p.opt.scale, k, a, bk, log_w, p.dk, dkp, w.Q.data(), w.K.data(),
-                                         w.A.data(), w.Bk.data(), w.W.data(), D, ad, qd, bd, kd);
+                                         w.A.data(), w.Bk.data(), w.W.data(), D, ad, qd);
   float *qk = w.Mqk.data(), *qb = w.Mqb.data(), *ak = w.Mak.data(), *ab = w.Mab.data();
-  dplr_block_scores(w.Q.data(), w.A.data(), w.K.data(), w.Bk.data(), w.W.data(), dkp, ab, ak, qb, qk);
+  dplr_block_scores(w.Q.data(), w.A.data(), w.K.data(), w.Bk.data(), w.W.data(), dkp, ab, ak, qb, qk, bd, kd);
   dplr_block_step(state, p.dk, p.dvp, dkp, D, ad, qd, bd, kd, ab, ak, qb, qk, v, o, ahead);
   if (p.dv != p.dvp)
     for (int i = 0; i < M; ++i) std::copy_n(o[i], p.dv, p.o.at(b, t + i, h));

@@ -421,7 +421,7 @@ void DplrStep(float* S, int64_t dk, int64_t N, const float* w, const float* a, c
 
 bool DplrBlockPack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
                    const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
-                   float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd) {
+                   float* A, float* Bk, float* W, float* D, float* ad, float* qd) {
   constexpr int M = kBlockTokens;
   bool decays_ok = true;
   // Row by row: the caller's rows of a head lie a whole token apart, so the same columns
@@ -451,17 +451,6 @@ bool DplrBlockPack(const float* const* q, float q_scale, const float* const* k, 
     int64_t c = 0;
     for (; c + NL <= dk; c += NL) columns(d, c);
     for (; c < dk; ++c) columns(hn::CappedTag<float, 1>(), c);
-  }
-  const hn::ScalableTag<float> d;
-  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t c = 0; c < dk; c += NL) {
-    auto suffix = hn::Set(d, 1.f);
-    for (int i = M - 1; i >= 0; --i) {
-      const int64_t at = i * ldf + c;
-      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, Bk + at)), d, bd + at);
-      hn::StoreU(hn::Mul(suffix, hn::LoadU(d, K + at)), d, kd + at);
-      suffix = hn::Mul(suffix, hn::LoadU(d, W + at));
-    }
   }
   return decays_ok;
 }
@@ -493,7 +482,7 @@ HWY_INLINE void SumLanesOf16(D d, const hn::Vec<D> (&acc)[16], float* sums) {
 }
 
 void DplrBlockScores(const float* Q, const float* A, const float* K, const float* Bk, const float* W, int64_t ldf,
-                     float* ab, float* ak, float* qb, float* qk) {
+                     float* ab, float* ak, float* qb, float* qk, float* bd, float* kd) {
   constexpr int M = kBlockTokens;
   static_assert(M * M == 16, "SumLanesOf16 reduces one score kind pair of a block");
   const hn::ScalableTag<float> d;
@@ -501,7 +490,7 @@ void DplrBlockScores(const float* Q, const float* A, const float* K, const float
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
   // One pass for the keys (qk, ak), one for b (qb, ab): 16 sums each. Sum p < 10 is
   // (j, i <= j) of q_j, the rest (j, i < j) of a_j, both in the order the loops meet them.
-  for (const auto& [X, qx, ax] : {std::tuple{K, qk, ak}, std::tuple{Bk, qb, ab}}) {
+  for (const auto& [X, qx, ax, xd] : {std::tuple{K, qk, ak, kd}, std::tuple{Bk, qb, ab, bd}}) {
     V acc[16];
     for (V& x : acc) x = hn::Zero(d);
     for (int64_t c = 0; c < ldf; c += NL) {
@@ -516,6 +505,8 @@ void DplrBlockScores(const float* Q, const float* A, const float* K, const float
         for (int i = j; i >= 0; --i) {
           const V xi = hn::LoadU(d, X + i * ldf + c);
           const V xe = i == j ? xi : hn::Mul(xi, e);
+          // The last token's decays from i + 1 are the block's rest, R_i: xd_i = R_i x_i.
+          if (j == M - 1) hn::StoreU(xe, d, xd + i * ldf + c);
           acc[qp] = hn::MulAdd(qj, xe, acc[qp]);
           ++qp;
           if (j + 1 < M) {
@@ -686,12 +677,12 @@ void dplr_decayed_dots(const float* q, const float* a_next, const float* K, cons
 
 bool dplr_block_pack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
                      const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
-                     float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd) {
-  return HWY_DYNAMIC_DISPATCH(DplrBlockPack)(q, q_scale, k, a, b, log_w, dk, ldf, Q, K, A, Bk, W, D, ad, qd, bd, kd);
+                     float* A, float* Bk, float* W, float* D, float* ad, float* qd) {
+  return HWY_DYNAMIC_DISPATCH(DplrBlockPack)(q, q_scale, k, a, b, log_w, dk, ldf, Q, K, A, Bk, W, D, ad, qd);
 }
 void dplr_block_scores(const float* Q, const float* A, const float* K, const float* Bk, const float* W, int64_t ldf,
-                       float* ab, float* ak, float* qb, float* qk) {
-  HWY_DYNAMIC_DISPATCH(DplrBlockScores)(Q, A, K, Bk, W, ldf, ab, ak, qb, qk);
+                       float* ab, float* ak, float* qb, float* qk, float* bd, float* kd) {
+  HWY_DYNAMIC_DISPATCH(DplrBlockScores)(Q, A, K, Bk, W, ldf, ab, ak, qb, qk, bd, kd);
 }
 void dplr_block_step(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D, const float* ad, const float* qd,
                      const float* bd, const float* kd, const float* ab, const float* ak, const float* qb,

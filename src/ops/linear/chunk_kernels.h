@@ -144,14 +144,15 @@ void dplr_block_step(float* S, int64_t dk, int64_t N, int64_t ldf, const float* 
 // The block's rows for dplr_block_step, read once from the caller's rows (kBlockTokens
 // pointers each, dk floats): Q = q_scale q, K, A, Bk and W = exp(log_w) packed to rows of
 // ldf (ldf % kChunkAlign == 0; the padding past dk is left as it is), and the factors
-// D, ad, qd, bd, kd. Returns whether every log-decay was <= 0 (none NaN).
+// D, ad, qd. Returns whether every log-decay was <= 0 (none NaN).
 bool dplr_block_pack(const float* const* q, float q_scale, const float* const* k, const float* const* a,
                      const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
-                     float* A, float* Bk, float* W, float* D, float* ad, float* qd, float* bd, float* kd);
+                     float* A, float* Bk, float* W, float* D, float* ad, float* qd);
 // The intra-block scores of dplr_block_step from the packed rows (ldf apart, zero past
-// dk), all of a block at once.
+// dk), all of a block at once, and the factors bd, kd (the last token's scores decay b
+// and k by them).
 void dplr_block_scores(const float* Q, const float* A, const float* K, const float* Bk, const float* W, int64_t ldf,
-                       float* ab, float* ak, float* qb, float* qk);
+                       float* ab, float* ak, float* qb, float* qk, float* bd, float* kd);
 // One row of a diagonal block of the chunked DPLR delta rule: with the running product
 // e_j = prod_{m=j+1..i} W[m] (rows of n), for j = i, i-1, ..., s:
 //   qk[j] = <q, e_j K[j]>,  qb[j] = <q, e_j Bk[j]>,
