@@ -545,12 +545,16 @@ void DplrBlockStep(float* S, int64_t dk, int64_t N, int64_t ldf, const float* D,
     ahead.issue_share(places);
     for (int i = 0; i < M; ++i)
       for (int c = 0; c < NV; ++c) vv[i][c] = hn::LoadU(d, v[i] + n + c * NL);
+#pragma GCC unroll 4
     for (int j = 0; j < M; ++j)
+#pragma GCC unroll 4
       for (int i = 0; i < j; ++i) {
         const V sb = hn::Set(d, ab[j * M + i]), sk = hn::Set(d, ak[j * M + i]);
         for (int c = 0; c < NV; ++c) u[j][c] = hn::MulAdd(sk, vv[i][c], hn::MulAdd(sb, u[i][c], u[j][c]));
       }
+#pragma GCC unroll 4
     for (int j = 0; j < M; ++j) {
+#pragma GCC unroll 4
       for (int i = 0; i <= j; ++i) {
         const V sb = hn::Set(d, qb[j * M + i]), sk = hn::Set(d, qk[j * M + i]);
         for (int c = 0; c < NV; ++c) out[j][c] = hn::MulAdd(sk, vv[i][c], hn::MulAdd(sb, u[i][c], out[j][c]));
