@@ -442,36 +442,47 @@ bool DplrBlockPack(const float* const* q, float q_scale, const float* const* k, 
                    const float* const* b, const float* const* log_w, int64_t dk, int64_t ldf, float* Q, float* K,
                    float* A, float* Bk, float* W, float* D, float* ad, float* qd) {
   constexpr int M = kBlockTokens;
-  bool decays_ok = true;
+  const hn::ScalableTag<float> d;
+  const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
+  // Lanes of log_w not <= 0 (NaN included), or-ed over full vectors; the tails' verdict.
+  auto bad = hn::Lt(hn::Zero(d), hn::Zero(d));
+  bool tails_ok = true;
   // Row by row: the caller's rows of a head lie a whole token apart, so the same columns
   // of several rows share L1 sets and address bits below 4 KiB; read side by side they
   // measured slower. D holds the running decay product meanwhile.
   for (int j = 0; j < M; ++j) {
-    auto columns = [&](auto d, int64_t c) {
+    // Row pointers in locals: read through the arrays, they were reloaded after every store.
+    const float *qj_row = q[j], *kj_row = k[j], *aj_row = a[j], *bj_row = b[j], *lw_row = log_w[j];
+    auto columns = [&](auto d, int64_t c, auto lw) {
       using V = hn::Vec<decltype(d)>;
       const int64_t at = j * ldf + c;
-      const V lw = hn::LoadU(d, log_w[j] + c);
-      decays_ok &= hn::AllTrue(d, hn::Le(lw, hn::Zero(d)));
       const V w = hn::Exp(d, lw);
-      const V qj = hn::Mul(hn::Set(d, q_scale), hn::LoadU(d, q[j] + c)), aj = hn::LoadU(d, a[j] + c);
+      const V qj = hn::Mul(hn::Set(d, q_scale), hn::LoadU(d, qj_row + c)), aj = hn::LoadU(d, aj_row + c);
       hn::StoreU(w, d, W + at);
       hn::StoreU(qj, d, Q + at);
       hn::StoreU(aj, d, A + at);
-      hn::StoreU(hn::LoadU(d, k[j] + c), d, K + at);
-      hn::StoreU(hn::LoadU(d, b[j] + c), d, Bk + at);
+      hn::StoreU(hn::LoadU(d, kj_row + c), d, K + at);
+      hn::StoreU(hn::LoadU(d, bj_row + c), d, Bk + at);
       V prefix = j == 0 ? hn::Set(d, 1.f) : hn::LoadU(d, D + c);
       hn::StoreU(hn::Mul(prefix, aj), d, ad + at);
       prefix = hn::Mul(prefix, w);
       hn::StoreU(prefix, d, D + c);
       hn::StoreU(hn::Mul(prefix, qj), d, qd + at);
     };
-    const hn::ScalableTag<float> d;
-    const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
     int64_t c = 0;
-    for (; c + NL <= dk; c += NL) columns(d, c);
-    for (; c < dk; ++c) columns(hn::CappedTag<float, 1>(), c);
+    for (; c + NL <= dk; c += NL) {
+      const auto lw = hn::LoadU(d, lw_row + c);
+      bad = hn::Or(bad, hn::Not(hn::Le(lw, hn::Zero(d))));
+      columns(d, c, lw);
+    }
+    for (; c < dk; ++c) {
+      const hn::CappedTag<float, 1> d1;
+      const auto lw = hn::LoadU(d1, lw_row + c);
+      tails_ok &= hn::AllTrue(d1, hn::Le(lw, hn::Zero(d1)));
+      columns(d1, c, lw);
+    }
   }
-  return decays_ok;
+  return tails_ok && hn::AllFalse(d, bad);
 }
 
 // sums[p] = the sum of acc[p]'s lanes for 16 vectors: pairs interleaved within 128-bit
