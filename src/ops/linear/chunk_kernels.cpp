@@ -199,6 +199,9 @@ void LinearAttentionStep(float* S, int64_t dk, int64_t N, const float* decay, co
   });
 }
 
+// The block kernels below unroll their loops over a block's tokens in full (#pragma GCC
+// unroll): their arrays of vectors are indexed by token, and where GCC left such a loop
+// rolled it kept the whole array on the stack (up to 91 vector slots in one kernel).
 void LinearAttentionBlockFactors(const float* decay, const float* const* q, float q_scale, const float* const* k,
                                  int64_t dk, float* D, float* kd, float* qd, float* scores) {
   constexpr int M = kBlockTokens;
@@ -206,29 +209,29 @@ void LinearAttentionBlockFactors(const float* decay, const float* const* q, floa
   auto columns = [&](auto d, int64_t c, auto (&acc)[M][M]) {
     using V = hn::Vec<decltype(d)>;
     V dec[M], qv[M], kv[M];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < M; ++i) {
       dec[i] = hn::LoadU(d, decay + i * dk + c);
       qv[i] = hn::Mul(hn::Set(d, q_scale), hn::LoadU(d, q[i] + c));
       kv[i] = hn::LoadU(d, k[i] + c);
     }
     V prefix = dec[0];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < M; ++j) {
       if (j > 0) prefix = hn::Mul(prefix, dec[j]);
       hn::StoreU(hn::Mul(qv[j], prefix), d, qd + j * dk + c);
     }
     hn::StoreU(prefix, d, D + c);
     V suffix = hn::Set(d, 1.f);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = M - 1; i >= 0; --i) {
       hn::StoreU(hn::Mul(kv[i], suffix), d, kd + i * dk + c);
       suffix = hn::Mul(suffix, dec[i]);
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < M; ++j) {
       V qe = qv[j];
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int i = j; i >= 0; --i) {
         acc[j][i] = hn::MulAdd(qe, kv[i], acc[j][i]);
         if (i > 0) qe = hn::Mul(qe, dec[i]);
@@ -240,9 +243,9 @@ void LinearAttentionBlockFactors(const float* decay, const float* const* q, floa
   const int64_t NL = static_cast<int64_t>(hn::Lanes(d));
   hn::Vec<decltype(d)> acc[M][M];
   hn::Vec<decltype(d1)> tail[M][M];
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
   for (int j = 0; j < M; ++j)
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < M; ++i) {
       acc[j][i] = hn::Zero(d);
       tail[j][i] = hn::Zero(d1);
@@ -250,9 +253,9 @@ void LinearAttentionBlockFactors(const float* decay, const float* const* q, floa
   int64_t c = 0;
   for (; c + NL <= dk; c += NL) columns(d, c, acc);
   for (; c < dk; ++c) columns(d1, c, tail);
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
   for (int j = 0; j < M; ++j)
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < M; ++i)
       scores[j * M + i] = i <= j ? hn::GetLane(hn::SumOfLanes(d, acc[j][i])) + hn::GetLane(tail[j][i]) : 0.f;
 }
@@ -286,7 +289,7 @@ void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, c
     constexpr int NV = decltype(nv)::value;
     ahead.issue_share(places);
     V vv[M][NV], acc[M][NV];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < M; ++i)
       for (int c = 0; c < NV; ++c) {
         vv[i][c] = hn::LoadU(d, v[i] + n + c * NL);
@@ -296,14 +299,14 @@ void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, c
       float* s = S + r * N + n;
       V old[NV], upd[NV];
       for (int c = 0; c < NV; ++c) old[c] = hn::LoadU(d, s + c * NL);
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int j = 0; j < M; ++j) {
         const V qj = hn::Set(d, qd[j * dk + r]);
         for (int c = 0; c < NV; ++c) acc[j][c] = hn::MulAdd(qj, old[c], acc[j][c]);
       }
       const V k0 = hn::Set(d, kd[r]);
       for (int c = 0; c < NV; ++c) upd[c] = hn::Mul(k0, vv[0][c]);
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int i = 1; i < M; ++i) {
         const V ki = hn::Set(d, kd[i * dk + r]);
         for (int c = 0; c < NV; ++c) upd[c] = hn::MulAdd(ki, vv[i][c], upd[c]);
@@ -312,14 +315,14 @@ void LinearAttentionBlockStep(float* S, int64_t dk, int64_t N, const float* D, c
       for (int c = 0; c < NV; ++c) hn::StoreU(hn::MulAdd(dr, old[c], upd[c]), d, s + c * NL);
     }
     ahead.issue_share(places);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < M; ++j)
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int i = 0; i <= j; ++i) {
         const V a = hn::Set(d, scores[j * M + i]);
         for (int c = 0; c < NV; ++c) acc[j][c] = hn::MulAdd(a, vv[i][c], acc[j][c]);
       }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < M; ++j)
       for (int c = 0; c < NV; ++c) hn::StoreU(acc[j][c], d, o[j] + n + c * NL);
   });
@@ -385,16 +388,16 @@ void DeltaBlockStep(float* S, int64_t dk, int64_t N, const float* k, const float
     V dd[M][NV], out[M][NV];
     ProjectBlock<NV>(d, S + n, dk, N, k, q, ld_rows, dd, out);
     ahead.issue_share(places);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < M; ++j) {
       const V pj = hn::Set(d, cp[j]), bj = hn::Set(d, beta[j]);
       for (int c = 0; c < NV; ++c) {
         V u = hn::Mul(pj, dd[j][c]);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < j; ++i) u = hn::MulAdd(hn::Set(d, cu[j * M + i]), dd[i][c], u);
         dd[j][c] = hn::Mul(bj, hn::Sub(hn::LoadU(d, v[j] + n + c * NL), u));
         V oj = hn::Mul(pj, out[j][c]);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i <= j; ++i) oj = hn::MulAdd(hn::Set(d, co[j * M + i]), dd[i][c], oj);
         hn::StoreU(oj, d, o[j] + n + c * NL);
       }
@@ -404,7 +407,7 @@ void DeltaBlockStep(float* S, int64_t dk, int64_t N, const float* k, const float
       float* s = S + r * N + n;
       V upd[NV];
       for (int c = 0; c < NV; ++c) upd[c] = hn::Mul(dv, hn::LoadU(d, s + c * NL));
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int i = 0; i < M; ++i) {
         const V ki = hn::Set(d, kd[i * ld_rows + r]);
         for (int c = 0; c < NV; ++c) upd[c] = hn::MulAdd(ki, dd[i][c], upd[c]);
@@ -525,7 +528,6 @@ void DplrBlockScores(const float* Q, const float* A, const float* K, const float
     for (V& x : acc) x = hn::Zero(d);
     for (int64_t c = 0; c < ldf; c += NL) {
       int qp = 0, ap = 10;
-      // Unrolled in full, so that the sums' indices are constants and acc stays in registers.
 #pragma GCC unroll 4
       for (int j = 0; j < M; ++j) {
         const V qj = hn::LoadU(d, Q + j * ldf + c);
