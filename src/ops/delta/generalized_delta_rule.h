@@ -25,7 +25,8 @@ struct GeneralizedDeltaRuleOptions {
 
 // q, k, a, b, log_w [B, T, H, dk] and v [B, T, H, dv]: f32, last dimension contiguous,
 // other strides free; log_w <= 0. state: f32 contiguous [B, H, dk, dv], read as the
-// initial state and overwritten with the final one. o: f32 [B, T, H, dv].
+// initial state and overwritten with the final one. o: f32 [B, T, H, dv]. A log_w > 0 or
+// NaN throws and leaves state as it was (o may be partly written).
 void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& a, const Tensor& b,
                             const Tensor& log_w, const Tensor& state, const Tensor& o,
                             const GeneralizedDeltaRuleOptions& options);
