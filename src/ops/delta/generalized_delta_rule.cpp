@@ -38,7 +38,7 @@ constexpr int64_t kSubBlock = kChunkAlign;
 // read them, advancing copies of the states that are written back only when every value
 // passed (a bad value leaves the caller's states as they were). A separate pass over
 // log_w first cost ~3% of a prefill (Zen 4, 32 heads of 64); the copies cost a state's
-// read and write per call, too much for short calls.
+// read and write per call, too much for short calls, and the states' memory again.
 constexpr int64_t kCheckInPassTokens = 256;
 
 struct Problem {

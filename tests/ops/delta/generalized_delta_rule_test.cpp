@@ -195,8 +195,13 @@ TEST(GeneralizedDeltaRule, FindsOneBadDecayInALongInput) {
     const Tensor o = nan_tensor(shape);
     Tensor log_w = random_tensor(rng, shape, -0.61f, 0.f);
     EXPECT_NO_THROW(ops::generalized_delta_rule(x, x, x, x, x, log_w, state, o, {}));
-    const int64_t at = std::uniform_int_distribution<int64_t>(log_w.numel() / 2, log_w.numel() - 1)(rng);
-    for (const float bad : {0.25f, std::numeric_limits<float>::quiet_NaN()}) {
+    // A row past the middle; the last channel (for d = 40 one the vector loops leave to
+    // their one-lane tail) or any.
+    const int64_t rows = log_w.numel() / d;
+    const int64_t row = std::uniform_int_distribution<int64_t>(rows / 2, rows - 1)(rng);
+    const int64_t any = std::uniform_int_distribution<int64_t>(0, d - 1)(rng);
+    for (const auto& [at, bad] : {std::pair{row * d + d - 1, 0.25f},
+                                 std::pair{row * d + any, std::numeric_limits<float>::quiet_NaN()}}) {
       const float kept = log_w.data<float>()[at];
       log_w.mutable_data<float>()[at] = bad;
       const std::vector<float> before(state.data<float>(), state.data<float>() + state.numel());
