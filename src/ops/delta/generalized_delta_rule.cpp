@@ -58,7 +58,8 @@ struct Workspace {
   // padding, else S.
   float* state = nullptr;
   Piece S, Q, K, A, Bk, W, G, Kt, Bt, Gt, Khat, Bhat, Qhat, Ahat, X, Mqk, Mqb, Mak, Mab, V, U, O, zeros, scratch;
-  // The recurrence's block factors (dplr_block_step): ad, qd, bd, kd, then D.
+  // The recurrence's block factors (dplr_block_step): ad, qd, bd, kd, then D; none when
+  // T < kBlockTokens (no block runs).
   Piece factors;
   // The recurrence (a block of kBlockTokens rows) sizes only its own buffers.
   Workspace(const Problem& p, int64_t Lp, bool recurrent)
@@ -74,7 +75,7 @@ struct Workspace {
                  {&V, Lp * p.dvp},
                  {&O, Lp * p.dvp},
                  {&scratch, p.dkp},
-                 {&factors, recurrent ? (4 * kBlockTokens + 1) * p.dkp : 0},
+                 {&factors, recurrent && Lp == kBlockTokens ? (4 * kBlockTokens + 1) * p.dkp : 0},
                  {&S, !recurrent && p.dv != p.dvp ? p.dk * p.dvp : 0},
                  {&G, recurrent ? 0 : Lp * p.dkp},
                  {&X, recurrent ? 0 : Lp * p.dkp},
