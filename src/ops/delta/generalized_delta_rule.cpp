@@ -74,7 +74,7 @@ struct Workspace {
                  {&Mab, Lp * Lp},
                  {&V, Lp * p.dvp},
                  {&O, Lp * p.dvp},
-                 {&scratch, p.dkp},
+                 {&scratch, recurrent ? 0 : p.dkp},
                  {&factors, recurrent && Lp == kBlockTokens ? (4 * kBlockTokens + 1) * p.dkp : 0},
                  {&S, !recurrent && p.dv != p.dvp ? p.dk * p.dvp : 0},
                  {&G, recurrent ? 0 : Lp * p.dkp},
