@@ -49,10 +49,20 @@ std::string cpu_name() {
   return "unknown";
 }
 
+// Whether name contains one of the comma-separated patterns of `only`.
+bool matches(const std::string& name, const std::string& only) {
+  for (size_t begin = 0; begin <= only.size();) {
+    const size_t end = std::min(only.find(',', begin), only.size());
+    if (end > begin && name.find(only.substr(begin, end - begin)) != std::string::npos) return true;
+    begin = end + 1;
+  }
+  return false;
+}
+
 std::vector<const Case*> select(const std::vector<Case>& cases, const RunOptions& opts) {
   std::vector<const Case*> out;
   for (const auto& c : cases) {
-    if (!opts.only.empty() && c.name.find(opts.only) == std::string::npos) continue;
+    if (!opts.only.empty() && !matches(c.name, opts.only)) continue;
     // A filter names cases explicitly, so it reaches beyond the default sweep.
     if (!c.in_default && !opts.all && opts.only.empty()) continue;
     out.push_back(&c);

@@ -8,7 +8,7 @@
 namespace subq::bench {
 
 struct RunOptions {
-  std::string only;           // substring filter on case names (empty: all)
+  std::string only;           // comma-separated substrings of case names to run (empty: all)
   std::vector<int64_t> seq;   // overrides each case's sequence lengths (empty: the case's own)
   bool all = false;           // include cases outside the default sweep
   std::string json_path;      // empty: no JSON

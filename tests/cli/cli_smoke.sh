@@ -27,9 +27,11 @@ expect_error "bad --matmul" --matmul fp8 bench --list
 SUBQ_THREADS=abc expect_error "bad SUBQ_THREADS" bench --only common.silu --seq 8
 expect_error "unwritable --json" bench --only common.silu --seq 8 --min-time 0 --json /nonexistent/dir/x.json
 
-"$subq" --threads 1 bench --only common.s --seq 8,16 --min-time 0 --json "$tmp/b.json" --plot "$tmp/b.svg" \
-  >"$tmp/table" 2>"$tmp/err" || fail "bench run failed: $(cat "$tmp/err")"
+"$subq" --threads 1 bench --only common.s,common.rms_norm --seq 8,16 --min-time 0 --json "$tmp/b.json" \
+  --plot "$tmp/b.svg" >"$tmp/table" 2>"$tmp/err" || fail "bench run failed: $(cat "$tmp/err")"
 grep -q "common.silu" "$tmp/table" || fail "table lacks common.silu"
+grep -q "common.rms_norm" "$tmp/table" || fail "table lacks common.rms_norm (second --only pattern)"
+grep -q "common.gemm\|attention\." "$tmp/table" && fail "--only ran cases neither pattern names"
 grep -q "ceilings:" "$tmp/table" || fail "table lacks the machine ceilings"
 python3 - "$tmp/b.json" <<'PY' || fail "JSON does not have the documented fields"
 import json, sys

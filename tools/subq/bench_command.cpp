@@ -46,7 +46,8 @@ Command add_bench_command(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   cmd->add_flag("--list", args->list, "Print the case names and exit");
-  cmd->add_option("--only", args->opts.only, "Run only cases whose name contains PATTERN")->type_name("PATTERN");
+  cmd->add_option("--only", args->opts.only, "Run only cases whose name contains PATTERN (several: a,b,...)")
+      ->type_name("PATTERN");
   cmd->add_option("--seq", args->seq, "Sequence lengths, e.g. 1k,4k,16k (overrides each case's own)")
       ->type_name("LIST");
   cmd->add_flag("--all", args->opts.all, "Include cases outside the default sweep");
