@@ -116,6 +116,7 @@ void block_value_rows(const Problem& p, Workspace& w, int64_t b, int64_t t, int6
 
 // Asks for the rows of kBlockTokens tokens of task from token t (those before T).
 void add_block_prefetch(const Problem& p, int64_t task, int64_t t, RowPrefetch& ahead) {
+  if (t >= p.T) return;  // no row address past the inputs is formed
   const int64_t b = task / p.H, h = task % p.H, n = std::min<int64_t>(kBlockTokens, p.T - t);
   for (const HeadRows* rows : {&p.q, &p.k, &p.a, &p.b, &p.log_w}) {
     const float* row = rows->at(b, t, h);
