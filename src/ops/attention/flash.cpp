@@ -307,6 +307,13 @@ HWY_INLINE void CopyValues(const T* HWY_RESTRICT v, int64_t v_stride, int64_t ke
   }
 }
 
+// Whether the thread holds key block `block` of the head at kbase prepared.
+inline bool IsPrepared(const Tile& t, const void* kbase, int64_t block) {
+  for (const detail::PreparedBlock& p : t.prepared)
+    if (p.keys == kbase && p.block == block) return true;
+  return false;
+}
+
 // The thread's prepared copy of key block `block` of the head at kbase: found among the
 // last kPreparedBlocks, else made in the least recently used slot. V is copied only when
 // the caller reads it from the tile (with_v) and no earlier use copied it.
@@ -334,6 +341,40 @@ detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, c
   slot->last_use = ++t.uses;
   return *slot;
 }
+
+// The K and V rows of the key block after the current one, requested into L2 a share at
+// a time between the current block's row groups, so that preparing it reads the L2, not
+// memory. A block the thread has not prepared lately (BigBird's random blocks, MoBA's and
+// HiP's top-k) is read cold otherwise: a quarter of BigBird's time at 32K on one Zen 4
+// thread went into preparing blocks, at memory latency, against a block's math.
+template <class T>
+class NextBlockRows {
+ public:
+  void start(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int64_t keys, int64_t Dh, bool with_v) {
+    k_ = reinterpret_cast<const char*>(k);
+    v_ = reinterpret_cast<const char*>(v);
+    k_stride_ = k_stride * static_cast<int64_t>(sizeof(T));
+    v_stride_ = v_stride * static_cast<int64_t>(sizeof(T));
+    lines_per_row_ = (Dh * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+    total_ = keys * lines_per_row_ * (with_v ? 2 : 1);
+    keys_ = keys;
+    next_ = 0;
+  }
+  void stop() { total_ = next_ = 0; }
+  // Requests the next `share` of `parts` equal shares of the block's lines.
+  void issue(int64_t share, int64_t parts) {
+    const int64_t end = total_ * (share + 1) / parts;
+    for (; next_ < end; ++next_) {
+      const int64_t row = next_ / lines_per_row_, line = next_ % lines_per_row_;
+      const char* p = row < keys_ ? k_ + row * k_stride_ : v_ + (row - keys_) * v_stride_;
+      __builtin_prefetch(p + 64 * line, 0, 2);
+    }
+  }
+
+ private:
+  const char *k_ = nullptr, *v_ = nullptr;
+  int64_t k_stride_ = 0, v_stride_ = 0, lines_per_row_ = 1, total_ = 0, keys_ = 0, next_ = 0;
+};
 
 // Key blocks [first, last) of one key/value head prepared into `packed`, block b at
 // b * PackedBlockFloats(): K transposed ([Dh, Bkp], columns past the block's keys zero),
@@ -368,6 +409,10 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
   // The rows' lowest and highest positions.
   const auto [q_lo, q_hi] = std::minmax_element(t.qpos.begin(), t.qpos.begin() + rows);
   const int64_t q_first = *q_lo, q_last = *q_hi;
+  // Groups of kMaxRows query rows; the next block's rows are requested over 2 groups
+  // shares, one before each group's Q K^T and P V.
+  const int64_t groups = std::max<int64_t>(1, rows / kMaxRows);
+  NextBlockRows<T> ahead;
   for (int64_t bi = 0; bi < nblocks; ++bi) {
     const int64_t k0 = static_cast<int64_t>(blocks[bi]) * Bk;
     const int64_t kn = std::min(Bk, pb.kv_len - k0);
@@ -383,6 +428,13 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     // first copied (widened) into a contiguous tile, row by row (a GQA group's decode
     // ran 1.5-1.9x faster so).
     const bool copy_v = !amx && (!aligned_dim || rows > 1);
+    if (!packed && !amx && !direct_qk && bi + 1 < nblocks && !IsPrepared(t, kbase, blocks[bi + 1])) {
+      const int64_t next0 = static_cast<int64_t>(blocks[bi + 1]) * Bk;
+      ahead.start(kbase + next0 * k_row_stride, k_row_stride, vbase + next0 * v_row_stride, v_row_stride,
+                  std::min(Bk, pb.kv_len - next0), Dh, copy_v);
+    } else {
+      ahead.stop();
+    }
     const float* kt = nullptr;
     const float* vs = nullptr;  // V as a contiguous f32 tile of row length Dp, or null: read in place
     if (packed && !amx) {
@@ -415,8 +467,10 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
         QKDirect<1>(t.q.data() + r0 * Dp, Dp, kb, k_row_stride, kn, s + r0 * Bkp, Bkp, Dh);
     } else {
       int64_t r0 = 0;
-      for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+      for (; r0 + kMaxRows <= rows; r0 += kMaxRows) {
+        ahead.issue(r0 / kMaxRows, 2 * groups);
         QKRows<kMaxRows>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
+      }
       for (; r0 < rows; ++r0) QKRows<1>(t.q.data() + r0 * Dp, Dp, kt, Bkp, s + r0 * Bkp, Bkp, Dh, Bkp);
     }
 
@@ -430,8 +484,10 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     }
     auto pv = [&](const auto* vs, int64_t ldv) {
       int64_t r0 = 0;
-      for (; r0 + kMaxRows <= rows; r0 += kMaxRows)
+      for (; r0 + kMaxRows <= rows; r0 += kMaxRows) {
+        ahead.issue(groups + r0 / kMaxRows, 2 * groups);
         PVRows<kMaxRows>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
+      }
       for (; r0 < rows; ++r0) PVRows<1>(s + r0 * Bkp, Bkp, vs, ldv, t.o.data() + r0 * Dp, Dp, t.alpha.data() + r0, kn, Dp);
     };
     if (amx) {
