@@ -344,9 +344,9 @@ detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, c
 
 // The K and V rows of the key block after the current one, requested into L2 a share at
 // a time between the current block's row groups, so that preparing it reads the L2, not
-// memory. A block the thread has not prepared lately (BigBird's random blocks, MoBA's and
-// HiP's top-k) is read cold otherwise: a quarter of BigBird's time at 32K on one Zen 4
-// thread went into preparing blocks, at memory latency, against a block's math.
+// memory. A block that is neither packed nor among the thread's prepared ones (BigBird's
+// random blocks, too few revisits to pay for packing the head) is read cold otherwise: a
+// quarter of BigBird's time at 32K on one Zen 4 thread went into preparing blocks.
 template <class T>
 class NextBlockRows {
  public:
@@ -409,8 +409,8 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
   // The rows' lowest and highest positions.
   const auto [q_lo, q_hi] = std::minmax_element(t.qpos.begin(), t.qpos.begin() + rows);
   const int64_t q_first = *q_lo, q_last = *q_hi;
-  // Groups of kMaxRows query rows; the next block's rows are requested over 2 groups
-  // shares, one before each group's Q K^T and P V.
+  // Groups of kMaxRows query rows; the next block's rows are requested in 2 x groups
+  // shares, one before each group's Q K^T and each group's P V.
   const int64_t groups = std::max<int64_t>(1, rows / kMaxRows);
   NextBlockRows<T> ahead;
   for (int64_t bi = 0; bi < nblocks; ++bi) {
