@@ -307,11 +307,11 @@ HWY_INLINE void CopyValues(const T* HWY_RESTRICT v, int64_t v_stride, int64_t ke
   }
 }
 
-// Whether the thread holds key block `block` of the head at kbase prepared.
-inline bool IsPrepared(const Tile& t, const void* kbase, int64_t block) {
-  for (const detail::PreparedBlock& p : t.prepared)
-    if (p.keys == kbase && p.block == block) return true;
-  return false;
+// The thread's prepared copy of key block `block` of the head at kbase, or null.
+inline detail::PreparedBlock* FindPrepared(Tile& t, const void* kbase, int64_t block) {
+  for (detail::PreparedBlock& p : t.prepared)
+    if (p.keys == kbase && p.block == block) return &p;
+  return nullptr;
 }
 
 // The thread's prepared copy of key block `block` of the head at kbase: found among the
@@ -321,9 +321,7 @@ template <class T>
 detail::PreparedBlock& PrepareBlock(Tile& t, const T* kbase, int64_t k_stride, const T* vbase, int64_t v_stride,
                                     int64_t block, int64_t k0, int64_t kn, int64_t Dh, int64_t Dp, int64_t Bkp,
                                     bool with_v) {
-  detail::PreparedBlock* slot = nullptr;
-  for (detail::PreparedBlock& p : t.prepared)
-    if (p.keys == kbase && p.block == block) slot = &p;
+  detail::PreparedBlock* slot = FindPrepared(t, kbase, block);
   if (!slot) {
     slot = &t.prepared.front();
     for (detail::PreparedBlock& p : t.prepared)
@@ -428,7 +426,7 @@ void AttendBlocks(const TileProblem& pb, Tile& t, int64_t rows, const T* kbase, 
     // first copied (widened) into a contiguous tile, row by row (a GQA group's decode
     // ran 1.5-1.9x faster so).
     const bool copy_v = !amx && (!aligned_dim || rows > 1);
-    if (!packed && !amx && !direct_qk && bi + 1 < nblocks && !IsPrepared(t, kbase, blocks[bi + 1])) {
+    if (!packed && !amx && !direct_qk && bi + 1 < nblocks && !FindPrepared(t, kbase, blocks[bi + 1])) {
       const int64_t next0 = static_cast<int64_t>(blocks[bi + 1]) * Bk;
       ahead.start(kbase + next0 * k_row_stride, k_row_stride, vbase + next0 * v_row_stride, v_row_stride,
                   std::min(Bk, pb.kv_len - next0), Dh, copy_v);
