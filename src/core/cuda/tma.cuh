@@ -1,5 +1,6 @@
-// Hopper's asynchronous copy machinery (sm_90a): shared-memory mbarriers, which count
-// arrivals and bytes in flight and let threads wait for a phase to complete; tiles copied
+// Hopper's asynchronous copy machinery (sm_90a): shared-memory mbarriers (init, arrive
+// and wait also on sm_80), which count arrivals and bytes in flight and let threads wait
+// for a phase to complete; tiles copied
 // by the tensor memory accelerator (TMA) from a tensor map straight into shared memory,
 // signalling an mbarrier as their bytes land; named barriers among some of a CTA's
 // warps; and warpgroup register reallocation, which moves registers from a copy
@@ -35,14 +36,24 @@ __device__ __forceinline__ void mbar_arrive_expect_bytes(uint64_t* bar, uint32_t
                : "memory");
 }
 
+// try_wait (sm_90) lets the thread sleep in hardware for a while before it reports;
+// test_wait (sm_80) answers at once.
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   uint32_t done;
   do {
+#if __CUDA_ARCH__ >= 900
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
         : "r"(smem_addr(bar)), "r"(parity)
         : "memory");
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+#endif
   } while (!done);
 }
 

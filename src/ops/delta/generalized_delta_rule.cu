@@ -21,10 +21,15 @@
 // the warps and half the sequential work per thread and token; on grids of one sequence,
 // W = 16 and C = 1 besides, twice the CTAs.
 //
-// Tokens arrive in blocks of kTokens through cp.async into a raw staging buffer two
-// blocks ahead of use; each block is converted once per CTA to f32 (q times scale,
-// w = exp(log_w)) so that the per-token loop does only shared-memory reads, FMAs and
-// shuffles.
+// Four producer warps beside the recurrence's warps feed it: they copy blocks of TK
+// tokens through cp.async into two raw staging buffers, two blocks ahead, and convert each
+// block once to f32 (q times scale, w = exp(log_w)) into one of two converted buffers, so
+// that the recurrence's threads do only shared-memory reads, FMAs and shuffles and never
+// wait at a CTA-wide barrier. The converted buffers pass between the roles through
+// mbarriers: "full" once every producer thread has written its share, "empty" once every
+// recurrence thread has read its last token of the block. TK = 8 where the grid fills the
+// GPU (the buffers' shared memory then limits CTAs per SM), 16 on smaller grids (half the
+// handoffs per token).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -35,6 +40,7 @@
 #include "src/core/cuda/device.h"
 #include "src/core/cuda/lane_sums.cuh"
 #include "src/core/cuda/mma.cuh"
+#include "src/core/cuda/tma.cuh"
 #include "src/ops/delta/generalized_delta_rule_cuda.h"
 
 namespace subq::cuda {
@@ -42,10 +48,10 @@ namespace {
 
 using bf16_t = __nv_bfloat16;
 
-constexpr int kTokens = 8;  // tokens per staged block
+constexpr int kProducers = 128;  // threads that stage and convert token blocks
 
 template <int DK, int W, int C, int R>
-constexpr int threads_for() {
+constexpr int threads_for() {  // the recurrence's threads
   return W / C * (DK / R);
 }
 
@@ -62,32 +68,36 @@ struct Params {
   float scale;
 };
 
-// Shared memory, per block of kTokens tokens. Raw (two buffers): q, k, a, b rows then the
-// CTA's W columns of v in bf16, and log_w in f32. Converted (one buffer): q * scale, k,
-// a, b, w, v in f32.
-template <int DK, int W>
+// Shared memory, per block of TK tokens, two buffers of each: raw, q, k, a, b rows then the
+// CTA's W columns of v in bf16, and log_w in f32; converted, q * scale, k, a, b, w, v in
+// f32; then the full and empty mbarriers of the two converted buffers.
+template <int DK, int W, int TK>
 struct Layout {
   static constexpr int kRawRow = 4 * DK + W;  // bf16 elements per token
   static constexpr int kRow = 5 * DK + W;     // f32 elements per token
-  static constexpr int kRawBytes = kTokens * kRawRow * 2;
-  static constexpr int kStageBytes = kRawBytes + kTokens * DK * 4;
-  static constexpr int kBytes = 2 * kStageBytes + kTokens * kRow * 4;
+  static constexpr int kRawBytes = TK * kRawRow * 2;
+  static constexpr int kStageBytes = kRawBytes + TK * DK * 4;
+  static constexpr int kRowsBytes = TK * kRow * 4;
+  static constexpr int kBarriers = 2 * kStageBytes + 2 * kRowsBytes;
+  static constexpr int kBytes = kBarriers + 4 * 8;
   // 16-byte pieces per token: eight bf16 of a raw row, four f32 of log_w.
   static constexpr int kRawChunks = kRawRow / 8, kChunks = kRawChunks + DK / 4;
 };
 
-// Issues the copies of token block n (tokens past T and columns past dv are zero-filled,
-// reading nothing). row0: the [B, T, H, .] row of this CTA's token 0, (b T) H + h.
-template <int DK, int W, int kThreads>
-__device__ __forceinline__ void stage_block(const Params& p, unsigned char* stage, int64_t row0, int col0, int n) {
-  using L = Layout<DK, W>;
+// Issues producer thread `tid`'s copies of token block n (tokens past T and columns past
+// dv are zero-filled, reading nothing). row0: the [B, T, H, .] row of this CTA's token 0,
+// (b T) H + h.
+template <int DK, int W, int TK>
+__device__ __forceinline__ void stage_block(const Params& p, unsigned char* stage, int64_t row0, int col0, int n,
+                                            int tid) {
+  using L = Layout<DK, W, TK>;
   auto* raw = reinterpret_cast<bf16_t*>(stage);
   auto* logw = reinterpret_cast<float*>(stage + L::kRawBytes);
   // One flat loop over (token, piece): a loop per token would leave most threads idle
   // (a token has about 3 pieces per 8 threads) and cost each of them the loop control.
-  for (int i = threadIdx.x; i < kTokens * L::kChunks; i += kThreads) {
+  for (int i = tid; i < TK * L::kChunks; i += kProducers) {
     const int tok = i / L::kChunks, c = i % L::kChunks;
-    const int t = n * kTokens + tok;
+    const int t = n * TK + tok;
     const bool valid = t < p.T;
     const int64_t row = valid ? row0 + static_cast<int64_t>(t) * p.H : 0;
     if (c < L::kRawChunks) {
@@ -110,12 +120,12 @@ __device__ __forceinline__ void stage_block(const Params& p, unsigned char* stag
 __device__ __forceinline__ float bf16_low(uint32_t x) { return __uint_as_float(x << 16); }
 __device__ __forceinline__ float bf16_high(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
 
-template <int DK, int W, int kThreads>
-__device__ __forceinline__ void convert_block(const Params& p, const unsigned char* stage, float* rows) {
-  using L = Layout<DK, W>;
+template <int DK, int W, int TK>
+__device__ __forceinline__ void convert_block(const Params& p, const unsigned char* stage, float* rows, int tid) {
+  using L = Layout<DK, W, TK>;
   const auto* raw = reinterpret_cast<const bf16_t*>(stage);
   const auto* logw = reinterpret_cast<const float*>(stage + L::kRawBytes);
-  for (int i = threadIdx.x; i < kTokens * L::kChunks; i += kThreads) {
+  for (int i = tid; i < TK * L::kChunks; i += kProducers) {
     const int tok = i / L::kChunks, c = i % L::kChunks;
     float* row = rows + tok * L::kRow;
     if (c < L::kRawChunks) {
@@ -194,20 +204,54 @@ __device__ __forceinline__ void store_output(void* out, int64_t at, float o) {
   else static_cast<bf16_t*>(out)[at] = __float2bfloat16(o);
 }
 
-template <int DK, int W, int C, int R, bool kF32Out>
-__global__ void __launch_bounds__(W / C * (DK / R)) dplr_recurrent_kernel(Params p) {
-  using L = Layout<DK, W>;
+template <int DK, int W, int C, int R, int TK, bool kF32Out>
+__global__ void __launch_bounds__(threads_for<DK, W, C, R>() + kProducers) dplr_recurrent_kernel(Params p) {
+  using L = Layout<DK, W, TK>;
   constexpr int kThreads = threads_for<DK, W, C, R>();
   constexpr int V = 4, P = DK / R, J = R / V;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto stage = [&](int n) { return smem + (n & 1) * L::kStageBytes; };
-  float* rows = reinterpret_cast<float*>(smem + 2 * L::kStageBytes);
+  const auto rows = [&](int n) { return reinterpret_cast<float*>(smem + 2 * L::kStageBytes + (n & 1) * L::kRowsBytes); };
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarriers);
+  uint64_t* empty = full + 2;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(&full[i], kProducers);
+      mbar_init(&empty[i], kThreads);
+    }
+  }
+  __syncthreads();  // the roles part here and never meet at a CTA-wide barrier again
 
   const int h = blockIdx.y, b = blockIdx.z;
   const int col0 = blockIdx.x * W;
+  const int64_t row0 = static_cast<int64_t>(b) * p.T * p.H + h;
+  const int blocks = (p.T + TK - 1) / TK;
+
+  if (threadIdx.x >= kThreads) {
+    // Producers: block n + 2's copies go out once block n is converted; a named barrier
+    // among the producers orders each block's copies (all landed before any thread
+    // converts) and conversion (all done before the raw buffer is refilled).
+    constexpr int kProducersReady = 1;
+    const int tid = threadIdx.x - kThreads;
+    stage_block<DK, W, TK>(p, stage(0), row0, col0, 0, tid);
+    cp_async_commit();
+    if (blocks > 1) stage_block<DK, W, TK>(p, stage(1), row0, col0, 1, tid);
+    cp_async_commit();
+    for (int n = 0; n < blocks; ++n) {
+      cp_async_wait<1>();
+      named_barrier_sync(kProducersReady, kProducers);
+      mbar_wait(&empty[n & 1], ((n >> 1) & 1) ^ 1);  // block n - 2 read by every recurrence thread
+      convert_block<DK, W, TK>(p, stage(n), rows(n), tid);
+      mbar_arrive(&full[n & 1]);
+      named_barrier_sync(kProducersReady, kProducers);
+      if (n + 2 < blocks) stage_block<DK, W, TK>(p, stage(n), row0, col0, n + 2, tid);
+      cp_async_commit();  // possibly empty: keeps one group per block for the wait above
+    }
+    return;
+  }
+
   const int part = threadIdx.x % P, c0 = C * (threadIdx.x / P);  // c0: first column within the CTA's
   const bool owns = col0 + c0 < p.dv;  // dv is a multiple of 8: a group of C <= 2 is in or out
-  const int64_t row0 = static_cast<int64_t>(b) * p.T * p.H + h;
   float* state = p.state + (static_cast<int64_t>(b) * p.H + h) * DK * p.dv + col0 + c0;
 
   float S[J][V][C];
@@ -219,32 +263,23 @@ __global__ void __launch_bounds__(W / C * (DK / R)) dplr_recurrent_kernel(Params
       for (int c = 0; c < C; ++c)
         S[j][e][c] = owns ? state[static_cast<int64_t>(V * P * j + V * part + e) * p.dv + c] : 0.f;
 
-  const int blocks = (p.T + kTokens - 1) / kTokens;
-  stage_block<DK, W, kThreads>(p, stage(0), row0, col0, 0);
-  cp_async_commit();
-  if (blocks > 1) stage_block<DK, W, kThreads>(p, stage(1), row0, col0, 1);
-  cp_async_commit();
   for (int n = 0; n < blocks; ++n) {
-    cp_async_wait<1>();  // block n has landed (block n + 1 may still be in flight)
-    __syncthreads();     // ... for every thread's copies; and block n - 1's rows are consumed
-    convert_block<DK, W, kThreads>(p, stage(n), rows);
-    __syncthreads();
-    if (n + 2 < blocks) stage_block<DK, W, kThreads>(p, stage(n), row0, col0, n + 2);
-    cp_async_commit();  // possibly empty: keeps one group per block for the wait above
-
-    const int count = min(kTokens, p.T - n * kTokens);
-    const int64_t at0 = (row0 + static_cast<int64_t>(n) * kTokens * p.H) * p.dv + col0 + c0;
+    mbar_wait(&full[n & 1], (n >> 1) & 1);
+    const float* r = rows(n);
+    const int count = min(TK, p.T - n * TK);
+    const int64_t at0 = (row0 + static_cast<int64_t>(n) * TK * p.H) * p.dv + col0 + c0;
     const int64_t step = static_cast<int64_t>(p.H) * p.dv;
     // o[C tok + c]: token tok's column c0 + c, this thread's rows, then the group's sum.
-    float o[kTokens * C];
+    float o[TK * C];
 #pragma unroll
-    for (int tok = 0; tok < kTokens; ++tok) {
+    for (int tok = 0; tok < TK; ++tok) {
       float ot[C] = {};
-      if (tok < count) token_step<DK, R, C>(S, rows + tok * L::kRow, part, c0, ot);
+      if (tok < count) token_step<DK, R, C>(S, r + tok * L::kRow, part, c0, ot);
 #pragma unroll
       for (int c = 0; c < C; ++c) o[C * tok + c] = ot[c];
     }
-    constexpr int M = kTokens * C, kKept = kept<M, P>(), kSpread = spread<M, P>();
+    mbar_arrive(&empty[n & 1]);
+    constexpr int M = TK * C, kKept = kept<M, P>(), kSpread = spread<M, P>();
     group_reduce_scatter<P / 2, M>(o, part);
 #pragma unroll
     for (int i = 0; i < kKept; ++i) {
@@ -262,29 +297,36 @@ __global__ void __launch_bounds__(W / C * (DK / R)) dplr_recurrent_kernel(Params
       for (int c = 0; c < C; ++c) state[static_cast<int64_t>(V * P * j + V * part + e) * p.dv + c] = S[j][e][c];
 }
 
-template <int DK, int W, int C, int R>
+template <int DK, int W, int C, int R, int TK>
 void launch(const Params& p, int B, bool f32_out) {
-  constexpr int kBytes = Layout<DK, W>::kBytes;
-  static_assert(kBytes <= 48 * 1024, "above the default shared-memory limit: opt in first");
+  constexpr int kBytes = Layout<DK, W, TK>::kBytes, kThreads = threads_for<DK, W, C, R>() + kProducers;
   static_assert(DK / R <= 32, "a column's rows must lie in one warp");
   static_assert(R % 4 == 0, "rows come in float4 groups");
+  const auto kernel = f32_out ? dplr_recurrent_kernel<DK, W, C, R, TK, true> : dplr_recurrent_kernel<DK, W, C, R, TK, false>;
+  if constexpr (kBytes > 48 * 1024) {
+    static const bool configured = [] {
+      for (const auto k : {dplr_recurrent_kernel<DK, W, C, R, TK, true>, dplr_recurrent_kernel<DK, W, C, R, TK, false>})
+        SUBQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
+      return true;
+    }();
+    (void)configured;
+  }
   const dim3 grid((p.dv + W - 1) / W, p.H, B);
-  constexpr int kThreads = threads_for<DK, W, C, R>();
-  if (f32_out) dplr_recurrent_kernel<DK, W, C, R, true><<<grid, kThreads, kBytes, stream()>>>(p);
-  else dplr_recurrent_kernel<DK, W, C, R, false><<<grid, kThreads, kBytes, stream()>>>(p);
+  kernel<<<grid, kThreads, kBytes, stream()>>>(p);
   SUBQ_CUDA_CHECK_LAUNCH("dplr_recurrent_kernel");
 }
 
-// 32 columns per CTA, 2 per thread, 8 rows per thread once that gives two CTAs per
-// multiprocessor; else 4 rows (twice the warps for the same columns); and where even
-// twice as many CTAs fit one per multiprocessor (one sequence), 16 columns of 1 per thread.
+// 32 columns per CTA, 2 per thread, 8 rows per thread in blocks of 8 tokens once that
+// gives two CTAs per multiprocessor; else 4 rows (twice the warps for the same columns)
+// in blocks of 16; and where even twice as many CTAs fit one per multiprocessor (one
+// sequence), 16 columns of 1 per thread.
 template <int DK>
 void launch(const Params& p, int B, bool f32_out) {
   const int64_t wide_ctas = static_cast<int64_t>(p.dv + 31) / 32 * p.H * B;
   const int64_t sms = device_info().multiprocessors;
-  if (wide_ctas >= 2 * sms) launch<DK, 32, 2, 8>(p, B, f32_out);
-  else if (2 * wide_ctas > sms) launch<DK, 32, 2, 4>(p, B, f32_out);
-  else launch<DK, 16, 1, 4>(p, B, f32_out);
+  if (wide_ctas >= 2 * sms) launch<DK, 32, 2, 8, 8>(p, B, f32_out);
+  else if (2 * wide_ctas > sms) launch<DK, 32, 2, 4, 16>(p, B, f32_out);
+  else launch<DK, 16, 1, 4, 16>(p, B, f32_out);
 }
 
 void check_gpu_tensor(const Tensor& t, DType dtype, const Shape& shape, const char* what) {
@@ -326,7 +368,8 @@ void generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, c
   check_gpu_tensor(o, o.dtype(), Shape{B, T, H, dv}, "generalized_delta_rule o");
   if (!std::isfinite(options.scale))
     throw Error("generalized_delta_rule: options.scale must be finite, found " + std::to_string(options.scale));
-  if (B > 65535 || H > 65535 || T > (int64_t{1} << 31) - kTokens)
+  // T plus the largest token block (16) stays an int.
+  if (B > 65535 || H > 65535 || T > (int64_t{1} << 31) - 16)
     throw Error("generalized_delta_rule: sizes exceed the kernel's grid limits: q " + q.str());
   if (B == 0 || H == 0) return;
 
