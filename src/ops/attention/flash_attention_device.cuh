@@ -119,6 +119,13 @@ struct KeyTiles {
       return t;
     }
   }
+  // How many tiles next() hands out in all (not for paired rows, whose shared blocks
+  // count once).
+  __device__ int count() const {
+    static_assert(kKeys != Keys::paired);
+    if constexpr (kKeys == Keys::all || kKeys == Keys::causal) return n;
+    else return na * sub_tiles;
+  }
 };
 
 

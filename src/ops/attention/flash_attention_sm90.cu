@@ -83,7 +83,8 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   constexpr bool kListed = kKeys == Keys::listed;
   extern __shared__ unsigned char smem_raw[];
   __shared__ uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
-  __shared__ int item_drawn[2];  // the item being copied, -1 once none is left
+  __shared__ int item_drawn[2], item_tiles[2];  // the item being copied (-1 once none is left), its tile count
+  __shared__ int tile_start[kStages];             // the first key of the tile in each K/V stage
   unsigned char* sQ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sK = sQ + kQBytes;
   unsigned char* sV = sK + kStages * kTileBytes;
@@ -139,23 +140,29 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       int qb, h, b;
       item_coords(i, qb, h, b);
       const int m0 = qb * kBlockM, kvh = h / p.group;
-      // Tile t of K and V into stage it % kStages once the math warps have released it.
+      // Tile t of K and V into stage it % kStages once the math warps have released it;
+      // a mask's tile has its first key in tile_start (the math warps read it once K has
+      // landed: the arrival that announces K's bytes releases the store).
       const auto load_tile = [&](const Tile& t) {
         const int s = it % kStages;
         const uint32_t parity = ((it / kStages) & 1) ^ 1;
-        const auto load = [&](unsigned char* dst, const CUtensorMap& map, uint64_t* full, uint64_t* empty) {
-          mbar_wait(empty, parity);
-          if (!leader) return;
+        const auto load = [&](unsigned char* dst, const CUtensorMap& map, uint64_t* full) {
           mbar_arrive_expect_bytes(full, kTileBytes);
 #pragma unroll
           for (int c = 0; c < kD / 64; ++c)
             tma_load_4d(dst + s * kTileBytes + c * kBlockN * 128, &map, c * 64, kvh, t.start, b, full);
         };
-        load(sK, maps.k, &k_full[s], &k_empty[s]);
-        load(sV, maps.v, &v_full[s], &v_empty[s]);
+        mbar_wait(&k_empty[s], parity);
+        if (leader) {
+          if constexpr (kListed) tile_start[s] = t.start;
+          load(sK, maps.k, &k_full[s]);
+        }
+        mbar_wait(&v_empty[s], parity);
+        if (leader) load(sV, maps.v, &v_full[s]);
         ++it;
       };
       auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
+      if (leader) item_tiles[n & 1] = tiles.count();
       Tile t = tiles.next();
       if (t.rows) {
         load_tile(t);
@@ -188,6 +195,15 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     if (lane == 0) mbar_arrive(bar);
   };
   const auto buf = [](uint32_t j) { return static_cast<int>(j % kStages); };
+  // The first key of the item's tile j, in K buffer kbuf: dense rows' tiles follow one
+  // another; a mask's come from tile_start, read by lane 0 alone (whose release of the
+  // buffer then orders its read before the copy warp's next write) and broadcast.
+  const auto first_key = [&](int j, int kbuf) {
+    if constexpr (!kListed) return j * kBlockN;
+    int n0 = 0;
+    if (lane == 0) n0 = tile_start[kbuf];
+    return __shfl_sync(0xffffffffu, n0, 0);
+  };
   const auto phase = [](uint32_t j) { return (j / kStages) & 1; };
 
   float acc[1][kD / 8][4];
@@ -237,7 +253,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   uint32_t it = 0;
   for (uint32_t n = 0;; ++n) {
     named_barrier_sync(kItemReady, kItemThreads);
-    const int i = item_drawn[n & 1];
+    const int i = item_drawn[n & 1], tiles = item_tiles[n & 1];
     if (i < 0) break;
     mbar_wait(&q_full, n & 1);
     int qb, h, b;
@@ -245,11 +261,10 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     const int m0 = qb * kBlockM, row0 = m0 + warp * 16;  // row0: this warp's first row
     const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
     float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.f, 0.f}};
-    // Masks, softmax and packs the scores of tile t into pa; fills corr with the
-    // accumulator's correction (the caller applies it once the previous P V is done) and
-    // returns whether any of the warp's rows needs it.
-    const auto softmax_tile = [&](const Tile& t, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
-      const int n0 = t.start;
+    // Masks, softmax and packs the scores of the tile of keys from n0 into pa; fills corr
+    // with the accumulator's correction (the caller applies it once the previous P V is
+    // done) and returns whether any of the warp's rows needs it.
+    const auto softmax_tile = [&](int n0, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
       bool edge = n0 + kBlockN > p.tk;
       if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
       if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
@@ -268,66 +283,64 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     for (int dt = 0; dt < kD / 8; ++dt)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[0][dt][c] = 0.f;
-    auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
-    Tile cur = tiles.next();
-    if (!cur.rows) release(&q_empty);
+    // The copy warp publishes the item's tile count and each mask tile's first key, so
+    // the math warps never read the mask themselves (its dependent global loads sat on
+    // their path at every item's start).
+    if (tiles == 0) release(&q_empty);
     if constexpr (!kPipelined) {
-      for (; cur.rows; ++it) {
-        const Tile nxt = tiles.next();
+      for (int j = 0; j < tiles; ++j, ++it) {
         mbar_wait(&k_full[buf(it)], phase(it));
+        const int n0 = first_key(j, buf(it));
         issue_scores(buf(it));
         wgmma_wait<0>();
         fence_operands(sf);
         release(&k_empty[buf(it)]);
-        if (!nxt.rows) release(&q_empty);
+        if (j == tiles - 1) release(&q_empty);
         float corr[1][2];
-        if (softmax_tile(cur, corr, pa_even)) rescale(corr);
+        if (softmax_tile(n0, corr, pa_even)) rescale(corr);
         mbar_wait(&v_full[buf(it)], phase(it));
         issue_values(buf(it), pa_even);
         wgmma_wait<0>();
         fence_operands(o);
         release(&v_empty[buf(it)]);
-        cur = nxt;
       }
-    } else if (cur.rows) {
+    } else if (tiles > 0) {
       mbar_wait(&k_full[buf(it)], phase(it));
+      const int n0 = first_key(0, buf(it));
       issue_scores(buf(it));
       wgmma_wait<0>();
       fence_operands(sf);
       release(&k_empty[buf(it)]);
-      Tile nxt = tiles.next();
-      if (!nxt.rows) release(&q_empty);
+      if (tiles == 1) release(&q_empty);
       float corr[1][2];
-      softmax_tile(cur, corr, pa_even);  // the accumulator is still zero: nothing to rescale
-      // `it` is the tile whose P V is pending; `odd` the parity of the next one's index in
-      // the item (which P registers it fills), a compile-time choice so that they stay
-      // registers.
-      const auto step = [&](auto odd) {
+      softmax_tile(n0, corr, pa_even);  // the accumulator is still zero: nothing to rescale
+      // `it` is the tile whose P V is pending, j the next one's place in the item; `odd`
+      // the parity of j (which P registers it fills), a compile-time choice so that they
+      // stay registers.
+      const auto step = [&](int j, auto odd) {
         const uint32_t next = it + 1;
         mbar_wait(&k_full[buf(next)], phase(next));
+        const int next_n0 = first_key(j, buf(next));
         issue_scores(buf(next));
         mbar_wait(&v_full[buf(it)], phase(it));
         issue_values(buf(it), either<!decltype(odd)::value>(pa_even, pa_odd));
         wgmma_wait<1>();  // the scores; P V may still run
         fence_operands(sf);
         release(&k_empty[buf(next)]);
-        const Tile after = tiles.next();
-        if (!after.rows) release(&q_empty);
-        const bool moved = softmax_tile(nxt, corr, either<decltype(odd)::value>(pa_even, pa_odd));
+        if (j == tiles - 1) release(&q_empty);
+        const bool moved = softmax_tile(next_n0, corr, either<decltype(odd)::value>(pa_even, pa_odd));
         wgmma_wait<0>();
         fence_operands(o);
         release(&v_empty[buf(it)]);
         if (moved) rescale(corr);
-        nxt = after;
         it = next;
       };
-      int j = 1;
-      for (; nxt.rows; ++j) {
-        if (j & 1) step(std::true_type());
-        else step(std::false_type());
+      for (int j = 1; j < tiles; ++j) {
+        if (j & 1) step(j, std::true_type());
+        else step(j, std::false_type());
       }
       mbar_wait(&v_full[buf(it)], phase(it));
-      if ((j - 1) & 1) issue_values(buf(it), pa_odd);
+      if ((tiles - 1) & 1) issue_values(buf(it), pa_odd);
       else issue_values(buf(it), pa_even);
       wgmma_wait<0>();
       fence_operands(o);
