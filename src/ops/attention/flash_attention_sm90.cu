@@ -83,8 +83,9 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   constexpr bool kListed = kKeys == Keys::listed;
   extern __shared__ unsigned char smem_raw[];
   __shared__ uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
-  __shared__ int item_drawn[2], item_tiles[2];  // the item being copied (-1 once none is left), its tile count
-  __shared__ int tile_start[kStages];             // the first key of the tile in each K/V stage
+  // The item being copied (-1 once none is left) and its tile count; the first key of the
+  // tile in each K/V stage.
+  __shared__ int item_drawn[2], item_tiles[2], tile_start[kStages];
   unsigned char* sQ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sK = sQ + kQBytes;
   unsigned char* sV = sK + kStages * kTileBytes;

@@ -77,8 +77,8 @@ struct Layout {
   static constexpr int kRawBytes = TK * kRawRow * 2;
   static constexpr int kStageBytes = kRawBytes + TK * DK * 4;
   static constexpr int kRowsBytes = TK * kRow * 4;
-  static constexpr int kBarriers = 2 * kStageBytes + 2 * kRowsBytes;
-  static constexpr int kBytes = kBarriers + 4 * 8;
+  static constexpr int kBarrierOffset = 2 * kStageBytes + 2 * kRowsBytes;
+  static constexpr int kBytes = kBarrierOffset + 4 * 8;
   // 16-byte pieces per token: eight bf16 of a raw row, four f32 of log_w.
   static constexpr int kRawChunks = kRawRow / 8, kChunks = kRawChunks + DK / 4;
 };
@@ -210,8 +210,10 @@ __global__ void __launch_bounds__(threads_for<DK, W, C, R>() + kProducers) dplr_
   constexpr int V = 4, P = DK / R, J = R / V;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto stage = [&](int n) { return smem + (n & 1) * L::kStageBytes; };
-  const auto rows = [&](int n) { return reinterpret_cast<float*>(smem + 2 * L::kStageBytes + (n & 1) * L::kRowsBytes); };
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarriers);
+  const auto rows = [&](int n) {
+    return reinterpret_cast<float*>(smem + 2 * L::kStageBytes + (n & 1) * L::kRowsBytes);
+  };
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarrierOffset);
   uint64_t* empty = full + 2;
   if (threadIdx.x == 0) {
     for (int i = 0; i < 2; ++i) {
@@ -301,7 +303,8 @@ void launch(const Params& p, int B, bool f32_out) {
   constexpr int kBytes = Layout<DK, W, TK>::kBytes, kThreads = threads_for<DK, W, C, R>() + kProducers;
   static_assert(DK / R <= 32, "a column's rows must lie in one warp");
   static_assert(R % 4 == 0, "rows come in float4 groups");
-  const auto kernel = f32_out ? dplr_recurrent_kernel<DK, W, C, R, TK, true> : dplr_recurrent_kernel<DK, W, C, R, TK, false>;
+  const auto kernel =
+      f32_out ? dplr_recurrent_kernel<DK, W, C, R, TK, true> : dplr_recurrent_kernel<DK, W, C, R, TK, false>;
   if constexpr (kBytes > 48 * 1024) {
     static const bool configured = [] {
       for (const auto k : {dplr_recurrent_kernel<DK, W, C, R, TK, true>, dplr_recurrent_kernel<DK, W, C, R, TK, false>})
