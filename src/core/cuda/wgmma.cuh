@@ -41,6 +41,16 @@ __device__ __forceinline__ void wgmma_wait() {
 // reads by the tensor cores (the async proxy); a barrier must follow.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// Stores four 8 x 8 bf16 matrices into shared memory: lane l gives the address of row l % 8
+// of matrix l / 8 and holds, in r[m], its two elements of matrix m in the m16n8
+// accumulator layout (row lane / 4, columns 2 (lane % 4) and the next).
+__device__ __forceinline__ void stmatrix_x4(void* smem, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
 // d (+)= A B for a 64 x 16 bf16 A and a 16 x 64 bf16 B, both in shared memory (K-major
 // descriptors); accumulate = false overwrites d.
 __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {

@@ -48,10 +48,26 @@ __device__ __forceinline__ A& either(A& even, A& odd) {
   else return even;
 }
 
-// The three tensor maps of a call: q, k and v as 4-D tensors (head dim, heads, tokens,
-// batch), boxes of 64 columns by a tile's rows of one head, 128-byte swizzled.
+// The tensor maps of a call: q, k, v and o as 4-D tensors (head dim, heads, tokens,
+// batch), boxes of 64 columns by a tile's rows of one head (o: a math warpgroup's 64
+// rows), 128-byte swizzled.
 struct TensorMaps {
-  CUtensorMap q, k, v;
+  CUtensorMap q, k, v, o;
+};
+
+// A CTA's dynamic shared memory: Q, kStages K and V tiles and, for head dim 128
+// (kStagedOutput), the output tile; 1 KiB more to align the start for the swizzle. Head
+// dim 64's dense rows measured 0.96x with the output staged (their stores from registers
+// are half as many); head dim 256's leaves no room for it.
+template <int kD, int kBlockN, int kConsumers, int kStages>
+struct SharedLayout {
+  static constexpr int kBlockM = 64 * kConsumers, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
+  static constexpr int kInputs = kQBytes + 2 * kStages * kTileBytes + 1024;
+  static constexpr bool kStagedOutput = kD == 128;
+  // An SM has 228 KiB for its 3 - kConsumers CTAs, each also 1 KiB reserved and its
+  // barriers.
+  static_assert(!kStagedOutput || (kInputs + kQBytes + 2048) * (3 - kConsumers) <= 228 * 1024);
+  static constexpr int kBytes = kInputs + (kStagedOutput ? kQBytes : 0);
 };
 
 // Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups
@@ -70,6 +86,12 @@ struct TensorMaps {
 // the same items and key tiles, so a tile's buffer is its index in that walk modulo
 // kStages.
 //
+// A math warpgroup ends an item by writing its 64 normalized output rows into shared
+// memory, where that fits, and handing them to one TMA store, which runs on while the
+// warpgroup starts its next item (clock stamps put the direct stores from registers, 4
+// bytes per thread and row, at 1,800-2,700 cycles of every item's path); for head dims 64
+// and 256 it stores them from registers.
+//
 // Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
 // j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
 // waited for just before the accumulator is rescaled.
@@ -78,21 +100,28 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     flash_forward_sm90_kernel(const __grid_constant__ Params p, const __grid_constant__ TensorMaps maps, int batch,
                               int* schedule) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kBlockM = 64 * kConsumers, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
+  using Layout = SharedLayout<kD, kBlockN, kConsumers, kStages>;
+  constexpr int kBlockM = Layout::kBlockM, kQBytes = Layout::kQBytes, kTileBytes = Layout::kTileBytes;
   constexpr int kConsumerWarps = 4 * kConsumers;
   constexpr bool kListed = kKeys == Keys::listed;
   extern __shared__ unsigned char smem_raw[];
   __shared__ uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
-  // The item being copied (-1 once none is left) and its tile count; the first key of the
-  // tile in each K/V stage.
+  __shared__ uint64_t item_full[2], item_empty[2];
+  // The items being copied (-1 once none is left) and their tile counts; the first key of
+  // the tile in each K/V stage.
   __shared__ int item_drawn[2], item_tiles[2], tile_start[kStages];
   unsigned char* sQ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sK = sQ + kQBytes;
   unsigned char* sV = sK + kStages * kTileBytes;
+  unsigned char* sO = sV + kStages * kTileBytes;  // laid out as sQ; used if Layout::kStagedOutput
 
   if (threadIdx.x == 0) {
     mbar_init(&q_full, 1);
     mbar_init(&q_empty, kConsumerWarps);
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(&item_full[s], 1);
+      mbar_init(&item_empty[s], kConsumerWarps);
+    }
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
@@ -116,11 +145,12 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     b = i / num_qb / p.heads;
   };
 
-  // The item index passes from the copy warp to the math warps through item_drawn[n % 2]
-  // and a named barrier that the copy warp and the math warpgroups all wait at once per
-  // item: the copy warp after issuing the item's Q and first tile (so that their loads
-  // overlap the previous item's last tiles), the math warps before reading the index.
-  constexpr int kItemReady = 1, kItemThreads = 32 + 128 * kConsumers;
+  // The copy warp hands item n to the math warps in slot n % 2 (index and tile count),
+  // announcing it on item_full once it has issued the item's Q and first tile (so that
+  // their loads overlap the previous item's last tiles); each math warp releases the slot
+  // on item_empty once it has read it. (A named barrier that both roles reached from
+  // their own code was what compute-sanitizer's synccheck reported: bar.sync expects
+  // every participating thread at the same instruction.)
   if (threadIdx.x < 128) {
     warpgroup_release_registers<40>();
     if (threadIdx.x >= 32) return;
@@ -133,9 +163,11 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     uint32_t it = 0;
     int i = draw();
     for (uint32_t n = 0;; ++n) {
-      if (leader) item_drawn[n & 1] = i < items ? i : -1;
+      const int slot = n & 1;
+      mbar_wait(&item_empty[slot], ((n >> 1) & 1) ^ 1);
+      if (leader) item_drawn[slot] = i < items ? i : -1;
       if (i >= items) {
-        named_barrier_sync(kItemReady, kItemThreads);
+        if (leader) mbar_arrive(&item_full[slot]);
         break;
       }
       int qb, h, b;
@@ -163,7 +195,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
         ++it;
       };
       auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
-      if (leader) item_tiles[n & 1] = tiles.count();
+      if (leader) item_tiles[slot] = tiles.count();
       Tile t = tiles.next();
       if (t.rows) {
         load_tile(t);
@@ -174,8 +206,8 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
         mbar_arrive_expect_bytes(&q_full, kQBytes);
 #pragma unroll
         for (int c = 0; c < kD / 64; ++c) tma_load_4d(sQ + c * kBlockM * 128, &maps.q, c * 64, h, m0, b, &q_full);
+        mbar_arrive(&item_full[slot]);
       }
-      named_barrier_sync(kItemReady, kItemThreads);
       for (; t.rows; t = tiles.next()) load_tile(t);
       i = draw();
     }
@@ -250,11 +282,59 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[0][dt][c] *= corr[0][c >> 1];
   };
+  // The first thread of each math warpgroup issues its TMA stores; the warpgroup's own
+  // named barrier (2 + wg) orders their shared memory around them.
+  const bool store_issuer = (threadIdx.x & 127) == 0;
+  const auto sync_warpgroup = [&] {  // ids known at compile time, so ptxas reserves only these
+    if (wg == 0) named_barrier_sync(2, 128);
+    else named_barrier_sync(3, 128);
+  };
+  // This warpgroup's 64 rows of the item's output, divided by their sums, as bf16 into sO
+  // (four 8 x 8 blocks of 16 columns per stmatrix) and on by TMA; rows past tq are
+  // outside the tensor map, so the store leaves them.
+  const auto stage_output = [&](const float (&row_sum)[1][2], int m0, int h, int b) {
+    if (store_issuer) bulk_wait_read();  // the previous item's store has read sO
+    sync_warpgroup();
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[0][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      inv[r] = sum > 0.f ? 1.f / sum : 0.f;
+    }
+    const int block = lane >> 3, row = warp * 16 + (block & 1) * 8 + (lane & 7);
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; dt += 2) {
+      const uint32_t r[4] = {pack_bf16x2(acc[0][dt][0] * inv[0], acc[0][dt][1] * inv[0]),
+                             pack_bf16x2(acc[0][dt][2] * inv[1], acc[0][dt][3] * inv[1]),
+                             pack_bf16x2(acc[0][dt + 1][0] * inv[0], acc[0][dt + 1][1] * inv[0]),
+                             pack_bf16x2(acc[0][dt + 1][2] * inv[1], acc[0][dt + 1][3] * inv[1])};
+      const int col = (dt + (block >> 1)) * 8;
+      stmatrix_x4(sO + col / 64 * (kBlockM * 128) + sw128_offset(row, col % 64), r);
+    }
+    fence_proxy_async();
+    sync_warpgroup();
+    if (store_issuer) {
+#pragma unroll
+      for (int c = 0; c < kD / 64; ++c)
+        tma_store_4d(&maps.o, c * 64, h, m0 + wg * 64, b, sO + c * (kBlockM * 128) + wg * (64 * 128));
+      bulk_commit();
+    }
+  };
 
   uint32_t it = 0;
   for (uint32_t n = 0;; ++n) {
-    named_barrier_sync(kItemReady, kItemThreads);
-    const int i = item_drawn[n & 1], tiles = item_tiles[n & 1];
+    const int slot = n & 1;
+    mbar_wait(&item_full[slot], (n >> 1) & 1);
+    int i = 0, tiles = 0;
+    if (lane == 0) {  // one read per warp, which its own release then orders
+      i = item_drawn[slot];
+      tiles = item_tiles[slot];
+      mbar_arrive(&item_empty[slot]);
+    }
+    i = __shfl_sync(0xffffffffu, i, 0);
+    tiles = __shfl_sync(0xffffffffu, tiles, 0);
     if (i < 0) break;
     mbar_wait(&q_full, n & 1);
     int qb, h, b;
@@ -348,9 +428,13 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       release(&v_empty[buf(it)]);
       ++it;
     }
-    store_output<1, kD>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * p.heads * kD + h * kD,
-                        static_cast<int64_t>(p.heads) * kD, row0, p.tq);
+    if constexpr (Layout::kStagedOutput) stage_output(row_sum, m0, h, b);
+    else
+      store_output<1, kD>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * p.heads * kD + h * kD,
+                          static_cast<int64_t>(p.heads) * kD, row0, p.tq);
   }
+  // The CTA's shared memory must outlive its last stores.
+  if (Layout::kStagedOutput && store_issuer) bulk_wait_complete();
 #else
   __trap();  // built for sm_90a only; sm90_available() keeps other GPUs away
 #endif
@@ -400,7 +484,8 @@ int* schedule_counters() {
 
 template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
 void launch(const Params& p, int batch) {
-  constexpr int kBlockM = 64 * kConsumers, kSmem = (kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024;
+  using Layout = SharedLayout<D, kBlockN, kConsumers, kStages>;
+  constexpr int kBlockM = Layout::kBlockM, kSmem = Layout::kBytes;
   const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kConsumers, kStages>;
   static const bool configured = [&] {
     SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
@@ -409,7 +494,8 @@ void launch(const Params& p, int batch) {
   (void)configured;
   const TensorMaps maps{head_tensor_map<D>(p.q, batch, p.tq, p.heads, kBlockM),
                         head_tensor_map<D>(p.k, batch, p.tk, p.kv_heads, kBlockN),
-                        head_tensor_map<D>(p.v, batch, p.tk, p.kv_heads, kBlockN)};
+                        head_tensor_map<D>(p.v, batch, p.tk, p.kv_heads, kBlockN),
+                        head_tensor_map<D>(p.o, batch, p.tq, p.heads, 64)};
   const int64_t items = static_cast<int64_t>((p.tq + kBlockM - 1) / kBlockM) * p.heads * batch;
   if (items > INT_MAX - 1024)
     throw Error("flash_attention: " + std::to_string(items) + " query blocks exceed the sm_90 kernel's 32-bit count");
@@ -438,8 +524,10 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // fastest pipelined, head dim 64 one tile at a time (415 against 365 TFLOP/s); head dim
   // 256 runs 64-key tiles one at a time, so that the 128 accumulator registers of each
   // thread's P V and the shared memory (Q 64 KiB, two stages of K and V 128 KiB) fit.
-  // Masks of 128-query blocks run 128-key tiles one at a time through three stages (at
-  // 32K 1.09x 64-key tiles on a 2048-key window, 1.14x on random blocks). Pipelined
+  // Masks of 128-query blocks run 128-key tiles one at a time (at 32K 1.09x 64-key tiles
+  // on a 2048-key window, 1.14x on random blocks), through three stages for head dim 64
+  // and, for head dim 128, two beside the staged output (1.02-1.05x three stages storing
+  // from registers on the windows and random masks, one H200 call). Pipelined
   // 128-key tiles measured 0.96-1.06x that (and spill 96 bytes), CTAs of one math
   // warpgroup per 64-query half of a row 0.96-1.12x; switching the two math warpgroups'
   // turns at the tensor cores, as FlashAttention-3 does, gained nothing on dense rows and
@@ -467,7 +555,7 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
     }
     if (k_block % 128 == 0) {
       p.sub_tiles = k_block / 128;
-      return launch<D, Keys::listed, 128, false, 2, 3>(p, batch);
+      return launch<D, Keys::listed, 128, false, 2, D == 128 ? 2 : 3>(p, batch);
     }
     p.sub_tiles = k_block / 64;
     launch<D, Keys::listed, 64, false, 2, 4>(p, batch);
