@@ -172,8 +172,9 @@ __device__ __forceinline__ HeadRows head_rows(const Params& p, int b, int h, int
 // kMTiles m16 tiles of rows from `row0` (this warp's first row). A neighborhood rule is
 // tested per score by its own loop: inside the key-range loop its divisions made the
 // edge tiles' code ~15k instructions, most never run, and the instruction-cache misses
-// on that code took 30% of a window mask's time (ncu, H200).
-template <Keys kKeys, int kMTiles, int kBlockN>
+// on that code took 30% of a window mask's time (ncu, H200). Kernels built without it
+// (kNeighborhood false) must not be given a neighborhood rule.
+template <Keys kKeys, int kMTiles, int kBlockN, bool kNeighborhood = true>
 __device__ __forceinline__ void mask_edge_tile(float (&s)[kMTiles][kBlockN / 8][4], const Params& p, int row0, int n0) {
   const int lane = threadIdx.x & 31;
   constexpr bool kRule = kKeys == Keys::listed || kKeys == Keys::paired;
@@ -194,7 +195,7 @@ __device__ __forceinline__ void mask_edge_tile(float (&s)[kMTiles][kBlockN / 8][
           }
       }
   };
-  if constexpr (kRule) {
+  if constexpr (kRule && kNeighborhood) {
     if (p.rule.neighborhood) {
       each_score([&](int, int, int row, int col) { return col >= p.tk || !rule_allows(p.rule, p.q_offset + row, col); });
       return;

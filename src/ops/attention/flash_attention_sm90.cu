@@ -95,7 +95,7 @@ struct SharedLayout {
 // Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
 // j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
 // waited for just before the accumulator is rescaled.
-template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
+template <int kD, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages, bool kNeighborhood>
 __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     flash_forward_sm90_kernel(const __grid_constant__ Params p, const __grid_constant__ TensorMaps maps, int batch,
                               int* schedule) {
@@ -174,8 +174,10 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       item_coords(i, qb, h, b);
       const int m0 = qb * kBlockM, kvh = h / p.group;
       // Tile t of K and V into stage it % kStages once the math warps have released it;
-      // a mask's tile has its first key in tile_start (the math warps read it once K has
-      // landed: the arrival that announces K's bytes releases the store).
+      // a mask's tile has its first key in tile_start, times two plus whether it needs
+      // scores masked (the math warps read it once K has landed: the arrival that
+      // announces K's bytes releases the store).
+      const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
       const auto load_tile = [&](const Tile& t) {
         const int s = it % kStages;
         const uint32_t parity = ((it / kStages) & 1) ^ 1;
@@ -187,7 +189,10 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
         };
         mbar_wait(&k_empty[s], parity);
         if (leader) {
-          if constexpr (kListed) tile_start[s] = t.start;
+          if constexpr (kListed) {
+            const int n1 = t.start + kBlockN - 1;
+            tile_start[s] = 2 * t.start + (n1 >= p.tk || !rule_covers(p.rule, q_first, q_last, t.start, n1));
+          }
           load(sK, maps.k, &k_full[s]);
         }
         mbar_wait(&v_empty[s], parity);
@@ -228,14 +233,15 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     if (lane == 0) mbar_arrive(bar);
   };
   const auto buf = [](uint32_t j) { return static_cast<int>(j % kStages); };
-  // The first key of the item's tile j, in K buffer kbuf: dense rows' tiles follow one
-  // another; a mask's come from tile_start, read by lane 0 alone (whose release of the
-  // buffer then orders its read before the copy warp's next write) and broadcast.
-  const auto first_key = [&](int j, int kbuf) {
-    if constexpr (!kListed) return j * kBlockN;
-    int n0 = 0;
-    if (lane == 0) n0 = tile_start[kbuf];
-    return __shfl_sync(0xffffffffu, n0, 0);
+  // The first key of the item's tile j, in K buffer kbuf, times two plus whether it is an
+  // edge tile for a mask: dense rows' tiles follow one another; a mask's come from
+  // tile_start, read by lane 0 alone (whose release of the buffer then orders its read
+  // before the copy warp's next write) and broadcast.
+  const auto tile_key = [&](int j, int kbuf) {
+    if constexpr (!kListed) return 2 * j * kBlockN;
+    int key = 0;
+    if (lane == 0) key = tile_start[kbuf];
+    return __shfl_sync(0xffffffffu, key, 0);
   };
   const auto phase = [](uint32_t j) { return (j / kStages) & 1; };
 
@@ -340,16 +346,16 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     int qb, h, b;
     item_coords(i, qb, h, b);
     const int m0 = qb * kBlockM, row0 = m0 + warp * 16;  // row0: this warp's first row
-    const int q_first = p.q_offset + m0, q_last = p.q_offset + min(m0 + kBlockM, p.tq) - 1;
     float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.f, 0.f}};
-    // Masks, softmax and packs the scores of the tile of keys from n0 into pa; fills corr
-    // with the accumulator's correction (the caller applies it once the previous P V is
-    // done) and returns whether any of the warp's rows needs it.
-    const auto softmax_tile = [&](int n0, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
-      bool edge = n0 + kBlockN > p.tk;
+    // Masks, softmax and packs the scores of the tile with key `key` (tile_key's) into pa;
+    // fills corr with the accumulator's correction (the caller applies it once the
+    // previous P V is done) and returns whether any of the warp's rows needs it.
+    const auto softmax_tile = [&](int key, float (&corr)[1][2], uint32_t (&pa)[kBlockN / 16][4]) {
+      const int n0 = key >> 1;
+      bool edge = key & 1;
+      if constexpr (!kListed) edge = n0 + kBlockN > p.tk;
       if constexpr (kKeys == Keys::causal) edge |= n0 + kBlockN - 1 > m0 + p.causal_offset;
-      if constexpr (kListed) edge |= !rule_covers(p.rule, q_first, q_last, n0, n0 + kBlockN - 1);
-      if (edge) mask_edge_tile<kKeys, 1, kBlockN>(s, p, row0, n0);
+      if (edge) mask_edge_tile<kKeys, 1, kBlockN, kNeighborhood>(s, p, row0, n0);
       const bool moved = online_softmax<1, kBlockN>(s, row_max, row_sum, corr, p.scale_log2);
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -371,14 +377,14 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     if constexpr (!kPipelined) {
       for (int j = 0; j < tiles; ++j, ++it) {
         mbar_wait(&k_full[buf(it)], phase(it));
-        const int n0 = first_key(j, buf(it));
+        const int key = tile_key(j, buf(it));
         issue_scores(buf(it));
         wgmma_wait<0>();
         fence_operands(sf);
         release(&k_empty[buf(it)]);
         if (j == tiles - 1) release(&q_empty);
         float corr[1][2];
-        if (softmax_tile(n0, corr, pa_even)) rescale(corr);
+        if (softmax_tile(key, corr, pa_even)) rescale(corr);
         mbar_wait(&v_full[buf(it)], phase(it));
         issue_values(buf(it), pa_even);
         wgmma_wait<0>();
@@ -387,21 +393,21 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       }
     } else if (tiles > 0) {
       mbar_wait(&k_full[buf(it)], phase(it));
-      const int n0 = first_key(0, buf(it));
+      const int key = tile_key(0, buf(it));
       issue_scores(buf(it));
       wgmma_wait<0>();
       fence_operands(sf);
       release(&k_empty[buf(it)]);
       if (tiles == 1) release(&q_empty);
       float corr[1][2];
-      softmax_tile(n0, corr, pa_even);  // the accumulator is still zero: nothing to rescale
+      softmax_tile(key, corr, pa_even);  // the accumulator is still zero: nothing to rescale
       // `it` is the tile whose P V is pending, j the next one's place in the item; `odd`
       // the parity of j (which P registers it fills), a compile-time choice so that they
       // stay registers.
       const auto step = [&](int j, auto odd) {
         const uint32_t next = it + 1;
         mbar_wait(&k_full[buf(next)], phase(next));
-        const int next_n0 = first_key(j, buf(next));
+        const int next_key = tile_key(j, buf(next));
         issue_scores(buf(next));
         mbar_wait(&v_full[buf(it)], phase(it));
         issue_values(buf(it), either<!decltype(odd)::value>(pa_even, pa_odd));
@@ -409,7 +415,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
         fence_operands(sf);
         release(&k_empty[buf(next)]);
         if (j == tiles - 1) release(&q_empty);
-        const bool moved = softmax_tile(next_n0, corr, either<decltype(odd)::value>(pa_even, pa_odd));
+        const bool moved = softmax_tile(next_key, corr, either<decltype(odd)::value>(pa_even, pa_odd));
         wgmma_wait<0>();
         fence_operands(o);
         release(&v_empty[buf(it)]);
@@ -482,11 +488,13 @@ int* schedule_counters() {
   return counters;
 }
 
-template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages>
+// kNeighborhood: whether the kernel's edge tiles handle a neighborhood rule (a kernel
+// built without it keeps its registers for pipelining).
+template <int D, Keys kKeys, int kBlockN, bool kPipelined, int kConsumers, int kStages, bool kNeighborhood = true>
 void launch(const Params& p, int batch) {
   using Layout = SharedLayout<D, kBlockN, kConsumers, kStages>;
   constexpr int kBlockM = Layout::kBlockM, kSmem = Layout::kBytes;
-  const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kConsumers, kStages>;
+  const auto kernel = flash_forward_sm90_kernel<D, kKeys, kBlockN, kPipelined, kConsumers, kStages, kNeighborhood>;
   static const bool configured = [&] {
     SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     return true;
@@ -524,14 +532,16 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
   // fastest pipelined, head dim 64 one tile at a time (415 against 365 TFLOP/s); head dim
   // 256 runs 64-key tiles one at a time, so that the 128 accumulator registers of each
   // thread's P V and the shared memory (Q 64 KiB, two stages of K and V 128 KiB) fit.
-  // Masks of 128-query blocks run 128-key tiles one at a time (at 32K 1.09x 64-key tiles
-  // on a 2048-key window, 1.14x on random blocks), through three stages for head dim 64
-  // and, for head dim 128, two beside the staged output (1.02-1.05x three stages storing
-  // from registers on the windows and random masks, one H200 call). Pipelined
-  // 128-key tiles measured 0.96-1.06x that (and spill 96 bytes), CTAs of one math
-  // warpgroup per 64-query half of a row 0.96-1.12x; switching the two math warpgroups'
-  // turns at the tensor cores, as FlashAttention-3 does, gained nothing on dense rows and
-  // lost on masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per
+  // Masks of 128-query blocks run 128-key tiles (at 32K 1.09x 64-key tiles on a 2048-key
+  // window, 1.14x on random blocks). For head dim 128 they are pipelined, through two
+  // stages beside the staged output, in a kernel built without the neighborhood rule:
+  // that rule's edge code spilled the pipelined kernel's registers (100 bytes), which
+  // left it 0.88-0.94x one tile at a time; without it, H100: windows 1.10-1.18x, random
+  // blocks 1.03-1.12x, every causal block listed 1.09-1.12x. Neighborhood masks run one
+  // tile at a time, as do head dim 64's masks (three stages). CTAs of one math warpgroup
+  // per 64-query half of a row measured 0.96-1.12x one tile at a time; switching the two
+  // math warpgroups' turns at the tensor cores, as FlashAttention-3 does, gained nothing
+  // on dense rows and lost on masks. Masks of 64-query blocks run one math warpgroup per CTA, two CTAs per
   // SM (1.6x the sm_80 kernel on top-8 rows, 1.7-1.8x its paired rows on a window), their
   // 64-key tiles pipelined (1.07-1.08x one at a time; a third stage leaves room for one
   // CTA per SM: 0.6x).
@@ -555,7 +565,12 @@ void forward(Params p, int batch, Keys keys, int q_block, int k_block) {
     }
     if (k_block % 128 == 0) {
       p.sub_tiles = k_block / 128;
-      return launch<D, Keys::listed, 128, false, 2, D == 128 ? 2 : 3>(p, batch);
+      if constexpr (D == 128) {
+        if (!p.rule.neighborhood) return launch<D, Keys::listed, 128, true, 2, 2, false>(p, batch);
+        return launch<D, Keys::listed, 128, false, 2, 2>(p, batch);
+      } else {
+        return launch<D, Keys::listed, 128, false, 2, 3>(p, batch);
+      }
     }
     p.sub_tiles = k_block / 64;
     launch<D, Keys::listed, 64, false, 2, 4>(p, batch);
