@@ -126,10 +126,15 @@ TEST(CudaSparseAttention, NeighborhoodWindowsOnGrids) {
   three.grid = {5, 6, 9};
   three.kernel = {3, 3, 5};
   three.causal = {true, false, false};
+  // Head dim 128 with 128-blocks too: on Hopper those masks take the one-tile-at-a-time
+  // kernel, the pipelined one being built without the neighborhood rule.
   for (const attn::Neighborhood& n : {one, two, three}) {
     const int64_t T = n.tokens();
     expect_mask_run_matches(rng, {1, T, 2, 1, 64}, attn::neighborhood_mask(MaskGeometry{T, T, 0, 64, 64, 1, nullptr}, n),
                             std::to_string(n.ndim) + "-D neighborhood");
+    expect_mask_run_matches(rng, {1, T, 2, 1, 128},
+                            attn::neighborhood_mask(MaskGeometry{T, T, 0, 128, 128, 1, nullptr}, n),
+                            std::to_string(n.ndim) + "-D neighborhood, 128-blocks");
   }
 }
 
