@@ -86,11 +86,11 @@ struct SharedLayout {
 // the same items and key tiles, so a tile's buffer is its index in that walk modulo
 // kStages.
 //
-// A math warpgroup ends an item by writing its 64 normalized output rows into shared
-// memory, where that fits, and handing them to one TMA store, which runs on while the
+// For head dim 128 a math warpgroup ends an item by writing its 64 normalized output rows
+// into shared memory and handing them to one TMA store, which runs on while the
 // warpgroup starts its next item (clock stamps put the direct stores from registers, 4
 // bytes per thread and row, at 1,800-2,700 cycles of every item's path); for head dims 64
-// and 256 it stores them from registers.
+// and 256 it stores them from registers (SharedLayout says why).
 //
 // Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
 // j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
