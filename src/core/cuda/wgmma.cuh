@@ -1,8 +1,10 @@
 // Hopper warpgroup matrix multiply (wgmma, sm_90a only): shared-memory descriptors for
-// the 128-byte swizzled layout, the fences that order it, and the shapes the flash
-// kernel uses (Q K^T from shared memory, P V with P in registers). A warpgroup is 4 consecutive warps (128 threads) starting at a warp index
-// divisible by 4; each wgmma computes a 64 x N tile, warp w of the group owning rows
-// 16w..16w+15 with the m16n8 accumulator layout repeated over N / 8 column tiles.
+// the 128-byte swizzled layout, the fences that order it, the shapes the flash kernel
+// uses (Q K^T from shared memory, P V with P in registers), and stmatrix, which writes
+// accumulator fragments back into shared memory. A warpgroup is 4 consecutive warps (128
+// threads) starting at a warp index divisible by 4; each wgmma computes a 64 x N tile,
+// warp w of the group owning rows 16w..16w+15 with the m16n8 accumulator layout repeated
+// over N / 8 column tiles.
 //
 // Operand tiles in shared memory are [rows][64] bf16 blocks (128 bytes per row), 16-byte
 // chunk c of row r stored at chunk c ^ (r % 8) (each 8-row, 1024-byte atom 1024-byte

@@ -2,12 +2,12 @@
 // wgmma. Head dims 64 and 128 (and 256 for dense rows); CTAs of two math warpgroups per
 // 128 queries, one per 64 for masks of 64-query blocks. Each math warpgroup owns 64 query
 // rows: S = Q K^T for a tile of kBlockN keys is one chain of D / 16 m64nNk16 wgmmas
-// reading Q and K from shared memory, the online softmax runs on S in registers (the m16n8 accumulator layout
-// of the sm_80 kernel, so it shares the masking and softmax code), and O += P V is
-// kBlockN / 16 m64nDk16 wgmmas with P packed to bf16 in registers and V read from shared
-// memory as stored, key rows of D contiguous values (MN-major). A copy warpgroup feeds
-// them Q, K and V tiles by TMA in the 128-byte swizzled layout the descriptors read
-// (wgmma.cuh, tma.cuh).
+// reading Q and K from shared memory, the online softmax runs on S in registers (the
+// m16n8 accumulator layout of the sm_80 kernel, so it shares the masking and softmax
+// code), and O += P V is kBlockN / 16 m64nDk16 wgmmas with P packed to bf16 in registers
+// and V read from shared memory as stored, key rows of D contiguous values (MN-major). A
+// copy warpgroup feeds them Q, K and V tiles by TMA in the 128-byte swizzled layout the
+// descriptors read (wgmma.cuh, tma.cuh).
 //
 // Built for sm_90a only (cmake/cuda.cmake): wgmma and setmaxnreg exist nowhere else, and a
 // separate object keeps the rest of the library's sm_80 / sm_90 code as it is.
@@ -110,7 +110,8 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   // The items being copied (-1 once none is left) and their tile counts; the first key of
   // the tile in each K/V stage.
   __shared__ int item_drawn[2], item_tiles[2], tile_start[kStages];
-  unsigned char* sQ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* sQ =
+      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sK = sQ + kQBytes;
   unsigned char* sV = sK + kStages * kTileBytes;
   unsigned char* sO = sV + kStages * kTileBytes;  // laid out as sQ; used if Layout::kStagedOutput
@@ -583,7 +584,8 @@ void sm90_forward(Params p, int batch, int head_dim, Keys keys, int q_block, int
   if (head_dim == 64) forward<64>(p, batch, keys, q_block, k_block);
   else if (head_dim == 128) forward<128>(p, batch, keys, q_block, k_block);
   else if (head_dim == 256) forward<256>(p, batch, keys, q_block, k_block);
-  else throw Error("flash_attention: the sm_90 kernel runs head dims 64, 128 and 256, found " + std::to_string(head_dim));
+  else
+    throw Error("flash_attention: the sm_90 kernel runs head dims 64, 128 and 256, found " + std::to_string(head_dim));
 }
 
 }  // namespace subq::cuda::flash
