@@ -259,6 +259,14 @@ __device__ __forceinline__ bool online_softmax(float (&s)[kMTiles][kBlockN / 8][
   return max_moved;
 }
 
+// 1 / the sum of a row whose four lanes each hold part of it (0 for a row that saw no
+// key), from one lane's part.
+__device__ __forceinline__ float inverse_row_sum(float part) {
+  part += __shfl_xor_sync(0xffffffffu, part, 1);
+  part += __shfl_xor_sync(0xffffffffu, part, 2);
+  return part > 0.f ? 1.f / part : 0.f;
+}
+
 // The final normalisation: each of the thread's rows (kMTiles m16 tiles from row0) of
 // acc divided by its row's sum (0 for a row that saw no key), written as bf16 to o.
 template <int kMTiles, int D>
@@ -269,10 +277,7 @@ __device__ __forceinline__ void store_output(const float (&acc)[kMTiles][D / 8][
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float sum = row_sum[mt][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const float inv = inverse_row_sum(row_sum[mt][r]);
       const int row = row0 + mt * 16 + (lane >> 2) + r * 8;
       if (row >= tq) continue;
 #pragma unroll

@@ -302,14 +302,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   const auto stage_output = [&](const float (&row_sum)[1][2], int m0, int h, int b) {
     if (store_issuer) bulk_wait_read();  // the previous item's store has read sO
     sync_warpgroup();
-    float inv[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float sum = row_sum[0][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      inv[r] = sum > 0.f ? 1.f / sum : 0.f;
-    }
+    const float inv[2] = {inverse_row_sum(row_sum[0][0]), inverse_row_sum(row_sum[0][1])};
     const int block = lane >> 3, row = warp * 16 + (block & 1) * 8 + (lane & 7);
 #pragma unroll
     for (int dt = 0; dt < kD / 8; dt += 2) {
