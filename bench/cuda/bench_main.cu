@@ -141,6 +141,42 @@ void bench_sparse(std::mt19937_64& rng) {
   }
 }
 
+// What a mask row costs beyond its tiles (`subq_cuda_bench rowcost`, not in the default
+// run): every row lists the k blocks that end at its diagonal, k = 1 .. 32, at 128- and
+// 64-blocks, so that a line through time against tiles separates the per-tile rate
+// (slope) from what each row (item) costs on its own (intercept, with the fixed HBM
+// traffic of Q, K, V and O).
+void bench_row_cost(std::mt19937_64& rng) {
+  const int64_t B = 1, H = 16, D = 128;
+  for (int64_t T : {8192, 32768}) {
+    const Tensor q = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor k = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor v = random_device(DType::bf16, {B, T, H, D}, rng);
+    const Tensor o = cuda::empty(DType::bf16, {B, T, H, D});
+    attn::ElementRule causal;
+    causal.causal = true;
+    for (int64_t blk : {128, 64}) {
+      for (int64_t kk : {1, 2, 4, 8, 16, 32}) {
+        attn::BlockMaskBuilder builder(1, 1, T, T, blk, blk, 0, causal);
+        int64_t tiles = 0;
+        for (int64_t qb = 0; qb < T / blk; ++qb) {
+          std::vector<int32_t> row;
+          for (int64_t kb = std::max<int64_t>(0, qb - kk + 1); kb <= qb; ++kb) row.push_back(static_cast<int32_t>(kb));
+          tiles += static_cast<int64_t>(row.size());
+          builder.add_row(row);
+        }
+        const cuda::DeviceBlockMask dm = cuda::upload(builder.finish());
+        const double ms = median_ms([&] { cuda::flash_attention(q, k, v, o, dm, 0.08838834764f); });
+        cuda::synchronize();
+        std::printf("{\"op\": \"row_cost\", \"T\": %lld, \"blk\": %lld, \"k\": %lld, \"items\": %lld, "
+                    "\"tiles\": %lld, \"ms\": %.5f}\n",
+                    (long long)T, (long long)blk, (long long)kk, (long long)(H * T / blk), (long long)(H * tiles), ms);
+        std::fflush(stdout);
+      }
+    }
+  }
+}
+
 // Split-KV decode: one query token per sequence against kv_len cached keys; the bytes
 // are the K and V cache read once (q and o are negligible).
 void bench_decode(std::mt19937_64& rng) {
@@ -251,6 +287,7 @@ int main(int argc, char** argv) {
     const std::string only = argc > 1 ? argv[1] : "";
     if (only.empty() || only == "attention") bench_attention(rng);
     if (only.empty() || only == "sparse") bench_sparse(rng);
+    if (only == "rowcost") bench_row_cost(rng);
     if (only.empty() || only == "selectors") bench_selectors(rng);
     if (only.empty() || only == "decode") bench_decode(rng);
     if (only.empty() || only == "scan") bench_scan(rng);

@@ -55,19 +55,24 @@ struct TensorMaps {
   CUtensorMap q, k, v, o;
 };
 
-// A CTA's dynamic shared memory: Q, kStages K and V tiles and, for head dim 128
-// (kStagedOutput), the output tile; 1 KiB more to align the start for the swizzle. Head
-// dim 64's dense rows measured 0.96x with the output staged (their stores from registers
-// are half as many); head dim 256's leaves no room for it.
+// A CTA's dynamic shared memory: kQBuffers Q tiles and kStages K and V tiles, 1 KiB more
+// to align the start for the swizzle. Two Q buffers where they fit (all but head dim 256),
+// so that the next item's Q loads while the current item runs (with one, the copy warp
+// could issue it only after the item's last Q K^T: on short mask rows its load and the
+// item's handover took ~10% of the math warps' time). For head dim 128 (kStagedOutput)
+// each math warpgroup also stages its output rows in its own rows of the item's Q buffer,
+// which its Q K^T no longer reads. Head dim 64's dense rows measured 0.96x with the
+// output staged (their stores from registers are half as many).
 template <int kD, int kBlockN, int kConsumers, int kStages>
 struct SharedLayout {
   static constexpr int kBlockM = 64 * kConsumers, kQBytes = kBlockM * kD * 2, kTileBytes = kBlockN * kD * 2;
-  static constexpr int kInputs = kQBytes + 2 * kStages * kTileBytes + 1024;
-  static constexpr bool kStagedOutput = kD == 128;
+  static constexpr int kTiles = 2 * kStages * kTileBytes + 1024;
   // An SM has 228 KiB for its 3 - kConsumers CTAs, each also 1 KiB reserved and its
   // barriers.
-  static_assert(!kStagedOutput || (kInputs + kQBytes + 2048) * (3 - kConsumers) <= 228 * 1024);
-  static constexpr int kBytes = kInputs + (kStagedOutput ? kQBytes : 0);
+  static constexpr int kQBuffers = (2 * kQBytes + kTiles + 2048) * (3 - kConsumers) <= 228 * 1024 ? 2 : 1;
+  static constexpr bool kStagedOutput = kD == 128;
+  static_assert(!kStagedOutput || kQBuffers == 2);
+  static constexpr int kBytes = kQBuffers * kQBytes + kTiles;
 };
 
 // Warpgroup 0 copies (one thread of its first warp issues TMA loads), warpgroups
@@ -77,20 +82,22 @@ struct SharedLayout {
 // previous one. Items are handed out in order by an atomic counter (schedule[0]) as CTAs
 // free up (a static split of items measured 8-15% slower on dense causal rows); the copy
 // warp draws the next item as soon as it has issued the current one's last tile, reads
-// its mask row and issues its first K and V tile, and only then waits for the Q buffer
-// (measured against waiting first: full dense rows 1.04-1.14x, masks of 128-query blocks
-// 0.95-1.00x); the last CTA to finish zeroes the counters for the next launch
-// (schedule[1] counts finished CTAs). K and V tiles go through kStages buffers, each
-// with a "full" barrier (the TMA's bytes landed) and an "empty" one (every math warp is
-// done with it); Q has one buffer, released after the item's last Q K^T. Both sides walk
-// the same items and key tiles, so a tile's buffer is its index in that walk modulo
-// kStages.
+// its mask row, issues its first K and V tile, then its Q, then the rest (kQFirst: Q
+// before the first tile). With one Q buffer, waiting for it first measured 0.88-0.96x on
+// full dense rows; with two, H100: full dense rows 0.94-0.96x Q first, the 64-query CTAs'
+// masks 1.02-1.05x Q first (so those CTAs issue Q first). The last CTA to finish
+// zeroes the counters for the next launch (schedule[1] counts finished CTAs). K and V
+// tiles go through kStages buffers, each with a "full" barrier (the TMA's bytes landed)
+// and an "empty" one (every math warp is done with it); item n's Q goes to Q buffer
+// n % kQBuffers, released after the item's last Q K^T (or, staged output, once the
+// output's store has read it). Both sides walk the same items and key tiles, so a tile's
+// buffer is its index in that walk modulo kStages.
 //
 // For head dim 128 a math warpgroup ends an item by writing its 64 normalized output rows
-// into shared memory and handing them to one TMA store, which runs on while the
-// warpgroup starts its next item (clock stamps put the direct stores from registers, 4
-// bytes per thread and row, at 1,800-2,700 cycles of every item's path); for head dims 64
-// and 256 it stores them from registers (SharedLayout says why).
+// into its rows of the item's Q buffer and handing them to one TMA store, which runs on
+// while the warpgroup starts its next item (clock stamps put the direct stores from
+// registers, 4 bytes per thread and row, at 1,800-2,700 cycles of every item's path); for
+// head dims 64 and 256 it stores them from registers (SharedLayout says why).
 //
 // Pipelined (kPipelined), a math warpgroup overlaps tiles: while the tensor cores run tile
 // j's Q K^T and tile j - 1's P V, its softmax waits only for the first; the second is
@@ -104,21 +111,27 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
   constexpr int kBlockM = Layout::kBlockM, kQBytes = Layout::kQBytes, kTileBytes = Layout::kTileBytes;
   constexpr int kConsumerWarps = 4 * kConsumers;
   constexpr bool kListed = kKeys == Keys::listed;
+  constexpr int kQBuffers = Layout::kQBuffers;
+  constexpr bool kQFirst = kQBuffers == 2 && kConsumers == 1;
   extern __shared__ unsigned char smem_raw[];
-  __shared__ uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
+  __shared__ uint64_t q_full[kQBuffers], q_empty[kQBuffers];
+  __shared__ uint64_t k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
   __shared__ uint64_t item_full[2], item_empty[2];
   // The items being copied (-1 once none is left) and their tile counts; the first key of
   // the tile in each K/V stage.
   __shared__ int item_drawn[2], item_tiles[2], tile_start[kStages];
   unsigned char* sQ =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  unsigned char* sK = sQ + kQBytes;
+  unsigned char* sK = sQ + kQBuffers * kQBytes;
   unsigned char* sV = sK + kStages * kTileBytes;
-  unsigned char* sO = sV + kStages * kTileBytes;  // laid out as sQ; used if Layout::kStagedOutput
 
   if (threadIdx.x == 0) {
-    mbar_init(&q_full, 1);
-    mbar_init(&q_empty, kConsumerWarps);
+    for (int s = 0; s < kQBuffers; ++s) {
+      mbar_init(&q_full[s], 1);
+      // Released by every math warp after its last Q K^T, or, where the buffer also stages
+      // the output, by each warpgroup's store once it has read it.
+      mbar_init(&q_empty[s], Layout::kStagedOutput ? kConsumers : kConsumerWarps);
+    }
     for (int s = 0; s < 2; ++s) {
       mbar_init(&item_full[s], 1);
       mbar_init(&item_empty[s], kConsumerWarps);
@@ -200,19 +213,28 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
         if (leader) load(sV, maps.v, &v_full[s]);
         ++it;
       };
+      // Q into buffer n % kQBuffers, then the item goes to the math warps.
+      const auto load_q = [&] {
+        const int qn = n % kQBuffers;
+        mbar_wait(&q_empty[qn], ((n / kQBuffers) & 1) ^ 1);
+        if (leader) {
+          mbar_arrive_expect_bytes(&q_full[qn], kQBytes);
+#pragma unroll
+          for (int c = 0; c < kD / 64; ++c)
+            tma_load_4d(sQ + qn * kQBytes + c * kBlockM * 128, &maps.q, c * 64, h, m0, b, &q_full[qn]);
+          mbar_arrive(&item_full[slot]);
+        }
+      };
       auto tiles = cta_key_tiles<kKeys, kBlockN>(p, b, h, m0, kBlockM);
       if (leader) item_tiles[slot] = tiles.count();
+      if constexpr (kQFirst) load_q();
       Tile t = tiles.next();
-      if (t.rows) {
-        load_tile(t);
-        t = tiles.next();
-      }
-      mbar_wait(&q_empty, (n & 1) ^ 1);
-      if (leader) {
-        mbar_arrive_expect_bytes(&q_full, kQBytes);
-#pragma unroll
-        for (int c = 0; c < kD / 64; ++c) tma_load_4d(sQ + c * kBlockM * 128, &maps.q, c * 64, h, m0, b, &q_full);
-        mbar_arrive(&item_full[slot]);
+      if constexpr (!kQFirst) {
+        if (t.rows) {
+          load_tile(t);
+          t = tiles.next();
+        }
+        load_q();
       }
       for (; t.rows; t = tiles.next()) load_tile(t);
       i = draw();
@@ -245,6 +267,8 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     return __shfl_sync(0xffffffffu, key, 0);
   };
   const auto phase = [](uint32_t j) { return (j / kStages) & 1; };
+  uint32_t n = 0;  // this CTA's items so far; item n's Q is in buffer n % kQBuffers
+  const auto item_q = [&] { return sQ + n % kQBuffers * kQBytes; };
 
   float acc[1][kD / 8][4];
   float(&o)[kD / 2] = reinterpret_cast<float(&)[kD / 2]>(acc);
@@ -263,7 +287,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) {
       const int block = ks >> 2, within = (ks & 3) * 32;
-      const uint64_t a = sw128_desc(sQ + block * (kBlockM * 128) + wg * (64 * 128) + within, 16, 1024);
+      const uint64_t a = sw128_desc(item_q() + block * (kBlockM * 128) + wg * (64 * 128) + within, 16, 1024);
       const uint64_t bk = sw128_desc(sK + kbuf * kTileBytes + block * (kBlockN * 128) + within, 16, 1024);
       if constexpr (kBlockN == 64) wgmma_m64n64k16_ss(sf, a, bk, ks > 0);
       else wgmma_m64n128k16_ss(sf, a, bk, ks > 0);
@@ -296,12 +320,13 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     if (wg == 0) named_barrier_sync(2, 128);
     else named_barrier_sync(3, 128);
   };
-  // This warpgroup's 64 rows of the item's output, divided by their sums, as bf16 into sO
-  // (four 8 x 8 blocks of 16 columns per stmatrix) and on by TMA; rows past tq are
-  // outside the tensor map, so the store leaves them.
+  // This warpgroup's 64 rows of the item's output, divided by their sums, as bf16 into its
+  // rows of the item's Q buffer (four 8 x 8 blocks of 16 columns per stmatrix; its warps
+  // are past their last Q K^T) and on by TMA; rows past tq are outside the tensor map, so
+  // the store leaves them.
   const auto stage_output = [&](const float (&row_sum)[1][2], int m0, int h, int b) {
-    if (store_issuer) bulk_wait_read();  // the previous item's store has read sO
-    sync_warpgroup();
+    unsigned char* sO = item_q();
+    sync_warpgroup();  // the warpgroup's last Q K^T, which reads all its Q rows, is done
     const float inv[2] = {inverse_row_sum(row_sum[0][0]), inverse_row_sum(row_sum[0][1])};
     const int block = lane >> 3, row = warp * 16 + (block & 1) * 8 + (lane & 7);
 #pragma unroll
@@ -322,9 +347,19 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       bulk_commit();
     }
   };
+  // The previous item's Q buffer goes back to the copy warp once the store issuer's last
+  // store has read it: checked after the next item's first Q K^T is issued, by which
+  // time it has.
+  const auto retire_store = [&] {
+    if constexpr (Layout::kStagedOutput)
+      if (store_issuer && n > 0) {
+        bulk_wait_read();
+        mbar_arrive(&q_empty[(n - 1) % kQBuffers]);
+      }
+  };
 
   uint32_t it = 0;
-  for (uint32_t n = 0;; ++n) {
+  for (;; ++n) {
     const int slot = n & 1;
     mbar_wait(&item_full[slot], (n >> 1) & 1);
     int i = 0, tiles = 0;
@@ -336,7 +371,13 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     i = __shfl_sync(0xffffffffu, i, 0);
     tiles = __shfl_sync(0xffffffffu, tiles, 0);
     if (i < 0) break;
-    mbar_wait(&q_full, n & 1);
+    const int qn = n % kQBuffers;
+    mbar_wait(&q_full[qn], (n / kQBuffers) & 1);
+    // Every math warp is done with Q after its last Q K^T, unless the buffer stages the
+    // output (retire_store releases it).
+    const auto release_q = [&] {
+      if constexpr (!Layout::kStagedOutput) release(&q_empty[qn]);
+    };
     int qb, h, b;
     item_coords(i, qb, h, b);
     const int m0 = qb * kBlockM, row0 = m0 + warp * 16;  // row0: this warp's first row
@@ -367,16 +408,20 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
     // The copy warp publishes the item's tile count and each mask tile's first key, so
     // the math warps never read the mask themselves (its dependent global loads sat on
     // their path at every item's start).
-    if (tiles == 0) release(&q_empty);
+    if (tiles == 0) {
+      release_q();
+      retire_store();
+    }
     if constexpr (!kPipelined) {
       for (int j = 0; j < tiles; ++j, ++it) {
         mbar_wait(&k_full[buf(it)], phase(it));
         const int key = tile_key(j, buf(it));
         issue_scores(buf(it));
+        if (j == 0) retire_store();
         wgmma_wait<0>();
         fence_operands(sf);
         release(&k_empty[buf(it)]);
-        if (j == tiles - 1) release(&q_empty);
+        if (j == tiles - 1) release_q();
         float corr[1][2];
         if (softmax_tile(key, corr, pa_even)) rescale(corr);
         mbar_wait(&v_full[buf(it)], phase(it));
@@ -389,10 +434,11 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       mbar_wait(&k_full[buf(it)], phase(it));
       const int key = tile_key(0, buf(it));
       issue_scores(buf(it));
+      retire_store();
       wgmma_wait<0>();
       fence_operands(sf);
       release(&k_empty[buf(it)]);
-      if (tiles == 1) release(&q_empty);
+      if (tiles == 1) release_q();
       float corr[1][2];
       softmax_tile(key, corr, pa_even);  // the accumulator is still zero: nothing to rescale
       // `it` is the tile whose P V is pending, j the next one's place in the item; `odd`
@@ -408,7 +454,7 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
         wgmma_wait<1>();  // the scores; P V may still run
         fence_operands(sf);
         release(&k_empty[buf(next)]);
-        if (j == tiles - 1) release(&q_empty);
+        if (j == tiles - 1) release_q();
         const bool moved = softmax_tile(next_key, corr, either<decltype(odd)::value>(pa_even, pa_odd));
         wgmma_wait<0>();
         fence_operands(o);
@@ -428,8 +474,13 @@ __global__ void __launch_bounds__(128 * (kConsumers + 1), 3 - kConsumers)
       release(&v_empty[buf(it)]);
       ++it;
     }
-    if constexpr (Layout::kStagedOutput) stage_output(row_sum, m0, h, b);
-    else
+    if constexpr (Layout::kStagedOutput) {
+      // The item's coordinates again from its index: kept through the tiles, they made
+      // the pipelined mask kernel spill more.
+      int out_qb, out_h, out_b;
+      item_coords(__shfl_sync(0xffffffffu, i, 0), out_qb, out_h, out_b);
+      stage_output(row_sum, out_qb * kBlockM, out_h, out_b);
+    } else
       store_output<1, kD>(acc, row_sum, p.o + static_cast<int64_t>(b) * p.tq * p.heads * kD + h * kD,
                           static_cast<int64_t>(p.heads) * kD, row0, p.tq);
   }
