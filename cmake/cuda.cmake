@@ -26,7 +26,8 @@ set(SUBQ_CUDA_FLAGS --expt-relaxed-constexpr -lineinfo -Xcompiler=-Wall,-Wextra)
 # Object libraries so that nvcc never sees the C++ targets' GCC warning flags.
 add_library(subq_cuda OBJECT ${SUBQ_CUDA_SOURCES})
 add_library(subq_cuda_sm90a OBJECT ${SUBQ_CUDA_SM90A_SOURCES})
-set_target_properties(subq_cuda_sm90a PROPERTIES CUDA_ARCHITECTURES 90a-real)
+set_target_properties(subq_cuda_sm90a PROPERTIES CUDA_ARCHITECTURES 90a-real
+                      CUDA_COMPILER_LAUNCHER ${PROJECT_SOURCE_DIR}/cmake/ptxas_guard.sh)
 foreach(target subq_cuda subq_cuda_sm90a)
   target_include_directories(${target} PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR})
   set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
